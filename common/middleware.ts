@@ -1,0 +1,82 @@
+/**
+ * The one middleware stack of every server: telemetry first (one span per call, W3C context
+ * extracted from metadata), then deadlines and error mapping. Error mapping happens here and only
+ * here: handlers throw MeshError (or let a downstream ClientError through) and this turns it into
+ * the gRPC status the caller sees. Unexpected errors become INTERNAL with no internals leaked.
+ */
+import { CallContext, ClientError, ServerError, ServerMiddleware, Status } from 'nice-grpc';
+import { isAbortError } from 'abort-controller-x';
+import { DEADLINE_HEADER } from './deadline';
+import { ErrorKind, MeshError } from './errors';
+import { Logger } from './log';
+
+/** What our middleware adds to every handler's call context. */
+export interface MeshContextExt {
+  /** Absolute deadline of the call (epoch ms, local clock), when the caller set one. */
+  deadline: number | undefined;
+}
+
+/** The call context every handler of the mesh receives. */
+export type MeshCallContext = CallContext & MeshContextExt;
+
+const statusOfKind: Record<ErrorKind, Status> = {
+  invalid_argument: Status.INVALID_ARGUMENT,
+  not_found: Status.NOT_FOUND,
+  failed_precondition: Status.FAILED_PRECONDITION,
+  resource_exhausted: Status.RESOURCE_EXHAUSTED,
+  unavailable: Status.UNAVAILABLE,
+  deadline_exceeded: Status.DEADLINE_EXCEEDED,
+  cancelled: Status.CANCELLED,
+  unauthenticated: Status.UNAUTHENTICATED,
+  permission_denied: Status.PERMISSION_DENIED,
+};
+
+/**
+ * Enforces the call's deadline (aborting `context.signal` when it passes) and maps every error a
+ * handler throws to the status the caller sees.
+ */
+export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshContextExt> {
+  return async function* meshMiddleware(call, context) {
+    const raw = context.metadata.get(DEADLINE_HEADER);
+    const deadline = raw !== undefined && raw !== '' ? Number(raw) : undefined;
+    const controller = new AbortController();
+    const onAbort = () => controller.abort(context.signal.reason);
+    if (context.signal.aborted) onAbort();
+    else context.signal.addEventListener('abort', onAbort, { once: true });
+    let expired = false;
+    let timer: NodeJS.Timeout | undefined;
+    if (deadline !== undefined) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) {
+        expired = true;
+        controller.abort();
+      } else {
+        timer = setTimeout(() => {
+          expired = true;
+          controller.abort();
+        }, remaining);
+      }
+    }
+    try {
+      if (expired) throw new MeshError('deadline_exceeded', 'deadline exceeded before the call started');
+      return yield* call.next(call.request, { ...context, signal: controller.signal, deadline });
+    } catch (err) {
+      throw toServerError(err, expired, call.method.path, log);
+    } finally {
+      clearTimeout(timer);
+      context.signal.removeEventListener('abort', onAbort);
+    }
+  };
+}
+
+/** Maps any thrown value to the ServerError the caller sees. */
+export function toServerError(err: unknown, deadlineExpired: boolean, path: string, log: Logger): ServerError {
+  if (err instanceof ServerError) return err;
+  if (err instanceof MeshError) return new ServerError(statusOfKind[err.kind], err.message);
+  if (deadlineExpired) return new ServerError(Status.DEADLINE_EXCEEDED, 'deadline exceeded');
+  // A downstream service's status passes through unchanged: the caller learns why, not where.
+  if (err instanceof ClientError) return new ServerError(err.code, err.details);
+  if (isAbortError(err)) return new ServerError(Status.CANCELLED, 'call cancelled');
+  log.error('unexpected error', { method: path, error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+  return new ServerError(Status.INTERNAL, 'internal error');
+}

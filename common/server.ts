@@ -1,0 +1,110 @@
+/**
+ * Server bootstrap shared by every service: one gRPC server with the mesh's middleware stack,
+ * `grpc.health.v1` (Check and Watch) and server reflection (v1 and v1alpha) serving the
+ * descriptors the proto compiler produced, so grpcurl works with no proto files at hand.
+ */
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { CompatServiceDefinition, createServer } from 'nice-grpc';
+import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
+import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
+import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
+import { deadlineInterceptor } from './deadline';
+import { Logger } from './log';
+import { deadlineAndErrorMiddleware } from './middleware';
+
+/** A service to serve: its generated definition and our implementation. */
+export interface ServiceRegistration {
+  definition: CompatServiceDefinition & { fullName: string };
+  // The implementation's type is checked where it is written, against the generated interface.
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  implementation: any;
+}
+
+/** What startGrpcServer needs. */
+export interface GrpcServerOptions {
+  /** Interface to bind, e.g. 127.0.0.1 or 0.0.0.0. */
+  host: string;
+  /** Port to bind; 0 picks a free one. */
+  port: number;
+  /** Largest message accepted or sent, in bytes. */
+  maxMessageBytes: number;
+  services: ServiceRegistration[];
+  log: Logger;
+  /** Health status reported from the start; a worker starts NOT_SERVING until its models load. */
+  serving: boolean;
+}
+
+/** A running server. */
+export interface RunningGrpcServer {
+  /** The bound port. */
+  readonly port: number;
+  /** host:port that clients can dial. */
+  readonly address: string;
+  /** Sets the health of the server and of each of its services. */
+  setServing(serving: boolean): void;
+  /** Stops taking calls, waits up to graceMs for calls in flight, then cuts what remains. */
+  shutdown(graceMs?: number): Promise<void>;
+}
+
+const REFLECTION_V1ALPHA = Object.fromEntries(
+  Object.entries(ServerReflectionService).map(([name, method]) => [
+    name,
+    { ...method, path: method.path.replace('grpc.reflection.v1.', 'grpc.reflection.v1alpha.') },
+  ]),
+) as typeof ServerReflectionService;
+
+let descriptorSet: Uint8Array | undefined;
+
+/** The FileDescriptorSet written by `buf build` into generated/ (read once per process). */
+function loadDescriptorSet(): Uint8Array {
+  descriptorSet ??= new Uint8Array(readFileSync(resolve(__dirname, '../../generated/descriptors.binpb')));
+  return descriptorSet;
+}
+
+/** Starts a gRPC server with health, reflection and the mesh's middleware. */
+export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
+  const server = createServer({
+    interceptors: [deadlineInterceptor],
+    'grpc.max_receive_message_length': options.maxMessageBytes,
+    'grpc.max_send_message_length': options.maxMessageBytes,
+  })
+    .use(openTelemetryServerMiddleware())
+    .use(deadlineAndErrorMiddleware(options.log));
+  for (const s of options.services) server.add(s.definition, s.implementation);
+
+  const health = HealthState();
+  const names = options.services.map((s) => s.definition.fullName);
+  const setServing = (serving: boolean) => {
+    const status = serving ? 'healthy' : 'unhealthy';
+    health.setStatus(status);
+    for (const name of names) health.setStatus(status, name);
+  };
+  setServing(options.serving);
+  server.add(HealthDefinition, HealthServiceImpl(health));
+
+  const reflection = ServerReflection(loadDescriptorSet(), [...names, 'grpc.health.v1.Health']);
+  server.add(ServerReflectionService, reflection);
+  server.add(REFLECTION_V1ALPHA, reflection);
+
+  const port = await server.listen(`${options.host}:${options.port}`);
+  const dialHost = options.host === '0.0.0.0' || options.host === '::' ? '127.0.0.1' : options.host;
+  return {
+    port,
+    address: `${dialHost}:${port}`,
+    setServing,
+    async shutdown(graceMs = 5000) {
+      setServing(false);
+      let timer: NodeJS.Timeout | undefined;
+      // Health Watch streams never end by themselves: after the grace period, cut what remains.
+      await Promise.race([
+        server.shutdown(),
+        new Promise<void>((r) => {
+          timer = setTimeout(r, graceMs);
+        }),
+      ]);
+      clearTimeout(timer);
+      server.forceShutdown();
+    },
+  };
+}

@@ -1,0 +1,68 @@
+/**
+ * Process entry shared by every service: parses the config (a bad value stops the start with the
+ * setting's name), installs tracing, starts the service, and shuts it down on SIGTERM or SIGINT.
+ */
+import { ConfigError, ConfigOf, Schema, describeConfig, parseConfig } from './config';
+import { LogLevel, Logger, createLogger } from './log';
+import { initTracing } from './tracing';
+
+/** A started service, as its main needs it. */
+export interface StartedService {
+  /** host:port the service listens on. */
+  readonly address: string;
+  /** Stops the service gracefully. */
+  shutdown(): Promise<void>;
+}
+
+/** Runs one service as this process. */
+export function runService<S extends Schema>(
+  name: string,
+  schema: S,
+  start: (config: ConfigOf<S>, log: Logger) => Promise<StartedService>,
+): void {
+  const argv = process.argv.slice(2);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`maas ${name}: settings (flag, environment variable, default)\n\n${describeConfig(schema)}\n`);
+    return;
+  }
+  let config: ConfigOf<S>;
+  try {
+    config = parseConfig(schema, argv, process.env);
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`maas ${name}: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const level = (process.env.MAAS_LOG_LEVEL ?? 'info') as LogLevel;
+  const log = createLogger(name, ['info', 'warn', 'error', 'silent'].includes(level) ? level : 'info');
+  const tracing = initTracing(`maas-${name}`);
+  start(config, log).then(
+    (service) => {
+      log.info(`listening on ${service.address}`);
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        log.info(`${signal}: shutting down`);
+        service
+          .shutdown()
+          .then(() => tracing.shutdown())
+          .then(
+            () => process.exit(0),
+            (err) => {
+              log.error('shutdown failed', { error: String(err) });
+              process.exit(1);
+            },
+          );
+      };
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
+    },
+    (err) => {
+      log.error('failed to start', { error: err instanceof Error ? err.message : String(err) });
+      process.exit(1);
+    },
+  );
+}

@@ -1,0 +1,16 @@
+/** Settings of the gateway. */
+import { address, integer, text } from '../common/config';
+
+/** The gateway's config schema: flag, environment variable and default of every setting. */
+export const gatewaySchema = {
+  host: text({ flag: '--host', env: 'MAAS_GATEWAY_HOST', default: '127.0.0.1', doc: 'Interface to bind; 0.0.0.0 to accept calls from other machines.' }),
+  port: integer({ flag: '--port', env: 'MAAS_GATEWAY_PORT', default: 50051, min: 0, max: 65535, doc: 'Port of the public API; 0 picks a free one.' }),
+  scheduler: address({ flag: '--scheduler', env: 'MAAS_SCHEDULER_ADDRESS', default: '127.0.0.1:50052', doc: 'Address of the scheduler.' }),
+  balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer (for the model catalog).' }),
+  maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_GATEWAY_MAX_MESSAGE_BYTES', default: 4 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.' }),
+  maxPromptChars: integer({ flag: '--max-prompt-chars', env: 'MAAS_GATEWAY_MAX_PROMPT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Generate prompt, in characters.' }),
+  maxInputChars: integer({ flag: '--max-input-chars', env: 'MAAS_GATEWAY_MAX_INPUT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Predict input, in characters.' }),
+  defaultDeadlineMs: integer({ flag: '--default-deadline-ms', env: 'MAAS_GATEWAY_DEFAULT_DEADLINE_MS', default: 60000, min: 1, max: 86400000, doc: 'Deadline of a call whose client set none.' }),
+  catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached.' }),
+  apiKeys: text({ flag: '--api-keys', env: 'MAAS_GATEWAY_API_KEYS', default: '', allowEmpty: true, doc: 'Comma-separated tenant=key pairs; when set, calls need `authorization: Bearer <key>`. Empty: no authentication, tenant "anonymous".' }),
+};

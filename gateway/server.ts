@@ -1,0 +1,124 @@
+/**
+ * The gateway: the public edge. It authenticates, validates every field, checks the model exists,
+ * sets a default deadline, and hands the call to the scheduler; the telemetry middleware opens the
+ * root span of the call's trace here.
+ */
+import { randomUUID } from 'node:crypto';
+import { createMeshClient, openChannel } from '../common/client';
+import { ConfigError, ConfigOf } from '../common/config';
+import { MeshError } from '../common/errors';
+import { Logger } from '../common/log';
+import { MeshCallContext } from '../common/middleware';
+import { startGrpcServer } from '../common/server';
+import { StartedService } from '../common/service-main';
+import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
+import { SchedulerServiceDefinition } from '../generated/maas/internal/v1/scheduler';
+import { Task } from '../generated/maas/internal/v1/task';
+import { GenerateRequest, GenerateResponse, InferenceServiceDefinition, PredictRequest, PredictResponse } from '../generated/maas/v1/inference';
+import { GetModelRequest, GetModelResponse, ListModelsResponse, Model, ModelServiceDefinition, ModelTask } from '../generated/maas/v1/models';
+import { createAuthenticator, parseApiKeys } from './auth';
+import { ModelCatalog } from './catalog';
+import { gatewaySchema } from './config';
+import { validateGenerateRequest, validateModelName, validatePredictRequest } from './validation';
+
+/** A running gateway. */
+export interface RunningGateway extends StartedService {
+  readonly port: number;
+}
+
+/** Starts the gateway. */
+export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: Logger): Promise<RunningGateway> {
+  let keys: Map<string, string>;
+  try {
+    keys = parseApiKeys(config.apiKeys);
+  } catch (err) {
+    throw new ConfigError(`invalid --api-keys (apiKeys): ${(err as Error).message}`);
+  }
+  const auth = createAuthenticator(keys);
+  const limits = { maxPromptChars: config.maxPromptChars, maxInputChars: config.maxInputChars };
+  const schedulerChannel = openChannel(config.scheduler);
+  const balancerChannel = openChannel(config.balancer);
+  const scheduler = createMeshClient(SchedulerServiceDefinition, schedulerChannel);
+  const balancer = createMeshClient(BalancerServiceDefinition, balancerChannel);
+  const catalog = new ModelCatalog<Model>(async () => (await balancer.listModels({}, { deadline: Date.now() + 5000 })).models, config.catalogTtlMs);
+
+  /** The model, or NOT_FOUND naming the models that exist; INVALID_ARGUMENT if it cannot do `task`. */
+  async function requireModel(name: string, task: ModelTask): Promise<Model> {
+    const model = await catalog.find(name);
+    if (!model) {
+      const known = (await catalog.list()).map((m) => m.name).join(', ') || 'none are ready';
+      throw new MeshError('not_found', `model "${name}" not found; available: ${known}`);
+    }
+    if (!model.tasks.includes(task)) {
+      const call = task === ModelTask.MODEL_TASK_GENERATE ? 'Generate' : 'Predict';
+      throw new MeshError('invalid_argument', `model "${name}" does not support ${call}; it supports: ${describeTasks(model)}`);
+    }
+    return model;
+  }
+
+  function newTask(context: MeshCallContext, request: Task['request']): { task: Task; deadline: number } {
+    const tenant = auth.tenantOf(context.metadata.get('authorization'));
+    const requestId = randomUUID();
+    context.header.set('x-request-id', requestId);
+    return { task: { requestId, tenant, request }, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs };
+  }
+
+  async function* generate(request: GenerateRequest, context: MeshCallContext): AsyncGenerator<GenerateResponse> {
+    auth.tenantOf(context.metadata.get('authorization'));
+    const valid = validateGenerateRequest(request, limits);
+    await requireModel(valid.model, ModelTask.MODEL_TASK_GENERATE);
+    const { task, deadline } = newTask(context, { $case: 'generate', generate: valid });
+    for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
+      if (response.output?.output?.$case === 'chunk') yield response.output.output.chunk;
+    }
+  }
+
+  async function predict(request: PredictRequest, context: MeshCallContext): Promise<PredictResponse> {
+    auth.tenantOf(context.metadata.get('authorization'));
+    const valid = validatePredictRequest(request, limits);
+    await requireModel(valid.model, ModelTask.MODEL_TASK_CLASSIFY);
+    const { task, deadline } = newTask(context, { $case: 'predict', predict: valid });
+    for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
+      if (response.output?.output?.$case === 'prediction') return response.output.output.prediction;
+    }
+    throw new MeshError('unavailable', `model "${valid.model}" returned no prediction`);
+  }
+
+  async function listModels(_request: unknown, context: MeshCallContext): Promise<ListModelsResponse> {
+    auth.tenantOf(context.metadata.get('authorization'));
+    return { models: await catalog.list() };
+  }
+
+  async function getModel(request: GetModelRequest, context: MeshCallContext): Promise<GetModelResponse> {
+    auth.tenantOf(context.metadata.get('authorization'));
+    const name = validateModelName('name', request.name);
+    const model = await catalog.find(name);
+    if (!model) throw new MeshError('not_found', `model "${name}" not found`);
+    return { model };
+  }
+
+  const server = await startGrpcServer({
+    host: config.host,
+    port: config.port,
+    maxMessageBytes: config.maxMessageBytes,
+    log,
+    serving: true,
+    services: [
+      { definition: InferenceServiceDefinition, implementation: { generate, predict } },
+      { definition: ModelServiceDefinition, implementation: { listModels, getModel } },
+    ],
+  });
+  return {
+    port: server.port,
+    address: server.address,
+    async shutdown() {
+      await server.shutdown(5000);
+      schedulerChannel.close();
+      balancerChannel.close();
+    },
+  };
+}
+
+function describeTasks(model: Model): string {
+  return model.tasks.map((t) => (t === ModelTask.MODEL_TASK_GENERATE ? 'Generate' : 'Predict')).join(', ') || 'nothing';
+}

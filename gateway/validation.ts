@@ -1,0 +1,77 @@
+/**
+ * Validation of every public request field at the edge. Each refusal names the field, the limit
+ * and the value given. Returns the request with defaults filled in, so the services behind the
+ * gateway see complete requests.
+ */
+import { invalidField } from '../common/errors';
+import { GenerateRequest, PredictRequest, Priority } from '../generated/maas/v1/inference';
+
+/** Limits the gateway enforces; the numeric ones come from config. */
+export interface RequestLimits {
+  /** Longest prompt accepted, in characters. */
+  maxPromptChars: number;
+  /** Longest Predict input accepted, in characters. */
+  maxInputChars: number;
+}
+
+/** Largest max_tokens a caller may ask for. */
+export const MAX_TOKENS_LIMIT = 2048;
+/** max_tokens used when the caller leaves it at 0. */
+export const DEFAULT_MAX_TOKENS = 64;
+/** Most stop sequences per request, and the longest one. */
+export const MAX_STOP_SEQUENCES = 4;
+export const MAX_STOP_CHARS = 64;
+/** Longest model name. */
+export const MAX_MODEL_NAME_CHARS = 128;
+
+const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
+
+/** Checks a model name: required, at most 128 characters of letters, digits, '.', '_' and '-'. */
+export function validateModelName(field: string, name: string): string {
+  if (name === '') throw invalidField(field, 'is required', '""');
+  if (name.length > MAX_MODEL_NAME_CHARS) throw invalidField(field, `must be at most ${MAX_MODEL_NAME_CHARS} characters`, name);
+  if (!MODEL_NAME.test(name)) throw invalidField(field, "must contain only letters, digits, '.', '_' and '-'", name);
+  return name;
+}
+
+function validatePriority(field: string, priority: Priority): Priority {
+  if (!Object.values(Priority).includes(priority) || priority === Priority.UNRECOGNIZED) {
+    throw invalidField(field, 'must be one of PRIORITY_UNSPECIFIED, PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH', priority);
+  }
+  return priority === Priority.PRIORITY_UNSPECIFIED ? Priority.PRIORITY_NORMAL : priority;
+}
+
+/** Validates a GenerateRequest and fills its defaults. */
+export function validateGenerateRequest(request: GenerateRequest, limits: RequestLimits): GenerateRequest {
+  const model = validateModelName('model', request.model);
+  if (request.prompt === '') throw invalidField('prompt', 'is required', '""');
+  if (request.prompt.length > limits.maxPromptChars) {
+    throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, `${request.prompt.length} characters`);
+  }
+  if (request.maxTokens > MAX_TOKENS_LIMIT) throw invalidField('max_tokens', `must be <= ${MAX_TOKENS_LIMIT}`, request.maxTokens);
+  const temperature = request.temperature ?? 1;
+  if (!Number.isFinite(temperature) || temperature < 0 || temperature > 2) {
+    throw invalidField('temperature', 'must be between 0 and 2', request.temperature);
+  }
+  if (request.stop.length > MAX_STOP_SEQUENCES) throw invalidField('stop', `must have at most ${MAX_STOP_SEQUENCES} sequences`, request.stop.length);
+  request.stop.forEach((s, i) => {
+    if (s.length === 0 || s.length > MAX_STOP_CHARS) throw invalidField(`stop[${i}]`, `must be 1 to ${MAX_STOP_CHARS} characters`, s);
+  });
+  return {
+    ...request,
+    model,
+    maxTokens: request.maxTokens === 0 ? DEFAULT_MAX_TOKENS : request.maxTokens,
+    temperature,
+    priority: validatePriority('priority', request.priority),
+  };
+}
+
+/** Validates a PredictRequest and fills its defaults. */
+export function validatePredictRequest(request: PredictRequest, limits: RequestLimits): PredictRequest {
+  const model = validateModelName('model', request.model);
+  if (request.input === '') throw invalidField('input', 'is required', '""');
+  if (request.input.length > limits.maxInputChars) {
+    throw invalidField('input', `must be at most ${limits.maxInputChars} characters`, `${request.input.length} characters`);
+  }
+  return { ...request, model, priority: validatePriority('priority', request.priority) };
+}

@@ -1,0 +1,103 @@
+/**
+ * Worker membership: who has joined, what each serves, how loaded each is. Plain data, no gRPC:
+ * the server adapts join streams and load reports to these calls.
+ */
+import { Candidate } from './policy';
+
+/** A model as a worker describes it; `M` is the wire type, opaque here. */
+export interface MemberModel<M> {
+  name: string;
+  description: M;
+}
+
+/** A worker that has joined. */
+export interface Member<M> extends Candidate {
+  readonly id: string;
+  readonly address: string;
+  readonly models: ReadonlyMap<string, M>;
+  readonly capacity: number;
+  /** Requests this balancer has in flight to the worker. */
+  outstanding: number;
+  /** In-flight count in the worker's last report. */
+  reportedInFlight: number;
+  /** True once the worker said it is shutting down: no new tasks go to it. */
+  draining: boolean;
+  /** Clock time of the last hello or report. */
+  lastSeen: number;
+}
+
+/** The set of workers, with the queries routing needs. */
+export class Membership<M> {
+  private readonly members = new Map<string, Member<M>>();
+
+  /** Adds (or replaces) a worker. */
+  join(worker: { id: string; address: string; models: MemberModel<M>[]; capacity: number }, now: number): Member<M> {
+    const member: Member<M> = {
+      id: worker.id,
+      address: worker.address,
+      models: new Map(worker.models.map((m) => [m.name, m.description])),
+      capacity: worker.capacity,
+      outstanding: this.members.get(worker.id)?.outstanding ?? 0,
+      reportedInFlight: 0,
+      draining: false,
+      lastSeen: now,
+    };
+    this.members.set(worker.id, member);
+    return member;
+  }
+
+  /** Records a load report; false when the worker is no longer a member. */
+  report(id: string, report: { inFlight: number; draining: boolean }, now: number): boolean {
+    const m = this.members.get(id);
+    if (!m) return false;
+    m.reportedInFlight = report.inFlight;
+    m.draining = report.draining;
+    m.lastSeen = now;
+    return true;
+  }
+
+  /** Removes a worker; returns it if it was a member. */
+  leave(id: string, member?: Member<M>): Member<M> | undefined {
+    const m = this.members.get(id);
+    // A worker that rejoined under the same id must not be removed by its old stream ending.
+    if (!m || (member && m !== member)) return undefined;
+    this.members.delete(id);
+    return m;
+  }
+
+  /** Removes and returns the workers not heard from since `now - silenceMs`. */
+  expire(now: number, silenceMs: number): Member<M>[] {
+    const gone = [...this.members.values()].filter((m) => now - m.lastSeen > silenceMs);
+    for (const m of gone) this.members.delete(m.id);
+    return gone;
+  }
+
+  /** The member with this id, if any. */
+  get(id: string): Member<M> | undefined {
+    return this.members.get(id);
+  }
+
+  /** Ready (not draining) workers that serve `model`, minus `exclude`, in join order. */
+  candidatesFor(model: string, exclude: ReadonlySet<string> = new Set()): Member<M>[] {
+    return [...this.members.values()].filter((m) => !m.draining && m.models.has(model) && !exclude.has(m.id));
+  }
+
+  /** Every model served by a ready worker, with how many ready workers serve it, sorted by name. */
+  models(): { name: string; description: M; readyWorkers: number }[] {
+    const byName = new Map<string, { name: string; description: M; readyWorkers: number }>();
+    for (const m of this.members.values()) {
+      if (m.draining) continue;
+      for (const [name, description] of m.models) {
+        const entry = byName.get(name) ?? { name, description, readyWorkers: 0 };
+        entry.readyWorkers++;
+        byName.set(name, entry);
+      }
+    }
+    return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Number of members. */
+  get size(): number {
+    return this.members.size;
+  }
+}

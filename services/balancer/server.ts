@@ -1,0 +1,169 @@
+/**
+ * The balancer service: worker membership over join streams, routing each task to one worker
+ * chosen by the configured policy, and forwarding the worker's output stream. A worker that fails
+ * before its first output is replaced once by another; after the first output there is no retry,
+ * so no output is ever duplicated.
+ */
+import { Channel, ClientError, Status } from 'nice-grpc';
+import { createMeshClient, openChannel } from '../../common/client';
+import { ConfigOf } from '../../common/config';
+import { MeshError } from '../../common/errors';
+import { Logger } from '../../common/log';
+import { MeshCallContext } from '../../common/middleware';
+import { startGrpcServer } from '../../common/server';
+import { StartedService } from '../../common/service-main';
+import {
+  BalancerServiceDefinition,
+  JoinRequest,
+  JoinResponse,
+  ListModelsResponse,
+  RouteRequest,
+  RouteResponse,
+} from '../../generated/maas/internal/v1/balancer';
+import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+import { Model } from '../../generated/maas/v1/models';
+import { balancerSchema } from './config';
+import { Member, Membership } from './membership';
+import { createPolicy } from './policy';
+
+/** Worker failures that mean "try another worker" when they happen before any output. */
+const RETRYABLE = new Set([Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED, Status.INTERNAL, Status.UNKNOWN]);
+
+/** How many workers one task may be tried on. */
+const MAX_ATTEMPTS = 2;
+
+/** A running balancer. */
+export interface RunningBalancer extends StartedService {
+  readonly port: number;
+  /** The current members, for tests and diagnostics. */
+  readonly membership: Membership<Model>;
+}
+
+/** Starts the balancer. */
+export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log: Logger): Promise<RunningBalancer> {
+  const membership = new Membership<Model>();
+  const policy = createPolicy(config.policy);
+  const workers = new Map<string, { channel: Channel; client: ReturnType<typeof createWorkerClient> }>();
+
+  function workerClient(member: Member<Model>) {
+    let entry = workers.get(member.address);
+    if (!entry) {
+      const channel = openChannel(member.address, config.maxMessageBytes);
+      entry = { channel, client: createWorkerClient(channel) };
+      workers.set(member.address, entry);
+    }
+    return entry.client;
+  }
+
+  function forget(member: Member<Model>, why: string) {
+    log.info('worker left', { worker: member.id, address: member.address, why });
+    workers.get(member.address)?.channel.close();
+    workers.delete(member.address);
+  }
+
+  async function* route(request: RouteRequest, context: MeshCallContext): AsyncGenerator<RouteResponse> {
+    const task = request.task;
+    if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
+    const model = task.request.$case === 'generate' ? task.request.generate.model : task.request.predict.model;
+    const tried = new Set<string>();
+    let failure: { worker: string; details: string } | undefined;
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
+      const member = policy.pick(model, membership.candidatesFor(model, tried)) as Member<Model> | undefined;
+      if (!member) {
+        if (failure) {
+          throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model "${model}"`);
+        }
+        throw new MeshError('unavailable', `no ready worker serves model "${model}"`);
+      }
+      tried.add(member.id);
+      member.outstanding++;
+      let started = false;
+      try {
+        for await (const response of workerClient(member).execute({ task }, { signal: context.signal, deadline: context.deadline })) {
+          started = true;
+          yield { output: response.output };
+        }
+        return;
+      } catch (err) {
+        if (context.signal.aborted || !(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
+        if (started) {
+          throw new MeshError('unavailable', `worker ${member.id} failed after its output began: ${err.details}`);
+        }
+        failure = { worker: member.id, details: `${Status[err.code]}: ${err.details}` };
+        log.warn('worker failed before its first output; trying another', { worker: member.id, request_id: task.requestId, error: failure.details });
+      } finally {
+        member.outstanding--;
+      }
+    }
+    throw new MeshError('unavailable', `model "${model}" failed on ${MAX_ATTEMPTS} workers; last: ${failure?.worker} (${failure?.details})`);
+  }
+
+  async function* join(requests: AsyncIterable<JoinRequest>, _context: MeshCallContext): AsyncGenerator<JoinResponse> {
+    const messages = requests[Symbol.asyncIterator]();
+    const first = await messages.next();
+    if (first.done || first.value.message?.$case !== 'hello') {
+      throw new MeshError('invalid_argument', 'the first message of Join must be a hello');
+    }
+    const hello = first.value.message.hello;
+    if (!hello.workerId) throw new MeshError('invalid_argument', 'hello.worker_id must not be empty');
+    if (!/^.+:\d{1,5}$/.test(hello.address)) throw new MeshError('invalid_argument', `hello.address must be host:port, given "${hello.address}"`);
+    const member = membership.join(
+      { id: hello.workerId, address: hello.address, capacity: hello.capacity, models: hello.models.map((m) => ({ name: m.name, description: m })) },
+      Date.now(),
+    );
+    log.info('worker joined', { worker: member.id, address: member.address, models: [...member.models.keys()].join(',') });
+    let why = 'stream ended';
+    try {
+      yield { reportIntervalMs: config.reportIntervalMs };
+      for (;;) {
+        const next = await messages.next();
+        if (next.done) break;
+        if (next.value.message?.$case !== 'report') continue;
+        const report = next.value.message.report;
+        if (!membership.report(member.id, { inFlight: report.inFlight, draining: report.draining }, Date.now())) {
+          why = 'expired';
+          throw new MeshError('unavailable', `worker ${member.id} was removed: no load report for ${3 * config.reportIntervalMs} ms`);
+        }
+      }
+    } catch (err) {
+      why = `stream failed: ${(err as Error).message}`;
+      throw err;
+    } finally {
+      if (membership.leave(member.id, member)) forget(member, why);
+    }
+  }
+
+  async function listModels(): Promise<ListModelsResponse> {
+    return { models: membership.models().map((m) => ({ ...m.description, readyWorkers: m.readyWorkers })) };
+  }
+
+  const server = await startGrpcServer({
+    host: config.host,
+    port: config.port,
+    maxMessageBytes: config.maxMessageBytes,
+    log,
+    serving: true,
+    services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels } }],
+  });
+
+  const sweeper = setInterval(() => {
+    for (const m of membership.expire(Date.now(), 3 * config.reportIntervalMs)) forget(m, 'no load report');
+  }, config.reportIntervalMs);
+  sweeper.unref();
+
+  log.info('routing policy', { policy: config.policy });
+  return {
+    port: server.port,
+    address: server.address,
+    membership,
+    async shutdown() {
+      clearInterval(sweeper);
+      await server.shutdown(2000);
+      for (const w of workers.values()) w.channel.close();
+    },
+  };
+}
+
+function createWorkerClient(channel: Channel) {
+  return createMeshClient(WorkerServiceDefinition, channel);
+}

@@ -1,0 +1,333 @@
+/**
+ * Bounded admission for the scheduler.
+ *
+ * At most `maxInFlight` requests hold a permit at once; up to `maxQueued` more wait for one,
+ * high priority before normal before low, first come first served within a priority. Anything
+ * beyond that is refused at once, so callers can answer RESOURCE_EXHAUSTED instead of piling up
+ * work they cannot finish. A waiting request leaves the queue when its deadline passes or its
+ * signal aborts.
+ *
+ * Plain TypeScript: no gRPC, and time comes from an injected {@link Clock}.
+ */
+
+/** Scheduling priority of a request; strict between levels. */
+export type Priority = 'low' | 'normal' | 'high';
+
+/** Priorities in the order waiters are served. */
+const SERVICE_ORDER: readonly Priority[] = ['high', 'normal', 'low'];
+
+/** A source of time and timers, injected so tests can control time. */
+export interface Clock {
+  /** Current time in milliseconds. Deadlines passed to the queue are on this scale. */
+  now(): number;
+  /** Calls `fn` once, `ms` milliseconds from now, unless cancelled first. */
+  setTimer(ms: number, fn: () => void): { cancel(): void };
+}
+
+/** Largest delay `setTimeout` honours; longer ones would fire at once. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/** The real clock: wall-clock milliseconds (`Date.now()`, the scale of gRPC deadlines) and `setTimeout`. */
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimer(ms: number, fn: () => void): { cancel(): void } {
+    let handle: NodeJS.Timeout;
+    const arm = (remaining: number): void => {
+      // Node fires delays above 2^31-1 ms immediately, so a far deadline is reached in hops.
+      handle =
+        remaining > MAX_TIMEOUT_MS
+          ? setTimeout(() => arm(remaining - MAX_TIMEOUT_MS), MAX_TIMEOUT_MS)
+          : setTimeout(fn, Math.max(0, remaining));
+    };
+    arm(ms);
+    return { cancel: () => clearTimeout(handle) };
+  },
+};
+
+/** The request was refused because the queue already holds `maxQueued` waiters. */
+export class QueueFullError extends Error {
+  override readonly name = 'QueueFullError';
+}
+
+/** The request's deadline passed before it got a slot (while waiting, or before it arrived). */
+export class DeadlineInQueueError extends Error {
+  override readonly name = 'DeadlineInQueueError';
+}
+
+/** The right to run one request. Release it when the request ends, however it ends. */
+export interface Permit {
+  /** Milliseconds spent waiting in the queue before admission (0 when admitted at once). */
+  readonly waitedMs: number;
+  /** Gives the slot back (to the next waiter, if any). Calling it again does nothing. */
+  release(): void;
+}
+
+/** What a caller asks the queue for. */
+export interface AdmissionRequest {
+  /** Which level to wait in. */
+  priority: Priority;
+  /** Absolute time on the queue's clock after which waiting is pointless; undefined for none. */
+  deadline?: number;
+  /** Aborting it while the request waits takes it out of the queue and rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/** Options of an {@link AdmissionQueue}. */
+export interface AdmissionQueueOptions {
+  /** Requests that may hold a permit at the same time; an integer >= 1. */
+  maxInFlight: number;
+  /** Requests that may wait for a permit; an integer >= 0 (0 refuses whenever all slots are busy). */
+  maxQueued: number;
+  /** Time source; defaults to {@link systemClock}. */
+  clock?: Clock;
+}
+
+/** Counters of an {@link AdmissionQueue}. Each request ends in at most one of the cumulative counters. */
+export interface AdmissionStats {
+  /** Permits held now. */
+  inFlight: number;
+  /** Requests waiting now. */
+  queued: number;
+  /** Requests that got a permit, at once or after waiting. */
+  admitted: number;
+  /** Requests refused because the queue was full. */
+  rejected: number;
+  /** Requests whose deadline passed before they got a permit, in the queue or before it. */
+  expired: number;
+  /** Requests whose signal aborted before they got a permit. */
+  cancelled: number;
+}
+
+/** One waiting request: a node of an intrusive doubly linked list, so removal from the middle is O(1). */
+interface Waiter {
+  readonly enqueuedAt: number;
+  readonly resolve: (permit: Permit) => void;
+  prev: Waiter | undefined;
+  next: Waiter | undefined;
+  /** The list holding this waiter; undefined once it has left (admitted, expired or aborted). */
+  list: WaiterList | undefined;
+  timer: { cancel(): void } | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** FIFO of waiters of one priority: O(1) push, peek and removal of any member. */
+class WaiterList {
+  private head: Waiter | undefined;
+  private tail: Waiter | undefined;
+  size = 0;
+
+  push(waiter: Waiter): void {
+    waiter.list = this;
+    waiter.prev = this.tail;
+    waiter.next = undefined;
+    if (this.tail) this.tail.next = waiter;
+    else this.head = waiter;
+    this.tail = waiter;
+    this.size++;
+  }
+
+  get first(): Waiter | undefined {
+    return this.head;
+  }
+
+  remove(waiter: Waiter): void {
+    if (waiter.list !== this) return;
+    if (waiter.prev) waiter.prev.next = waiter.next;
+    else this.head = waiter.next;
+    if (waiter.next) waiter.next.prev = waiter.prev;
+    else this.tail = waiter.prev;
+    waiter.prev = waiter.next = waiter.list = undefined;
+    this.size--;
+  }
+}
+
+/**
+ * Bounded admission with strict priorities: see the module comment.
+ *
+ * Invariant: a request waits only while every slot is taken, because a released slot passes
+ * straight to the next waiter. So a request that finds a free slot never overtakes a waiter.
+ */
+export class AdmissionQueue {
+  private readonly maxInFlight: number;
+  private readonly maxQueued: number;
+  private readonly clock: Clock;
+  private readonly levels: Record<Priority, WaiterList> = {
+    high: new WaiterList(),
+    normal: new WaiterList(),
+    low: new WaiterList(),
+  };
+  private inFlightCount = 0;
+  private queuedCount = 0;
+  private admittedCount = 0;
+  private rejectedCount = 0;
+  private expiredCount = 0;
+  private cancelledCount = 0;
+
+  /** @throws RangeError when a limit is not an integer in range (the message names it). */
+  constructor(options: AdmissionQueueOptions) {
+    const { maxInFlight, maxQueued } = options;
+    if (!Number.isSafeInteger(maxInFlight) || maxInFlight < 1) {
+      throw new RangeError(`max_in_flight must be an integer >= 1, given ${maxInFlight}`);
+    }
+    if (!Number.isSafeInteger(maxQueued) || maxQueued < 0) {
+      throw new RangeError(`max_queued must be an integer >= 0, given ${maxQueued}`);
+    }
+    this.maxInFlight = maxInFlight;
+    this.maxQueued = maxQueued;
+    this.clock = options.clock ?? systemClock;
+  }
+
+  /** Permits held now. */
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  /** Requests waiting now, all priorities together. */
+  get queued(): number {
+    return this.queuedCount;
+  }
+
+  /** A snapshot of the gauges and cumulative counters. */
+  stats(): AdmissionStats {
+    return {
+      inFlight: this.inFlightCount,
+      queued: this.queuedCount,
+      admitted: this.admittedCount,
+      rejected: this.rejectedCount,
+      expired: this.expiredCount,
+      cancelled: this.cancelledCount,
+    };
+  }
+
+  /**
+   * Resolves with a permit as soon as a slot is free: at once (no timer) when a slot is free now.
+   * Rejects at once with {@link QueueFullError} when `maxQueued` requests already wait, with
+   * {@link DeadlineInQueueError} when the deadline is already past or passes while waiting, and
+   * with the signal's reason when the signal is already aborted or aborts while waiting. A
+   * request that settles without a permit takes no slot and leaves the queue.
+   */
+  admitOrReject(request: AdmissionRequest): Promise<Permit> {
+    const { priority, deadline, signal } = request;
+    if (!SERVICE_ORDER.includes(priority)) {
+      return Promise.reject(
+        new RangeError(`priority must be one of ${SERVICE_ORDER.join(', ')}, given ${JSON.stringify(priority)}`),
+      );
+    }
+    if (deadline !== undefined && Number.isNaN(deadline)) {
+      return Promise.reject(new RangeError('deadline must be a number of milliseconds, given NaN'));
+    }
+    if (signal?.aborted) {
+      this.cancelledCount++;
+      return Promise.reject(signal.reason);
+    }
+    const now = this.clock.now();
+    if (deadline !== undefined && deadline <= now) {
+      this.expiredCount++;
+      return Promise.reject(
+        new DeadlineInQueueError(`deadline passed ${now - deadline} ms before the request reached the queue`),
+      );
+    }
+    if (this.inFlightCount < this.maxInFlight) {
+      this.inFlightCount++;
+      this.admittedCount++;
+      return Promise.resolve(this.createPermit(0));
+    }
+    if (this.queuedCount >= this.maxQueued) {
+      this.rejectedCount++;
+      return Promise.reject(
+        new QueueFullError(
+          `queue full: ${this.queuedCount} requests waiting (max_queued=${this.maxQueued}), ` +
+            `${this.inFlightCount} in flight (max_in_flight=${this.maxInFlight})`,
+        ),
+      );
+    }
+    return this.enqueue(this.levels[priority], now, deadline, signal);
+  }
+
+  private enqueue(level: WaiterList, now: number, deadline: number | undefined, signal: AbortSignal | undefined): Promise<Permit> {
+    return new Promise<Permit>((resolve, reject) => {
+      const waiter: Waiter = {
+        enqueuedAt: now,
+        resolve,
+        prev: undefined,
+        next: undefined,
+        list: undefined,
+        timer: undefined,
+        signal: undefined,
+        onAbort: undefined,
+      };
+      level.push(waiter);
+      this.queuedCount++;
+      if (deadline !== undefined && deadline !== Infinity) {
+        waiter.timer = this.clock.setTimer(deadline - now, () => {
+          if (!this.leave(waiter)) return;
+          this.expiredCount++;
+          const waited = this.clock.now() - waiter.enqueuedAt;
+          reject(new DeadlineInQueueError(`deadline passed after waiting ${waited} ms in the queue`));
+        });
+      }
+      if (signal) {
+        const onAbort = (): void => {
+          if (!this.leave(waiter)) return;
+          this.cancelledCount++;
+          reject(signal.reason);
+        };
+        waiter.signal = signal;
+        waiter.onAbort = onAbort;
+        signal.addEventListener('abort', onAbort, { once: true });
+      }
+    });
+  }
+
+  /**
+   * Takes a waiter out of its list and drops its timer and abort listener.
+   * Returns false when it had already left, so each waiter settles exactly once.
+   */
+  private leave(waiter: Waiter): boolean {
+    const list = waiter.list;
+    if (list === undefined) return false;
+    list.remove(waiter);
+    this.queuedCount--;
+    waiter.timer?.cancel();
+    waiter.timer = undefined;
+    if (waiter.signal && waiter.onAbort) waiter.signal.removeEventListener('abort', waiter.onAbort);
+    waiter.signal = waiter.onAbort = undefined;
+    return true;
+  }
+
+  /** Takes the waiter to serve next out of the queue: highest priority first, oldest first within it. */
+  private nextWaiter(): Waiter | undefined {
+    for (const priority of SERVICE_ORDER) {
+      const waiter = this.levels[priority].first;
+      if (waiter) {
+        this.leave(waiter);
+        return waiter;
+      }
+    }
+    return undefined;
+  }
+
+  private createPermit(waitedMs: number): Permit {
+    let released = false;
+    return Object.freeze({
+      waitedMs,
+      release: (): void => {
+        if (released) return;
+        released = true;
+        this.releaseSlot();
+      },
+    });
+  }
+
+  private releaseSlot(): void {
+    const waiter = this.nextWaiter();
+    if (waiter === undefined) {
+      this.inFlightCount--;
+      return;
+    }
+    // The slot passes straight to the waiter: inFlight stays the same.
+    this.admittedCount++;
+    waiter.resolve(this.createPermit(this.clock.now() - waiter.enqueuedAt));
+  }
+}

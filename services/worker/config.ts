@@ -1,0 +1,16 @@
+/** Settings of the worker service. */
+import { address, integer, text } from '../../common/config';
+
+/** The worker's config schema: flag, environment variable and default of every setting. */
+export const workerSchema = {
+  host: text({ flag: '--host', env: 'MAAS_WORKER_HOST', default: '127.0.0.1', doc: 'Interface to bind.' }),
+  port: integer({ flag: '--port', env: 'MAAS_WORKER_PORT', default: 0, min: 0, max: 65535, doc: 'Port to bind; 0 picks a free one (the worker tells the balancer its address).' }),
+  advertiseAddress: text({ flag: '--advertise-address', env: 'MAAS_WORKER_ADVERTISE_ADDRESS', default: '', allowEmpty: true, doc: 'host:port the balancer dials; empty means the bound address.' }),
+  balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer to join.' }),
+  workerId: text({ flag: '--worker-id', env: 'MAAS_WORKER_ID', default: '', allowEmpty: true, doc: 'Unique worker id; empty means worker-<host>-<pid>.' }),
+  concurrency: integer({ flag: '--concurrency', env: 'MAAS_WORKER_CONCURRENCY', default: 64, min: 1, max: 10000, doc: 'Tasks run at once; more are refused with RESOURCE_EXHAUSTED (the balancer then tries another worker).' }),
+  cacheDir: text({ flag: '--cache-dir', env: 'MAAS_WORKER_CACHE_DIR', default: '.cache/models', doc: 'Where trained built-in models are cached (relative to the working directory).' }),
+  echoDelayMs: integer({ flag: '--echo-delay-ms', env: 'MAAS_WORKER_ECHO_DELAY_MS', default: 0, min: 0, max: 60000, doc: 'Delay per token of the echo model, in milliseconds.' }),
+  drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: 30000, min: 0, max: 3600000, doc: 'On SIGTERM, how long running tasks may take to finish before they are cut.' }),
+  maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_WORKER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
+};

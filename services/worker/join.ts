@@ -1,0 +1,80 @@
+/**
+ * The worker's side of membership: a stream to the balancer that opens with a hello and then
+ * sends load reports at the interval the balancer asks for. It reconnects with backoff when the
+ * balancer is away, and ends cleanly when the worker leaves.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { JoinRequest, LoadReport, WorkerHello } from '../../generated/maas/internal/v1/balancer';
+import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
+import { createMeshClient, openChannel } from '../../common/client';
+import { Logger } from '../../common/log';
+
+/** A live membership: `reportNow` pushes a report at once; `leave` ends the stream. */
+export interface Membership {
+  reportNow(): void;
+  leave(): Promise<void>;
+  /** Resolves the first time the balancer accepts the worker. */
+  readonly joined: Promise<void>;
+}
+
+/** Joins the balancer at `balancerAddress` and keeps the membership alive until `leave`. */
+export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: () => LoadReport, log: Logger): Membership {
+  const channel = openChannel(balancerAddress);
+  const client = createMeshClient(BalancerServiceDefinition, channel);
+  const stop = new AbortController();
+  let leaving = false;
+  let wake: (() => void) | undefined;
+  let intervalMs = 1000;
+  let markJoined!: () => void;
+  const joined = new Promise<void>((r) => (markJoined = r));
+
+  async function* messages(): AsyncGenerator<JoinRequest> {
+    yield { message: { $case: 'hello', hello } };
+    while (!leaving) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, intervalMs);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+      wake = undefined;
+      yield { message: { $case: 'report', report: load() } };
+    }
+    // Returning half-closes the stream: the balancer removes the worker and ends its side.
+  }
+
+  const loop = (async () => {
+    let backoff = 100;
+    while (!leaving && !stop.signal.aborted) {
+      try {
+        for await (const response of client.join(messages(), { signal: stop.signal })) {
+          intervalMs = response.reportIntervalMs || intervalMs;
+          backoff = 100;
+          markJoined();
+        }
+        if (leaving) break;
+        log.warn('balancer ended the membership stream; joining again');
+      } catch (err) {
+        if (leaving || stop.signal.aborted) break;
+        log.warn('cannot reach the balancer; retrying', { balancer: balancerAddress, error: (err as Error).message, retry_ms: backoff });
+      }
+      await sleep(backoff, undefined, { signal: stop.signal }).catch(() => undefined);
+      backoff = Math.min(backoff * 2, 5000);
+    }
+  })();
+
+  return {
+    joined,
+    reportNow: () => wake?.(),
+    async leave() {
+      leaving = true;
+      wake?.();
+      // A balancer that does not answer the half-close within a second is not waited for.
+      const timer = setTimeout(() => stop.abort(), 1000);
+      await loop;
+      clearTimeout(timer);
+      channel.close();
+    },
+  };
+}
