@@ -59,10 +59,29 @@ export function runService<S extends Schema>(
       };
       process.on('SIGTERM', () => stop('SIGTERM'));
       process.on('SIGINT', () => stop('SIGINT'));
+      watchParent(process.env.MAAS_PARENT_PID, () => stop('parent process exited'));
     },
     (err) => {
       log.error('failed to start', { error: err instanceof Error ? err.message : String(err) });
       process.exit(1);
     },
   );
+}
+
+/**
+ * When started by `maas up` (which sets MAAS_PARENT_PID), stop if that process disappears, so a
+ * killed `maas up` leaves no orphans behind.
+ */
+function watchParent(parentPid: string | undefined, onGone: () => void): void {
+  const pid = Number(parentPid);
+  if (!parentPid || !Number.isInteger(pid) || pid <= 1) return;
+  const timer = setInterval(() => {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      clearInterval(timer);
+      onGone();
+    }
+  }, 1000);
+  timer.unref();
 }

@@ -167,7 +167,7 @@ export interface GenerateResponse {
 
 /** Usage counts the tokens of one call. */
 export interface Usage {
-  /** Tokens in the prompt, as the model's tokenizer counts them. */
+  /** Words (whitespace-separated) in the prompt. */
   promptTokens: number;
   /** Tokens generated. */
   completionTokens: number;

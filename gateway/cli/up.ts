@@ -1,0 +1,162 @@
+/**
+ * `maas up`: starts every service of the mesh as its own process on this machine, waits until
+ * each reports SERVING through gRPC health, prints the endpoints, and stops them all, in order, on
+ * Ctrl-C. It spawns processes and asks them for health over gRPC; it imports no service code.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { resolve } from 'node:path';
+import { createChannel, createClient } from 'nice-grpc';
+import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
+
+/** One service process to start. */
+interface ProcessSpec {
+  name: string;
+  entry: string;
+  args: string[];
+  address: string;
+}
+
+/** Options of `maas up`. */
+export interface UpOptions {
+  host: string;
+  gatewayPort: number;
+  schedulerPort: number;
+  balancerPort: number;
+  workerBasePort: number;
+  workers: number;
+  policy: string;
+  startTimeoutMs: number;
+}
+
+const dist = resolve(__dirname, '../..');
+
+/** The processes of the mesh, in start order. */
+export function meshProcesses(o: UpOptions): ProcessSpec[] {
+  const at = (port: number) => `${o.host}:${port}`;
+  const balancer = at(o.balancerPort);
+  const specs: ProcessSpec[] = [
+    { name: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer },
+  ];
+  for (let i = 0; i < o.workers; i++) {
+    const port = o.workerBasePort + i;
+    specs.push({ name: `worker-${i + 1}`, entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--worker-id', `worker-${i + 1}`], address: at(port) });
+  }
+  specs.push(
+    { name: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer], address: at(o.schedulerPort) },
+    { name: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer], address: at(o.gatewayPort) },
+  );
+  return specs;
+}
+
+/** Resolves when the server at `address` reports SERVING; rejects at `deadline` or on `signal`. */
+export async function waitForServing(address: string, deadline: number, signal: AbortSignal): Promise<void> {
+  const channel = createChannel(address);
+  const health = createClient(HealthDefinition, channel);
+  try {
+    while (!signal.aborted) {
+      const attempt = AbortSignal.any([signal, AbortSignal.timeout(Math.max(1, deadline - Date.now()))]);
+      try {
+        for await (const r of health.watch({ service: '' }, { signal: attempt })) {
+          if (r.status === HealthCheckResponse_ServingStatus.SERVING) return;
+        }
+      } catch (err) {
+        if (Date.now() >= deadline) throw new Error(`${address} did not report SERVING in time`);
+        if (signal.aborted) throw err;
+      }
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error('start aborted');
+  } finally {
+    channel.close();
+  }
+}
+
+function prefixLines(name: string, stream: NodeJS.ReadableStream | null, out: NodeJS.WritableStream): void {
+  let buffered = '';
+  stream?.setEncoding('utf8');
+  stream?.on('data', (data: string) => {
+    buffered += data;
+    const lines = buffered.split('\n');
+    buffered = lines.pop() ?? '';
+    for (const line of lines) out.write(`[${name}] ${line}\n`);
+  });
+}
+
+/** Starts the mesh and runs until SIGINT/SIGTERM; resolves with the exit code. */
+export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  const specs = meshProcesses(o);
+  const children = new Map<string, ChildProcess>();
+  const abort = new AbortController();
+  let stopping = false;
+  let failure: string | undefined;
+
+  const stopAll = async () => {
+    if (stopping) return;
+    stopping = true;
+    // Stop from the edge inward: gateway first, balancer last, so no call finds a missing hop.
+    for (const spec of [...specs].reverse()) {
+      const child = children.get(spec.name);
+      if (!child || child.exitCode !== null || child.signalCode !== null) continue;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 35_000);
+      await exited;
+      clearTimeout(timer);
+    }
+  };
+
+  const onSignal = () => {
+    out.write('\nstopping the mesh…\n');
+    abort.abort();
+    void stopAll().then(() => process.exit(failure ? 1 : 0));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const deadline = Date.now() + o.startTimeoutMs;
+  for (const spec of specs) {
+    const child = spawn(process.execPath, [resolve(dist, spec.entry), ...spec.args], {
+      env: { ...process.env, MAAS_PARENT_PID: String(process.pid) },
+      // Own process group: a terminal's Ctrl-C reaches only `maas up`, which stops the rest in order.
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.set(spec.name, child);
+    prefixLines(spec.name, child.stdout, out);
+    prefixLines(spec.name, child.stderr, out);
+    child.once('exit', (code, sig) => {
+      if (stopping) return;
+      failure = `${spec.name} exited unexpectedly (${sig ?? `code ${code}`})`;
+      out.write(`maas up: ${failure}; stopping the mesh\n`);
+      abort.abort();
+      void stopAll().then(() => process.exit(1));
+    });
+  }
+  try {
+    // Workers train their models on the first start; the others are ready in moments.
+    await Promise.all(specs.map((s) => waitForServing(s.address, deadline, abort.signal)));
+  } catch (err) {
+    if (!stopping) {
+      out.write(`maas up: ${(err as Error).message}; stopping the mesh\n`);
+      await stopAll();
+    }
+    return 1;
+  }
+  const gw = `${o.host}:${o.gatewayPort}`;
+  out.write(
+    [
+      '',
+      'MaaS Mesh is up: every service reports SERVING.',
+      ...specs.map((s) => `  ${s.name.padEnd(10)} ${s.address}${s.name === 'gateway' ? '   (public API: maas.v1.InferenceService, maas.v1.ModelService)' : s.name === 'balancer' ? `   (policy ${o.policy})` : ''}`),
+      '',
+      'Try:',
+      '  npx maas models',
+      '  npx maas generate --model ngram --seed 7 "the meeting"',
+      `  grpcurl -plaintext -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
+      '',
+      'Ctrl-C stops everything.',
+      '',
+    ].join('\n'),
+  );
+  return new Promise<number>(() => {});
+}
