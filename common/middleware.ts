@@ -53,7 +53,7 @@ export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshCo
       } else {
         timer = setTimeout(() => {
           expired = true;
-          controller.abort();
+          controller.abort(new MeshError('deadline_exceeded', 'deadline exceeded'));
         }, remaining);
       }
     }

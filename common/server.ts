@@ -45,6 +45,8 @@ export interface RunningGrpcServer {
   setServing(serving: boolean): void;
   /** Stops taking calls, waits up to graceMs for calls in flight, then cuts what remains. */
   shutdown(graceMs?: number): Promise<void>;
+  /** Cuts every connection at once, with no status sent: what callers see when a process dies. */
+  kill(): void;
 }
 
 const REFLECTION_V1ALPHA = Object.fromEntries(
@@ -106,5 +108,6 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       clearTimeout(timer);
       server.forceShutdown();
     },
+    kill: () => server.forceShutdown(),
   };
 }

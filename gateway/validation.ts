@@ -28,7 +28,7 @@ const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 
 /** Checks a model name: required, at most 128 characters of letters, digits, '.', '_' and '-'. */
 export function validateModelName(field: string, name: string): string {
-  if (name === '') throw invalidField(field, 'is required', '""');
+  if (name === '') throw invalidField(field, 'is required', name);
   if (name.length > MAX_MODEL_NAME_CHARS) throw invalidField(field, `must be at most ${MAX_MODEL_NAME_CHARS} characters`, name);
   if (!MODEL_NAME.test(name)) throw invalidField(field, "must contain only letters, digits, '.', '_' and '-'", name);
   return name;
@@ -44,9 +44,9 @@ function validatePriority(field: string, priority: Priority): Priority {
 /** Validates a GenerateRequest and fills its defaults. */
 export function validateGenerateRequest(request: GenerateRequest, limits: RequestLimits): GenerateRequest {
   const model = validateModelName('model', request.model);
-  if (request.prompt === '') throw invalidField('prompt', 'is required', '""');
+  if (request.prompt === '') throw invalidField('prompt', 'is required', request.prompt);
   if (request.prompt.length > limits.maxPromptChars) {
-    throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, `${request.prompt.length} characters`);
+    throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, request.prompt);
   }
   if (request.maxTokens > MAX_TOKENS_LIMIT) throw invalidField('max_tokens', `must be <= ${MAX_TOKENS_LIMIT}`, request.maxTokens);
   const temperature = request.temperature ?? 1;
@@ -69,9 +69,9 @@ export function validateGenerateRequest(request: GenerateRequest, limits: Reques
 /** Validates a PredictRequest and fills its defaults. */
 export function validatePredictRequest(request: PredictRequest, limits: RequestLimits): PredictRequest {
   const model = validateModelName('model', request.model);
-  if (request.input === '') throw invalidField('input', 'is required', '""');
+  if (request.input === '') throw invalidField('input', 'is required', request.input);
   if (request.input.length > limits.maxInputChars) {
-    throw invalidField('input', `must be at most ${limits.maxInputChars} characters`, `${request.input.length} characters`);
+    throw invalidField('input', `must be at most ${limits.maxInputChars} characters`, request.input);
   }
   return { ...request, model, priority: validatePriority('priority', request.priority) };
 }

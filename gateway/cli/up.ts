@@ -80,6 +80,9 @@ function prefixLines(name: string, stream: NodeJS.ReadableStream | null, out: No
     buffered = lines.pop() ?? '';
     for (const line of lines) out.write(`[${name}] ${line}\n`);
   });
+  stream?.on('end', () => {
+    if (buffered) out.write(`[${name}] ${buffered}\n`);
+  });
 }
 
 /** Starts the mesh and runs until SIGINT/SIGTERM; resolves with the exit code. */

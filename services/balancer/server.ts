@@ -26,8 +26,12 @@ import { balancerSchema } from './config';
 import { Member, Membership } from './membership';
 import { createPolicy } from './policy';
 
-/** Worker failures that mean "try another worker" when they happen before any output. */
-const RETRYABLE = new Set([Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED, Status.INTERNAL, Status.UNKNOWN]);
+/**
+ * Worker failures that mean "try another worker" when they happen before any output. CANCELLED
+ * counts only when this balancer did not cancel: a worker whose connection is torn down (process
+ * killed, server force-stopped) surfaces as CANCELLED or UNAVAILABLE.
+ */
+const RETRYABLE = new Set([Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED, Status.INTERNAL, Status.UNKNOWN, Status.CANCELLED]);
 
 /** How many workers one task may be tried on. */
 const MAX_ATTEMPTS = 2;

@@ -77,6 +77,10 @@ async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext
     endSpan(span, err);
     if (err instanceof QueueFullError) throw new MeshError('resource_exhausted', err.message);
     if (err instanceof DeadlineInQueueError) throw new MeshError('deadline_exceeded', err.message);
+    // The call's own deadline timer may fire just before the queue's: same outcome, same status.
+    if (err instanceof MeshError && err.kind === 'deadline_exceeded') {
+      throw new MeshError('deadline_exceeded', 'deadline passed while waiting in the scheduler queue');
+    }
     throw err;
   }
 }

@@ -13,6 +13,8 @@ import { Logger } from '../../common/log';
 export interface Membership {
   reportNow(): void;
   leave(): Promise<void>;
+  /** Drops the stream at once without a goodbye (for crash tests). */
+  abandon(): void;
   /** Resolves the first time the balancer accepts the worker. */
   readonly joined: Promise<void>;
 }
@@ -49,7 +51,11 @@ export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: 
     while (!leaving && !stop.signal.aborted) {
       try {
         for await (const response of client.join(messages(), { signal: stop.signal })) {
-          intervalMs = response.reportIntervalMs || intervalMs;
+          if (response.reportIntervalMs && response.reportIntervalMs !== intervalMs) {
+            intervalMs = response.reportIntervalMs;
+            // Report now: the wait under way was timed with the old interval, maybe too long.
+            wake?.();
+          }
           backoff = 100;
           markJoined();
         }
@@ -67,6 +73,11 @@ export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: 
   return {
     joined,
     reportNow: () => wake?.(),
+    abandon() {
+      leaving = true;
+      stop.abort();
+      channel.close();
+    },
     async leave() {
       leaving = true;
       wake?.();

@@ -154,9 +154,10 @@ export async function startWorker(
       await server.shutdown(1000);
     },
     crash() {
+      // Connections go first, so no caller receives a status: as if the process had died.
+      server.kill();
+      membership.abandon();
       for (const c of running.values()) c.abort();
-      void membership.leave();
-      void server.shutdown(0);
     },
   };
 }

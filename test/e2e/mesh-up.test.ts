@@ -1,0 +1,405 @@
+/**
+ * End to end: `maas up` starts the real mesh (gateway, scheduler, balancer, two workers), each
+ * service in its own process, exporting traces over OTLP/HTTP to a receiver that this test runs.
+ * The tests talk to the gateway through the generated clients, check one request's trace across
+ * every hop, and check that Ctrl-C (SIGINT) on `maas up` leaves no service process behind.
+ */
+import { expect } from 'chai';
+import { ChildProcess, spawn } from 'node:child_process';
+import { EventEmitter, once } from 'node:events';
+import { readFileSync, readdirSync } from 'node:fs';
+import { IncomingMessage, Server, ServerResponse, createServer as createHttpServer } from 'node:http';
+import { AddressInfo, createServer as createNetServer } from 'node:net';
+import { resolve } from 'node:path';
+import { gunzipSync } from 'node:zlib';
+import { Channel } from 'nice-grpc';
+import { createMeshClient, openChannel } from '../../common/client.js';
+import { FinishReason, GenerateResponse, InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
+import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
+
+/** The repository root (this file runs from dist/test/e2e). */
+const repoRoot = resolve(__dirname, '../../..');
+const maasCli = resolve(repoRoot, 'dist/gateway/cli/maas.js');
+const WORKERS = 2;
+/** gateway, scheduler, balancer and the workers take N, N+1, N+2, N+3.. */
+const PORTS_NEEDED = 3 + WORKERS;
+
+// OTLP span kinds (the API's SpanKind + 1).
+const KIND_SERVER = 2;
+const KIND_CLIENT = 3;
+
+/** One span as the OTLP/HTTP JSON exporter sends it, with its resource's service.name. */
+interface CollectedSpan {
+  service: string;
+  traceId: string;
+  spanId: string;
+  parentSpanId?: string;
+  name: string;
+  kind: number;
+}
+
+interface OtlpJsonRequest {
+  resourceSpans?: Array<{
+    resource?: { attributes?: Array<{ key: string; value?: { stringValue?: string } }> };
+    scopeSpans?: Array<{ spans?: Array<Omit<CollectedSpan, 'service'>> }>;
+  }>;
+}
+
+/**
+ * A minimal OTLP/HTTP trace receiver. The installed @opentelemetry/exporter-trace-otlp-http
+ * (0.223.x, Node) posts JSON (`application/json`, JsonTraceSerializer: hex ids, numeric kinds),
+ * uncompressed unless OTEL_EXPORTER_OTLP_COMPRESSION=gzip, which is handled too.
+ */
+class OtlpReceiver {
+  readonly spans: CollectedSpan[] = [];
+  private readonly arrivals = new EventEmitter();
+  private readonly server: Server;
+  port = 0;
+
+  constructor() {
+    this.server = createHttpServer((req, res) => void this.handle(req, res));
+  }
+
+  async start(): Promise<void> {
+    this.server.listen(0, '127.0.0.1');
+    await once(this.server, 'listening');
+    this.port = (this.server.address() as AddressInfo).port;
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const parts: Buffer[] = [];
+    for await (const part of req) parts.push(part as Buffer);
+    if (req.method !== 'POST' || req.url !== '/v1/traces') {
+      res.writeHead(404).end();
+      return;
+    }
+    let body = Buffer.concat(parts);
+    if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
+    const type = req.headers['content-type'] ?? '';
+    if (!type.startsWith('application/json')) {
+      res.writeHead(415, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `unsupported content-type ${type}` }));
+      return;
+    }
+    const request = JSON.parse(body.toString('utf8')) as OtlpJsonRequest;
+    const added: CollectedSpan[] = [];
+    for (const rs of request.resourceSpans ?? []) {
+      const service = rs.resource?.attributes?.find((a) => a.key === 'service.name')?.value?.stringValue ?? '?';
+      for (const ss of rs.scopeSpans ?? []) {
+        for (const s of ss.spans ?? []) {
+          added.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind });
+        }
+      }
+    }
+    this.spans.push(...added);
+    res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
+    if (added.length > 0) this.arrivals.emit('spans');
+  }
+
+  /**
+   * Resolves with the first non-undefined result of `check(spans)`, evaluated now and each time new
+   * spans arrive; rejects after `timeoutMs` with `describe(spans)` in the message.
+   */
+  async waitFor<T>(check: (spans: CollectedSpan[]) => T | undefined, timeoutMs: number, describe: (spans: CollectedSpan[]) => string): Promise<T> {
+    const first = check(this.spans);
+    if (first !== undefined) return first;
+    return new Promise<T>((resolvePromise, reject) => {
+      const onSpans = () => {
+        const result = check(this.spans);
+        if (result === undefined) return;
+        cleanup();
+        resolvePromise(result);
+      };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new Error(`gave up after ${timeoutMs} ms: ${describe(this.spans)}`));
+      }, timeoutMs);
+      const cleanup = () => {
+        clearTimeout(timer);
+        this.arrivals.off('spans', onSpans);
+      };
+      this.arrivals.on('spans', onSpans);
+    });
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+}
+
+/** True when `port` can be bound on 127.0.0.1 right now. */
+async function isFree(port: number): Promise<boolean> {
+  const server = createNetServer();
+  return new Promise<boolean>((resolvePromise) => {
+    server.once('error', () => resolvePromise(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolvePromise(true)));
+  });
+}
+
+/** A port N such that N..N+count-1 are all free on 127.0.0.1. */
+async function freePortRun(count: number): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20000 + Math.floor(Math.random() * (60000 - 20000 - count));
+    let ok = true;
+    for (let i = 0; i < count && ok; i++) ok = await isFree(base + i);
+    if (ok) return base;
+  }
+  throw new Error(`found no run of ${count} free ports in 20000-60000`);
+}
+
+/** Pids of the processes whose parent is `ppid` (from /proc). */
+function childPids(ppid: number): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command name, which is in parentheses and may contain spaces.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[1]) === ppid) pids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return pids;
+}
+
+/** The command line of `pid`, or undefined when no such process exists. */
+function cmdlineOf(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Processes (pid and command line) that run one of our mesh's entry points on one of `ports`. */
+function meshProcessesOn(ports: number[]): Array<{ pid: number; cmdline: string }> {
+  const found: Array<{ pid: number; cmdline: string }> = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = cmdlineOf(Number(entry));
+    if (!cmdline || !cmdline.includes(resolve(repoRoot, 'dist'))) continue;
+    if (ports.some((p) => cmdline.includes(`--port ${p}`))) found.push({ pid: Number(entry), cmdline });
+  }
+  return found;
+}
+
+function exited(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
+describe('maas up: the whole mesh as separate processes', function () {
+  let receiver: OtlpReceiver;
+  let up: ChildProcess | undefined;
+  let upExit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  let output = '';
+  let gatewayPort = 0;
+  let ports: number[] = [];
+  let servicePids: number[] = [];
+  let channel: Channel | undefined;
+
+  // Last resort if mocha itself dies: `maas up` must not outlive the test run. Its services watch
+  // its pid (MAAS_PARENT_PID) and stop when it disappears.
+  const killOnExit = () => {
+    if (up && !exited(up)) up.kill('SIGKILL');
+  };
+
+  before(async function () {
+    this.timeout(180_000);
+    process.on('exit', killOnExit);
+    receiver = new OtlpReceiver();
+    await receiver.start();
+    gatewayPort = await freePortRun(PORTS_NEEDED);
+    ports = Array.from({ length: PORTS_NEEDED }, (_, i) => gatewayPort + i);
+
+    // A clean environment: no inherited MAAS_* or OTEL_* setting may change what is under test.
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MAAS_') && !k.startsWith('OTEL_')) env[k] = v;
+    env.OTEL_EXPORTER_OTLP_ENDPOINT = `http://127.0.0.1:${receiver.port}`;
+    env.MAAS_WORKER_CACHE_DIR = resolve(repoRoot, '.cache/models');
+
+    const child = spawn(process.execPath, [maasCli, 'up', '--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--workers', String(WORKERS)], {
+      cwd: repoRoot,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    up = child;
+    upExit = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+    child.stdout!.setEncoding('utf8');
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (d: string) => (output += d));
+
+    await new Promise<void>((resolvePromise, reject) => {
+      const timer = setTimeout(() => done(new Error('maas up did not print "MaaS Mesh is up" within 120 s')), 120_000);
+      const onData = (d: string) => {
+        output += d;
+        if (output.includes('MaaS Mesh is up')) done();
+      };
+      const onExit = (code: number | null, signal: string | null) => done(new Error(`maas up exited (${signal ?? `code ${code}`}) before the mesh was up`));
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        child.off('exit', onExit);
+        child.off('error', onError);
+        child.stdout!.off('data', onData);
+        if (err) reject(new Error(`${err.message}\n--- output of maas up ---\n${output}`));
+        else resolvePromise();
+      };
+      const onError = (err: Error) => done(new Error(`maas up could not start: ${err.message}`));
+      child.stdout!.on('data', onData);
+      child.once('exit', onExit);
+      child.once('error', onError);
+    });
+    // Keep collecting output for failure messages.
+    child.stdout!.on('data', (d: string) => (output += d));
+
+    servicePids = childPids(child.pid!);
+    expect(servicePids, `service processes of maas up (pid ${child.pid})`).to.have.lengthOf(PORTS_NEEDED);
+    channel = openChannel(`127.0.0.1:${gatewayPort}`);
+  });
+
+  after(async function () {
+    this.timeout(180_000);
+    channel?.close();
+    const problems: string[] = [];
+    try {
+      if (up && !exited(up)) {
+        up.kill('SIGINT');
+        let timer: NodeJS.Timeout | undefined;
+        const result = await Promise.race([
+          upExit,
+          new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), 120_000))),
+        ]);
+        clearTimeout(timer);
+        if (!result) {
+          problems.push('maas up did not exit within 120 s of SIGINT');
+          up.kill('SIGKILL');
+          await upExit;
+        } else if (result.code !== 0) {
+          problems.push(`maas up exited with ${result.signal ?? `code ${result.code}`} after SIGINT`);
+        }
+      }
+      // maas up waits for each service's exit before its own, so they must be gone by now.
+      const left = servicePids.filter((pid) => {
+        const cmdline = cmdlineOf(pid);
+        return cmdline !== undefined && ports.some((p) => cmdline.includes(`--port ${p}`));
+      });
+      const strays = meshProcessesOn(ports);
+      if (left.length > 0 || strays.length > 0) {
+        problems.push(`service processes left after maas up exited: ${strays.map((s) => `${s.pid} ${s.cmdline}`).join('; ') || left.join(', ')}`);
+        for (const pid of new Set([...left, ...strays.map((s) => s.pid)])) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // already gone
+          }
+        }
+      }
+    } finally {
+      process.off('exit', killOnExit);
+      await receiver?.close();
+    }
+    expect(problems, `shutdown of the mesh\n--- output of maas up ---\n${output}`).to.deep.equal([]);
+  });
+
+  it('lists the three built-in models through a generated client', async function () {
+    const models = createMeshClient(ModelServiceDefinition, channel!);
+    const { models: list } = await models.listModels({}, { deadline: Date.now() + 10_000 });
+    const names = list.map((m) => m.name);
+    expect(names).to.include.members(['spam-nb', 'ngram', 'echo']);
+    const spam = list.find((m) => m.name === 'spam-nb')!;
+    expect(spam.metadata, 'spam-nb metadata').to.have.property('accuracy');
+    expect(Number(spam.metadata.accuracy), `spam-nb accuracy "${spam.metadata.accuracy}"`).to.be.greaterThan(0.9);
+  });
+
+  it('streams Generate chunks from ngram with the same output for the same seed', async function () {
+    const inference = createMeshClient(InferenceServiceDefinition, channel!);
+    const collect = async (): Promise<GenerateResponse[]> => {
+      const chunks: GenerateResponse[] = [];
+      const stream = inference.generate({ model: 'ngram', prompt: 'the meeting', maxTokens: 12, seed: 42 }, { deadline: Date.now() + 30_000 });
+      for await (const chunk of stream) chunks.push(chunk);
+      return chunks;
+    };
+    const first = await collect();
+    const second = await collect();
+    expect(first.length, 'chunks in one stream').to.be.greaterThan(1);
+    expect(second).to.deep.equal(first);
+    expect(first[first.length - 1].finishReason, 'finish reason of the last chunk').to.not.equal(FinishReason.FINISH_REASON_UNSPECIFIED);
+    for (const chunk of first.slice(0, -1)) expect(chunk.finishReason, `finish reason of chunk ${chunk.index}`).to.equal(FinishReason.FINISH_REASON_UNSPECIFIED);
+  });
+
+  it('classifies an obvious spam message', async function () {
+    const inference = createMeshClient(InferenceServiceDefinition, channel!);
+    const r = await inference.predict({ model: 'spam-nb', input: 'WIN A FREE PRIZE NOW, click here to claim your cash' }, { deadline: Date.now() + 30_000 });
+    expect(r.label).to.equal('spam');
+    const sum = Object.values(r.probabilities).reduce((a, b) => a + b, 0);
+    expect(sum, `sum of ${JSON.stringify(r.probabilities)}`).to.be.closeTo(1, 1e-6);
+  });
+
+  it('one Generate call is one trace across gateway, scheduler, balancer and worker with correct parents', async function () {
+    this.timeout(30_000);
+    const inference = createMeshClient(InferenceServiceDefinition, channel!);
+    const before = new Set(receiver.spans.filter((s) => s.name === 'maas.v1.InferenceService/Generate').map((s) => s.spanId));
+    for await (const _chunk of inference.generate({ model: 'echo', prompt: 'trace me please', maxTokens: 3 }, { deadline: Date.now() + 10_000 })) {
+      // drain the stream
+    }
+
+    const services = ['maas-gateway', 'maas-scheduler', 'maas-balancer', 'maas-worker'];
+    const expected: Array<[string, string]> = [
+      ['maas-gateway', 'maas.v1.InferenceService/Generate'],
+      ['maas-gateway', 'maas.internal.v1.SchedulerService/Schedule'],
+      ['maas-scheduler', 'maas.internal.v1.SchedulerService/Schedule'],
+      ['maas-scheduler', 'scheduler.queue_wait'],
+      ['maas-scheduler', 'maas.internal.v1.BalancerService/Route'],
+      ['maas-balancer', 'maas.internal.v1.BalancerService/Route'],
+      ['maas-balancer', 'maas.internal.v1.WorkerService/Execute'],
+      ['maas-worker', 'maas.internal.v1.WorkerService/Execute'],
+      ['maas-worker', 'model.execute'],
+    ];
+    const isRoot = (s: CollectedSpan) =>
+      s.service === 'maas-gateway' && s.kind === KIND_SERVER && s.name === 'maas.v1.InferenceService/Generate' && !s.parentSpanId && !before.has(s.spanId);
+    const describe = (spans: CollectedSpan[]) => {
+      const root = spans.find(isRoot);
+      const shown = root ? spans.filter((s) => s.traceId === root.traceId) : spans;
+      return `${root ? `trace ${root.traceId}` : 'no root Generate span yet'}; spans:\n${shown
+        .map((s) => `  ${s.service.padEnd(15)} kind=${s.kind} ${s.name} span=${s.spanId} parent=${s.parentSpanId ?? '-'} trace=${s.traceId}`)
+        .join('\n')}`;
+    };
+    const trace = await receiver.waitFor(
+      (spans) => {
+        const root = spans.find(isRoot);
+        if (!root) return undefined;
+        const inTrace = spans.filter((s) => s.traceId === root.traceId);
+        // Each process flushes its own batches, so wait until every hop's spans have arrived.
+        const complete = expected.every(([svc, name]) => inTrace.some((s) => s.service === svc && s.name === name));
+        return complete ? { root, spans: inTrace } : undefined;
+      },
+      15_000,
+      describe,
+    );
+
+    const explain = `\n${describe(receiver.spans)}`;
+    const byId = new Map(trace.spans.map((s) => [s.spanId, s]));
+    expect([...new Set(trace.spans.map((s) => s.service))], `services in the trace${explain}`).to.include.members(services);
+    for (const s of trace.spans) {
+      if (s === trace.root) continue;
+      expect(s.parentSpanId, `parent of ${s.service} ${s.name}${explain}`).to.be.a('string');
+      expect(byId.has(s.parentSpanId!), `parent ${s.parentSpanId} of ${s.service} ${s.name} is a span of the trace${explain}`).to.equal(true);
+    }
+
+    /** The one span that is a child of `parent` with the given service, kind and name. */
+    const child = (parent: CollectedSpan, service: string, kind: number | undefined, name: string): CollectedSpan => {
+      const found = trace.spans.filter((s) => s.parentSpanId === parent.spanId && s.service === service && (kind === undefined || s.kind === kind) && s.name === name);
+      expect(found, `${service} span "${name}"${kind ? ` (kind ${kind})` : ''} under ${parent.service} "${parent.name}"${explain}`).to.have.lengthOf(1);
+      return found[0];
+    };
+    const gatewayClient = child(trace.root, 'maas-gateway', KIND_CLIENT, 'maas.internal.v1.SchedulerService/Schedule');
+    const schedulerServer = child(gatewayClient, 'maas-scheduler', KIND_SERVER, 'maas.internal.v1.SchedulerService/Schedule');
+    child(schedulerServer, 'maas-scheduler', undefined, 'scheduler.queue_wait');
+    const schedulerClient = child(schedulerServer, 'maas-scheduler', KIND_CLIENT, 'maas.internal.v1.BalancerService/Route');
+    const balancerServer = child(schedulerClient, 'maas-balancer', KIND_SERVER, 'maas.internal.v1.BalancerService/Route');
+    const balancerClient = child(balancerServer, 'maas-balancer', KIND_CLIENT, 'maas.internal.v1.WorkerService/Execute');
+    const workerServer = child(balancerClient, 'maas-worker', KIND_SERVER, 'maas.internal.v1.WorkerService/Execute');
+    child(workerServer, 'maas-worker', undefined, 'model.execute');
+  });
+});

@@ -1,0 +1,144 @@
+/** Routing through the balancer: retries before the first chunk, none after, and the policies. */
+import { expect } from 'chai';
+import { createMeshClient, openChannel } from '../../common/client';
+import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
+import { GenerateRequest } from '../../generated/maas/v1/inference';
+import { PolicyName } from '../../services/balancer/policy';
+import { RunningWorker } from '../../services/worker/server';
+import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
+
+const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, ...o });
+
+/** Counts the tasks each worker starts. */
+function countStarts(workers: RunningWorker[]): Map<string, number> {
+  const counts = new Map(workers.map((w) => [w.id, 0]));
+  for (const w of workers) w.activity.on('task-start', () => counts.set(w.id, counts.get(w.id)! + 1));
+  return counts;
+}
+
+describe('balancing', function () {
+  this.timeout(20000);
+
+  describe('worker failures', () => {
+    let mesh: TestMesh;
+    beforeEach(async () => {
+      mesh = await startMesh({ workers: [{ echoDelayMs: 150 }, { echoDelayMs: 150 }] });
+    });
+    afterEach(() => mesh.stop());
+
+    it('retries on another worker when the first dies before its first chunk', async () => {
+      const [a, b] = mesh.workers;
+      const starts = countStarts([a, b]);
+      // Whichever worker gets the task dies before producing anything.
+      const crashFirst = Promise.race([a, b].map((w) => nextEvent(w.activity, 'task-start').then(() => w)));
+      const call = collect(mesh.inference.generate(generate({ prompt: 'one two three' })));
+      const crashed = await crashFirst;
+      crashed.crash();
+      const chunks = await call;
+      expect(chunks.map((c) => c.text).join('')).to.equal('one two three');
+      const survivor = crashed === a ? b : a;
+      expect(starts.get(survivor.id)).to.equal(1);
+    });
+
+    it('never retries after the first chunk: the client gets UNAVAILABLE and no duplicate output', async () => {
+      const [a, b] = mesh.workers;
+      const starts = countStarts([a, b]);
+      let serving: RunningWorker | undefined;
+      for (const w of [a, b]) w.activity.once('task-start', () => (serving ??= w));
+      const received: string[] = [];
+      const err = await grpcError(
+        (async () => {
+          for await (const chunk of mesh.inference.generate(generate({ prompt: 'one two three four five' }))) {
+            received.push(chunk.text);
+            if (received.length === 1) serving!.crash();
+          }
+        })(),
+      );
+      expect(err.code).to.equal(Status.UNAVAILABLE);
+      expect(err.details).to.match(/failed after its output began/);
+      expect(received).to.deep.equal(['one']);
+      const other = serving === a ? b : a;
+      expect(starts.get(other.id)).to.equal(0);
+    });
+
+    it('answers UNAVAILABLE with a clear message when no worker serves the model', async () => {
+      const channel = openChannel(mesh.balancer.address);
+      try {
+        const balancer = createMeshClient(BalancerServiceDefinition, channel);
+        const task = { requestId: 't', tenant: 'test', request: { $case: 'generate' as const, generate: generate({ model: 'ngram-xl' }) } };
+        const err = await grpcError(collect(balancer.route({ task })));
+        expect(err.code).to.equal(Status.UNAVAILABLE);
+        expect(err.details).to.equal('no ready worker serves model "ngram-xl"');
+      } finally {
+        channel.close();
+      }
+    });
+
+    it('a draining worker finishes its running task, leaves the balancer, and gets no new work', async () => {
+      const [a, b] = mesh.workers;
+      let serving: RunningWorker | undefined;
+      for (const w of [a, b]) w.activity.once('task-start', () => (serving ??= w));
+      const call = collect(mesh.inference.generate(generate({ prompt: 'one two three four' })));
+      await until(() => serving !== undefined, 5000, 'task start');
+      const drained = serving!.shutdown();
+      const chunks = await call;
+      expect(chunks.map((c) => c.text).join('')).to.equal('one two three four');
+      await drained;
+      expect(mesh.balancer.membership.get(serving!.id)).to.equal(undefined);
+      const other = serving === a ? b : a;
+      const next = nextEvent(other.activity, 'task-start');
+      await mesh.inference.predict({ model: 'echo', input: 'after', priority: 0 });
+      await next;
+    });
+
+    it('removes a worker whose process dies, and routes around it', async () => {
+      const [a, b] = mesh.workers;
+      a.crash();
+      await until(() => mesh.balancer.membership.get(a.id) === undefined, 5000, 'dead worker removed');
+      const starts = countStarts([b]);
+      for (let i = 0; i < 4; i++) await mesh.inference.predict({ model: 'echo', input: `x${i}`, priority: 0 });
+      expect(starts.get(b.id)).to.equal(4);
+    });
+  });
+
+  describe('policies', () => {
+    it('round_robin spreads sequential calls evenly over the workers', async () => {
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{}, {}, {}] });
+      try {
+        const starts = countStarts(mesh.workers);
+        for (let i = 0; i < 30; i++) await mesh.inference.predict({ model: 'echo', input: 'x', priority: 0 });
+        expect([...starts.values()]).to.deep.equal([10, 10, 10]);
+      } finally {
+        await mesh.stop();
+      }
+    });
+
+    /** Share of 60 calls (6 at a time) that a slow worker among two fast ones receives. */
+    async function slowWorkerShare(policy: PolicyName): Promise<number> {
+      const mesh = await startMesh({ policy, workers: [{ echoDelayMs: 100 }, {}, {}] });
+      try {
+        const starts = countStarts(mesh.workers);
+        let next = 0;
+        const caller = async () => {
+          while (next++ < 60) await collect(mesh.inference.generate(generate({ prompt: 'a b c' })));
+        };
+        await Promise.all(Array.from({ length: 6 }, caller));
+        return starts.get(mesh.workers[0].id)! / 60;
+      } finally {
+        await mesh.stop();
+      }
+    }
+
+    it('p2c sends far fewer calls than round_robin to a worker with many outstanding requests', async () => {
+      const roundRobin = await slowWorkerShare('round_robin');
+      const p2c = await slowWorkerShare('p2c');
+      expect(roundRobin).to.be.closeTo(1 / 3, 0.02);
+      expect(p2c).to.be.lessThan(roundRobin / 2);
+    });
+
+    it('least_outstanding also steers away from the slow worker', async () => {
+      const share = await slowWorkerShare('least_outstanding');
+      expect(share).to.be.lessThan(1 / 6);
+    });
+  });
+});

@@ -1,0 +1,171 @@
+/**
+ * Test support: start the mesh in this process on 127.0.0.1:0 (real gRPC servers, each with its
+ * own port), typed clients of its public API, and small waiting helpers. Nothing here is mocked.
+ */
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { ClientError, Status } from 'nice-grpc';
+import { createMeshClient, openChannel } from '../common/client';
+import { parseConfig } from '../common/config';
+import { silentLogger } from '../common/log';
+import { InferenceServiceDefinition } from '../generated/maas/v1/inference';
+import { ModelServiceDefinition } from '../generated/maas/v1/models';
+import { gatewaySchema } from '../gateway/config';
+import { RunningGateway, startGateway } from '../gateway/server';
+import { balancerSchema } from '../services/balancer/config';
+import { PolicyName } from '../services/balancer/policy';
+import { RunningBalancer, startBalancer } from '../services/balancer/server';
+import { schedulerSchema } from '../services/scheduler/config';
+import { RunningScheduler, startScheduler } from '../services/scheduler/server';
+import { workerSchema } from '../services/worker/config';
+import { createBuiltinRuntime } from '../services/worker/models/builtin';
+import { createEchoModel } from '../services/worker/models/echo';
+import { ModelRuntime } from '../services/worker/models/runtime';
+import { RunningWorker, startWorker } from '../services/worker/server';
+
+/** Where trained built-in models are cached between test runs (as `maas up` does). */
+export const MODEL_CACHE_DIR = resolve(__dirname, '../../.cache/models');
+
+/** A worker to start: the echo model alone (fast) with a delay, or the built-in models. */
+export interface WorkerSpec {
+  echoDelayMs?: number;
+  builtin?: boolean;
+  runtime?: ModelRuntime;
+  concurrency?: number;
+  port?: number;
+}
+
+/** What startMesh takes; everything has a small default. */
+export interface MeshOptions {
+  workers?: WorkerSpec[];
+  policy?: PolicyName;
+  maxInFlight?: number;
+  maxQueued?: number;
+  gateway?: Partial<ReturnType<typeof gatewayDefaults>>;
+}
+
+const gatewayDefaults = () => parseConfig(gatewaySchema, [], {});
+
+/** A mesh running in this process. */
+export class TestMesh {
+  readonly workers: RunningWorker[] = [];
+  private readonly channel;
+  readonly inference;
+  readonly models;
+
+  constructor(
+    readonly balancer: RunningBalancer,
+    readonly scheduler: RunningScheduler,
+    readonly gateway: RunningGateway,
+  ) {
+    this.channel = openChannel(gateway.address);
+    this.inference = createMeshClient(InferenceServiceDefinition, this.channel);
+    this.models = createMeshClient(ModelServiceDefinition, this.channel);
+  }
+
+  /** Starts a worker, waits until the balancer has accepted it, and returns it. */
+  async addWorker(spec: WorkerSpec = {}): Promise<RunningWorker> {
+    const config = {
+      ...parseConfig(workerSchema, [], {}),
+      port: spec.port ?? 0,
+      balancer: this.balancer.address,
+      concurrency: spec.concurrency ?? 64,
+      echoDelayMs: spec.echoDelayMs ?? 0,
+      cacheDir: MODEL_CACHE_DIR,
+      workerId: `w${this.workers.length + 1}`,
+    };
+    const runtime = spec.runtime ?? (spec.builtin ? createBuiltinRuntime({ cacheDir: MODEL_CACHE_DIR, echoDelayMs: config.echoDelayMs }) : echoRuntime(config.echoDelayMs));
+    const worker = await startWorker(config, silentLogger, runtime);
+    this.workers.push(worker);
+    await worker.joined;
+    return worker;
+  }
+
+  /** Stops everything this mesh started. */
+  async stop(): Promise<void> {
+    this.channel.close();
+    await this.gateway.shutdown();
+    await this.scheduler.shutdown();
+    await Promise.all(this.workers.map((w) => w.shutdown().catch(() => undefined)));
+    await this.balancer.shutdown();
+  }
+}
+
+/** A runtime with only the echo model: starts at once. */
+export function echoRuntime(delayMs: number): ModelRuntime {
+  return { name: 'echo-only', load: async () => [createEchoModel({ delayMs })] };
+}
+
+/** Starts balancer, workers, scheduler and gateway on ephemeral ports. */
+export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
+  const balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200 }, silentLogger);
+  const scheduler = await startScheduler(
+    {
+      ...parseConfig(schedulerSchema, [], {}),
+      port: 0,
+      balancer: balancer.address,
+      maxInFlight: options.maxInFlight ?? 256,
+      maxQueued: options.maxQueued ?? 1024,
+    },
+    silentLogger,
+  );
+  const gateway = await startGateway(
+    { ...gatewayDefaults(), port: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...options.gateway },
+    silentLogger,
+  );
+  const mesh = new TestMesh(balancer, scheduler, gateway);
+  for (const spec of options.workers ?? [{}]) await mesh.addWorker(spec);
+  return mesh;
+}
+
+/** Resolves with the first event `name` from `emitter` whose payload satisfies `match`. */
+export async function nextEvent<T>(emitter: NodeJS.EventEmitter, name: string, match: (value: T) => boolean = () => true): Promise<T> {
+  for (;;) {
+    const [value] = (await once(emitter, name)) as [T];
+    if (match(value)) return value;
+  }
+}
+
+/**
+ * Resolves once `condition` holds, checking after every turn of the event loop; rejects after
+ * `timeoutMs`. For state that has no event of its own (such as a queue's length).
+ */
+export async function until(condition: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** The ClientError a promise rejects with; fails the test if it resolves or throws anything else. */
+export async function grpcError(promise: Promise<unknown>): Promise<ClientError> {
+  try {
+    await promise;
+  } catch (err) {
+    if (err instanceof ClientError) return err;
+    throw err;
+  }
+  throw new Error('expected the call to fail with a gRPC status, but it succeeded');
+}
+
+/** Collects a stream into an array. */
+export async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
+  const out: T[] = [];
+  for await (const x of stream) out.push(x);
+  return out;
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+export { Status };
