@@ -4,7 +4,27 @@
  * gateway see complete requests.
  */
 import { invalidField } from '../common/errors';
-import { GenerateRequest, PredictRequest, Priority } from '../generated/maas/v1/inference';
+
+/** The fields of maas.v1.GenerateRequest that validation reads (the generated type fits). */
+export interface GenerateFields {
+  model: string;
+  prompt: string;
+  maxTokens: number;
+  temperature?: number | undefined;
+  stop: string[];
+  priority: number;
+}
+
+/** The fields of maas.v1.PredictRequest that validation reads (the generated type fits). */
+export interface PredictFields {
+  model: string;
+  input: string;
+  priority: number;
+}
+
+/** Values of maas.v1.Priority, in the order of the proto enum. */
+const PRIORITY_NAMES = ['PRIORITY_UNSPECIFIED', 'PRIORITY_LOW', 'PRIORITY_NORMAL', 'PRIORITY_HIGH'];
+const PRIORITY_NORMAL = 2;
 
 /** Limits the gateway enforces; the numeric ones come from config. */
 export interface RequestLimits {
@@ -34,15 +54,15 @@ export function validateModelName(field: string, name: string): string {
   return name;
 }
 
-function validatePriority(field: string, priority: Priority): Priority {
-  if (!Object.values(Priority).includes(priority) || priority === Priority.UNRECOGNIZED) {
-    throw invalidField(field, 'must be one of PRIORITY_UNSPECIFIED, PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH', priority);
+function validatePriority(field: string, priority: number): number {
+  if (!Number.isInteger(priority) || priority < 0 || priority >= PRIORITY_NAMES.length) {
+    throw invalidField(field, `must be one of ${PRIORITY_NAMES.join(', ')}`, priority);
   }
-  return priority === Priority.PRIORITY_UNSPECIFIED ? Priority.PRIORITY_NORMAL : priority;
+  return priority === 0 ? PRIORITY_NORMAL : priority;
 }
 
 /** Validates a GenerateRequest and fills its defaults. */
-export function validateGenerateRequest(request: GenerateRequest, limits: RequestLimits): GenerateRequest {
+export function validateGenerateRequest<T extends GenerateFields>(request: T, limits: RequestLimits): T {
   const model = validateModelName('model', request.model);
   if (request.prompt === '') throw invalidField('prompt', 'is required', request.prompt);
   if (request.prompt.length > limits.maxPromptChars) {
@@ -67,7 +87,7 @@ export function validateGenerateRequest(request: GenerateRequest, limits: Reques
 }
 
 /** Validates a PredictRequest and fills its defaults. */
-export function validatePredictRequest(request: PredictRequest, limits: RequestLimits): PredictRequest {
+export function validatePredictRequest<T extends PredictFields>(request: T, limits: RequestLimits): T {
   const model = validateModelName('model', request.model);
   if (request.input === '') throw invalidField('input', 'is required', request.input);
   if (request.input.length > limits.maxInputChars) {
