@@ -168,7 +168,8 @@ describe('online inference through the mesh', function () {
       const stopMs = Date.now() - abortedAt;
       expect(end.outcome).to.equal('cancelled');
       expect(end.chunks).to.be.lessThan(10);
-      expect(stopMs).to.be.lessThan(500);
+      // Measured here: about 2 ms at p50, 14 ms at worst over 20 runs; the contract is 100 ms.
+      expect(stopMs).to.be.lessThan(100);
       expect(worker.inFlight()).to.equal(0);
     });
 
