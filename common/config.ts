@@ -141,7 +141,9 @@ export function parseConfig<S extends Schema>(schema: S, argv: readonly string[]
   }
   const out: Record<string, unknown> = {};
   for (const [key, setting] of Object.entries(schema)) {
-    const raw = fromFlags.get(key) ?? env[setting.env];
+    // An empty environment variable counts as unset, as most shells and orchestrators mean it.
+    const fromEnv = env[setting.env] === '' ? undefined : env[setting.env];
+    const raw = fromFlags.get(key) ?? fromEnv;
     if (raw === undefined) {
       out[key] = setting.default;
       continue;

@@ -38,7 +38,9 @@ const statusOfKind: Record<ErrorKind, Status> = {
 export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshContextExt> {
   return async function* meshMiddleware(call, context) {
     const raw = context.metadata.get(DEADLINE_HEADER);
-    const deadline = raw !== undefined && raw !== '' ? Number(raw) : undefined;
+    const parsed = Number(raw);
+    // The interceptor writes this header; anything unparsable means no deadline, not an instant one.
+    const deadline = raw !== undefined && raw !== '' && Number.isFinite(parsed) ? parsed : undefined;
     const controller = new AbortController();
     const onAbort = () => controller.abort(context.signal.reason);
     if (context.signal.aborted) onAbort();

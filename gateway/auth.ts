@@ -9,11 +9,17 @@ export interface Authenticator {
 /** Parses `tenant=key,tenant=key`; throws an Error saying which entry is malformed. */
 export function parseApiKeys(spec: string): Map<string, string> {
   const keys = new Map<string, string>();
-  for (const entry of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
-    const eq = entry.indexOf('=');
-    if (eq <= 0 || eq === entry.length - 1) throw new Error(`expected tenant=key, given "${entry.slice(0, eq > 0 ? eq : entry.length)}=…"`);
-    keys.set(entry.slice(eq + 1), entry.slice(0, eq));
-  }
+  spec
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+    .forEach((entry, i) => {
+      const eq = entry.indexOf('=');
+      // Never echo a malformed entry: it is most likely a secret.
+      if (eq <= 0) throw new Error(`expected tenant=key in entry ${i + 1}, given no tenant`);
+      if (eq === entry.length - 1) throw new Error(`expected tenant=key, given "${entry.slice(0, eq)}=" with an empty key`);
+      keys.set(entry.slice(eq + 1), entry.slice(0, eq));
+    });
   return keys;
 }
 

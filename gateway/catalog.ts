@@ -26,12 +26,19 @@ export class ModelCatalog<M extends CatalogEntry> {
 
   /** The model of that name, refreshing once on a miss; undefined if it does not exist. */
   async find(name: string): Promise<M | undefined> {
+    const fresh = this.isFresh();
     const hit = (await this.current(false)).get(name);
-    return hit ?? (await this.current(true)).get(name);
+    // A list fetched just now for this call is as fresh as a refresh would be.
+    if (hit || !fresh) return hit;
+    return (await this.current(true)).get(name);
+  }
+
+  private isFresh(): boolean {
+    return this.cache !== undefined && this.now() - this.cache.at < this.ttlMs;
   }
 
   private async current(forceRefresh: boolean): Promise<Map<string, M>> {
-    if (!forceRefresh && this.cache && this.now() - this.cache.at < this.ttlMs) return this.cache.models;
+    if (!forceRefresh && this.isFresh()) return this.cache!.models;
     // Concurrent misses share one fetch.
     this.pending ??= this.fetchModels()
       .then((models) => {

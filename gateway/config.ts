@@ -1,5 +1,6 @@
 /** Settings of the gateway. */
 import { address, integer, text } from '../common/config';
+import { parseApiKeys } from './auth';
 
 /** The gateway's config schema: flag, environment variable and default of every setting. */
 export const gatewaySchema = {
@@ -12,5 +13,12 @@ export const gatewaySchema = {
   maxInputChars: integer({ flag: '--max-input-chars', env: 'MAAS_GATEWAY_MAX_INPUT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Predict input, in characters.' }),
   defaultDeadlineMs: integer({ flag: '--default-deadline-ms', env: 'MAAS_GATEWAY_DEFAULT_DEADLINE_MS', default: 60000, min: 1, max: 86400000, doc: 'Deadline of a call whose client set none.' }),
   catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached.' }),
-  apiKeys: text({ flag: '--api-keys', env: 'MAAS_GATEWAY_API_KEYS', default: '', allowEmpty: true, doc: 'Comma-separated tenant=key pairs; when set, calls need `authorization: Bearer <key>`. Empty: no authentication, tenant "anonymous".' }),
+  apiKeys: {
+    ...text({ flag: '--api-keys', env: 'MAAS_GATEWAY_API_KEYS', default: '', allowEmpty: true, doc: 'Comma-separated tenant=key pairs; when set, calls need `authorization: Bearer <key>`. Empty: no authentication, tenant "anonymous".' }),
+    parse(raw: string): string {
+      parseApiKeys(raw);
+      return raw;
+    },
+    show: (v: string) => (v === '' ? '(empty)' : '(set)'),
+  },
 };

@@ -5,7 +5,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createMeshClient, openChannel } from '../common/client';
-import { ConfigError, ConfigOf } from '../common/config';
+import { ConfigOf } from '../common/config';
 import { MeshError } from '../common/errors';
 import { Logger } from '../common/log';
 import { MeshCallContext } from '../common/middleware';
@@ -28,13 +28,7 @@ export interface RunningGateway extends StartedService {
 
 /** Starts the gateway. */
 export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: Logger): Promise<RunningGateway> {
-  let keys: Map<string, string>;
-  try {
-    keys = parseApiKeys(config.apiKeys);
-  } catch (err) {
-    throw new ConfigError(`invalid --api-keys (apiKeys): ${(err as Error).message}`);
-  }
-  const auth = createAuthenticator(keys);
+  const auth = createAuthenticator(parseApiKeys(config.apiKeys));
   const limits = { maxPromptChars: config.maxPromptChars, maxInputChars: config.maxInputChars };
   const schedulerChannel = openChannel(config.scheduler);
   const balancerChannel = openChannel(config.balancer);
