@@ -1,17 +1,9 @@
 import { expect } from 'chai';
+import { mulberry32 } from '../../common/random';
 import { type Candidate, createPolicy, type PolicyName, POLICY_NAMES } from '../../services/balancer/policy.js';
 
-/** mulberry32: a small seeded generator of [0, 1), so every run draws the same numbers. */
-function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A seeded generator, so every run draws the same numbers. */
+const seededRandom = mulberry32;
 
 function workers(...outstanding: number[]): Candidate[] {
   return outstanding.map((load, i) => ({ id: `w${i}`, outstanding: load }));

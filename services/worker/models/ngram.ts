@@ -7,6 +7,7 @@ import { randomInt } from 'node:crypto';
 import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import type { FinishReason, GeneratedChunk, GenerateParams } from './runtime.js';
 import { spaceBetween, tokenize } from './tokenizer.js';
+import { mulberry32, type Random } from '../../../common/random';
 
 /** Unknown-word token: words below the vocabulary threshold map here; it is never generated. */
 export const UNK = '<unk>';
@@ -73,20 +74,7 @@ interface Successors {
   discounted: Float64Array;
 }
 
-/** A pseudo-random generator of floats in [0, 1). */
-export type Random = () => number;
-
-/** mulberry32: a small, fast, seedable 32-bit generator; the same seed gives the same sequence. */
-export function mulberry32(seed: number): Random {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32, type Random };
 
 /** A word-level trigram model; create with {@link NGramModel.train} or {@link NGramModel.fromJSON}. */
 export class NGramModel {
