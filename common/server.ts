@@ -49,6 +49,13 @@ export interface RunningGrpcServer {
   kill(): void;
 }
 
+/**
+ * Health service name that reports SERVING for as long as the process answers, whatever its
+ * readiness: for liveness probes, so a worker that is loading models or draining (NOT_SERVING
+ * on "") is not restarted.
+ */
+export const LIVENESS_SERVICE = 'liveness';
+
 const REFLECTION_V1ALPHA = Object.fromEntries(
   Object.entries(ServerReflectionService).map(([name, method]) => [
     name,
@@ -83,6 +90,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     for (const name of names) health.setStatus(status, name);
   };
   setServing(options.serving);
+  health.setStatus('healthy', LIVENESS_SERVICE);
   server.add(HealthDefinition, HealthServiceImpl(health));
 
   const reflection = ServerReflection(loadDescriptorSet(), [...names, 'grpc.health.v1.Health']);

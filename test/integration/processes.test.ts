@@ -41,7 +41,7 @@ describe('service processes', function () {
     });
   }
 
-  it('a worker is NOT_SERVING until its models are loaded, then SERVING', async () => {
+  it('a worker is NOT_SERVING until its models are loaded, then SERVING; liveness is SERVING throughout', async () => {
     const balancerPort = await freePort();
     const port = await freePort();
     let release!: (models: Model[]) => void;
@@ -62,6 +62,8 @@ describe('service processes', function () {
         }
       }
       expect(first).to.equal(HealthCheckResponse_ServingStatus.NOT_SERVING);
+      // Alive, though not ready: a liveness probe must not restart a worker that is loading.
+      expect((await health.check({ service: 'liveness' })).status).to.equal(HealthCheckResponse_ServingStatus.SERVING);
       release([createEchoModel()]);
       const worker = await starting;
       expect((await health.check({ service: '' })).status).to.equal(HealthCheckResponse_ServingStatus.SERVING);
