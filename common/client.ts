@@ -16,6 +16,7 @@ import {
 import { openTelemetryClientMiddleware } from 'nice-grpc-opentelemetry';
 import { isAbortError } from 'abort-controller-x';
 import { TIMEOUT_HEADER } from './deadline';
+import { tracingEnabled } from './tracing';
 
 /** Options every call between services may take, beyond nice-grpc's own. */
 export interface MeshCallOptions {
@@ -65,9 +66,10 @@ export function openChannel(address: string, maxMessageBytes = 16 * 1024 * 1024)
   return createChannel(address, undefined, channelOptions(maxMessageBytes));
 }
 
-const factory = createClientFactory().use(openTelemetryClientMiddleware()).use(deadlineClientMiddleware);
+const plainFactory = createClientFactory().use(deadlineClientMiddleware);
+const tracingFactory = createClientFactory().use(openTelemetryClientMiddleware()).use(deadlineClientMiddleware);
 
-/** A typed client of `definition` over `channel`, with tracing and deadline propagation. */
+/** A typed client of `definition` over `channel`, with deadline propagation, and tracing when it is on. */
 export function createMeshClient<D extends CompatServiceDefinition>(definition: D, channel: Channel) {
-  return factory.create(definition, channel);
+  return (tracingEnabled() ? tracingFactory : plainFactory).create(definition, channel);
 }

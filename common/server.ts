@@ -12,6 +12,7 @@ import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-refl
 import { deadlineInterceptor } from './deadline';
 import { Logger } from './log';
 import { deadlineAndErrorMiddleware } from './middleware';
+import { tracingEnabled } from './tracing';
 
 /** A service to serve: its generated definition and our implementation. */
 export interface ServiceRegistration {
@@ -73,13 +74,13 @@ function loadDescriptorSet(): Uint8Array {
 
 /** Starts a gRPC server with health, reflection and the mesh's middleware. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
-  const server = createServer({
+  const base = createServer({
     interceptors: [deadlineInterceptor],
     'grpc.max_receive_message_length': options.maxMessageBytes,
     'grpc.max_send_message_length': options.maxMessageBytes,
-  })
-    .use(openTelemetryServerMiddleware())
-    .use(deadlineAndErrorMiddleware(options.log));
+  });
+  // Telemetry first, so its span covers everything below; only when tracing is on.
+  const server = (tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base).use(deadlineAndErrorMiddleware(options.log));
   for (const s of options.services) server.add(s.definition, s.implementation);
 
   const health = HealthState();

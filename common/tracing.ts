@@ -1,6 +1,6 @@
 /**
- * OpenTelemetry setup shared by every service. Spans are always created and W3C trace context is
- * always propagated; export is switched on by the standard variables: OTLP over HTTP when
+ * OpenTelemetry setup shared by every service. Tracing is switched on by the standard variables,
+ * and then every call gets spans and W3C trace context propagation: OTLP over HTTP when
  * `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (or
  * `OTEL_TRACES_EXPORTER=otlp`), to the console with `OTEL_TRACES_EXPORTER=console`.
  * `OTEL_SERVICE_NAME` overrides the service's own name.
@@ -19,12 +19,23 @@ export interface Tracing {
 
 let installed: NodeTracerProvider | undefined;
 
-/** Installs the global tracer provider for `serviceName` (once per process; later calls reuse it). */
+/**
+ * True once initTracing found an exporter configured. Without one, no provider, context manager
+ * or tracing middleware is installed: spans that go nowhere would cost every call CPU (async
+ * hooks, span objects) for nothing.
+ */
+export function tracingEnabled(): boolean {
+  return installed !== undefined;
+}
+
+/** Installs the global tracer provider for `serviceName` when an exporter is configured (once per process). */
 export function initTracing(serviceName: string, env: Record<string, string | undefined> = process.env): Tracing {
   if (!installed) {
+    const spanProcessors = spanProcessorsFromEnv(env);
+    if (spanProcessors.length === 0) return { shutdown: async () => {} };
     installed = new NodeTracerProvider({
       resource: resourceFromAttributes({ [ATTR_SERVICE_NAME]: env.OTEL_SERVICE_NAME || serviceName }),
-      spanProcessors: spanProcessorsFromEnv(env),
+      spanProcessors,
     });
     installed.register();
   }

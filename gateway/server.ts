@@ -72,10 +72,14 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     const valid = validatePredictRequest(request, limits);
     await requireModel(valid.model, ModelTask.MODEL_TASK_CLASSIFY);
     const { task, deadline } = newTask(context, { $case: 'predict', predict: valid });
+    let prediction: PredictResponse | undefined;
+    // Read the stream to its end: leaving the loop early would cancel the call, and a burst of
+    // cancels (RST_STREAM) makes the HTTP/2 peer close the whole connection.
     for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
-      if (response.output?.output?.$case === 'prediction') return response.output.output.prediction;
+      if (response.output?.output?.$case === 'prediction') prediction ??= response.output.output.prediction;
     }
-    throw new MeshError('unavailable', `model "${valid.model}" returned no prediction`);
+    if (!prediction) throw new MeshError('unavailable', `model "${valid.model}" returned no prediction`);
+    return prediction;
   }
 
   async function listModels(_request: unknown, context: MeshCallContext): Promise<ListModelsResponse> {

@@ -336,6 +336,18 @@ describe('maas up: the whole mesh as separate processes', function () {
     expect(sum, `sum of ${JSON.stringify(r.probabilities)}`).to.be.closeTo(1, 1e-6);
   });
 
+  it('serves more Predict calls than HTTP/2 tolerates stream resets, with no failure', async function () {
+    // nghttp2 accepts a burst of 1000 RST_STREAMs per connection, then 33 a second; a hop that
+    // cancelled its downstream call once the prediction arrived lost the connection past that.
+    this.timeout(120_000);
+    const inference = createMeshClient(InferenceServiceDefinition, channel!);
+    let next = 0;
+    const caller = async () => {
+      while (next++ < 2000) await inference.predict({ model: 'echo', input: `call ${next}` }, { deadline: Date.now() + 30_000 });
+    };
+    await Promise.all(Array.from({ length: 32 }, caller));
+  });
+
   it('one Generate call is one trace across gateway, scheduler, balancer and worker with correct parents', async function () {
     this.timeout(30_000);
     const inference = createMeshClient(InferenceServiceDefinition, channel!);
