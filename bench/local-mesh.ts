@@ -1,0 +1,185 @@
+/**
+ * The mesh as real processes for a benchmark: balancer, one worker on a known port (so it can also
+ * be called directly), scheduler and gateway, each `node dist/...main.js` on a free 127.0.0.1 port.
+ * Waits for gRPC health SERVING on each and for the gateway to list the wanted model; stops them
+ * all, edge first, and reports a child that dies on its own.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createMeshClient, openChannel } from '../common/client';
+import { waitForServing } from '../gateway/cli/up';
+import { ModelServiceDefinition } from '../generated/maas/v1/models';
+
+/** Names of the mesh's processes, in start order. */
+export const MESH_PROCESS_NAMES = ['balancer', 'worker', 'scheduler', 'gateway'] as const;
+export type MeshProcessName = (typeof MESH_PROCESS_NAMES)[number];
+
+/** Options of {@link startLocalMesh}. */
+export interface LocalMeshOptions {
+  /** Root of the compiled tree (the folder holding services/ and gateway/). */
+  distDir: string;
+  /** Root of the repository (for the model cache). */
+  repoDir: string;
+  /** Model the gateway must list before the mesh counts as ready. */
+  model: string;
+  /** How long the start may take (the worker trains its models on a first start). */
+  startTimeoutMs: number;
+  /** Extra node flags for every child, e.g. --cpu-prof; `{name}` is replaced by the process name. */
+  nodeFlags?: string[];
+  /** Aborts the start. */
+  signal: AbortSignal;
+  /** Receives the children's log lines. */
+  log: (line: string) => void;
+  /** Called once when a child exits while the mesh is not being stopped. */
+  onUnexpectedExit: (message: string) => void;
+}
+
+/** A started mesh. */
+export interface LocalMesh {
+  /** host:port of each process. */
+  readonly addresses: Record<MeshProcessName, string>;
+  /** Process id of each process. */
+  readonly pids: Record<MeshProcessName, number>;
+  /** Stops every process, gateway first; SIGKILL after `graceMs`. Safe to call twice. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+/** Free TCP ports on 127.0.0.1, all distinct (held open together, then released). */
+export async function freePorts(count: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: count },
+      () =>
+        new Promise<ReturnType<typeof createServer>>((ok, fail) => {
+          const s = createServer();
+          s.once('error', fail);
+          s.listen(0, '127.0.0.1', () => ok(s));
+        }),
+    ),
+  );
+  const ports = servers.map((s) => (s.address() as { port: number }).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+/** Starts the mesh and resolves once every process is SERVING and the gateway lists the model. */
+export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
+  const [balancerPort, workerPort, schedulerPort, gatewayPort] = await freePorts(4);
+  const at = (port: number) => `127.0.0.1:${port}`;
+  const addresses: Record<MeshProcessName, string> = {
+    balancer: at(balancerPort),
+    worker: at(workerPort),
+    scheduler: at(schedulerPort),
+    gateway: at(gatewayPort),
+  };
+  const host = ['--host', '127.0.0.1'];
+  const specs: Record<MeshProcessName, { entry: string; args: string[] }> = {
+    balancer: { entry: 'services/balancer/main.js', args: [...host, '--port', String(balancerPort)] },
+    worker: {
+      entry: 'services/worker/main.js',
+      args: [...host, '--port', String(workerPort), '--balancer', addresses.balancer, '--worker-id', 'bench-worker'],
+    },
+    scheduler: { entry: 'services/scheduler/main.js', args: [...host, '--port', String(schedulerPort), '--balancer', addresses.balancer] },
+    gateway: {
+      entry: 'gateway/main.js',
+      args: [...host, '--port', String(gatewayPort), '--scheduler', addresses.scheduler, '--balancer', addresses.balancer],
+    },
+  };
+
+  const children = new Map<MeshProcessName, ChildProcess>();
+  const recent = new Map<MeshProcessName, string[]>();
+  let stopping = false;
+  let stopped: Promise<void> | undefined;
+
+  const stop = (graceMs = 10_000): Promise<void> => {
+    stopping = true;
+    stopped ??= (async () => {
+      for (const name of [...MESH_PROCESS_NAMES].reverse()) {
+        const child = children.get(name);
+        if (!child || child.exitCode !== null || child.signalCode !== null) continue;
+        const exited = new Promise((r) => child.once('exit', r));
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+        await exited;
+        clearTimeout(timer);
+      }
+    })();
+    return stopped;
+  };
+
+  const env = {
+    ...process.env,
+    MAAS_LOG_LEVEL: 'warn',
+    MAAS_WORKER_CACHE_DIR: resolve(o.repoDir, '.cache/models'),
+    // The services stop by themselves if this process disappears without stopping them.
+    MAAS_PARENT_PID: String(process.pid),
+  };
+  try {
+    for (const name of MESH_PROCESS_NAMES) {
+      const flags = (o.nodeFlags ?? []).map((f) => f.replaceAll('{name}', name));
+      const child = spawn(process.execPath, [...flags, resolve(o.distDir, specs[name].entry), ...specs[name].args], {
+        cwd: o.repoDir,
+        env,
+        // Own process group: a terminal's Ctrl-C reaches only the bench, which stops them in order.
+        detached: true,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      children.set(name, child);
+      recent.set(name, []);
+      for (const stream of [child.stdout, child.stderr]) {
+        let buffered = '';
+        stream?.setEncoding('utf8');
+        stream?.on('data', (data: string) => {
+          buffered += data;
+          const lines = buffered.split('\n');
+          buffered = lines.pop() ?? '';
+          for (const line of lines) {
+            const kept = recent.get(name)!;
+            kept.push(line);
+            if (kept.length > 20) kept.shift();
+            o.log(`[${name}] ${line}`);
+          }
+        });
+      }
+      child.once('exit', (code, sig) => {
+        if (stopping) return;
+        const tail = recent.get(name)!.slice(-5).join('\n  ');
+        o.onUnexpectedExit(`${name} exited unexpectedly (${sig ?? `code ${code}`})${tail ? `:\n  ${tail}` : ''}`);
+      });
+    }
+    const deadline = Date.now() + o.startTimeoutMs;
+    await Promise.all(MESH_PROCESS_NAMES.map((name) => waitForServing(addresses[name], deadline, o.signal)));
+    await waitForModel(addresses.gateway, o.model, deadline, o.signal);
+  } catch (err) {
+    await stop(2000);
+    throw err;
+  }
+  const pids = Object.fromEntries(MESH_PROCESS_NAMES.map((n) => [n, children.get(n)!.pid!])) as Record<MeshProcessName, number>;
+  return { addresses, pids, stop };
+}
+
+/** Polls the gateway's ModelService.ListModels until `model` is listed. */
+async function waitForModel(gateway: string, model: string, deadline: number, signal: AbortSignal): Promise<void> {
+  const channel = openChannel(gateway);
+  const models = createMeshClient(ModelServiceDefinition, channel);
+  let last = 'no answer yet';
+  try {
+    while (Date.now() < deadline) {
+      signal.throwIfAborted();
+      try {
+        const listed = (await models.listModels({}, { signal, deadline: Math.min(deadline, Date.now() + 5000) })).models;
+        if (listed.some((m) => m.name === model)) return;
+        last = `listed: ${listed.map((m) => m.name).join(', ') || 'nothing'}`;
+      } catch (err) {
+        signal.throwIfAborted();
+        last = (err as Error).message;
+      }
+      await sleep(200, undefined, { signal });
+    }
+    throw new Error(`the gateway at ${gateway} did not list model "${model}" in time (${last})`);
+  } finally {
+    channel.close();
+  }
+}

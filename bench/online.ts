@@ -1,0 +1,443 @@
+/**
+ * `npm run bench`: requests per second and p50/p99 latency of Predict on the `echo` model (no
+ * delay), through the whole mesh (gateway -> scheduler -> balancer -> worker, each its own process)
+ * and, as the baseline in the same run, straight to the one worker (WorkerService/Execute).
+ * Closed loop: N callers each issue calls back to back. Direct and mesh runs alternate in slices
+ * (direct, mesh, mesh, direct, ...) so that a noisy machine hurts both alike.
+ *
+ * Prints a table and the two ratios the targets are about, and rewrites its own section of
+ * docs/BENCHMARKS.md. `--profile` runs the services under `node --cpu-prof` and summarises where
+ * they spend their time while the mesh is measured (its numbers are then not the reference ones,
+ * so it writes only the profile section).
+ */
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
+import { existsSync, mkdirSync } from 'node:fs';
+import { availableParallelism, cpus, loadavg, release } from 'node:os';
+import { resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Channel } from 'nice-grpc';
+import { createMeshClient, openChannel } from '../common/client';
+import { WorkerServiceDefinition } from '../generated/maas/internal/v1/worker';
+import { InferenceServiceDefinition, Priority } from '../generated/maas/v1/inference';
+import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
+import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-profile';
+import { machineBusyCpuMs, processCpuMs } from './cpu-time';
+import { LocalMesh, MESH_PROCESS_NAMES, startLocalMesh } from './local-mesh';
+import { LatencySummary, LoadSample, mergeSamples, runClosedLoop, summarise } from './stats';
+
+const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online.js [options])
+
+  --warmup-s S        warm-up per mode and concurrency, discarded   (env BENCH_WARMUP_S, default 2)
+  --duration-s S      measured time per mode and concurrency        (env BENCH_DURATION_S, default 8)
+  --rounds N          measured slices per mode, interleaved ABBA     (env BENCH_ROUNDS, default 4)
+  --concurrency LIST  closed-loop callers, comma-separated          (env BENCH_CONCURRENCY, default 1,64)
+  --input TEXT        the Predict input                              (env BENCH_INPUT)
+  --quick             warm-up 0.5 s, 2 s measured, and docs/BENCHMARKS.md left alone
+  --no-docs           do not rewrite docs/BENCHMARKS.md
+  --profile           run the services under node --cpu-prof and summarise their hot functions
+                      while the mesh is measured (profiles in .cache/bench-profiles/)
+`;
+
+/** The issue's targets. */
+const TARGET_ADDED_P50_MS_AT_1 = 1.5;
+const TARGET_THROUGHPUT_SHARE_AT_64 = 0.25;
+
+const MODEL = 'echo';
+const DEFAULT_INPUT = 'the quick brown fox jumps over the lazy dog';
+
+type Mode = 'direct' | 'mesh';
+const MODES: Mode[] = ['direct', 'mesh'];
+/** Processes whose CPU time is counted: the bench itself (the client) and the mesh. */
+const CPU_OWNERS = ['client', ...MESH_PROCESS_NAMES] as const;
+/** CPU time is also counted for the whole machine, to show how much else ran on the cores. */
+const CPU_ACCOUNTS = [...CPU_OWNERS, 'machine'] as const;
+type CpuAccount = (typeof CPU_ACCOUNTS)[number];
+type CpuOwner = (typeof CPU_OWNERS)[number];
+
+interface BenchOptions {
+  warmupMs: number;
+  durationMs: number;
+  rounds: number;
+  concurrencies: number[];
+  input: string;
+  writeDocs: boolean;
+  profile: boolean;
+  argv: string[];
+}
+
+/** One cell of the result: a mode at a concurrency. */
+interface Cell {
+  mode: Mode;
+  concurrency: number;
+  slices: LoadSample[];
+  /** CPU milliseconds used per process (and by the whole machine) during the measured slices. */
+  cpuMs: Record<CpuAccount, number>;
+  /** When the measured slices ran, for the profiles. */
+  windows: TimeWindow[];
+}
+
+const repoDir = resolve(__dirname, '../..');
+const distDir = resolve(__dirname, '..');
+
+function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | undefined {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'warmup-s': { type: 'string', default: env.BENCH_WARMUP_S },
+      'duration-s': { type: 'string', default: env.BENCH_DURATION_S },
+      rounds: { type: 'string', default: env.BENCH_ROUNDS },
+      concurrency: { type: 'string', default: env.BENCH_CONCURRENCY },
+      input: { type: 'string', default: env.BENCH_INPUT },
+      quick: { type: 'boolean', default: false },
+      'no-docs': { type: 'boolean', default: false },
+      profile: { type: 'boolean', default: env.BENCH_PROFILE === '1' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return undefined;
+  }
+  const seconds = (name: string, raw: string | undefined, fallback: number, min: number) => {
+    if (raw === undefined || raw === '') return fallback * 1000;
+    const s = Number(raw);
+    if (!Number.isFinite(s) || s < min) throw new Error(`--${name} must be a number >= ${min}, given "${raw}"`);
+    return s * 1000;
+  };
+  const rounds = Number(values.rounds || 4);
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be an integer >= 1, given "${values.rounds}"`);
+  const concurrencies = (values.concurrency ?? '1,64').split(',').map((c) => Number(c.trim()));
+  if (concurrencies.some((c) => !Number.isInteger(c) || c < 1 || c > 10_000)) {
+    throw new Error(`--concurrency must be integers from 1 to 10000, given "${values.concurrency}"`);
+  }
+  const input = values.input ?? DEFAULT_INPUT;
+  if (input === '') throw new Error('--input must not be empty');
+  return {
+    warmupMs: seconds('warmup-s', values['warmup-s'], values.quick ? 0.5 : 2, 0),
+    durationMs: seconds('duration-s', values['duration-s'], values.quick ? 2 : 8, 0.1),
+    rounds,
+    concurrencies,
+    input,
+    writeDocs: !values['no-docs'] && !values.quick,
+    profile: values.profile!,
+    argv,
+  };
+}
+
+/** SIGINT/SIGTERM received so far. */
+let interrupted = 0;
+
+function say(line: string): void {
+  process.stderr.write(`${line}\n`);
+}
+
+/** The code measured: the commit, and which tracked files differ from it (others may be editing). */
+function codeVersion(): string {
+  const git = (...args: string[]) => execFileSync('git', args, { cwd: repoDir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trimEnd();
+  try {
+    const commit = git('rev-parse', '--short', 'HEAD');
+    const changed = git('status', '--porcelain', '--untracked-files=no')
+      .split('\n')
+      .filter(Boolean)
+      .map((line) => line.slice(3));
+    return changed.length === 0 ? `commit ${commit}` : `commit ${commit} plus uncommitted changes in ${changed.join(', ')}`;
+  } catch {
+    return 'unknown (not a git checkout)';
+  }
+}
+
+/** Monotonic time in microseconds: the clock of V8's CPU profiles. */
+function monotonicUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+async function main(): Promise<number> {
+  const options = parseOptions(process.argv.slice(2), process.env);
+  if (!options) return 0;
+  if (process.env.OTEL_EXPORTER_OTLP_ENDPOINT || process.env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || process.env.OTEL_TRACES_EXPORTER) {
+    say('note: OTEL_* export variables are set; the services export spans during the bench');
+  }
+
+  const abort = new AbortController();
+  const onSignal = () => {
+    if (++interrupted > 1) process.exit(130); // the services stop themselves when this process is gone
+    say('\ninterrupted: stopping the mesh…');
+    abort.abort(new Error('interrupted'));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  const profileDir = options.profile ? resolve(repoDir, '.cache/bench-profiles', new Date().toISOString().replace(/[:.]/g, '-')) : undefined;
+  if (profileDir) mkdirSync(profileDir, { recursive: true });
+
+  const code = codeVersion();
+  const loadBefore = loadavg();
+  say(`starting the mesh (balancer, worker, scheduler, gateway)${profileDir ? ` under --cpu-prof, profiles in ${profileDir}` : ''}…`);
+  const mesh = await startLocalMesh({
+    distDir,
+    repoDir,
+    model: MODEL,
+    startTimeoutMs: 300_000,
+    nodeFlags: profileDir ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-name={name}.cpuprofile'] : undefined,
+    signal: abort.signal,
+    log: (line) => say(line),
+    onUnexpectedExit: (message) => abort.abort(new Error(message)),
+  });
+  let cells: Cell[];
+  try {
+    say(`mesh ready: gateway ${mesh.addresses.gateway}, worker ${mesh.addresses.worker}`);
+    cells = await measure(options, mesh, abort.signal);
+  } finally {
+    await mesh.stop();
+  }
+  const loadAfter = loadavg();
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
+
+  const report = buildReport(options, cells, code, loadBefore, loadAfter);
+  process.stdout.write(`\n${report.text}\n`);
+  if (profileDir) {
+    const profile = profileReport(options, cells, code, profileDir);
+    process.stdout.write(`\n${profile.text}\n`);
+    if (options.writeDocs) {
+      writeBenchSection(resolve(repoDir, 'docs/BENCHMARKS.md'), 'online-profile', profile.markdown);
+      say('wrote the profile section of docs/BENCHMARKS.md (the results section is only written by runs without --profile)');
+    }
+  } else if (options.writeDocs) {
+    writeBenchSection(resolve(repoDir, 'docs/BENCHMARKS.md'), 'online', report.markdown);
+    say('wrote docs/BENCHMARKS.md');
+  }
+  return 0;
+}
+
+/** Runs every mode at every concurrency: warm-ups, then measured slices in ABBA order. */
+async function measure(o: BenchOptions, mesh: LocalMesh, signal: AbortSignal): Promise<Cell[]> {
+  const channels: Channel[] = [];
+  const open = (address: string) => {
+    const channel = openChannel(address);
+    channels.push(channel);
+    return channel;
+  };
+  const worker = createMeshClient(WorkerServiceDefinition, open(mesh.addresses.worker));
+  const gateway = createMeshClient(InferenceServiceDefinition, open(mesh.addresses.gateway));
+  const input = o.input;
+
+  const calls: Record<Mode, (signal: AbortSignal) => Promise<void>> = {
+    async direct(callSignal) {
+      const task = {
+        requestId: randomUUID(),
+        tenant: 'bench',
+        request: { $case: 'predict' as const, predict: { model: MODEL, input, priority: Priority.PRIORITY_NORMAL } },
+      };
+      let answered = false;
+      for await (const response of worker.execute({ task }, { signal: callSignal })) {
+        const output = response.output?.output;
+        if (output?.$case === 'prediction') {
+          if (output.prediction.text !== input) throw new Error(`worker answered "${output.prediction.text}", expected the input back`);
+          answered = true;
+        }
+      }
+      if (!answered) throw new Error('worker answered no prediction');
+    },
+    async mesh(callSignal) {
+      const response = await gateway.predict({ model: MODEL, input, priority: Priority.PRIORITY_NORMAL }, { signal: callSignal });
+      if (response.text !== input) throw new Error(`gateway answered "${response.text}", expected the input back`);
+    },
+  };
+
+  const pids: Record<CpuOwner, number | 'self'> = { client: 'self', ...mesh.pids };
+  const cpuNow = () =>
+    ({
+      ...Object.fromEntries(CPU_OWNERS.map((p) => [p, processCpuMs(pids[p]) ?? NaN])),
+      machine: machineBusyCpuMs() ?? NaN,
+    }) as Record<CpuAccount, number>;
+
+  try {
+    // One call each way first, so that a broken path fails in moments, not after the warm-up.
+    for (const mode of MODES) await calls[mode](signal);
+
+    const cells: Cell[] = [];
+    for (const concurrency of o.concurrencies) {
+      const cellOf = Object.fromEntries(
+        MODES.map((mode) => {
+          const cell: Cell = { mode, concurrency, slices: [], windows: [], cpuMs: Object.fromEntries(CPU_ACCOUNTS.map((p) => [p, 0])) as Record<CpuAccount, number> };
+          cells.push(cell);
+          return [mode, cell];
+        }),
+      ) as Record<Mode, Cell>;
+      const sliceMs = o.durationMs / o.rounds;
+      const run = (mode: Mode, ms: number) => {
+        // Aborts the slice on an interrupt, or if it hangs; each caller's call listens to it.
+        const sliceSignal = AbortSignal.any([signal, AbortSignal.timeout(ms + 60_000)]);
+        setMaxListeners(concurrency + 10, sliceSignal);
+        return runClosedLoop(calls[mode], concurrency, ms, sliceSignal);
+      };
+      for (const mode of MODES) {
+        if (o.warmupMs <= 0) break;
+        say(`c=${concurrency} ${mode}: warm-up ${o.warmupMs / 1000} s`);
+        const warm = await run(mode, o.warmupMs);
+        if (warm.latenciesMs.length === 0) throw new Error(`${mode} at c=${concurrency}: every warm-up call failed: ${[...warm.errorMessages.keys()][0]}`);
+      }
+      for (let round = 0; round < o.rounds; round++) {
+        for (const mode of round % 2 === 0 ? MODES : [...MODES].reverse()) {
+          const cell = cellOf[mode];
+          say(`c=${concurrency} ${mode}: slice ${round + 1}/${o.rounds}, ${(sliceMs / 1000).toFixed(1)} s`);
+          const cpuBefore = cpuNow();
+          const startUs = monotonicUs();
+          const sample = await run(mode, sliceMs);
+          cell.windows.push({ startUs, endUs: monotonicUs() });
+          const cpuAfter = cpuNow();
+          for (const p of CPU_ACCOUNTS) cell.cpuMs[p] += cpuAfter[p] - cpuBefore[p];
+          cell.slices.push(sample);
+          if (sample.errors > 0) say(`  ${sample.errors} calls failed: ${describeErrors(sample.errorMessages)}`);
+        }
+      }
+    }
+    return cells;
+  } finally {
+    for (const channel of channels) channel.close();
+  }
+}
+
+/** The most frequent error messages with their counts. */
+function describeErrors(messages: Map<string, number>): string {
+  return [...messages.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, 3)
+    .map(([message, n]) => `${n} x "${message}"`)
+    .join('; ');
+}
+
+const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
+
+/** The printed and the markdown report of a run. */
+function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: number[], loadAfter: number[]): { text: string; markdown: string } {
+  const summaries = cells.map((c) => ({ cell: c, s: summarise(mergeSamples(c.slices)) }));
+  const find = (mode: Mode, concurrency: number): LatencySummary | undefined =>
+    summaries.find((x) => x.cell.mode === mode && x.cell.concurrency === concurrency)?.s;
+
+  const headers = ['mode', 'concurrency', 'requests', 'errors', 'rps', 'p50 ms', 'p99 ms'];
+  const right = [false, true, true, true, true, true, true];
+  const rows = summaries.map(({ cell, s }) => [cell.mode, cell.concurrency, s.requests, s.errors, s.rps.toFixed(0), ms(s.p50Ms), ms(s.p99Ms)]);
+
+  // CPU per request, per process: where the mesh's cost lands (Linux /proc; 10 ms resolution).
+  const cpuHeaders = ['mode', 'concurrency', ...CPU_OWNERS.map((p) => `${p} µs/req`), 'total µs/req', 'cores busy: ours', 'machine'];
+  const cpuRight = cpuHeaders.map((_, i) => i > 0);
+  const cpuRows = summaries.map(({ cell, s }) => {
+    const wallMs = cell.slices.reduce((t, x) => t + x.elapsedMs, 0);
+    const total = CPU_OWNERS.reduce((t, p) => t + cell.cpuMs[p], 0);
+    const perReq = (cpu: number) => (s.requests > 0 && Number.isFinite(cpu) ? ((cpu * 1000) / s.requests).toFixed(0) : 'n/a');
+    const cores = (cpu: number) => (Number.isFinite(cpu) ? (cpu / wallMs).toFixed(2) : 'n/a');
+    return [cell.mode, cell.concurrency, ...CPU_OWNERS.map((p) => perReq(cell.cpuMs[p])), perReq(total), cores(total), cores(cell.cpuMs.machine)];
+  });
+
+  const d1 = find('direct', 1);
+  const m1 = find('mesh', 1);
+  const d64 = find('direct', 64);
+  const m64 = find('mesh', 64);
+  const ratioLines: string[] = [];
+  if (d1 && m1) {
+    const added = m1.p50Ms - d1.p50Ms;
+    ratioLines.push(
+      `mesh added latency at p50, c=1: ${ms(added)} ms (mesh ${ms(m1.p50Ms)} - direct ${ms(d1.p50Ms)}); target <= ${TARGET_ADDED_P50_MS_AT_1} ms: ${added <= TARGET_ADDED_P50_MS_AT_1 ? 'MET' : 'MISSED'}`,
+      `  (for information: added at p99, c=1: ${ms(m1.p99Ms - d1.p99Ms)} ms)`,
+    );
+  } else {
+    ratioLines.push('mesh added latency at p50, c=1: not measured (run with concurrency 1)');
+  }
+  if (d64 && m64) {
+    const share = m64.rps / d64.rps;
+    ratioLines.push(
+      `mesh/direct throughput at c=64: ${(100 * share).toFixed(1)}% (mesh ${m64.rps.toFixed(0)} rps / direct ${d64.rps.toFixed(0)} rps); target >= ${100 * TARGET_THROUGHPUT_SHARE_AT_64}%: ${share >= TARGET_THROUGHPUT_SHARE_AT_64 ? 'MET' : 'MISSED'}`,
+    );
+  } else {
+    ratioLines.push('mesh/direct throughput at c=64: not measured (run with concurrency 64)');
+  }
+
+  const errorLines = summaries
+    .filter(({ s }) => s.errors > 0)
+    .map(({ cell }) => `${cell.mode} c=${cell.concurrency}: ${describeErrors(mergeSamples(cell.slices).errorMessages)}`);
+
+  const command = `npm run bench${o.argv.length ? ` -- ${o.argv.join(' ')}` : ''}`;
+  const machine = `${availableParallelism()} CPUs (nproc), ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, Linux ${release()}`;
+  const settings =
+    `warm-up ${o.warmupMs / 1000} s per mode and concurrency (discarded); ${o.durationMs / 1000} s measured per mode and concurrency, ` +
+    `in ${o.rounds} slice${o.rounds > 1 ? 's' : ''} alternating direct/mesh (ABBA); closed loop; Predict input "${o.input}" (${o.input.length} chars); ` +
+    `echo delay 0; one client process (this one) with one channel per target`;
+  const load = `load average (1 min) before ${loadBefore[0].toFixed(2)}, after ${loadAfter[0].toFixed(2)}`;
+
+  const text = [
+    `Predict on ${MODEL}: mesh (gateway -> scheduler -> balancer -> worker) vs direct worker (WorkerService/Execute)`,
+    `machine: ${machine}; ${load}`,
+    `code: ${code}`,
+    `settings: ${settings}`,
+    '',
+    textTable(headers, rows, right),
+    '',
+    ...ratioLines,
+    ...(errorLines.length ? ['', 'failed calls (not counted in the latencies):', ...errorLines.map((l) => `  ${l}`)] : []),
+    '',
+    'CPU per request, by process (from /proc; the client is this bench process; cores busy: ours = these five processes, machine = every process):',
+    textTable(cpuHeaders, cpuRows, cpuRight),
+  ].join('\n');
+
+  const markdown = [
+    '## Online: Predict on echo, mesh vs direct worker',
+    '',
+    `- Command: \`${command}\` (build, then \`node dist/bench/online.js\`; \`--help\` lists the options, \`--quick\` is a short run that leaves this file alone)`,
+    `- Date: ${new Date().toISOString()}`,
+    `- Code: ${code}`,
+    `- Machine: ${machine}; ${load}. The machine is shared, so runs vary; the baseline is measured in the same run.`,
+    `- What: requests per second and latency of \`maas.v1.InferenceService/Predict\` on \`${MODEL}\` at the gateway, through gateway -> scheduler -> balancer -> worker (each its own process), against the same call made straight to the worker (\`maas.internal.v1.WorkerService/Execute\`).`,
+    `- Settings: ${settings}.`,
+    '',
+    markdownTable(headers, rows, right),
+    '',
+    ...ratioLines.map((l) => (l.startsWith('  ') ? `  ${l.trim()}` : `- ${l.replace(': MET', ': **met**').replace(': MISSED', ': **missed**')}`)),
+    ...(errorLines.length ? ['', 'Failed calls (not counted in the latencies):', '', ...errorLines.map((l) => `- ${l}`)] : []),
+    '',
+    'CPU per request, by process, during the measured slices (from /proc, 10 ms resolution; `client` is the bench process; `cores busy` is CPU time over wall time, of these five processes (`ours`) and of the whole machine, whose other work competes for the same cores):',
+    '',
+    markdownTable(cpuHeaders, cpuRows, cpuRight),
+  ].join('\n');
+  return { text, markdown };
+}
+
+/** Summaries of each service's CPU profile within the mesh's measured slices. */
+function profileReport(o: BenchOptions, cells: Cell[], code: string, dir: string): { text: string; markdown: string } {
+  const blocks: string[] = [];
+  for (const cell of cells.filter((c) => c.mode === 'mesh')) {
+    for (const name of MESH_PROCESS_NAMES) {
+      const file = resolve(dir, `${name}.cpuprofile`);
+      if (!existsSync(file)) {
+        blocks.push(`${name}: no profile written (${file})`);
+        continue;
+      }
+      const summary = summariseCpuProfile(file, cell.windows, repoDir);
+      blocks.push(formatProfileSummary(`mesh c=${cell.concurrency}, ${name}`, summary, cell.concurrency === Math.max(...o.concurrencies) ? 15 : 8).join('\n'));
+    }
+  }
+  const text = ['CPU profiles of the services while the mesh was measured (self time):', '', ...blocks.flatMap((b) => [b, ''])].join('\n');
+  const markdown = [
+    '## Online: where the mesh spends its CPU (profile)',
+    '',
+    `- Command: \`npm run bench -- ${o.argv.join(' ')}\` (services under \`node --cpu-prof\`, which slows them; these numbers are for the shape, not the totals)`,
+    `- Date: ${new Date().toISOString()}; Node ${process.version}; ${availableParallelism()} CPUs; code: ${code}`,
+    '- Self time per process, only samples taken while the mesh (not the direct baseline) was measured; percentages are of that process\'s busy time.',
+    '',
+    '```',
+    blocks.join('\n\n'),
+    '```',
+  ].join('\n');
+  return { text, markdown };
+}
+
+main().then(
+  (code) => process.exit(code),
+  (err) => {
+    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exit(interrupted > 0 ? 130 : 1);
+  },
+);
