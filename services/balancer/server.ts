@@ -20,6 +20,7 @@ import {
   RouteRequest,
   RouteResponse,
 } from '../../generated/maas/internal/v1/balancer';
+import { Task } from '../../generated/maas/internal/v1/task';
 import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema } from './config';
@@ -32,6 +33,25 @@ import { createPolicy } from './policy';
  * killed, server force-stopped) surfaces as CANCELLED or UNAVAILABLE.
  */
 const RETRYABLE = new Set([Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED, Status.INTERNAL, Status.UNKNOWN, Status.CANCELLED]);
+
+/** Prefix of the routing names of built-in mappers. */
+const MAPPER_PREFIX = 'mapper:';
+
+/** The name a task routes by: its model, or for a mapper task `mapper:<name>`. */
+function routingKey(task: Task): string {
+  switch (task.request?.$case) {
+    case 'generate':
+      return task.request.generate.model;
+    case 'predict':
+      return task.request.predict.model;
+    case 'map': {
+      const spec = task.request.map.spec;
+      return spec?.map?.$case === 'model' ? spec.map.model : `${MAPPER_PREFIX}${spec?.map?.$case === 'mapper' ? spec.map.mapper : ''}`;
+    }
+    default:
+      throw new MeshError('invalid_argument', 'task.request must be set');
+  }
+}
 
 /** How many workers one task may be tried on. */
 const MAX_ATTEMPTS = 2;
@@ -68,7 +88,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   async function* route(request: RouteRequest, context: MeshCallContext): AsyncGenerator<RouteResponse> {
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
-    const model = task.request.$case === 'generate' ? task.request.generate.model : task.request.predict.model;
+    const model = routingKey(task);
     const tried = new Set<string>();
     let failure: { worker: string; details: string } | undefined;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
@@ -112,7 +132,16 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     if (!hello.workerId) throw new MeshError('invalid_argument', 'hello.worker_id must not be empty');
     if (!/^.+:\d{1,5}$/.test(hello.address)) throw new MeshError('invalid_argument', `hello.address must be host:port, given "${hello.address}"`);
     const member = membership.join(
-      { id: hello.workerId, address: hello.address, capacity: hello.capacity, models: hello.models.map((m) => ({ name: m.name, description: m })) },
+      {
+        id: hello.workerId,
+        address: hello.address,
+        capacity: hello.capacity,
+        models: [
+          ...hello.models.map((m) => ({ name: m.name, description: m })),
+          // Mappers route like models, under a name no model can have (model names allow no ':').
+          ...hello.mappers.map((name) => ({ name: `${MAPPER_PREFIX}${name}`, description: Model.fromPartial({ name }) })),
+        ],
+      },
       Date.now(),
     );
     log.info('worker joined', { worker: member.id, address: member.address, models: [...member.models.keys()].join(',') });
@@ -138,7 +167,12 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   }
 
   async function listModels(): Promise<ListModelsResponse> {
-    return { models: membership.models().map((m) => ({ ...m.description, readyWorkers: m.readyWorkers })) };
+    return {
+      models: membership
+        .models()
+        .filter((m) => !m.name.startsWith(MAPPER_PREFIX))
+        .map((m) => ({ ...m.description, readyWorkers: m.readyWorkers })),
+    };
   }
 
   const server = await startGrpcServer({

@@ -7,6 +7,7 @@ export const workerSchema = {
   port: integer({ flag: '--port', env: 'MAAS_WORKER_PORT', default: 0, min: 0, max: 65535, doc: 'Port to bind; 0 picks a free one (the worker tells the balancer its address).' }),
   advertiseAddress: text({ flag: '--advertise-address', env: 'MAAS_WORKER_ADVERTISE_ADDRESS', default: '', allowEmpty: true, doc: 'host:port the balancer dials; empty means the bound address.' }),
   balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer to join.' }),
+  aggregator: address({ flag: '--aggregator', env: 'MAAS_AGGREGATOR_ADDRESS', default: '127.0.0.1:50054', doc: 'Address of the aggregator, which receives the output of map tasks.' }),
   workerId: text({ flag: '--worker-id', env: 'MAAS_WORKER_ID', default: '', allowEmpty: true, doc: 'Unique worker id; empty means worker-<host>-<pid>.' }),
   concurrency: integer({ flag: '--concurrency', env: 'MAAS_WORKER_CONCURRENCY', default: 64, min: 1, max: 10000, doc: 'Tasks run at once; more are refused with RESOURCE_EXHAUSTED (the balancer then tries another worker).' }),
   cacheDir: text({ flag: '--cache-dir', env: 'MAAS_WORKER_CACHE_DIR', default: '.cache/models', doc: 'Where trained built-in models are cached (relative to the working directory).' }),

@@ -14,7 +14,10 @@ import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
 import { meshTracer } from '../../common/tracing';
 import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
-import { Task, TaskOutput } from '../../generated/maas/internal/v1/task';
+import { MapTask, Task, TaskOutput } from '../../generated/maas/internal/v1/task';
+import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
+import { createMeshClient, openChannel } from '../../common/client';
+import { MAPPERS, MapContext, runMapTask } from './map';
 import { FinishReason, GenerateRequest, PredictRequest } from '../../generated/maas/v1/inference';
 import { Model as ModelMessage, ModelTask } from '../../generated/maas/v1/models';
 import { workerSchema } from './config';
@@ -73,9 +76,9 @@ export async function startWorker(
     if (running.size >= config.concurrency) {
       throw new MeshError('resource_exhausted', `worker ${id} is at capacity (${config.concurrency} tasks)`);
     }
-    const modelName = task.request.$case === 'generate' ? task.request.generate.model : task.request.predict.model;
-    const model = models.get(modelName);
-    if (!model) throw new MeshError('not_found', `model "${modelName}" is not hosted on worker ${id}`);
+    const modelName = taskModel(task);
+    const model = modelName === undefined ? undefined : models.get(modelName);
+    if (modelName !== undefined && !model) throw new MeshError('not_found', `model "${modelName}" is not hosted on worker ${id}`);
 
     const key = `${task.requestId}#${Math.random()}`;
     const controller = new AbortController();
@@ -89,7 +92,11 @@ export async function startWorker(
     let chunks = 0;
     let outcome: TaskEnd['outcome'] = 'ok';
     try {
-      for await (const output of runTask(model, task, controller.signal)) {
+      const outputs =
+        task.request.$case === 'map'
+          ? runMap(task.request.map, { models, aggregator, signal: controller.signal, deadline: context.deadline })
+          : runTask(model!, task, controller.signal);
+      for await (const output of outputs) {
         chunks++;
         yield { output: { workerId: id, output } };
       }
@@ -123,9 +130,12 @@ export async function startWorker(
   log.info('models loaded', { models: [...models.keys()].join(',') });
   server.setServing(true);
 
+  const aggregatorChannel = openChannel(config.aggregator, config.maxMessageBytes);
+  const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
+
   const membership: Membership = joinBalancer(
     config.balancer,
-    { workerId: id, address, models: [...models.values()].map(modelMessage), capacity: config.concurrency },
+    { workerId: id, address, models: [...models.values()].map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] },
     () => ({ inFlight: running.size, capacity: config.concurrency, completed, draining }),
     log,
   );
@@ -152,14 +162,35 @@ export async function startWorker(
       }
       await membership.leave();
       await server.shutdown(1000);
+      aggregatorChannel.close();
     },
     crash() {
       // Connections go first, so no caller receives a status: as if the process had died.
       server.kill();
+      aggregatorChannel.close();
       membership.abandon();
       for (const c of running.values()) c.abort();
     },
   };
+}
+
+/** The model a task names; undefined for a map task with a built-in mapper. */
+function taskModel(task: Task): string | undefined {
+  switch (task.request?.$case) {
+    case 'generate':
+      return task.request.generate.model;
+    case 'predict':
+      return task.request.predict.model;
+    case 'map':
+      return task.request.map.spec?.map?.$case === 'model' ? task.request.map.spec.map.model : undefined;
+    default:
+      return undefined;
+  }
+}
+
+/** Runs a map task and yields its single result (without the worker id). */
+async function* runMap(task: MapTask, context: MapContext): AsyncGenerator<TaskOutput['output']> {
+  yield { $case: 'mapResult', mapResult: await runMapTask(task, context) };
 }
 
 /** Runs one task on its model and yields its outputs (without the worker id). */

@@ -49,6 +49,8 @@ export interface WorkerHello {
   models: Model[];
   /** Maximum number of tasks the worker runs at once. */
   capacity: number;
+  /** Built-in mappers the worker runs for batch jobs (e.g. "wordcount"). */
+  mappers: string[];
 }
 
 /** LoadReport tells the balancer how loaded a worker is. */
@@ -320,7 +322,7 @@ export const JoinRequest: MessageFns<JoinRequest> = {
 };
 
 function createBaseWorkerHello(): WorkerHello {
-  return { workerId: "", address: "", models: [], capacity: 0 };
+  return { workerId: "", address: "", models: [], capacity: 0, mappers: [] };
 }
 
 export const WorkerHello: MessageFns<WorkerHello> = {
@@ -336,6 +338,9 @@ export const WorkerHello: MessageFns<WorkerHello> = {
     }
     if (message.capacity !== 0) {
       writer.uint32(32).uint32(message.capacity);
+    }
+    for (const v of message.mappers) {
+      writer.uint32(42).string(v!);
     }
     return writer;
   },
@@ -385,6 +390,14 @@ export const WorkerHello: MessageFns<WorkerHello> = {
             message.capacity = reader.uint32();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.mappers.push(reader.string());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -407,6 +420,7 @@ export const WorkerHello: MessageFns<WorkerHello> = {
       address: isSet(object.address) ? globalThis.String(object.address) : "",
       models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => Model.fromJSON(e)) : [],
       capacity: isSet(object.capacity) ? globalThis.Number(object.capacity) : 0,
+      mappers: globalThis.Array.isArray(object?.mappers) ? object.mappers.map((e: any) => globalThis.String(e)) : [],
     };
   },
 
@@ -424,6 +438,9 @@ export const WorkerHello: MessageFns<WorkerHello> = {
     if (message.capacity !== 0) {
       obj.capacity = Math.round(message.capacity);
     }
+    if (message.mappers?.length) {
+      obj.mappers = message.mappers;
+    }
     return obj;
   },
 
@@ -436,6 +453,7 @@ export const WorkerHello: MessageFns<WorkerHello> = {
     message.address = object.address ?? "";
     message.models = object.models?.map((e) => Model.fromPartial(e)) || [];
     message.capacity = object.capacity ?? 0;
+    message.mappers = object.mappers?.map((e) => e) || [];
     return message;
   },
 };

@@ -7,6 +7,7 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { GenerateRequest, GenerateResponse, PredictRequest, PredictResponse } from "../../v1/inference";
+import { JobResult, JobSpec, Record } from "../../v1/jobs";
 
 export const protobufPackage = "maas.internal.v1";
 
@@ -29,7 +30,76 @@ export interface Task {
     | //
     /** A single classification. */
     { $case: "predict"; predict: PredictRequest }
+    | //
+    /** One shard of a batch job. */
+    { $case: "map"; map: MapTask }
     | undefined;
+}
+
+/**
+ * MapTask is one shard of a batch job: the worker maps its records and commits the output to
+ * the aggregator, keyed by job, task and attempt.
+ */
+export interface MapTask {
+  /** The job. */
+  jobId: string;
+  /** Index of this task in the job, from 0. */
+  taskIndex: number;
+  /** Attempt number, from 1; a retried task runs again with the next one. */
+  attempt: number;
+  /** The job's spec, without inline records. */
+  spec?:
+    | JobSpec
+    | undefined;
+  /** Index of the shard's first record in the job's input. */
+  firstRecord: number;
+  /** Number of records in the shard. */
+  recordCount: number;
+  /** The shard's records, when the job's input is inline. */
+  records: Record[];
+  /** Number of tasks in the job (the aggregator knows when it has them all). */
+  tasksTotal: number;
+}
+
+/** MapOutput is what mapping one shard produced, as committed to the aggregator. */
+export interface MapOutput {
+  /** Records mapped. */
+  records: number;
+  /** Word counts over the shard (wordcount mapper). */
+  wordCounts: { [key: string]: number };
+  /** Words counted over the shard (wordcount mapper). */
+  totalWords: number;
+  /** One output per record, in order (model jobs). */
+  outputs: RecordOutput[];
+}
+
+export interface MapOutput_WordCountsEntry {
+  key: string;
+  value: number;
+}
+
+/** RecordOutput is the output for one record of a model job. */
+export interface RecordOutput {
+  /** Position of the record in the job's input. */
+  index: number;
+  /** The predicted label, or the generated text. */
+  output: string;
+  /** The record's expected label, if it has one. */
+  label: string;
+  /** A number per record: the predicted label's probability, or the tokens generated. */
+  score: number;
+}
+
+/** MapTaskResult reports a committed shard back to the scheduler. */
+export interface MapTaskResult {
+  /** Records mapped. */
+  records: number;
+  /** True when the aggregator already had this task from an earlier attempt (nothing changed). */
+  duplicate: boolean;
+  /** Tasks of the job the aggregator has committed so far. */
+  tasksCommitted: number;
+  /** The job's result reduced over the committed tasks. */
+  partial?: JobResult | undefined;
 }
 
 /** TaskOutput is one message of a task's output stream. */
@@ -44,6 +114,9 @@ export interface TaskOutput {
     | //
     /** The answer to a predict task. */
     { $case: "prediction"; prediction: PredictResponse }
+    | //
+    /** The outcome of a map task, sent once its output is committed. */
+    { $case: "mapResult"; mapResult: MapTaskResult }
     | undefined;
 }
 
@@ -65,6 +138,9 @@ export const Task: MessageFns<Task> = {
         break;
       case "predict":
         PredictRequest.encode(message.request.predict, writer.uint32(90).fork()).join();
+        break;
+      case "map":
+        MapTask.encode(message.request.map, writer.uint32(98).fork()).join();
         break;
     }
     return writer;
@@ -115,6 +191,14 @@ export const Task: MessageFns<Task> = {
             message.request = { $case: "predict", predict: PredictRequest.decode(reader, reader.uint32()) };
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.request = { $case: "map", map: MapTask.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -139,6 +223,8 @@ export const Task: MessageFns<Task> = {
         ? { $case: "generate", generate: GenerateRequest.fromJSON(object.generate) }
         : isSet(object.predict)
         ? { $case: "predict", predict: PredictRequest.fromJSON(object.predict) }
+        : isSet(object.map)
+        ? { $case: "map", map: MapTask.fromJSON(object.map) }
         : undefined,
     };
   },
@@ -155,6 +241,8 @@ export const Task: MessageFns<Task> = {
       obj.generate = GenerateRequest.toJSON(message.request.generate);
     } else if (message.request?.$case === "predict") {
       obj.predict = PredictRequest.toJSON(message.request.predict);
+    } else if (message.request?.$case === "map") {
+      obj.map = MapTask.toJSON(message.request.map);
     }
     return obj;
   },
@@ -179,7 +267,716 @@ export const Task: MessageFns<Task> = {
         }
         break;
       }
+      case "map": {
+        if (object.request?.map !== undefined && object.request?.map !== null) {
+          message.request = { $case: "map", map: MapTask.fromPartial(object.request.map) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseMapTask(): MapTask {
+  return {
+    jobId: "",
+    taskIndex: 0,
+    attempt: 0,
+    spec: undefined,
+    firstRecord: 0,
+    recordCount: 0,
+    records: [],
+    tasksTotal: 0,
+  };
+}
+
+export const MapTask: MessageFns<MapTask> = {
+  encode(message: MapTask, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.jobId !== "") {
+      writer.uint32(10).string(message.jobId);
+    }
+    if (message.taskIndex !== 0) {
+      writer.uint32(16).uint32(message.taskIndex);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(24).uint32(message.attempt);
+    }
+    if (message.spec !== undefined) {
+      JobSpec.encode(message.spec, writer.uint32(34).fork()).join();
+    }
+    if (message.firstRecord !== 0) {
+      writer.uint32(40).uint64(message.firstRecord);
+    }
+    if (message.recordCount !== 0) {
+      writer.uint32(48).uint32(message.recordCount);
+    }
+    for (const v of message.records) {
+      Record.encode(v!, writer.uint32(58).fork()).join();
+    }
+    if (message.tasksTotal !== 0) {
+      writer.uint32(64).uint32(message.tasksTotal);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MapTask {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMapTask();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.jobId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.taskIndex = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.spec = JobSpec.decode(reader, reader.uint32());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.firstRecord = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.recordCount = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.records.push(Record.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.tasksTotal = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MapTask {
+    return {
+      jobId: isSet(object.jobId)
+        ? globalThis.String(object.jobId)
+        : isSet(object.job_id)
+        ? globalThis.String(object.job_id)
+        : "",
+      taskIndex: isSet(object.taskIndex)
+        ? globalThis.Number(object.taskIndex)
+        : isSet(object.task_index)
+        ? globalThis.Number(object.task_index)
+        : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      spec: isSet(object.spec) ? JobSpec.fromJSON(object.spec) : undefined,
+      firstRecord: isSet(object.firstRecord)
+        ? globalThis.Number(object.firstRecord)
+        : isSet(object.first_record)
+        ? globalThis.Number(object.first_record)
+        : 0,
+      recordCount: isSet(object.recordCount)
+        ? globalThis.Number(object.recordCount)
+        : isSet(object.record_count)
+        ? globalThis.Number(object.record_count)
+        : 0,
+      records: globalThis.Array.isArray(object?.records)
+        ? object.records.map((e: any) => Record.fromJSON(e))
+        : [],
+      tasksTotal: isSet(object.tasksTotal)
+        ? globalThis.Number(object.tasksTotal)
+        : isSet(object.tasks_total)
+        ? globalThis.Number(object.tasks_total)
+        : 0,
+    };
+  },
+
+  toJSON(message: MapTask): unknown {
+    const obj: any = {};
+    if (message.jobId !== "") {
+      obj.jobId = message.jobId;
+    }
+    if (message.taskIndex !== 0) {
+      obj.taskIndex = Math.round(message.taskIndex);
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.spec !== undefined) {
+      obj.spec = JobSpec.toJSON(message.spec);
+    }
+    if (message.firstRecord !== 0) {
+      obj.firstRecord = Math.round(message.firstRecord);
+    }
+    if (message.recordCount !== 0) {
+      obj.recordCount = Math.round(message.recordCount);
+    }
+    if (message.records?.length) {
+      obj.records = message.records.map((e) => Record.toJSON(e));
+    }
+    if (message.tasksTotal !== 0) {
+      obj.tasksTotal = Math.round(message.tasksTotal);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MapTask>): MapTask {
+    return MapTask.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MapTask>): MapTask {
+    const message = createBaseMapTask();
+    message.jobId = object.jobId ?? "";
+    message.taskIndex = object.taskIndex ?? 0;
+    message.attempt = object.attempt ?? 0;
+    message.spec = (object.spec !== undefined && object.spec !== null) ? JobSpec.fromPartial(object.spec) : undefined;
+    message.firstRecord = object.firstRecord ?? 0;
+    message.recordCount = object.recordCount ?? 0;
+    message.records = object.records?.map((e) => Record.fromPartial(e)) || [];
+    message.tasksTotal = object.tasksTotal ?? 0;
+    return message;
+  },
+};
+
+function createBaseMapOutput(): MapOutput {
+  return { records: 0, wordCounts: {}, totalWords: 0, outputs: [] };
+}
+
+export const MapOutput: MessageFns<MapOutput> = {
+  encode(message: MapOutput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.records !== 0) {
+      writer.uint32(8).uint64(message.records);
+    }
+    globalThis.Object.entries(message.wordCounts).forEach(([key, value]: [string, number]) => {
+      MapOutput_WordCountsEntry.encode({ key: key as any, value }, writer.uint32(18).fork()).join();
+    });
+    if (message.totalWords !== 0) {
+      writer.uint32(24).uint64(message.totalWords);
+    }
+    for (const v of message.outputs) {
+      RecordOutput.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MapOutput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMapOutput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.records = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            const entry2 = MapOutput_WordCountsEntry.decode(reader, reader.uint32());
+            if (entry2.value !== undefined) {
+              message.wordCounts[entry2.key] = entry2.value;
+            }
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.totalWords = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.outputs.push(RecordOutput.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MapOutput {
+    return {
+      records: isSet(object.records) ? globalThis.Number(object.records) : 0,
+      wordCounts: isObject(object.wordCounts)
+        ? (globalThis.Object.entries(object.wordCounts) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.word_counts)
+        ? (globalThis.Object.entries(object.word_counts) as [string, any][]).reduce(
+          (acc: { [key: string]: number }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.Number(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      totalWords: isSet(object.totalWords)
+        ? globalThis.Number(object.totalWords)
+        : isSet(object.total_words)
+        ? globalThis.Number(object.total_words)
+        : 0,
+      outputs: globalThis.Array.isArray(object?.outputs)
+        ? object.outputs.map((e: any) => RecordOutput.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: MapOutput): unknown {
+    const obj: any = {};
+    if (message.records !== 0) {
+      obj.records = Math.round(message.records);
+    }
+    if (message.wordCounts) {
+      const entries = globalThis.Object.entries(message.wordCounts) as [string, number][];
+      if (entries.length > 0) {
+        obj.wordCounts = {};
+        entries.forEach(([k, v]) => {
+          obj.wordCounts[k] = Math.round(v);
+        });
+      }
+    }
+    if (message.totalWords !== 0) {
+      obj.totalWords = Math.round(message.totalWords);
+    }
+    if (message.outputs?.length) {
+      obj.outputs = message.outputs.map((e) => RecordOutput.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MapOutput>): MapOutput {
+    return MapOutput.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MapOutput>): MapOutput {
+    const message = createBaseMapOutput();
+    message.records = object.records ?? 0;
+    message.wordCounts = (globalThis.Object.entries(object.wordCounts ?? {}) as [string, number][]).reduce(
+      (acc: { [key: string]: number }, [key, value]: [string, number]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.Number(value);
+        }
+        return acc;
+      },
+      {},
+    );
+    message.totalWords = object.totalWords ?? 0;
+    message.outputs = object.outputs?.map((e) => RecordOutput.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMapOutput_WordCountsEntry(): MapOutput_WordCountsEntry {
+  return { key: "", value: 0 };
+}
+
+export const MapOutput_WordCountsEntry: MessageFns<MapOutput_WordCountsEntry> = {
+  encode(message: MapOutput_WordCountsEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== 0) {
+      writer.uint32(16).uint64(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MapOutput_WordCountsEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMapOutput_WordCountsEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.value = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MapOutput_WordCountsEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.Number(object.value) : 0,
+    };
+  },
+
+  toJSON(message: MapOutput_WordCountsEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== 0) {
+      obj.value = Math.round(message.value);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MapOutput_WordCountsEntry>): MapOutput_WordCountsEntry {
+    return MapOutput_WordCountsEntry.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MapOutput_WordCountsEntry>): MapOutput_WordCountsEntry {
+    const message = createBaseMapOutput_WordCountsEntry();
+    message.key = object.key ?? "";
+    message.value = object.value ?? 0;
+    return message;
+  },
+};
+
+function createBaseRecordOutput(): RecordOutput {
+  return { index: 0, output: "", label: "", score: 0 };
+}
+
+export const RecordOutput: MessageFns<RecordOutput> = {
+  encode(message: RecordOutput, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.index !== 0) {
+      writer.uint32(8).uint64(message.index);
+    }
+    if (message.output !== "") {
+      writer.uint32(18).string(message.output);
+    }
+    if (message.label !== "") {
+      writer.uint32(26).string(message.label);
+    }
+    if (message.score !== 0) {
+      writer.uint32(33).double(message.score);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RecordOutput {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRecordOutput();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.index = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.output = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.label = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 33) {
+              break;
+            }
+
+            message.score = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RecordOutput {
+    return {
+      index: isSet(object.index) ? globalThis.Number(object.index) : 0,
+      output: isSet(object.output) ? globalThis.String(object.output) : "",
+      label: isSet(object.label) ? globalThis.String(object.label) : "",
+      score: isSet(object.score) ? globalThis.Number(object.score) : 0,
+    };
+  },
+
+  toJSON(message: RecordOutput): unknown {
+    const obj: any = {};
+    if (message.index !== 0) {
+      obj.index = Math.round(message.index);
+    }
+    if (message.output !== "") {
+      obj.output = message.output;
+    }
+    if (message.label !== "") {
+      obj.label = message.label;
+    }
+    if (message.score !== 0) {
+      obj.score = floatToJson(message.score);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RecordOutput>): RecordOutput {
+    return RecordOutput.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RecordOutput>): RecordOutput {
+    const message = createBaseRecordOutput();
+    message.index = object.index ?? 0;
+    message.output = object.output ?? "";
+    message.label = object.label ?? "";
+    message.score = object.score ?? 0;
+    return message;
+  },
+};
+
+function createBaseMapTaskResult(): MapTaskResult {
+  return { records: 0, duplicate: false, tasksCommitted: 0, partial: undefined };
+}
+
+export const MapTaskResult: MessageFns<MapTaskResult> = {
+  encode(message: MapTaskResult, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.records !== 0) {
+      writer.uint32(8).uint64(message.records);
+    }
+    if (message.duplicate !== false) {
+      writer.uint32(16).bool(message.duplicate);
+    }
+    if (message.tasksCommitted !== 0) {
+      writer.uint32(24).uint32(message.tasksCommitted);
+    }
+    if (message.partial !== undefined) {
+      JobResult.encode(message.partial, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MapTaskResult {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMapTaskResult();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.records = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.duplicate = reader.bool();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.tasksCommitted = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.partial = JobResult.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MapTaskResult {
+    return {
+      records: isSet(object.records) ? globalThis.Number(object.records) : 0,
+      duplicate: isSet(object.duplicate) ? globalThis.Boolean(object.duplicate) : false,
+      tasksCommitted: isSet(object.tasksCommitted)
+        ? globalThis.Number(object.tasksCommitted)
+        : isSet(object.tasks_committed)
+        ? globalThis.Number(object.tasks_committed)
+        : 0,
+      partial: isSet(object.partial) ? JobResult.fromJSON(object.partial) : undefined,
+    };
+  },
+
+  toJSON(message: MapTaskResult): unknown {
+    const obj: any = {};
+    if (message.records !== 0) {
+      obj.records = Math.round(message.records);
+    }
+    if (message.duplicate !== false) {
+      obj.duplicate = message.duplicate;
+    }
+    if (message.tasksCommitted !== 0) {
+      obj.tasksCommitted = Math.round(message.tasksCommitted);
+    }
+    if (message.partial !== undefined) {
+      obj.partial = JobResult.toJSON(message.partial);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<MapTaskResult>): MapTaskResult {
+    return MapTaskResult.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<MapTaskResult>): MapTaskResult {
+    const message = createBaseMapTaskResult();
+    message.records = object.records ?? 0;
+    message.duplicate = object.duplicate ?? false;
+    message.tasksCommitted = object.tasksCommitted ?? 0;
+    message.partial = (object.partial !== undefined && object.partial !== null)
+      ? JobResult.fromPartial(object.partial)
+      : undefined;
     return message;
   },
 };
@@ -199,6 +996,9 @@ export const TaskOutput: MessageFns<TaskOutput> = {
         break;
       case "prediction":
         PredictResponse.encode(message.output.prediction, writer.uint32(90).fork()).join();
+        break;
+      case "mapResult":
+        MapTaskResult.encode(message.output.mapResult, writer.uint32(98).fork()).join();
         break;
     }
     return writer;
@@ -241,6 +1041,14 @@ export const TaskOutput: MessageFns<TaskOutput> = {
             message.output = { $case: "prediction", prediction: PredictResponse.decode(reader, reader.uint32()) };
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.output = { $case: "mapResult", mapResult: MapTaskResult.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -264,6 +1072,10 @@ export const TaskOutput: MessageFns<TaskOutput> = {
         ? { $case: "chunk", chunk: GenerateResponse.fromJSON(object.chunk) }
         : isSet(object.prediction)
         ? { $case: "prediction", prediction: PredictResponse.fromJSON(object.prediction) }
+        : isSet(object.mapResult)
+        ? { $case: "mapResult", mapResult: MapTaskResult.fromJSON(object.mapResult) }
+        : isSet(object.map_result)
+        ? { $case: "mapResult", mapResult: MapTaskResult.fromJSON(object.map_result) }
         : undefined,
     };
   },
@@ -277,6 +1089,8 @@ export const TaskOutput: MessageFns<TaskOutput> = {
       obj.chunk = GenerateResponse.toJSON(message.output.chunk);
     } else if (message.output?.$case === "prediction") {
       obj.prediction = PredictResponse.toJSON(message.output.prediction);
+    } else if (message.output?.$case === "mapResult") {
+      obj.mapResult = MapTaskResult.toJSON(message.output.mapResult);
     }
     return obj;
   },
@@ -300,10 +1114,20 @@ export const TaskOutput: MessageFns<TaskOutput> = {
         }
         break;
       }
+      case "mapResult": {
+        if (object.output?.mapResult !== undefined && object.output?.mapResult !== null) {
+          message.output = { $case: "mapResult", mapResult: MapTaskResult.fromPartial(object.output.mapResult) };
+        }
+        break;
+      }
     }
     return message;
   },
 };
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
+}
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
 
@@ -313,6 +1137,21 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends { $case: string } ? { [K in keyof Omit<T, "$case">]?: DeepPartial<T[K]> } & { $case: T["$case"] }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
+
+function isObject(value: any): boolean {
+  return typeof value === "object" && value !== null;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
