@@ -50,7 +50,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
-    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule } }],
+    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobsPending() } }],
   });
   log.info('admission limits', { max_in_flight: config.maxInFlight, max_queued: config.maxQueued });
   return {
@@ -90,4 +90,21 @@ function priorityOf(task: Task): Priority {
   if (p === ProtoPriority.PRIORITY_HIGH) return 'high';
   if (p === ProtoPriority.PRIORITY_LOW) return 'low';
   return 'normal';
+}
+
+/** The job methods, until the job runner lands (same change series). */
+function jobsPending() {
+  const pending = async () => {
+    throw new MeshError('unavailable', 'batch jobs are not available yet');
+  };
+  return {
+    submitJob: pending,
+    getJob: pending,
+    listJobs: pending,
+    cancelJob: pending,
+    // eslint-disable-next-line require-yield
+    async *watchJob() {
+      await pending();
+    },
+  };
 }
