@@ -16,7 +16,24 @@ import { SchedulerServiceDefinition } from '../generated/maas/internal/v1/schedu
 import { Task } from '../generated/maas/internal/v1/task';
 import { GenerateRequest, GenerateResponse, InferenceServiceDefinition, PredictRequest, PredictResponse } from '../generated/maas/v1/inference';
 import { GetModelRequest, GetModelResponse, ListModelsResponse, Model, ModelServiceDefinition, ModelTask } from '../generated/maas/v1/models';
+import { MAPPER_NAMES } from '../common/batch';
+import { DATASET_NAMES } from '../common/datasets';
+import {
+  CancelRequest,
+  CancelResponse,
+  GetRequest,
+  GetResponse,
+  JobServiceDefinition,
+  JobSpec,
+  ListRequest,
+  ListResponse,
+  SubmitRequest,
+  SubmitResponse,
+  WatchRequest,
+  WatchResponse,
+} from '../generated/maas/v1/jobs';
 import { createAuthenticator, parseApiKeys } from './auth';
+import { JobSpecContext, validateJobSpec } from './job-spec';
 import { ModelCatalog } from './catalog';
 import { gatewaySchema } from './config';
 import { validateGenerateRequest, validateModelName, validatePredictRequest } from './validation';
@@ -95,6 +112,54 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     return { model };
   }
 
+  const jobSpecContext: JobSpecContext = {
+    mappers: MAPPER_NAMES,
+    datasets: DATASET_NAMES,
+    maxInlineRecords: config.maxInlineRecords,
+    maxRecordChars: config.maxInputChars,
+    async modelTasks(name) {
+      const model = await catalog.find(name);
+      return model?.tasks.map((t) => (t === ModelTask.MODEL_TASK_GENERATE ? ('generate' as const) : ('classify' as const)));
+    },
+  };
+
+  /** Calls to the scheduler's job methods: the caller's deadline if set, else the default. */
+  const jobCall = (context: MeshCallContext) => ({ signal: context.signal, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs });
+  const requireJobId = (id: string) => {
+    if (id === '') throw new MeshError('invalid_argument', 'job_id is required, given ""');
+    return id;
+  };
+
+  const jobService = {
+    async submit(request: SubmitRequest, context: MeshCallContext): Promise<SubmitResponse> {
+      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+      const spec = await validateJobSpec(request.spec ?? JobSpec.fromPartial({}), jobSpecContext);
+      const { job } = await scheduler.submitJob({ tenant, spec }, jobCall(context));
+      return { job };
+    },
+    async *watch(request: WatchRequest, context: MeshCallContext): AsyncGenerator<WatchResponse> {
+      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+      const jobId = requireJobId(request.jobId);
+      // A watch lasts as long as the job: only the caller's own deadline applies.
+      for await (const r of scheduler.watchJob({ tenant, jobId, afterSequence: request.afterSequence }, { signal: context.signal, deadline: context.deadline })) {
+        yield { event: r.event };
+      }
+    },
+    async get(request: GetRequest, context: MeshCallContext): Promise<GetResponse> {
+      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+      return { job: (await scheduler.getJob({ tenant, jobId: requireJobId(request.jobId) }, jobCall(context))).job };
+    },
+    async list(request: ListRequest, context: MeshCallContext): Promise<ListResponse> {
+      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+      if (request.pageSize > 1000) throw new MeshError('invalid_argument', `page_size must be <= 1000, given ${request.pageSize}`);
+      return scheduler.listJobs({ tenant, pageSize: request.pageSize, pageToken: request.pageToken }, jobCall(context));
+    },
+    async cancel(request: CancelRequest, context: MeshCallContext): Promise<CancelResponse> {
+      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+      return { job: (await scheduler.cancelJob({ tenant, jobId: requireJobId(request.jobId) }, jobCall(context))).job };
+    },
+  };
+
   const server = await startGrpcServer({
     host: config.host,
     port: config.port,
@@ -104,6 +169,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     services: [
       { definition: InferenceServiceDefinition, implementation: { generate, predict } },
       { definition: ModelServiceDefinition, implementation: { listModels, getModel } },
+      { definition: JobServiceDefinition, implementation: jobService },
     ],
   });
   return {

@@ -3,14 +3,19 @@
  * own port), typed clients of its public API, and small waiting helpers. Nothing here is mocked.
  */
 import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { ClientError, Status } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../common/client';
 import { parseConfig } from '../common/config';
 import { silentLogger } from '../common/log';
 import { InferenceServiceDefinition } from '../generated/maas/v1/inference';
 import { ModelServiceDefinition } from '../generated/maas/v1/models';
+import { JobServiceDefinition } from '../generated/maas/v1/jobs';
+import { aggregatorSchema } from '../services/aggregator/config';
+import { RunningAggregator, startAggregator } from '../services/aggregator/server';
 import { gatewaySchema } from '../gateway/config';
 import { RunningGateway, startGateway } from '../gateway/server';
 import { balancerSchema } from '../services/balancer/config';
@@ -42,10 +47,13 @@ export interface MeshOptions {
   policy?: PolicyName;
   maxInFlight?: number;
   maxQueued?: number;
+  /** Scheduler settings of the batch path. */
+  scheduler?: Partial<ReturnType<typeof schedulerDefaults>>;
   gateway?: Partial<ReturnType<typeof gatewayDefaults>>;
 }
 
 const gatewayDefaults = () => parseConfig(gatewaySchema, [], {});
+const schedulerDefaults = () => parseConfig(schedulerSchema, [], {});
 
 /** A mesh running in this process. */
 export class TestMesh {
@@ -53,15 +61,20 @@ export class TestMesh {
   private readonly channel;
   readonly inference;
   readonly models;
+  readonly jobs;
 
   constructor(
     readonly balancer: RunningBalancer,
+    readonly aggregator: RunningAggregator,
     readonly scheduler: RunningScheduler,
     readonly gateway: RunningGateway,
+    /** Temporary directory of the durable stores, removed by stop(). */
+    readonly dataDir: string,
   ) {
     this.channel = openChannel(gateway.address);
     this.inference = createMeshClient(InferenceServiceDefinition, this.channel);
     this.models = createMeshClient(ModelServiceDefinition, this.channel);
+    this.jobs = createMeshClient(JobServiceDefinition, this.channel);
   }
 
   /** Starts a worker, waits until the balancer has accepted it, and returns it. */
@@ -70,6 +83,7 @@ export class TestMesh {
       ...parseConfig(workerSchema, [], {}),
       port: spec.port ?? 0,
       balancer: this.balancer.address,
+      aggregator: this.aggregator.address,
       concurrency: spec.concurrency ?? 64,
       echoDelayMs: spec.echoDelayMs ?? 0,
       cacheDir: MODEL_CACHE_DIR,
@@ -89,6 +103,8 @@ export class TestMesh {
     await this.scheduler.shutdown();
     await Promise.all(this.workers.map((w) => w.shutdown().catch(() => undefined)));
     await this.balancer.shutdown();
+    await this.aggregator.shutdown();
+    rmSync(this.dataDir, { recursive: true, force: true });
   }
 }
 
@@ -100,13 +116,20 @@ export function echoRuntime(delayMs: number): ModelRuntime {
 /** Starts balancer, workers, scheduler and gateway on ephemeral ports. */
 export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
   const balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200 }, silentLogger);
+  const dataDir = mkdtempSync(join(tmpdir(), 'maas-mesh-test-'));
+  const aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator') }, silentLogger);
   const scheduler = await startScheduler(
     {
-      ...parseConfig(schedulerSchema, [], {}),
+      ...schedulerDefaults(),
       port: 0,
       balancer: balancer.address,
+      aggregator: aggregator.address,
+      dataDir: join(dataDir, 'scheduler'),
       maxInFlight: options.maxInFlight ?? 256,
       maxQueued: options.maxQueued ?? 1024,
+      retryBaseMs: 20,
+      retryMaxMs: 200,
+      ...options.scheduler,
     },
     silentLogger,
   );
@@ -114,7 +137,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
     { ...gatewayDefaults(), port: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...options.gateway },
     silentLogger,
   );
-  const mesh = new TestMesh(balancer, scheduler, gateway);
+  const mesh = new TestMesh(balancer, aggregator, scheduler, gateway, dataDir);
   for (const spec of options.workers ?? [{}]) await mesh.addWorker(spec);
   return mesh;
 }

@@ -4,10 +4,12 @@
  * public API, like any other gRPC client.
  */
 import { parseArgs } from 'node:util';
-import { ClientError, Metadata, Status } from 'nice-grpc';
-import { createMeshClient, openChannel } from '../../common/client';
+import { Client, ClientError, Metadata, Status } from 'nice-grpc';
+import { MeshCallOptions, createMeshClient, openChannel } from '../../common/client';
 import { FinishReason, InferenceServiceDefinition } from '../../generated/maas/v1/inference';
 import { ModelServiceDefinition, ModelTask } from '../../generated/maas/v1/models';
+import { JobServiceDefinition } from '../../generated/maas/v1/jobs';
+import { formatJob, formatJobRow, specFromOptions, UsageError, watchJob } from './jobs';
 import { up } from './up';
 
 const USAGE = `usage: maas <command> [options]
@@ -16,13 +18,23 @@ commands:
   up                          start every service of the mesh on this machine (Ctrl-C stops it)
       --host H                interface for all services (default 127.0.0.1)
       --gateway-port N        public API port (default 50051); scheduler N+1, balancer N+2,
-                              workers from N+3 unless --scheduler-port/--balancer-port/--worker-base-port
+                              aggregator N+3, workers from N+4 (or --scheduler-port, --balancer-port,
+                              --aggregator-port, --worker-base-port)
       --workers N             number of worker processes (default 2)
       --policy P              balancing policy: round_robin, random, least_outstanding, p2c (default p2c)
   models                      list the models with their metadata
   generate --model M PROMPT   stream generated tokens
       --max-tokens N  --temperature T  --seed S  --stop SEQ (repeatable)
   predict --model M INPUT     classify one input: label and class probabilities
+  job submit (--mapper M | --model M) (--dataset D | --input FILE | --record TEXT...) [--watch]
+      --reducer sum|top_k|accuracy|collect|mean  --shard-size N  --top-k K  --max-attempts N
+      --job-timeout-ms N  --priority low|normal|high  --callback-url URL  --output FILE
+      --max-tokens N --temperature T --seed S --stop SEQ   (for a generative model)
+                              without --watch, prints the job id and returns at once
+  job watch ID                replay the job's events, then follow them live until it ends
+  job get ID                  state, progress and result
+  job list [--page-size N]    your jobs, newest first
+  job cancel ID               cancel a job
 
 common options:
   --gateway HOST:PORT         gateway address (default $MAAS_GATEWAY or 127.0.0.1:50051)
@@ -48,9 +60,24 @@ async function main(argv: string[]): Promise<number> {
       'gateway-port': { type: 'string', default: '50051' },
       'scheduler-port': { type: 'string' },
       'balancer-port': { type: 'string' },
+      'aggregator-port': { type: 'string' },
       'worker-base-port': { type: 'string' },
       workers: { type: 'string', default: '2' },
       policy: { type: 'string', default: 'p2c' },
+      mapper: { type: 'string' },
+      dataset: { type: 'string' },
+      input: { type: 'string' },
+      record: { type: 'string', multiple: true },
+      reducer: { type: 'string' },
+      'shard-size': { type: 'string' },
+      'top-k': { type: 'string' },
+      'max-attempts': { type: 'string' },
+      'job-timeout-ms': { type: 'string' },
+      priority: { type: 'string' },
+      'callback-url': { type: 'string' },
+      output: { type: 'string' },
+      watch: { type: 'boolean' },
+      'page-size': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -72,7 +99,8 @@ async function main(argv: string[]): Promise<number> {
       gatewayPort,
       schedulerPort: num('scheduler-port', values['scheduler-port']) ?? gatewayPort + 1,
       balancerPort: num('balancer-port', values['balancer-port']) ?? gatewayPort + 2,
-      workerBasePort: num('worker-base-port', values['worker-base-port']) ?? gatewayPort + 3,
+      aggregatorPort: num('aggregator-port', values['aggregator-port']) ?? gatewayPort + 3,
+      workerBasePort: num('worker-base-port', values['worker-base-port']) ?? gatewayPort + 4,
       workers: num('workers', values.workers)!,
       policy: values.policy!,
       startTimeoutMs: 300_000,
@@ -132,6 +160,8 @@ async function main(argv: string[]): Promise<number> {
         if (r.text && r.text !== r.label) process.stdout.write(`text: ${r.text}\n`);
         return 0;
       }
+      case 'job':
+        return await jobCommand(createMeshClient(JobServiceDefinition, channel), positionals, values, metadata, deadline, num);
       default:
         throw new UsageError(`unknown command "${command}"`);
     }
@@ -140,7 +170,69 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-class UsageError extends Error {}
+/** `maas job <sub>`. */
+async function jobCommand(
+  client: Client<typeof JobServiceDefinition, MeshCallOptions>,
+  positionals: string[],
+  values: Record<string, string | string[] | boolean | undefined>,
+  metadata: Metadata,
+  deadline: number,
+  num: (name: string, raw: string | undefined) => number | undefined,
+): Promise<number> {
+  const [sub, id] = positionals;
+  const str = (name: string) => values[name] as string | undefined;
+  const options = { metadata, deadline };
+  const needId = () => {
+    if (!id) throw new UsageError(`maas job ${sub} needs a job id`);
+    return id;
+  };
+  switch (sub) {
+    case 'submit': {
+      const spec = specFromOptions({
+        mapper: str('mapper'),
+        model: str('model'),
+        dataset: str('dataset'),
+        input: str('input'),
+        records: values.record as string[] | undefined,
+        reducer: str('reducer'),
+        shardSize: num('shard-size', str('shard-size')),
+        topK: num('top-k', str('top-k')),
+        maxAttempts: num('max-attempts', str('max-attempts')),
+        timeoutMs: num('job-timeout-ms', str('job-timeout-ms')),
+        priority: str('priority'),
+        callbackUrl: str('callback-url'),
+        output: str('output'),
+        maxTokens: num('max-tokens', str('max-tokens')),
+        temperature: num('temperature', str('temperature')),
+        seed: num('seed', str('seed')),
+        stop: values.stop as string[] | undefined,
+      });
+      const { job } = await client.submit({ spec }, options);
+      if (!values.watch) {
+        process.stdout.write(`${job!.id}\n`);
+        return 0;
+      }
+      process.stderr.write(`job ${job!.id}: ${job!.tasksTotal} tasks, ${job!.recordsTotal} records\n`);
+      return watchJob(client, job!.id, process.stdout, { metadata });
+    }
+    case 'watch':
+      return watchJob(client, needId(), process.stdout, { metadata });
+    case 'get':
+      process.stdout.write(formatJob((await client.get({ jobId: needId() }, options)).job!));
+      return 0;
+    case 'list': {
+      const { jobs } = await client.list({ pageSize: num('page-size', str('page-size')) ?? 0, pageToken: '' }, options);
+      if (jobs.length === 0) process.stdout.write('no jobs\n');
+      for (const job of jobs) process.stdout.write(`${formatJobRow(job)}\n`);
+      return 0;
+    }
+    case 'cancel':
+      process.stdout.write(formatJob((await client.cancel({ jobId: needId() }, options)).job!));
+      return 0;
+    default:
+      throw new UsageError(`maas job needs one of submit, watch, get, list, cancel${sub ? `, given "${sub}"` : ''}`);
+  }
+}
 
 function requireModel(model: string | undefined): string {
   if (!model) throw new UsageError('--model is required');

@@ -22,6 +22,7 @@ export interface UpOptions {
   gatewayPort: number;
   schedulerPort: number;
   balancerPort: number;
+  aggregatorPort: number;
   workerBasePort: number;
   workers: number;
   policy: string;
@@ -34,15 +35,17 @@ const dist = resolve(__dirname, '../..');
 export function meshProcesses(o: UpOptions): ProcessSpec[] {
   const at = (port: number) => `${o.host}:${port}`;
   const balancer = at(o.balancerPort);
+  const aggregator = at(o.aggregatorPort);
   const specs: ProcessSpec[] = [
     { name: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer },
+    { name: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort)], address: aggregator },
   ];
   for (let i = 0; i < o.workers; i++) {
     const port = o.workerBasePort + i;
-    specs.push({ name: `worker-${i + 1}`, entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--worker-id', `worker-${i + 1}`], address: at(port) });
+    specs.push({ name: `worker-${i + 1}`, entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', `worker-${i + 1}`], address: at(port) });
   }
   specs.push(
-    { name: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer], address: at(o.schedulerPort) },
+    { name: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator], address: at(o.schedulerPort) },
     { name: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer], address: at(o.gatewayPort) },
   );
   return specs;
@@ -155,6 +158,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
       'Try:',
       '  npx maas models',
       '  npx maas generate --model ngram --seed 7 "the meeting"',
+      '  npx maas job submit --mapper wordcount --dataset spam-assassin --watch',
       `  grpcurl -plaintext -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
       '',
       'Ctrl-C stops everything.',

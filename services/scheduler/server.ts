@@ -12,7 +12,25 @@ import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
 import { endSpan, meshTracer } from '../../common/tracing';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
-import { ScheduleRequest, ScheduleResponse, SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler';
+import {
+  CancelJobRequest,
+  CancelJobResponse,
+  GetJobRequest,
+  GetJobResponse,
+  ListJobsRequest,
+  ListJobsResponse,
+  ScheduleRequest,
+  ScheduleResponse,
+  SchedulerServiceDefinition,
+  SubmitJobRequest,
+  SubmitJobResponse,
+  WatchJobRequest,
+  WatchJobResponse,
+} from '../../generated/maas/internal/v1/scheduler';
+import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
+import { resolve } from 'node:path';
+import { JobRunner } from './job-runner';
+import { JobStore } from './jobs/store';
 import { Task } from '../../generated/maas/internal/v1/task';
 import { Priority as ProtoPriority } from '../../generated/maas/v1/inference';
 import { schedulerSchema } from './config';
@@ -23,6 +41,8 @@ export interface RunningScheduler extends StartedService {
   readonly port: number;
   /** The admission queue, for tests and diagnostics. */
   readonly queue: AdmissionQueue;
+  /** The batch job runner, for tests and diagnostics. */
+  readonly jobs: JobRunner;
 }
 
 /** Starts the scheduler. */
@@ -30,6 +50,24 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued });
   const channel = openChannel(config.balancer, config.maxMessageBytes);
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
+  const aggregatorChannel = openChannel(config.aggregator, config.maxMessageBytes);
+  const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
+  const store = new JobStore(resolve(config.dataDir));
+  const jobs = new JobRunner(
+    store,
+    balancer,
+    aggregator,
+    {
+      maxTasksInFlight: config.maxBatchTasks,
+      maxTasksPerJob: config.maxTasksPerJob,
+      maxActiveJobs: config.maxActiveJobs,
+      retryBaseMs: config.retryBaseMs,
+      retryMaxMs: config.retryMaxMs,
+      callbackSecret: config.callbackSecret,
+      callbackAttempts: config.callbackAttempts,
+    },
+    log,
+  );
 
   async function* schedule(request: ScheduleRequest, context: MeshCallContext): AsyncGenerator<ScheduleResponse> {
     const task = request.task;
@@ -50,16 +88,21 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
-    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobsPending() } }],
+    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs) } }],
   });
   log.info('admission limits', { max_in_flight: config.maxInFlight, max_queued: config.maxQueued });
+  jobs.resume();
   return {
     port: server.port,
     address: server.address,
     queue,
+    jobs,
     async shutdown() {
+      jobs.close();
       await server.shutdown(5000);
       channel.close();
+      aggregatorChannel.close();
+      store.close();
     },
   };
 }
@@ -92,19 +135,25 @@ function priorityOf(task: Task): Priority {
   return 'normal';
 }
 
-/** The job methods, until the job runner lands (same change series). */
-function jobsPending() {
-  const pending = async () => {
-    throw new MeshError('unavailable', 'batch jobs are not available yet');
-  };
+
+/** The job methods of SchedulerService: thin adapters over the runner. */
+function jobMethods(jobs: JobRunner) {
   return {
-    submitJob: pending,
-    getJob: pending,
-    listJobs: pending,
-    cancelJob: pending,
-    // eslint-disable-next-line require-yield
-    async *watchJob() {
-      await pending();
+    async submitJob(request: SubmitJobRequest): Promise<SubmitJobResponse> {
+      if (!request.spec) throw new MeshError('invalid_argument', 'spec must be set');
+      return { job: await jobs.submit(request.tenant, request.spec) };
+    },
+    async getJob(request: GetJobRequest): Promise<GetJobResponse> {
+      return { job: jobs.get(request.tenant, request.jobId) };
+    },
+    async listJobs(request: ListJobsRequest): Promise<ListJobsResponse> {
+      return jobs.list(request.tenant, request.pageSize, request.pageToken);
+    },
+    async cancelJob(request: CancelJobRequest): Promise<CancelJobResponse> {
+      return { job: await jobs.cancel(request.tenant, request.jobId) };
+    },
+    async *watchJob(request: WatchJobRequest, context: MeshCallContext): AsyncGenerator<WatchJobResponse> {
+      for await (const event of jobs.watch(request.tenant, request.jobId, request.afterSequence, context.signal)) yield { event };
     },
   };
 }

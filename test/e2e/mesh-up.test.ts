@@ -21,8 +21,8 @@ import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
 const repoRoot = resolve(__dirname, '../../..');
 const maasCli = resolve(repoRoot, 'dist/gateway/cli/maas.js');
 const WORKERS = 2;
-/** gateway, scheduler, balancer and the workers take N, N+1, N+2, N+3.. */
-const PORTS_NEEDED = 3 + WORKERS;
+/** gateway, scheduler, balancer, aggregator and the workers take N, N+1, N+2, N+3, N+4.. */
+const PORTS_NEEDED = 4 + WORKERS;
 
 // OTLP span kinds (the API's SpanKind + 1).
 const KIND_SERVER = 2;

@@ -38,6 +38,9 @@ const domainModules = [
   'gateway/validation.ts',
   'gateway/catalog.ts',
   'gateway/auth.ts',
+  'gateway/job-spec.ts',
+  'services/aggregator/reducers.ts',
+  ...sourcesUnder('services/scheduler/jobs'),
   ...sourcesUnder('services/worker/models'),
 ];
 

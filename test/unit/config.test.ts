@@ -15,6 +15,7 @@ import {
 import { gatewaySchema } from '../../gateway/config.js';
 import { balancerSchema } from '../../services/balancer/config.js';
 import { schedulerSchema } from '../../services/scheduler/config.js';
+import { aggregatorSchema } from '../../services/aggregator/config';
 import { workerSchema } from '../../services/worker/config.js';
 
 /** A schema with one setting of every kind. */
@@ -350,6 +351,7 @@ describe('config', () => {
       ['balancer', balancerSchema],
       ['scheduler', schedulerSchema],
       ['worker', workerSchema],
+      ['aggregator', aggregatorSchema],
     ];
 
     for (const [service, serviceSchema] of services) {

@@ -17,7 +17,7 @@ import {
   normalizeText,
   splitCorpus,
   type CorpusSplit,
-} from './corpus.js';
+} from '../../../common/corpus/spam-assassin.js';
 import { createEchoModel } from './echo.js';
 import { DEFAULT_NB_PARAMS, NaiveBayes, type Evaluation, type NaiveBayesJSON } from './naive-bayes.js';
 import { DEFAULT_NGRAM_PARAMS, NGramModel, type NGramJSON } from './ngram.js';

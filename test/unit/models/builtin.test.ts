@@ -3,7 +3,7 @@ import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createBuiltinRuntime } from '../../../services/worker/models/builtin.js';
-import { loadCorpus, splitCorpus } from '../../../services/worker/models/corpus.js';
+import { loadCorpus, splitCorpus } from '../../../common/corpus/spam-assassin.js';
 import type { GeneratedChunk, GenerateParams, Model } from '../../../services/worker/models/runtime.js';
 
 async function collect(stream: AsyncIterable<GeneratedChunk>): Promise<GeneratedChunk[]> {

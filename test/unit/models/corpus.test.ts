@@ -7,7 +7,7 @@ import {
   normalizeText,
   splitCorpus,
   type MailRecord,
-} from '../../../services/worker/models/corpus.js';
+} from '../../../common/corpus/spam-assassin.js';
 
 describe('corpus', () => {
   it('hashes with FNV-1a 32-bit (reference vectors)', () => {

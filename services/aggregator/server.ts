@@ -1,0 +1,170 @@
+/**
+ * The aggregator service: commits each task's output of a batch job exactly once into its durable
+ * store, folds it with the job's reducer and answers with the partial result; at the end returns
+ * the final result (and writes the collect reducer's output file). This file only adapts the
+ * store and the reducers to the wire: validation, conversion, errors.
+ */
+import { resolve } from 'node:path';
+import { ConfigOf } from '../../common/config';
+import { MeshError, invalidField } from '../../common/errors';
+import { Logger } from '../../common/log';
+import { startGrpcServer } from '../../common/server';
+import { StartedService } from '../../common/service-main';
+import {
+  AggregatorServiceDefinition,
+  AggregatorServiceImplementation,
+  CommitRequest,
+  CommitResponse,
+  FinalizeRequest,
+  FinalizeResponse,
+  ForgetRequest,
+  ForgetResponse,
+  ReduceSpec as WireReduceSpec,
+} from '../../generated/maas/internal/v1/aggregator';
+import { MapOutput } from '../../generated/maas/internal/v1/task';
+import { JobResult } from '../../generated/maas/v1/jobs';
+import { aggregatorSchema } from './config';
+import { writeOutputFile } from './output-file';
+import { REDUCER_NAMES, ReduceResult, ReduceSpec, ShardOutput, isReducerName } from './reducers';
+import { AggregatorStore, checkSameSpec } from './store';
+
+/** A running aggregator. */
+export interface RunningAggregator extends StartedService {
+  readonly port: number;
+}
+
+/** The spec of a request, validated: INVALID_ARGUMENT names the field. */
+function validSpec(reduce: WireReduceSpec | undefined): ReduceSpec {
+  if (!reduce) throw new MeshError('invalid_argument', 'reduce must be set');
+  if (!isReducerName(reduce.reducer)) throw invalidField('reduce.reducer', `must be one of ${REDUCER_NAMES.join(', ')}`, reduce.reducer);
+  if (reduce.tasksTotal < 1) throw invalidField('reduce.tasks_total', 'must be at least 1', reduce.tasksTotal);
+  return specOf(reduce);
+}
+
+/** A spec in the reducers' terms. */
+function specOf(reduce: WireReduceSpec): ReduceSpec {
+  return {
+    reducer: reduce.reducer,
+    topK: reduce.topK,
+    tasksTotal: reduce.tasksTotal,
+    outputFile: reduce.outputFile,
+    positiveLabel: reduce.positiveLabel,
+    meanOf: reduce.meanOf,
+  };
+}
+
+/** The fields of a spec that are set: non-empty strings, non-zero numbers. */
+function setFieldsOf(reduce: WireReduceSpec): Partial<ReduceSpec> {
+  return Object.fromEntries(Object.entries(specOf(reduce)).filter(([, value]) => value !== '' && value !== 0));
+}
+
+function validJobId(jobId: string): string {
+  if (jobId === '') throw invalidField('job_id', 'must not be empty', jobId);
+  return jobId;
+}
+
+/** A commit's output in the reducers' terms, validated. */
+function validOutput(output: MapOutput | undefined): ShardOutput {
+  if (!output) throw new MeshError('invalid_argument', 'output must be set');
+  output.outputs.forEach((r, i) => {
+    if (!Number.isFinite(r.score)) throw invalidField(`output.outputs[${i}].score`, 'must be a finite number', r.score);
+  });
+  return {
+    records: output.records,
+    wordCounts: output.wordCounts,
+    totalWords: output.totalWords,
+    outputs: output.outputs.map((r) => ({ index: r.index, output: r.output, label: r.label, score: r.score })),
+  };
+}
+
+/** A reducer's result on the wire. */
+function toJobResult(result: ReduceResult): JobResult {
+  switch (result.kind) {
+    case 'wordCounts': {
+      const { kind: _, ...wordCounts } = result;
+      return { result: { $case: 'wordCounts', wordCounts } };
+    }
+    case 'accuracy': {
+      const { kind: _, ...accuracy } = result;
+      return { result: { $case: 'accuracy', accuracy } };
+    }
+    case 'collect': {
+      const { kind: _, ...collect } = result;
+      return { result: { $case: 'collect', collect } };
+    }
+    case 'mean': {
+      const { kind: _, ...mean } = result;
+      return { result: { $case: 'mean', mean } };
+    }
+  }
+}
+
+/** Starts the aggregator: opens its store in config.dataDir, then serves. */
+export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>, log: Logger): Promise<RunningAggregator> {
+  const store = new AggregatorStore(resolve(config.dataDir), { cachedJobs: config.cachedJobs });
+  log.info('store open', { path: store.path });
+
+  const implementation: AggregatorServiceImplementation = {
+    async commit(request: CommitRequest): Promise<CommitResponse> {
+      const jobId = validJobId(request.jobId);
+      const spec = validSpec(request.reduce);
+      if (request.taskIndex >= spec.tasksTotal) {
+        throw invalidField('task_index', `must be less than reduce.tasks_total (${spec.tasksTotal})`, request.taskIndex);
+      }
+      const output = validOutput(request.output);
+      const outcome = store.commit(jobId, request.taskIndex, request.attempt, spec, output);
+      if (outcome.duplicate) {
+        log.info('task already committed; duplicate ignored', { job: jobId, task: request.taskIndex, attempt: request.attempt });
+      } else if (outcome.tasksCommitted === spec.tasksTotal) {
+        log.info('every task of the job is committed', { job: jobId, tasks: spec.tasksTotal });
+      }
+      return { duplicate: outcome.duplicate, tasksCommitted: outcome.tasksCommitted, partial: toJobResult(outcome.partial) };
+    },
+
+    async finalize(request: FinalizeRequest): Promise<FinalizeResponse> {
+      const jobId = validJobId(request.jobId);
+      const progress = store.progress(jobId);
+      if (!progress) throw new MeshError('not_found', `job ${jobId} is not known to the aggregator: no task committed, or forgotten`);
+      // The job is reduced as its commits said. Fields the caller sets must agree; fields it
+      // leaves empty or 0 (the scheduler may not know the defaults workers filled in) are not checked.
+      if (request.reduce) checkSameSpec(jobId, progress.spec, { ...progress.spec, ...setFieldsOf(request.reduce) });
+      const { tasksCommitted, spec } = progress;
+      if (tasksCommitted < spec.tasksTotal) {
+        throw new MeshError('failed_precondition', `job ${jobId} has ${tasksCommitted} of ${spec.tasksTotal} tasks committed`);
+      }
+      const result = store.result(jobId, true)!;
+      // Written on every call: the same content each time, so Finalize stays idempotent even if
+      // the file was removed in between.
+      if (result.kind === 'collect' && result.outputFile) await writeOutputFile(resolve(result.outputFile), store.collectedOutputs(jobId));
+      log.info('job finalized', { job: jobId, reducer: spec.reducer, tasks: spec.tasksTotal });
+      return { result: toJobResult(result) };
+    },
+
+    async forget(request: ForgetRequest): Promise<ForgetResponse> {
+      const jobId = validJobId(request.jobId);
+      if (store.forget(jobId)) log.info('job forgotten', { job: jobId });
+      return {};
+    },
+  };
+
+  const server = await startGrpcServer({
+    host: config.host,
+    port: config.port,
+    maxMessageBytes: config.maxMessageBytes,
+    log,
+    serving: true,
+    services: [{ definition: AggregatorServiceDefinition, implementation }],
+  }).catch((err: unknown) => {
+    store.close();
+    throw err;
+  });
+
+  return {
+    port: server.port,
+    address: server.address,
+    async shutdown() {
+      await server.shutdown(2000);
+      store.close();
+    },
+  };
+}

@@ -1,0 +1,426 @@
+/**
+ * The batch side of the scheduler: admits jobs into the durable store before acknowledging them,
+ * splits them into tasks, dispatches tasks through the balancer with a bounded number in flight
+ * (fair between jobs, strict between priorities), retries failed tasks with backoff up to the
+ * job's attempts, finalizes through the aggregator, and tells watchers and callbacks.
+ * A restarted scheduler resumes every unfinished job from its store.
+ */
+import { randomUUID } from 'node:crypto';
+import { ClientError, Status } from 'nice-grpc';
+import { datasetSize } from '../../common/datasets';
+import { MeshError } from '../../common/errors';
+import { Logger } from '../../common/log';
+import { scanRecords, RecordsError } from '../../common/records';
+import { AggregatorServiceDefinition, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
+import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
+import { MapTask } from '../../generated/maas/internal/v1/task';
+import { Job, JobEvent, JobResult, JobSpec, JobState, Record as JobRecord } from '../../generated/maas/v1/jobs';
+import { Client } from 'nice-grpc';
+import { MeshCallOptions } from '../../common/client';
+import { retryDelayMs } from './jobs/backoff';
+import { deliverCallback } from './jobs/callback';
+import { JobEventLog } from './jobs/event-log';
+import { splitIntoTasks, TaskRange } from './jobs/split';
+import { JobStore, StoredJob } from './jobs/store';
+
+/** Settings of the batch path. */
+export interface JobRunnerOptions {
+  /** Map tasks in flight at once across all jobs (the online path keeps the rest of the workers). */
+  maxTasksInFlight: number;
+  /** Map tasks in flight at once for one job. */
+  maxTasksPerJob: number;
+  /** Unfinished jobs at once; one more is refused with RESOURCE_EXHAUSTED. */
+  maxActiveJobs: number;
+  /** Backoff of task retries. */
+  retryBaseMs: number;
+  retryMaxMs: number;
+  /** HMAC secret for callback signatures; empty: unsigned. */
+  callbackSecret: string;
+  /** Attempts per callback delivery. */
+  callbackAttempts: number;
+}
+
+type BalancerClient = Client<typeof BalancerServiceDefinition, MeshCallOptions>;
+type AggregatorClient = Client<typeof AggregatorServiceDefinition, MeshCallOptions>;
+
+/** Statuses of a failed attempt that no retry can change. */
+const PERMANENT = new Set([Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.FAILED_PRECONDITION, Status.PERMISSION_DENIED]);
+
+/** A job being run in this process. */
+interface ActiveJob {
+  id: string;
+  tenant: string;
+  priority: number;
+  spec: JobSpec;
+  tasks: TaskRange[];
+  pending: number[];
+  running: Map<number, AbortController>;
+  deadlineTimer?: NodeJS.Timeout;
+  startedAt: number;
+  lastPartialAt: number;
+  ended: boolean;
+}
+
+const FINAL_EVENTS = new Set(['completed', 'failed', 'cancelled']);
+
+/** Runs batch jobs. */
+export class JobRunner {
+  private readonly active = new Map<string, ActiveJob>();
+  private inFlight = 0;
+  private rotation = 0;
+  private readonly retryTimers = new Set<NodeJS.Timeout>();
+  private closed = false;
+  readonly events: JobEventLog;
+
+  constructor(
+    private readonly store: JobStore,
+    private readonly balancer: BalancerClient,
+    private readonly aggregator: AggregatorClient,
+    private readonly options: JobRunnerOptions,
+    private readonly log: Logger,
+  ) {
+    this.events = new JobEventLog(store, (event) => FINAL_EVENTS.has(eventCase(event) ?? ''));
+  }
+
+  /** Resumes every unfinished job in the store; tasks that were running run again. */
+  resume(): void {
+    for (const stored of this.store.unfinishedJobs()) {
+      this.store.resetRunningTasks(stored.id);
+      this.activate(stored);
+      this.log.info('resumed job', { job: stored.id, tasks_done: stored.tasksDone, tasks_total: stored.tasksTotal });
+    }
+    for (const stored of this.store.pendingCallbacks()) void this.callBack(stored.id);
+    this.dispatch();
+  }
+
+  /** Stores a validated job, then acknowledges it; its tasks start in the background. */
+  async submit(tenant: string, spec: JobSpec): Promise<Job> {
+    if (this.active.size >= this.options.maxActiveJobs) {
+      throw new MeshError('resource_exhausted', `too many unfinished jobs: ${this.active.size} (max_active_jobs=${this.options.maxActiveJobs})`);
+    }
+    const recordsTotal = await countInput(spec);
+    if (recordsTotal === 0) throw new MeshError('invalid_argument', 'spec.input has no records');
+    const tasks = splitIntoTasks(recordsTotal, spec.shardSize ?? 100);
+    const inline = spec.input?.$case === 'inline' ? tasks.map((t) => (spec.input as { inline: { records: JobRecord[] } }).inline.records.slice(t.first, t.first + t.count)) : undefined;
+    const stored = { ...spec, input: spec.input?.$case === 'inline' ? { $case: 'inline' as const, inline: { records: [] } } : spec.input };
+    const id = `job-${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`;
+    const now = Date.now();
+    const accepted: JobEvent = eventOf({ $case: 'accepted', accepted: { tasksTotal: tasks.length, recordsTotal } });
+    const job = this.store.createJob(
+      {
+        id,
+        tenant,
+        spec: JobSpec.toJSON(stored),
+        priority: spec.priority,
+        recordsTotal,
+        createdAt: now,
+        deadlineAt: spec.timeoutMs > 0 ? now + spec.timeoutMs : undefined,
+        callbackUrl: spec.callbackUrl,
+      },
+      tasks,
+      inline?.map((records) => records.map((r) => ({ text: r.text, label: r.label }))),
+      JobEvent.toJSON(accepted),
+      now,
+    );
+    this.events.notify(id);
+    this.log.info('job accepted', { job: id, tenant, tasks: tasks.length, records: recordsTotal });
+    this.activate(job);
+    this.dispatch();
+    return toJob(job);
+  }
+
+  /** The tenant's job, or NOT_FOUND. */
+  get(tenant: string, id: string): Job {
+    return toJob(this.owned(tenant, id));
+  }
+
+  /** The tenant's jobs, newest first. */
+  list(tenant: string, pageSize: number, pageToken: string): { jobs: Job[]; nextPageToken: string } {
+    const page = this.store.listJobs(tenant, pageSize || 50, pageToken);
+    return { jobs: page.jobs.map((j) => ({ ...toJob(j), result: undefined })), nextPageToken: page.nextPageToken };
+  }
+
+  /** Replays the job's events after `after`, then follows them until it ends. */
+  async *watch(tenant: string, id: string, after: number, signal: AbortSignal): AsyncGenerator<JobEvent> {
+    this.owned(tenant, id);
+    for await (const e of this.events.watch(id, after, signal)) {
+      yield { ...JobEvent.fromJSON(e.event), sequence: e.seq, timeMs: e.timeMs };
+    }
+  }
+
+  /** Cancels the tenant's job; an ended job is returned as it is. */
+  async cancel(tenant: string, id: string, reason = 'cancelled by its owner'): Promise<Job> {
+    this.owned(tenant, id);
+    await this.endJob(id, 'cancelled', { error: reason });
+    return this.get(tenant, id);
+  }
+
+  /** Stops dispatching and cancels the calls of running tasks (they run again after a restart). */
+  close(): void {
+    this.closed = true;
+    for (const t of this.retryTimers) clearTimeout(t);
+    for (const job of this.active.values()) {
+      clearTimeout(job.deadlineTimer);
+      for (const c of job.running.values()) c.abort();
+    }
+  }
+
+  private owned(tenant: string, id: string): StoredJob {
+    const job = this.store.getJob(id);
+    if (!job || job.tenant !== tenant) throw new MeshError('not_found', `job "${id}" not found`);
+    return job;
+  }
+
+  private activate(stored: StoredJob): void {
+    const spec = JobSpec.fromJSON(stored.spec);
+    const tasks = this.store.tasks(stored.id);
+    const job: ActiveJob = {
+      id: stored.id,
+      tenant: stored.tenant,
+      priority: stored.priority,
+      spec,
+      tasks: tasks.map((t) => ({ index: t.index, first: t.first, count: t.count })),
+      pending: tasks.filter((t) => t.state === 'pending').map((t) => t.index),
+      running: new Map(),
+      startedAt: stored.startedAt ?? 0,
+      lastPartialAt: 0,
+      ended: false,
+    };
+    this.active.set(job.id, job);
+    if (stored.deadlineAt !== undefined) {
+      const timer = setTimeout(() => void this.endJob(job.id, 'failed', { error: `deadline exceeded: the job ran out of its ${spec.timeoutMs} ms` }), Math.max(0, stored.deadlineAt - Date.now()));
+      timer.unref();
+      job.deadlineTimer = timer;
+    }
+    // A job whose tasks were all done when the scheduler stopped only needs finalizing.
+    if (job.pending.length === 0 && tasks.every((t) => t.state === 'done')) void this.finalize(job);
+  }
+
+  /** Starts as many tasks as the limits allow: strict priority, round robin between jobs. */
+  private dispatch(): void {
+    while (!this.closed && this.inFlight < this.options.maxTasksInFlight) {
+      const job = this.nextJob();
+      if (!job) return;
+      const index = job.pending.shift()!;
+      void this.runTask(job, index);
+    }
+  }
+
+  private nextJob(): ActiveJob | undefined {
+    const ready = [...this.active.values()].filter((j) => !j.ended && j.pending.length > 0 && j.running.size < this.options.maxTasksPerJob);
+    if (ready.length === 0) return undefined;
+    const top = Math.max(...ready.map((j) => j.priority));
+    const candidates = ready.filter((j) => j.priority === top);
+    return candidates[this.rotation++ % candidates.length];
+  }
+
+  private async runTask(job: ActiveJob, index: number): Promise<void> {
+    const range = job.tasks[index];
+    const controller = new AbortController();
+    job.running.set(index, controller);
+    this.inFlight++;
+    const { attempt, firstStart } = this.store.startTask(job.id, index);
+    if (firstStart) {
+      job.startedAt = Date.now();
+      this.append(job.id, { $case: 'started', started: {} });
+    }
+    const task: MapTask = {
+      jobId: job.id,
+      taskIndex: index,
+      attempt,
+      spec: job.spec,
+      firstRecord: range.first,
+      recordCount: range.count,
+      records: job.spec.input?.$case === 'inline' ? this.store.inlineRecords(job.id, index).map((r) => JobRecord.fromJSON(r)) : [],
+      tasksTotal: job.tasks.length,
+    };
+    try {
+      let workerId = '';
+      let result: { records: number; partial?: JobResult } | undefined;
+      const deadline = this.store.getJob(job.id)?.deadlineAt;
+      const stream = this.balancer.route(
+        { task: { requestId: `${job.id}/${index}/${attempt}`, tenant: job.tenant, request: { $case: 'map', map: task } } },
+        { signal: controller.signal, deadline },
+      );
+      for await (const response of stream) {
+        if (response.output?.output?.$case === 'mapResult') {
+          workerId = response.output.workerId;
+          result = response.output.output.mapResult;
+        }
+      }
+      if (!result) throw new MeshError('unavailable', 'the worker returned no map result');
+      this.taskDone(job, index, attempt, result, workerId);
+    } catch (err) {
+      if (job.ended || this.closed) return;
+      this.taskFailed(job, index, attempt, err);
+    } finally {
+      job.running.delete(index);
+      this.inFlight--;
+      this.dispatch();
+    }
+  }
+
+  private taskDone(job: ActiveJob, index: number, attempt: number, result: { records: number; partial?: JobResult }, workerId: string): void {
+    if (job.ended) return;
+    const stored = this.store.finishTask(job.id, index, result.records);
+    // Already done (a duplicate report) or the job has ended meanwhile: nothing to tell.
+    if (!stored) return;
+    this.append(job.id, { $case: 'taskDone', taskDone: { taskIndex: index, attempt, records: result.records, workerId } });
+    const seconds = Math.max(0.001, (Date.now() - (job.startedAt || Date.now())) / 1000);
+    this.append(job.id, {
+      $case: 'progress',
+      progress: { tasksDone: stored.tasksDone, tasksTotal: stored.tasksTotal, recordsDone: stored.recordsDone, recordsTotal: stored.recordsTotal, recordsPerSecond: stored.recordsDone / seconds },
+    });
+    const allDone = stored.tasksDone === stored.tasksTotal;
+    // Partial results at most twice a second: a watcher sees the result grow without a flood.
+    if (result.partial && !allDone && Date.now() - job.lastPartialAt >= 500) {
+      job.lastPartialAt = Date.now();
+      this.append(job.id, { $case: 'partialResult', partialResult: result.partial });
+    }
+    if (allDone) void this.finalize(job);
+  }
+
+  private taskFailed(job: ActiveJob, index: number, attempt: number, err: unknown): void {
+    const details = err instanceof ClientError ? err.details : err instanceof Error ? err.message : String(err);
+    const permanent = (err instanceof ClientError && PERMANENT.has(err.code)) || (err instanceof MeshError && err.kind === 'invalid_argument');
+    const maxAttempts = job.spec.maxAttempts || 3;
+    if (!permanent && attempt < maxAttempts) {
+      const delay = retryDelayMs(attempt, { baseMs: this.options.retryBaseMs, maxMs: this.options.retryMaxMs });
+      this.store.failTaskAttempt(job.id, index, details);
+      this.append(job.id, { $case: 'taskRetried', taskRetried: { taskIndex: index, attempt, error: details, retryInMs: delay } });
+      this.log.warn('task failed; retrying', { job: job.id, task: index, attempt, error: details, retry_ms: delay });
+      const timer = setTimeout(() => {
+        this.retryTimers.delete(timer);
+        if (job.ended) return;
+        job.pending.push(index);
+        this.dispatch();
+      }, delay);
+      this.retryTimers.add(timer);
+      return;
+    }
+    this.store.failTask(job.id, index, details);
+    this.append(job.id, { $case: 'taskFailed', taskFailed: { taskIndex: index, attempts: attempt, error: details } });
+    void this.endJob(job.id, 'failed', { error: `task ${index} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${details}` });
+  }
+
+  private async finalize(job: ActiveJob): Promise<void> {
+    if (job.ended) return;
+    try {
+      const reduce: ReduceSpec = {
+        reducer: job.spec.reducer,
+        topK: job.spec.topK,
+        tasksTotal: job.tasks.length,
+        outputFile: job.spec.outputFile,
+        positiveLabel: '',
+        meanOf: '',
+      };
+      const { result } = await this.aggregator.finalize({ jobId: job.id, reduce }, { deadline: Date.now() + 60_000 });
+      await this.endJob(job.id, 'succeeded', { result });
+    } catch (err) {
+      const details = err instanceof ClientError ? err.details : String(err);
+      this.log.warn('finalize failed; retrying', { job: job.id, error: details });
+      // The aggregator may be restarting: try again later; the tasks' outputs are durable there.
+      const timer = setTimeout(() => {
+        this.retryTimers.delete(timer);
+        void this.finalize(job);
+      }, this.options.retryMaxMs);
+      this.retryTimers.add(timer);
+    }
+  }
+
+  private async endJob(id: string, state: 'succeeded' | 'failed' | 'cancelled', outcome: { result?: JobResult; error?: string }): Promise<void> {
+    const job = this.active.get(id);
+    const finalEvent =
+      state === 'succeeded'
+        ? eventOf({ $case: 'completed', completed: outcome.result! })
+        : state === 'failed'
+          ? eventOf({ $case: 'failed', failed: { error: outcome.error ?? '' } })
+          : eventOf({ $case: 'cancelled', cancelled: { reason: outcome.error ?? '' } });
+    const ended = this.store.finishJob(id, state, { result: outcome.result ? JobResult.toJSON(outcome.result) : undefined, error: outcome.error }, JobEvent.toJSON(finalEvent), Date.now());
+    if (!ended) return;
+    this.events.notify(id);
+    if (job) {
+      job.ended = true;
+      clearTimeout(job.deadlineTimer);
+      for (const c of job.running.values()) c.abort();
+      this.active.delete(id);
+    }
+    this.log.info('job ended', { job: id, state, error: outcome.error ?? '' });
+    if (state !== 'succeeded') this.aggregator.forget({ jobId: id }, { deadline: Date.now() + 10_000 }).catch(() => undefined);
+    await this.callBack(id);
+    this.dispatch();
+  }
+
+  private async callBack(id: string): Promise<void> {
+    const job = this.store.getJob(id);
+    if (!job || !job.callbackUrl) return;
+    this.store.setCallbackState(id, 'pending');
+    const payload = { event: 'job.finished', job: Job.toJSON(toJob(job)) };
+    const outcome = await deliverCallback(job.callbackUrl, payload, { secret: this.options.callbackSecret || undefined, attempts: this.options.callbackAttempts });
+    this.store.setCallbackState(id, outcome.delivered ? 'delivered' : 'failed');
+    if (!outcome.delivered) this.log.warn('callback not delivered', { job: id, url: job.callbackUrl, attempts: outcome.attempts, error: outcome.lastError ?? '' });
+  }
+
+  private append(jobId: string, event: JobEvent['event']): void {
+    this.events.append(jobId, JobEvent.toJSON(eventOf(event)), Date.now());
+  }
+}
+
+function eventOf(event: JobEvent['event']): JobEvent {
+  return { sequence: 0, timeMs: 0, event };
+}
+
+function eventCase(json: unknown): string | undefined {
+  return JobEvent.fromJSON(json).event?.$case;
+}
+
+/** Counts the records of a job's input; the scheduler checks what the gateway cannot. */
+async function countInput(spec: JobSpec): Promise<number> {
+  switch (spec.input?.$case) {
+    case 'inline':
+      return spec.input.inline.records.length;
+    case 'dataset':
+      try {
+        return datasetSize(spec.input.dataset);
+      } catch {
+        throw new MeshError('not_found', `dataset "${spec.input.dataset}" not found`);
+      }
+    case 'file':
+      try {
+        return (await scanRecords(spec.input.file)).records;
+      } catch (err) {
+        if (err instanceof RecordsError) throw new MeshError(err.code === 'not_found' ? 'not_found' : 'invalid_argument', err.message);
+        throw err;
+      }
+    default:
+      throw new MeshError('invalid_argument', 'spec.input must be set');
+  }
+}
+
+const stateOf: Record<StoredJob['state'], JobState> = {
+  queued: JobState.JOB_STATE_QUEUED,
+  running: JobState.JOB_STATE_RUNNING,
+  succeeded: JobState.JOB_STATE_SUCCEEDED,
+  failed: JobState.JOB_STATE_FAILED,
+  cancelled: JobState.JOB_STATE_CANCELLED,
+};
+
+/** The wire form of a stored job. */
+function toJob(j: StoredJob): Job {
+  return {
+    id: j.id,
+    spec: JobSpec.fromJSON(j.spec),
+    state: stateOf[j.state],
+    tenant: j.tenant,
+    tasksTotal: j.tasksTotal,
+    tasksDone: j.tasksDone,
+    recordsTotal: j.recordsTotal,
+    recordsDone: j.recordsDone,
+    createdAtMs: j.createdAt,
+    startedAtMs: j.startedAt ?? 0,
+    finishedAtMs: j.finishedAt ?? 0,
+    result: j.result ? JobResult.fromJSON(j.result) : undefined,
+    error: j.error ?? '',
+  };
+}
+

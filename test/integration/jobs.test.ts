@@ -1,0 +1,199 @@
+/** Batch jobs through the mesh, in one process: submit, watch, reduce, cancel, bad input, callbacks. */
+import { createHmac } from 'node:crypto';
+import { once } from 'node:events';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, IncomingMessage } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { expect } from 'chai';
+import { Job, JobEvent, JobSpec, JobState } from '../../generated/maas/v1/jobs';
+import { words } from '../../services/worker/map';
+import { TaskEnd } from '../../services/worker/server';
+import { Status, TestMesh, collect, grpcError, nextEvent, startMesh } from '../support';
+
+const CORPUS = [
+  'The quick brown fox jumps over the lazy dog.',
+  "Don't panic: the answer is 42, the question unknown.",
+  'A fox, a dog, and a cat walk into a bar.',
+  'Free money!!! Click here, the offer ends soon.',
+  'Meeting moved to Tuesday; the agenda is attached.',
+  'the THE The tHe',
+  'Numbers like 3 and 3.14 and 1e9 count as words too',
+];
+
+const inline = (texts: string[], labels: string[] = []) => ({ $case: 'inline' as const, inline: { records: texts.map((text, i) => ({ text, label: labels[i] ?? '' })) } });
+
+/** Submits and waits for the job's end through Watch; returns the job and every event. */
+async function run(mesh: TestMesh, spec: Partial<JobSpec>): Promise<{ job: Job; events: JobEvent[] }> {
+  const { job } = await mesh.jobs.submit({ spec: JobSpec.fromPartial(spec) });
+  const events = (await collect(mesh.jobs.watch({ jobId: job!.id, afterSequence: 0 }))).map((r) => r.event!);
+  return { job: (await mesh.jobs.get({ jobId: job!.id })).job!, events };
+}
+
+describe('batch jobs through the mesh', function () {
+  this.timeout(60000);
+
+  describe('with echo workers', () => {
+    let mesh: TestMesh;
+    before(async () => {
+      mesh = await startMesh({ workers: [{}, {}] });
+    });
+    after(() => mesh.stop());
+
+    it('word count over a small corpus equals a single-process count', async () => {
+      const { job, events } = await run(mesh, { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(CORPUS), shardSize: 2, reducer: 'sum' });
+      expect(job.state).to.equal(JobState.JOB_STATE_SUCCEEDED);
+      const expected = new Map<string, number>();
+      for (const text of CORPUS) for (const w of words(text)) expected.set(w, (expected.get(w) ?? 0) + 1);
+      const got = job.result!.result!;
+      if (got.$case !== 'wordCounts') throw new Error(`expected word counts, got ${got.$case}`);
+      expect(new Map(got.wordCounts.words.map((w) => [w.word, w.count]))).to.deep.equal(expected);
+      expect(got.wordCounts.totalWords).to.equal([...expected.values()].reduce((a, b) => a + b, 0));
+      expect(got.wordCounts.records).to.equal(CORPUS.length);
+      expect(events.filter((e) => e.event?.$case === 'taskDone')).to.have.length(4);
+    });
+
+    it('a late watcher gets every event, gapless from 1, from accepted to completed', async () => {
+      const { job } = await run(mesh, { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(CORPUS), shardSize: 3 });
+      const replay = (await collect(mesh.jobs.watch({ jobId: job.id, afterSequence: 0 }))).map((r) => r.event!);
+      expect(replay.map((e) => e.sequence)).to.deep.equal(replay.map((_, i) => i + 1));
+      expect(replay[0].event?.$case).to.equal('accepted');
+      expect(replay.at(-1)!.event?.$case).to.equal('completed');
+      const resumed = (await collect(mesh.jobs.watch({ jobId: job.id, afterSequence: 3 }))).map((r) => r.event!.sequence);
+      expect(resumed).to.deep.equal(replay.slice(3).map((e) => e.sequence));
+    });
+
+    it('collect writes outputs to the file in input order', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'maas-jobs-'));
+      try {
+        const outputFile = join(dir, 'out.jsonl');
+        const texts = Array.from({ length: 25 }, (_, i) => `record number ${i}`);
+        const { job } = await run(mesh, { map: { $case: 'model', model: 'echo' }, input: inline(texts), shardSize: 4, reducer: 'collect', outputFile });
+        expect(job.state).to.equal(JobState.JOB_STATE_SUCCEEDED);
+        const lines = readFileSync(outputFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+        expect(lines.map((l) => l.index)).to.deep.equal(texts.map((_, i) => i));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it('reads a JSONL file and refuses a malformed one at submit with the line number', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'maas-jobs-'));
+      try {
+        const good = join(dir, 'good.jsonl');
+        writeFileSync(good, CORPUS.map((text) => JSON.stringify({ text })).join('\n') + '\n');
+        const { job } = await run(mesh, { map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: good } });
+        expect(job.state).to.equal(JobState.JOB_STATE_SUCCEEDED);
+        expect(job.recordsTotal).to.equal(CORPUS.length);
+        const bad = join(dir, 'bad.jsonl');
+        writeFileSync(bad, `${JSON.stringify({ text: 'fine' })}\n{"text": oops}\n`);
+        const err = await grpcError(mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: bad } }) }));
+        expect(err.code).to.equal(Status.INVALID_ARGUMENT);
+        expect(err.details).to.match(/bad\.jsonl line 2/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    const refusals: [string, Partial<JobSpec>, Status, RegExp][] = [
+      ['an unknown dataset', { map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'dataset', dataset: 'imagenet' } }, Status.NOT_FOUND, /dataset "imagenet" not found/],
+      ['an unknown mapper', { map: { $case: 'mapper', mapper: 'grep' }, input: inline(['x']) }, Status.NOT_FOUND, /mapper "grep" not found; available: wordcount/],
+      ['an unknown model', { map: { $case: 'model', model: 'gpt-17' }, input: inline(['x']) }, Status.NOT_FOUND, /model "gpt-17" not found/],
+      ['an unknown reducer', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), reducer: 'median' }, Status.NOT_FOUND, /reducer "median" not found/],
+      ['a shard size of zero', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), shardSize: 0 }, Status.INVALID_ARGUMENT, /^spec.shard_size must be from 1 to 100000, given 0$/],
+      ['a missing file', { map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: '/nonexistent/in.jsonl' } }, Status.NOT_FOUND, /in\.jsonl/],
+      ['a reducer that does not fit the map', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), reducer: 'accuracy' }, Status.INVALID_ARGUMENT, /^spec.reducer must be one of sum, top_k, mean/],
+      ['no input', { map: { $case: 'mapper', mapper: 'wordcount' } }, Status.INVALID_ARGUMENT, /^spec.input must set one of inline, file or dataset/],
+      ['a callback that is not http', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'ftp://example/x' }, Status.INVALID_ARGUMENT, /^spec.callback_url must be an http or https URL/],
+    ];
+    for (const [what, spec, code, message] of refusals) {
+      it(`refuses ${what} at submit`, async () => {
+        const err = await grpcError(mesh.jobs.submit({ spec: JobSpec.fromPartial(spec) }));
+        expect(Status[err.code]).to.equal(Status[code]);
+        expect(err.details).to.match(message);
+      });
+    }
+
+    it('answers NOT_FOUND for an unknown job id', async () => {
+      const err = await grpcError(mesh.jobs.get({ jobId: 'job-nope' }));
+      expect(err.code).to.equal(Status.NOT_FOUND);
+    });
+
+    it('lists jobs newest first', async () => {
+      const { job } = await mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['a b']) }) });
+      const { jobs } = await mesh.jobs.list({ pageSize: 0, pageToken: '' });
+      expect(jobs[0].id).to.equal(job!.id);
+      await collect(mesh.jobs.watch({ jobId: job!.id, afterSequence: 0 }));
+    });
+  });
+
+  describe('cancellation', () => {
+    it('cancel stops the running tasks and ends the job CANCELLED', async () => {
+      const mesh = await startMesh({ workers: [{ echoDelayMs: 200 }] });
+      try {
+        const worker = mesh.workers[0];
+        const started = nextEvent(worker.activity, 'task-start');
+        const texts = Array.from({ length: 40 }, (_, i) => `r${i}`);
+        const { job } = await mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'model', model: 'echo' }, input: inline(texts), shardSize: 10 }) });
+        await started;
+        const ended = nextEvent<TaskEnd>(worker.activity, 'task-end');
+        const { job: cancelled } = await mesh.jobs.cancel({ jobId: job!.id });
+        expect(cancelled!.state).to.equal(JobState.JOB_STATE_CANCELLED);
+        expect((await ended).outcome).to.equal('cancelled');
+        const events = (await collect(mesh.jobs.watch({ jobId: job!.id, afterSequence: 0 }))).map((r) => r.event!);
+        expect(events.at(-1)!.event?.$case).to.equal('cancelled');
+        expect(events.filter((e) => e.event?.$case === 'taskDone')).to.have.length(0);
+        expect(worker.inFlight()).to.equal(0);
+      } finally {
+        await mesh.stop();
+      }
+    });
+  });
+
+  describe('with the built-in models', () => {
+    let mesh: TestMesh;
+    before(async () => {
+      mesh = await startMesh({ workers: [{ builtin: true }], scheduler: { callbackSecret: 's3cret' } });
+    });
+    after(() => mesh.stop());
+
+    it('an accuracy job equals the online Predict results on the same records', async () => {
+      const texts = ['WIN A FREE PRIZE NOW!!! click here', 'Hi team, minutes of the meeting attached', 'Cheap meds online, no prescription', 'The build is broken again, see the log', 'You have been selected for a cash reward'];
+      const labels = ['spam', 'ham', 'spam', 'ham', 'ham'];
+      const { job } = await run(mesh, { map: { $case: 'model', model: 'spam-nb' }, input: inline(texts, labels), shardSize: 2, reducer: 'accuracy' });
+      const online = await Promise.all(texts.map((input) => mesh.inference.predict({ model: 'spam-nb', input, priority: 0 })));
+      const expected = new Map<string, number>();
+      online.forEach((p, i) => expected.set(`${labels[i]}->${p.label}`, (expected.get(`${labels[i]}->${p.label}`) ?? 0) + 1));
+      const r = job.result!.result!;
+      if (r.$case !== 'accuracy') throw new Error(`expected accuracy, got ${r.$case}`);
+      expect(new Map(r.accuracy.confusion.map((c) => [`${c.actual}->${c.predicted}`, c.count]))).to.deep.equal(expected);
+      const correct = online.filter((p, i) => p.label === labels[i]).length;
+      expect(r.accuracy.accuracy).to.be.closeTo(correct / texts.length, 1e-9);
+    });
+
+    it('calls the callback URL with the final job, signed with HMAC-SHA256', async () => {
+      const received: { body: string; signature: string | undefined }[] = [];
+      const server = createServer(async (req: IncomingMessage, res) => {
+        let body = '';
+        for await (const chunk of req) body += chunk;
+        received.push({ body, signature: req.headers['x-maas-signature'] as string | undefined });
+        res.writeHead(200).end('{}');
+        server.emit('delivered');
+      });
+      server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+      try {
+        const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/hook`;
+        const delivered = once(server, 'delivered');
+        const { job } = await run(mesh, { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(CORPUS), callbackUrl: url });
+        await delivered;
+        const [{ body, signature }] = received;
+        expect(JSON.parse(body).job.id).to.equal(job.id);
+        expect(JSON.parse(body).job.state).to.equal('JOB_STATE_SUCCEEDED');
+        expect(signature).to.equal(`sha256=${createHmac('sha256', 's3cret').update(body).digest('hex')}`);
+      } finally {
+        server.close();
+      }
+    });
+  });
+});
