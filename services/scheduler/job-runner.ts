@@ -63,6 +63,9 @@ interface ActiveJob {
 
 const FINAL_EVENTS = new Set(['completed', 'failed', 'cancelled']);
 
+/** Tries of Finalize answered with a permanent error before the job fails. */
+const FINALIZE_ATTEMPTS = 5;
+
 /** Runs batch jobs. */
 export class JobRunner {
   private readonly active = new Map<string, ActiveJob>();
@@ -89,7 +92,7 @@ export class JobRunner {
       this.activate(stored);
       this.log.info('resumed job', { job: stored.id, tasks_done: stored.tasksDone, tasks_total: stored.tasksTotal });
     }
-    for (const stored of this.store.pendingCallbacks()) void this.callBack(stored.id);
+    for (const stored of this.store.pendingCallbacks()) this.callBack(stored.id).catch((err) => this.log.error('callback failed', { job: stored.id, error: String(err) }));
     this.dispatch();
   }
 
@@ -188,12 +191,17 @@ export class JobRunner {
     };
     this.active.set(job.id, job);
     if (stored.deadlineAt !== undefined) {
-      const timer = setTimeout(() => void this.endJob(job.id, 'failed', { error: `deadline exceeded: the job ran out of its ${spec.timeoutMs} ms` }), Math.max(0, stored.deadlineAt - Date.now()));
+      const timer = setTimeout(
+        () => this.endJob(job.id, 'failed', { error: `deadline exceeded: the job ran out of its ${spec.timeoutMs} ms` }).catch((err) => this.log.error('cannot end job', { job: job.id, error: String(err) })),
+        Math.max(0, stored.deadlineAt - Date.now()),
+      );
       timer.unref();
       job.deadlineTimer = timer;
     }
     // A job whose tasks were all done when the scheduler stopped only needs finalizing.
-    if (job.pending.length === 0 && tasks.every((t) => t.state === 'done')) void this.finalize(job);
+    if (job.pending.length === 0 && tasks.every((t) => t.state === 'done')) {
+      this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, error: String(err) }));
+    }
   }
 
   /** Starts as many tasks as the limits allow: strict priority, round robin between jobs. */
@@ -202,7 +210,7 @@ export class JobRunner {
       const job = this.nextJob();
       if (!job) return;
       const index = job.pending.shift()!;
-      void this.runTask(job, index);
+      this.runTask(job, index).catch((err) => this.log.error('task bookkeeping failed', { job: job.id, task: index, error: String(err) }));
     }
   }
 
@@ -219,22 +227,32 @@ export class JobRunner {
     const controller = new AbortController();
     job.running.set(index, controller);
     this.inFlight++;
-    const { attempt, firstStart } = this.store.startTask(job.id, index);
-    if (firstStart) {
-      job.startedAt = Date.now();
-      this.append(job.id, { $case: 'started', started: {} });
-    }
-    const task: MapTask = {
-      jobId: job.id,
-      taskIndex: index,
-      attempt,
-      spec: job.spec,
-      firstRecord: range.first,
-      recordCount: range.count,
-      records: job.spec.input?.$case === 'inline' ? this.store.inlineRecords(job.id, index).map((r) => JobRecord.fromJSON(r)) : [],
-      tasksTotal: job.tasks.length,
-    };
+    let attempt = 0;
     try {
+      const start = this.store.startTask(job.id, index);
+      attempt = start.attempt;
+      if (start.firstStart) {
+        job.startedAt = Date.now();
+        this.append(job.id, { $case: 'started', started: {} });
+      }
+    } catch (err) {
+      // The job ended between the pick and the start: nothing to run.
+      job.running.delete(index);
+      this.inFlight--;
+      if (!job.ended) this.log.error('cannot start task', { job: job.id, task: index, error: String(err) });
+      return;
+    }
+    try {
+      const task: MapTask = {
+        jobId: job.id,
+        taskIndex: index,
+        attempt,
+        spec: job.spec,
+        firstRecord: range.first,
+        recordCount: range.count,
+        records: job.spec.input?.$case === 'inline' ? this.store.inlineRecords(job.id, index).map((r) => JobRecord.fromJSON(r)) : [],
+        tasksTotal: job.tasks.length,
+      };
       let workerId = '';
       let result: { records: number; partial?: JobResult } | undefined;
       const deadline = this.store.getJob(job.id)?.deadlineAt;
@@ -277,7 +295,7 @@ export class JobRunner {
       job.lastPartialAt = Date.now();
       this.append(job.id, { $case: 'partialResult', partialResult: result.partial });
     }
-    if (allDone) void this.finalize(job);
+    if (allDone) this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, error: String(err) }));
   }
 
   private taskFailed(job: ActiveJob, index: number, attempt: number, err: unknown): void {
@@ -300,10 +318,12 @@ export class JobRunner {
     }
     this.store.failTask(job.id, index, details);
     this.append(job.id, { $case: 'taskFailed', taskFailed: { taskIndex: index, attempts: attempt, error: details } });
-    void this.endJob(job.id, 'failed', { error: `task ${index} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${details}` });
+    this.endJob(job.id, 'failed', { error: `task ${index} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${details}` }).catch((err) =>
+      this.log.error('cannot end job', { job: job.id, error: String(err) }),
+    );
   }
 
-  private async finalize(job: ActiveJob): Promise<void> {
+  private async finalize(job: ActiveJob, attempt = 1): Promise<void> {
     if (job.ended) return;
     try {
       const reduce: ReduceSpec = {
@@ -318,12 +338,17 @@ export class JobRunner {
       await this.endJob(job.id, 'succeeded', { result });
     } catch (err) {
       const details = err instanceof ClientError ? err.details : String(err);
-      this.log.warn('finalize failed; retrying', { job: job.id, error: details });
-      // The aggregator may be restarting: try again later; the tasks' outputs are durable there.
+      // The aggregator may be restarting (UNAVAILABLE): its committed outputs are durable, so try
+      // again later. An answer that it lacks tasks is given a few tries, then fails the job.
+      if (err instanceof ClientError && PERMANENT.has(err.code) && attempt >= FINALIZE_ATTEMPTS) {
+        await this.endJob(job.id, 'failed', { error: `the aggregator could not finalize the job: ${details}` });
+        return;
+      }
+      this.log.warn('finalize failed; retrying', { job: job.id, attempt, error: details });
       const timer = setTimeout(() => {
         this.retryTimers.delete(timer);
-        void this.finalize(job);
-      }, this.options.retryMaxMs);
+        this.finalize(job, attempt + 1).catch((e) => this.log.error('finalize failed', { job: job.id, error: String(e) }));
+      }, retryDelayMs(attempt, { baseMs: this.options.retryBaseMs, maxMs: this.options.retryMaxMs }));
       this.retryTimers.add(timer);
     }
   }
