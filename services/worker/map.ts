@@ -3,13 +3,13 @@
  * applied record by record), and commit the output to the aggregator.
  */
 import { performance } from 'node:perf_hooks';
-import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
-import { Client } from 'nice-grpc';
+import { setImmediate as yieldToEventLoop, setTimeout as sleep } from 'node:timers/promises';
+import { Client, ClientError, Status } from 'nice-grpc';
 import { MeshCallOptions } from '../../common/client';
 import { UnknownDatasetError, loadDataset } from '../../common/datasets';
 import { ErrorKind, MeshError } from '../../common/errors';
 import { RecordsError, RecordsErrorCode, readRecords } from '../../common/records';
-import { AggregatorServiceDefinition, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
+import { AggregatorServiceDefinition, CommitRequest, CommitResponse, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
 import { MapOutput, MapTask, MapTaskResult, RecordOutput } from '../../generated/maas/internal/v1/task';
 import { JobSpec } from '../../generated/maas/v1/jobs';
 import { GenerateParams, Model, ModelTask } from './models/runtime';
@@ -37,11 +37,28 @@ export async function runMapTask(task: MapTask, context: MapContext): Promise<Ma
   const mapping = mappingOf(spec, model);
   const records = await shardRecords(task, context.signal);
   const output = await mapRecords(records, mapping, context.signal);
-  const response = await context.aggregator.commit(
-    { jobId: task.jobId, taskIndex: task.taskIndex, attempt: task.attempt, reduce: reduceSpecOf(task, model), output },
-    { signal: context.signal, deadline: context.deadline },
-  );
+  const response = await commitOutput(context, { jobId: task.jobId, taskIndex: task.taskIndex, attempt: task.attempt, reduce: reduceSpecOf(task, model), output });
   return { records: output.records, duplicate: response.duplicate, tasksCommitted: response.tasksCommitted, partial: response.partial };
+}
+
+/** How long a worker keeps trying to commit while the aggregator is unreachable. */
+export const COMMIT_RETRY_MS = 30_000;
+
+/**
+ * Commits a shard's output, retrying while the aggregator is UNAVAILABLE (restarting): the work
+ * is done and a repeated commit is answered as a duplicate, so waiting beats mapping again. Bounded
+ * by COMMIT_RETRY_MS and the task's deadline.
+ */
+async function commitOutput(context: MapContext, request: CommitRequest): Promise<CommitResponse> {
+  const giveUpAt = Math.min(Date.now() + COMMIT_RETRY_MS, context.deadline ?? Infinity);
+  for (let delay = 50; ; delay = Math.min(delay * 2, 1000)) {
+    try {
+      return await context.aggregator.commit(request, { signal: context.signal, deadline: context.deadline });
+    } catch (err) {
+      if (!(err instanceof ClientError) || err.code !== Status.UNAVAILABLE || context.signal.aborted || Date.now() + delay >= giveUpAt) throw err;
+    }
+    await sleep(delay, undefined, { signal: context.signal });
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,195 @@
+/**
+ * Test support for real service processes: start a service's entry point (`dist/.../main.js`) as a
+ * child process with its own flags, wait until it reports SERVING through gRPC health, kill it
+ * with SIGKILL, and start it again with the same flags (same port, same data directory).
+ *
+ * Every process a {@link ProcessGroup} starts is killed by `killAll()`, and also when this process
+ * exits (a last resort if a test run dies); each child gets MAAS_PARENT_PID, so a service whose
+ * test process disappeared without that hook stops by itself within a second.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { resolve } from 'node:path';
+import { waitForServing } from '../gateway/cli/up';
+
+/** The compiled tree (this file runs from dist/test). */
+export const DIST = resolve(__dirname, '..');
+/** The repository root. */
+export const REPO_ROOT = resolve(DIST, '..');
+
+/** Lines of output kept per process, for failure messages. */
+const TAIL_LINES = 200;
+
+/** One service to run as a process. */
+export interface ServiceSpec {
+  /** A short name for messages, e.g. "scheduler" or "worker w1". */
+  name: string;
+  /** Entry point, relative to dist/, e.g. "services/scheduler/main.js". */
+  entry: string;
+  /** Command-line flags. */
+  args: string[];
+  /** host:port the service serves gRPC on (for the health check). */
+  address: string;
+  /** Extra environment variables. */
+  env?: NodeJS.ProcessEnv;
+}
+
+/** The environment of a service: this process's, minus every MAAS_* and OTEL_* setting. */
+function cleanEnv(extra: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MAAS_') && !k.startsWith('OTEL_')) env[k] = v;
+  return { ...env, OTEL_TRACES_EXPORTER: 'none', MAAS_PARENT_PID: String(process.pid), ...extra };
+}
+
+/** A service process that can be killed and started again with the same flags. */
+export class ServiceProcess {
+  private child: ChildProcess | undefined;
+  private exit: Promise<void> = Promise.resolve();
+  private readonly tail: string[] = [];
+  /** Times this service was started. */
+  starts = 0;
+
+  constructor(readonly spec: ServiceSpec) {}
+
+  get address(): string {
+    return this.spec.address;
+  }
+
+  get pid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  /** True while the process runs. */
+  get running(): boolean {
+    return this.child !== undefined && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** The last lines the process wrote (stdout and stderr), every run, oldest first. */
+  output(): string {
+    return this.tail.join('\n');
+  }
+
+  /** Lines of output that match `pattern`. */
+  lines(pattern: RegExp): string[] {
+    return this.tail.filter((l) => pattern.test(l));
+  }
+
+  /** Spawns the process and resolves once it reports SERVING; rejects (with its output) if it exits or times out first. */
+  async start(timeoutMs = 60_000): Promise<void> {
+    if (this.running) throw new Error(`${this.spec.name} is already running (pid ${this.pid})`);
+    this.starts++;
+    this.note(`--- start #${this.starts}: ${this.spec.entry} ${this.spec.args.join(' ')}`);
+    const child = spawn(process.execPath, [resolve(DIST, this.spec.entry), ...this.spec.args], {
+      cwd: REPO_ROOT,
+      env: cleanEnv(this.spec.env ?? {}),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child = child;
+    this.capture(child.stdout);
+    this.capture(child.stderr);
+    this.exit = new Promise<void>((r) =>
+      child.once('exit', (code, signal) => {
+        this.note(`--- exited (${signal ?? `code ${code}`})`);
+        r();
+      }),
+    );
+    const abort = new AbortController();
+    const exited = this.exit.then(() => {
+      throw new Error(`${this.spec.name} exited before it reported SERVING`);
+    });
+    const spawnError = new Promise<never>((_, reject) => child.once('error', (err) => reject(new Error(`${this.spec.name} could not start: ${err.message}`))));
+    try {
+      await Promise.race([waitForServing(this.spec.address, Date.now() + timeoutMs, abort.signal), exited, spawnError]);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n--- output of ${this.spec.name} ---\n${this.output()}`);
+    } finally {
+      abort.abort();
+      exited.catch(() => undefined);
+      spawnError.catch(() => undefined);
+    }
+  }
+
+  /** Sends SIGKILL if the process runs, without waiting (for exit hooks). */
+  killNow(): void {
+    if (this.running) this.child!.kill('SIGKILL');
+  }
+
+  /** kill -9; resolves once the process has exited. */
+  async kill9(): Promise<void> {
+    if (!this.child) return;
+    if (this.running) {
+      this.note('--- SIGKILL');
+      this.child.kill('SIGKILL');
+    }
+    await this.exit;
+  }
+
+  private capture(stream: NodeJS.ReadableStream | null): void {
+    let buffered = '';
+    stream?.setEncoding('utf8');
+    stream?.on('data', (d: string) => {
+      buffered += d;
+      const lines = buffered.split('\n');
+      buffered = lines.pop() ?? '';
+      for (const line of lines) this.note(line);
+    });
+    stream?.on('end', () => {
+      if (buffered) this.note(buffered);
+    });
+  }
+
+  private note(line: string): void {
+    this.tail.push(line);
+    if (this.tail.length > TAIL_LINES) this.tail.shift();
+  }
+}
+
+/** Service processes started together and killed together. */
+export class ProcessGroup {
+  readonly all: ServiceProcess[] = [];
+  private readonly onExit = () => {
+    for (const p of this.all) p.killNow();
+  };
+
+  constructor() {
+    process.on('exit', this.onExit);
+  }
+
+  /** Adds a service (not started yet). */
+  add(spec: ServiceSpec): ServiceProcess {
+    const p = new ServiceProcess(spec);
+    this.all.push(p);
+    return p;
+  }
+
+  /** Every service's recent output, for a failure message. */
+  output(): string {
+    return this.all.map((p) => `===== ${p.spec.name} (pid ${p.pid ?? '-'}, ${p.running ? 'running' : 'not running'}) =====\n${p.output()}`).join('\n');
+  }
+
+  /** kill -9 on every process still running; resolves when all have exited. */
+  async killAll(): Promise<void> {
+    await Promise.all(this.all.map((p) => p.kill9()));
+  }
+
+  /** Kills everything and forgets the exit hook. */
+  async dispose(): Promise<void> {
+    try {
+      await this.killAll();
+    } finally {
+      process.off('exit', this.onExit);
+    }
+  }
+}
+
+/** A free TCP port on 127.0.0.1 (bound and released). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  server.close();
+  await once(server, 'close');
+  return port;
+}
