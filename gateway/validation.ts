@@ -8,6 +8,7 @@ import { invalidField } from '../common/errors';
 /** The fields of maas.v1.GenerateRequest that validation reads (the generated type fits). */
 export interface GenerateFields {
   model: string;
+  affinityKey?: string;
   prompt: string;
   maxTokens: number;
   temperature?: number | undefined;
@@ -18,6 +19,7 @@ export interface GenerateFields {
 /** The fields of maas.v1.PredictRequest that validation reads (the generated type fits). */
 export interface PredictFields {
   model: string;
+  affinityKey?: string;
   input: string;
   priority: number;
 }
@@ -41,6 +43,13 @@ export const DEFAULT_MAX_TOKENS = 64;
 /** Most stop sequences per request, and the longest one. */
 export const MAX_STOP_SEQUENCES = 4;
 export const MAX_STOP_CHARS = 64;
+/** Longest affinity key. */
+export const MAX_AFFINITY_KEY_CHARS = 256;
+
+function validateAffinityKey(key: string | undefined): void {
+  if (key !== undefined && key.length > MAX_AFFINITY_KEY_CHARS) throw invalidField('affinity_key', `must be at most ${MAX_AFFINITY_KEY_CHARS} characters`, key);
+}
+
 /** Longest model name. */
 export const MAX_MODEL_NAME_CHARS = 128;
 
@@ -64,6 +73,7 @@ function validatePriority(field: string, priority: number): number {
 /** Validates a GenerateRequest and fills its defaults. */
 export function validateGenerateRequest<T extends GenerateFields>(request: T, limits: RequestLimits): T {
   const model = validateModelName('model', request.model);
+  validateAffinityKey(request.affinityKey);
   if (request.prompt === '') throw invalidField('prompt', 'is required', request.prompt);
   if (request.prompt.length > limits.maxPromptChars) {
     throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, request.prompt);
@@ -89,6 +99,7 @@ export function validateGenerateRequest<T extends GenerateFields>(request: T, li
 /** Validates a PredictRequest and fills its defaults. */
 export function validatePredictRequest<T extends PredictFields>(request: T, limits: RequestLimits): T {
   const model = validateModelName('model', request.model);
+  validateAffinityKey(request.affinityKey);
   if (request.input === '') throw invalidField('input', 'is required', request.input);
   if (request.input.length > limits.maxInputChars) {
     throw invalidField('input', `must be at most ${limits.maxInputChars} characters`, request.input);

@@ -21,7 +21,8 @@ commands:
                               aggregator N+3, workers from N+4 (or --scheduler-port, --balancer-port,
                               --aggregator-port, --worker-base-port)
       --workers N             number of worker processes (default 2)
-      --policy P              balancing policy: round_robin, random, least_outstanding, p2c (default p2c)
+      --policy P              balancing policy: round_robin, random, least_outstanding, p2c,
+                              p2c_ewma, weighted, consistent_hash (default p2c)
   models                      list the models with their metadata
   generate --model M PROMPT   stream generated tokens
       --max-tokens N  --temperature T  --seed S  --stop SEQ (repeatable)

@@ -25,7 +25,9 @@ import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema } from './config';
 import { Member, Membership } from './membership';
+import { PeakEwma } from './ewma';
 import { createPolicy } from './policy';
+import { SlowStart } from './slow-start';
 
 /**
  * Worker failures that mean "try another worker" when they happen before any output. CANCELLED
@@ -50,6 +52,21 @@ function routingKey(task: Task): string {
     }
     default:
       throw new MeshError('invalid_argument', 'task.request must be set');
+  }
+}
+
+/** The task's affinity key, for consistent_hash; '' when it has none. */
+function affinityKeyOf(task: Task): string {
+  switch (task.request?.$case) {
+    case 'generate':
+      return task.request.generate.affinityKey;
+    case 'predict':
+      return task.request.predict.affinityKey;
+    case 'map':
+      // Tasks of one job spread over the workers; the job id would pin them all to one.
+      return '';
+    default:
+      return '';
   }
 }
 
@@ -79,7 +96,22 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     return entry.client;
   }
 
+  /** Per worker: peak-EWMA latency (for p2c_ewma) and the slow-start ramp after it joins. */
+  const latency = new Map<string, PeakEwma>();
+  const slowStart = new SlowStart();
+
+  /** The worker for a task under the policy, among ready workers that serve `model`, minus `tried`. */
+  function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string): Member<Model> | undefined {
+    const members = membership.candidatesFor(model, tried);
+    const now = Date.now();
+    const candidates = members.map((m) => ({ id: m.id, outstanding: m.outstanding, capacity: m.capacity, ewmaMs: latency.get(m.id)?.value, weight: slowStart.weight(m.id, now) }));
+    const picked = policy.pick(model, candidates, { affinityKey });
+    return picked && members.find((m) => m.id === picked.id);
+  }
+
   function forget(member: Member<Model>, why: string) {
+    latency.delete(member.id);
+    slowStart.forget(member.id);
     log.info('worker left', { worker: member.id, address: member.address, why });
     workers.get(member.address)?.channel.close();
     workers.delete(member.address);
@@ -92,7 +124,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const tried = new Set<string>();
     let failure: { worker: string; details: string } | undefined;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const member = policy.pick(model, membership.candidatesFor(model, tried)) as Member<Model> | undefined;
+      const member = pickWorker(model, tried, affinityKeyOf(task));
       if (!member) {
         if (failure) {
           throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model "${model}"`);
@@ -102,8 +134,11 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       tried.add(member.id);
       member.outstanding++;
       let started = false;
+      const startedAt = Date.now();
       try {
         for await (const response of workerClient(member).execute({ task }, { signal: context.signal, deadline: context.deadline })) {
+          // Time to first output is the latency sample: a stream's length depends on the request.
+          if (!started) latency.get(member.id)?.observe(Date.now() - startedAt);
           started = true;
           yield { output: response.output };
         }
@@ -144,6 +179,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       },
       Date.now(),
     );
+    latency.set(member.id, new PeakEwma({ now: Date.now }));
+    slowStart.begin(member.id, Date.now());
     log.info('worker joined', { worker: member.id, address: member.address, models: [...member.models.keys()].join(',') });
     let why = 'stream ended';
     try {

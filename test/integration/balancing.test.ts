@@ -7,7 +7,7 @@ import { PolicyName } from '../../services/balancer/policy';
 import { RunningWorker } from '../../services/worker/server';
 import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
 
-const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, ...o });
+const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", ...o });
 
 /** Counts the tasks each worker starts. */
 function countStarts(workers: RunningWorker[]): Map<string, number> {
@@ -134,6 +134,34 @@ describe('balancing', function () {
       const p2c = await slowWorkerShare('p2c');
       expect(roundRobin).to.be.closeTo(1 / 3, 0.02);
       expect(p2c).to.be.lessThan(roundRobin / 2);
+    });
+
+    it('p2c_ewma steers away from the slow worker', async () => {
+      const share = await slowWorkerShare('p2c_ewma');
+      expect(share).to.be.lessThan(1 / 6);
+    });
+
+    it('consistent_hash sends every call with one affinity key to one worker, and spreads keys', async () => {
+      const mesh = await startMesh({ policy: 'consistent_hash', workers: [{}, {}, {}] });
+      try {
+        const owners = new Map<string, Set<string>>();
+        let served = '';
+        for (const w of mesh.workers) w.activity.on('task-start', () => (served = w.id));
+        for (let k = 0; k < 12; k++) {
+          for (let i = 0; i < 3; i++) {
+            // Calls are sequential, so the last task start is this call's.
+            await mesh.inference.predict({ model: 'echo', input: 'x', priority: 0, affinityKey: `session-${k}` });
+            const set = owners.get(`session-${k}`) ?? new Set<string>();
+            set.add(served);
+            owners.set(`session-${k}`, set);
+          }
+        }
+        for (const [key, set] of owners) expect(set.size, `workers that served ${key}`).to.equal(1);
+        const used = new Set([...owners.values()].flatMap((s) => [...s]));
+        expect(used.size).to.be.greaterThan(1);
+      } finally {
+        await mesh.stop();
+      }
     });
 
     it('least_outstanding also steers away from the slow worker', async () => {

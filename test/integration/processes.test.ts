@@ -29,7 +29,7 @@ describe('service processes', function () {
 
   const badConfigs: [string, string[], RegExp][] = [
     ['services/scheduler/main.js', ['--max-queued', 'abc'], /invalid --max-queued \(maxQueued\): expected an integer, given "abc"/],
-    ['services/balancer/main.js', ['--policy', 'fastest'], /invalid --policy \(policy\): expected one of round_robin, random, least_outstanding, p2c, given "fastest"/],
+    ['services/balancer/main.js', ['--policy', 'fastest'], /invalid --policy \(policy\): expected one of round_robin, random, least_outstanding, p2c, p2c_ewma, weighted, consistent_hash, given "fastest"/],
     ['gateway/main.js', ['--port', '70000'], /invalid --port \(port\): expected an integer from 0 to 65535, given 70000/],
     ['services/worker/main.js', ['--balancer', 'nowhere'], /invalid --balancer \(balancer\): expected host:port, given "nowhere"/],
   ];

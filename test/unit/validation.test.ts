@@ -16,11 +16,11 @@ import {
 const limits: RequestLimits = { maxPromptChars: 100, maxInputChars: 50 };
 
 function generate(overrides: Partial<GenerateRequest> = {}): GenerateRequest {
-  return { model: 'echo', prompt: 'hello', maxTokens: 0, stop: [], priority: Priority.PRIORITY_UNSPECIFIED, ...overrides };
+  return { model: 'echo', prompt: 'hello', maxTokens: 0, stop: [], priority: Priority.PRIORITY_UNSPECIFIED, affinityKey: '', ...overrides };
 }
 
 function predict(overrides: Partial<PredictRequest> = {}): PredictRequest {
-  return { model: 'spam-nb', input: 'win money now', priority: Priority.PRIORITY_UNSPECIFIED, ...overrides };
+  return { model: 'spam-nb', input: 'win money now', priority: Priority.PRIORITY_UNSPECIFIED, affinityKey: '', ...overrides };
 }
 
 /** The message of the invalid_argument MeshError that `run` throws; fails if it throws anything else. */

@@ -148,6 +148,12 @@ export interface GenerateRequest {
   stop: string[];
   /** Queue priority of this request. Unset means PRIORITY_NORMAL. */
   priority: Priority;
+  /**
+   * Affinity key (a session id, a prompt prefix), at most 256 characters. Under the balancer's
+   * consistent_hash policy, requests with the same key go to the same worker while its load
+   * stays within bounds; other policies ignore it.
+   */
+  affinityKey: string;
 }
 
 /** GenerateResponse is one chunk of a generated stream. */
@@ -184,6 +190,8 @@ export interface PredictRequest {
   input: string;
   /** Queue priority of this request. Unset means PRIORITY_NORMAL. */
   priority: Priority;
+  /** Affinity key, as in GenerateRequest. */
+  affinityKey: string;
 }
 
 /** PredictResponse is a model's answer to one input. */
@@ -204,7 +212,16 @@ export interface PredictResponse_ProbabilitiesEntry {
 }
 
 function createBaseGenerateRequest(): GenerateRequest {
-  return { model: "", prompt: "", maxTokens: 0, temperature: undefined, seed: undefined, stop: [], priority: 0 };
+  return {
+    model: "",
+    prompt: "",
+    maxTokens: 0,
+    temperature: undefined,
+    seed: undefined,
+    stop: [],
+    priority: 0,
+    affinityKey: "",
+  };
 }
 
 export const GenerateRequest: MessageFns<GenerateRequest> = {
@@ -229,6 +246,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.priority !== 0) {
       writer.uint32(56).int32(message.priority);
+    }
+    if (message.affinityKey !== "") {
+      writer.uint32(66).string(message.affinityKey);
     }
     return writer;
   },
@@ -302,6 +322,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.priority = reader.int32() as any;
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.affinityKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -327,6 +355,11 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
       seed: isSet(object.seed) ? globalThis.Number(object.seed) : undefined,
       stop: globalThis.Array.isArray(object?.stop) ? object.stop.map((e: any) => globalThis.String(e)) : [],
       priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+      affinityKey: isSet(object.affinityKey)
+        ? globalThis.String(object.affinityKey)
+        : isSet(object.affinity_key)
+        ? globalThis.String(object.affinity_key)
+        : "",
     };
   },
 
@@ -353,6 +386,9 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     if (message.priority !== 0) {
       obj.priority = priorityToJSON(message.priority);
     }
+    if (message.affinityKey !== "") {
+      obj.affinityKey = message.affinityKey;
+    }
     return obj;
   },
 
@@ -368,6 +404,7 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.seed = object.seed ?? undefined;
     message.stop = object.stop?.map((e) => e) || [];
     message.priority = object.priority ?? 0;
+    message.affinityKey = object.affinityKey ?? "";
     return message;
   },
 };
@@ -587,7 +624,7 @@ export const Usage: MessageFns<Usage> = {
 };
 
 function createBasePredictRequest(): PredictRequest {
-  return { model: "", input: "", priority: 0 };
+  return { model: "", input: "", priority: 0, affinityKey: "" };
 }
 
 export const PredictRequest: MessageFns<PredictRequest> = {
@@ -600,6 +637,9 @@ export const PredictRequest: MessageFns<PredictRequest> = {
     }
     if (message.priority !== 0) {
       writer.uint32(24).int32(message.priority);
+    }
+    if (message.affinityKey !== "") {
+      writer.uint32(34).string(message.affinityKey);
     }
     return writer;
   },
@@ -641,6 +681,14 @@ export const PredictRequest: MessageFns<PredictRequest> = {
             message.priority = reader.int32() as any;
             continue;
           }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.affinityKey = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -658,6 +706,11 @@ export const PredictRequest: MessageFns<PredictRequest> = {
       model: isSet(object.model) ? globalThis.String(object.model) : "",
       input: isSet(object.input) ? globalThis.String(object.input) : "",
       priority: isSet(object.priority) ? priorityFromJSON(object.priority) : 0,
+      affinityKey: isSet(object.affinityKey)
+        ? globalThis.String(object.affinityKey)
+        : isSet(object.affinity_key)
+        ? globalThis.String(object.affinity_key)
+        : "",
     };
   },
 
@@ -672,6 +725,9 @@ export const PredictRequest: MessageFns<PredictRequest> = {
     if (message.priority !== 0) {
       obj.priority = priorityToJSON(message.priority);
     }
+    if (message.affinityKey !== "") {
+      obj.affinityKey = message.affinityKey;
+    }
     return obj;
   },
 
@@ -683,6 +739,7 @@ export const PredictRequest: MessageFns<PredictRequest> = {
     message.model = object.model ?? "";
     message.input = object.input ?? "";
     message.priority = object.priority ?? 0;
+    message.affinityKey = object.affinityKey ?? "";
     return message;
   },
 };
