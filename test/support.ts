@@ -47,6 +47,8 @@ export interface MeshOptions {
   policy?: PolicyName;
   maxInFlight?: number;
   maxQueued?: number;
+  /** Balancer settings beyond the policy. */
+  balancer?: Partial<ReturnType<typeof balancerDefaults>>;
   /** Scheduler settings of the batch path. */
   scheduler?: Partial<ReturnType<typeof schedulerDefaults>>;
   gateway?: Partial<ReturnType<typeof gatewayDefaults>>;
@@ -54,6 +56,7 @@ export interface MeshOptions {
 
 const gatewayDefaults = () => parseConfig(gatewaySchema, [], {});
 const schedulerDefaults = () => parseConfig(schedulerSchema, [], {});
+const balancerDefaults = () => parseConfig(balancerSchema, [], {});
 
 /** A mesh running in this process. */
 export class TestMesh {
@@ -115,7 +118,7 @@ export function echoRuntime(delayMs: number): ModelRuntime {
 
 /** Starts balancer, workers, scheduler and gateway on ephemeral ports. */
 export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
-  const balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200 }, silentLogger);
+  const balancer = await startBalancer({ ...balancerDefaults(), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200, ...options.balancer }, silentLogger);
   const dataDir = mkdtempSync(join(tmpdir(), 'maas-mesh-test-'));
   const aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator') }, silentLogger);
   const scheduler = await startScheduler(

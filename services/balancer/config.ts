@@ -1,5 +1,5 @@
 /** Settings of the balancer service. */
-import { choice, integer, text } from '../../common/config';
+import { choice, decimal, integer, text } from '../../common/config';
 import { POLICY_NAMES, PolicyName } from './policy';
 
 /** The balancer's config schema: flag, environment variable and default of every setting. */
@@ -8,5 +8,9 @@ export const balancerSchema = {
   port: integer({ flag: '--port', env: 'MAAS_BALANCER_PORT', default: 50053, min: 0, max: 65535, doc: 'Port to bind; 0 picks a free one.' }),
   policy: choice<PolicyName>({ flag: '--policy', env: 'MAAS_BALANCER_POLICY', default: 'p2c', choices: POLICY_NAMES, doc: 'Routing policy: round_robin, random, least_outstanding, p2c (power of two choices on outstanding requests), p2c_ewma (p2c on peak-EWMA latency x outstanding), weighted (by reported capacity) or consistent_hash (affinity on the request\'s affinity_key, with bounded load).' }),
   reportIntervalMs: integer({ flag: '--report-interval-ms', env: 'MAAS_BALANCER_REPORT_INTERVAL_MS', default: 1000, min: 50, max: 60000, doc: 'How often workers send load reports; a worker silent for 3 intervals is removed.' }),
+  ejectAfterFailures: integer({ flag: '--eject-after-failures', env: 'MAAS_BALANCER_EJECT_AFTER_FAILURES', default: 5, min: 1, max: 1000, doc: 'Consecutive failures that eject a worker (a failure rate of 50% over 10 s with 20 or more calls also does).' }),
+  ejectionBaseMs: integer({ flag: '--ejection-base-ms', env: 'MAAS_BALANCER_EJECTION_BASE_MS', default: 5000, min: 1, max: 3600000, doc: 'First ejection time; each further ejection of the same worker lasts one more base, up to 300 s. It returns on probation, with slow start.' }),
+  maxEjectedShare: decimal({ flag: '--max-ejected-share', env: 'MAAS_BALANCER_MAX_EJECTED_SHARE', default: 0.5, min: 0, max: 1, doc: 'Largest share of the workers ejected at once.' }),
+  retryBudget: decimal({ flag: '--retry-budget', env: 'MAAS_BALANCER_RETRY_BUDGET', default: 0.2, min: 0, max: 10, doc: 'Retries on another worker may add at most this share of extra calls (over 10 s, plus 10 per second).' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_BALANCER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
 };

@@ -26,6 +26,8 @@ import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema } from './config';
 import { Member, Membership } from './membership';
 import { PeakEwma } from './ewma';
+import { OutlierDetector } from './outliers';
+import { RetryBudget } from './retry-budget';
 import { createPolicy } from './policy';
 import { SlowStart } from './slow-start';
 
@@ -100,10 +102,30 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   const latency = new Map<string, PeakEwma>();
   const slowStart = new SlowStart();
 
+  const outliers = new OutlierDetector({ consecutiveFailures: config.ejectAfterFailures, baseEjectionMs: config.ejectionBaseMs, maxEjectedShare: config.maxEjectedShare });
+  const retryBudget = new RetryBudget({ ratio: config.retryBudget });
+
+  /** Counts a failure against a worker; ejects it when it is an outlier, ramping it back after. */
+  function noteFailure(member: Member<Model>) {
+    const reason = outliers.recordFailure(member.id, Date.now());
+    if (!reason) return;
+    const state = outliers.state(member.id, Date.now());
+    log.warn('worker ejected', { worker: member.id, reason, until: new Date(state?.ejectedUntil ?? 0).toISOString(), ejections: state?.ejections ?? 0 });
+    ejectedAt.set(member.id, state?.ejectedUntil ?? 0);
+  }
+  /** Ejected workers and when their ejection ends: on return they start slow. */
+  const ejectedAt = new Map<string, number>();
+
   /** The worker for a task under the policy, among ready workers that serve `model`, minus `tried`. */
   function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string): Member<Model> | undefined {
-    const members = membership.candidatesFor(model, tried);
     const now = Date.now();
+    for (const [id, until] of ejectedAt) {
+      if (until <= now && !outliers.isEjected(id, now)) {
+        ejectedAt.delete(id);
+        slowStart.begin(id, now);
+      }
+    }
+    const members = membership.candidatesFor(model, tried).filter((m) => !outliers.isEjected(m.id, now));
     const candidates = members.map((m) => ({ id: m.id, outstanding: m.outstanding, capacity: m.capacity, ewmaMs: latency.get(m.id)?.value, weight: slowStart.weight(m.id, now) }));
     const picked = policy.pick(model, candidates, { affinityKey });
     return picked && members.find((m) => m.id === picked.id);
@@ -112,6 +134,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   function forget(member: Member<Model>, why: string) {
     latency.delete(member.id);
     slowStart.forget(member.id);
+    outliers.remove(member.id);
+    ejectedAt.delete(member.id);
     log.info('worker left', { worker: member.id, address: member.address, why });
     workers.get(member.address)?.channel.close();
     workers.delete(member.address);
@@ -135,6 +159,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       member.outstanding++;
       let started = false;
       const startedAt = Date.now();
+      if (attempt === 0) retryBudget.recordRequest(startedAt);
       try {
         for await (const response of workerClient(member).execute({ task }, { signal: context.signal, deadline: context.deadline })) {
           // Time to first output is the latency sample: a stream's length depends on the request.
@@ -142,13 +167,19 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
           started = true;
           yield { output: response.output };
         }
+        outliers.recordSuccess(member.id, Date.now());
         return;
       } catch (err) {
         if (context.signal.aborted || !(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
+        noteFailure(member);
         if (started) {
           throw new MeshError('unavailable', `worker ${member.id} failed after its output began: ${err.details}`);
         }
         failure = { worker: member.id, details: `${Status[err.code]}: ${err.details}` };
+        // Retries may add only a bounded share of load, so a failing worker cannot set off a storm.
+        if (!retryBudget.tryRetry(Date.now())) {
+          throw new MeshError('unavailable', `worker ${member.id} failed before its first output (${failure.details}); retry budget exhausted`);
+        }
         log.warn('worker failed before its first output; trying another', { worker: member.id, request_id: task.requestId, error: failure.details });
       } finally {
         member.outstanding--;
@@ -181,6 +212,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     );
     latency.set(member.id, new PeakEwma({ now: Date.now }));
     slowStart.begin(member.id, Date.now());
+    outliers.add(member.id);
     log.info('worker joined', { worker: member.id, address: member.address, models: [...member.models.keys()].join(',') });
     let why = 'stream ended';
     try {

@@ -5,6 +5,8 @@ import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/bala
 import { GenerateRequest } from '../../generated/maas/v1/inference';
 import { PolicyName } from '../../services/balancer/policy';
 import { RunningWorker } from '../../services/worker/server';
+import { createEchoModel } from '../../services/worker/models/echo';
+import { ModelRuntime } from '../../services/worker/models/runtime';
 import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
 
 const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", ...o });
@@ -98,6 +100,67 @@ describe('balancing', function () {
       const starts = countStarts([b]);
       for (let i = 0; i < 4; i++) await mesh.inference.predict({ model: 'echo', input: `x${i}`, priority: 0 });
       expect(starts.get(b.id)).to.equal(4);
+    });
+  });
+
+  describe('outlier ejection and retry budget', () => {
+    /** An echo model that fails every call while `failing` is set. */
+    function flakyRuntime(state: { failing: boolean }): ModelRuntime {
+      const echo = createEchoModel();
+      return {
+        name: 'flaky',
+        load: async () => [
+          {
+            info: echo.info,
+            predict: async (input, signal) => {
+              if (state.failing) throw new Error('injected failure');
+              return echo.predict!(input, signal);
+            },
+          },
+        ],
+      };
+    }
+
+    it('ejects a worker that keeps failing, then readmits it once it recovers', async () => {
+      const state = { failing: true };
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, {}], balancer: { ejectAfterFailures: 3, ejectionBaseMs: 300 } });
+      try {
+        const [flaky] = mesh.workers;
+        const starts = countStarts(mesh.workers);
+        // Every call succeeds: the flaky worker's failures are retried on the other one.
+        for (let i = 0; i < 30; i++) await mesh.inference.predict({ model: 'echo', input: `x${i}`, priority: 0 });
+        expect(starts.get(flaky.id)).to.equal(3);
+        state.failing = false;
+        // After its ejection time the worker is back (slow start): calls reach it again.
+        await (async () => {
+          const deadline = Date.now() + 5000;
+          while (starts.get(flaky.id) === 3) {
+            if (Date.now() > deadline) throw new Error('the ejected worker was never readmitted');
+            await mesh.inference.predict({ model: 'echo', input: 'probe', priority: 0 });
+          }
+        })();
+        expect(starts.get(flaky.id)).to.be.greaterThan(3);
+      } finally {
+        await mesh.stop();
+      }
+    });
+
+    it('the retry budget caps retries when every worker fails', async () => {
+      const state = { failing: true };
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, { runtime: flakyRuntime(state) }], balancer: { ejectAfterFailures: 1000, retryBudget: 0.2 } });
+      try {
+        const starts = countStarts(mesh.workers);
+        const calls = 100;
+        let failed = 0;
+        for (let i = 0; i < calls; i++) await mesh.inference.predict({ model: 'echo', input: 'x', priority: 0 }).catch(() => failed++);
+        const attempts = [...starts.values()].reduce((a, b) => a + b, 0);
+        expect(failed).to.equal(calls);
+        // 100 first attempts; retries at most 20% of them plus the budget's floor of 10 per second.
+        expect(attempts - calls).to.be.at.most(0.2 * calls + 10 * Math.ceil(1 + 1));
+        expect(attempts - calls).to.be.greaterThan(0);
+      } finally {
+        await mesh.stop();
+      }
     });
   });
 
