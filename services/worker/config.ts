@@ -1,5 +1,5 @@
 /** Settings of the worker service. */
-import { address, integer, text } from '../../common/config';
+import { address, decimal, integer, text } from '../../common/config';
 
 /** The worker's config schema: flag, environment variable and default of every setting. */
 export const workerSchema = {
@@ -12,6 +12,7 @@ export const workerSchema = {
   concurrency: integer({ flag: '--concurrency', env: 'MAAS_WORKER_CONCURRENCY', default: 64, min: 1, max: 10000, doc: 'Tasks run at once; more are refused with RESOURCE_EXHAUSTED (the balancer then tries another worker).' }),
   cacheDir: text({ flag: '--cache-dir', env: 'MAAS_WORKER_CACHE_DIR', default: '.cache/models', doc: 'Where trained built-in models are cached (relative to the working directory).' }),
   echoDelayMs: integer({ flag: '--echo-delay-ms', env: 'MAAS_WORKER_ECHO_DELAY_MS', default: 0, min: 0, max: 60000, doc: 'Delay per token of the echo model, in milliseconds.' }),
+  echoFailRate: decimal({ flag: '--echo-fail-rate', env: 'MAAS_WORKER_ECHO_FAIL_RATE', default: 0, min: 0, max: 1, doc: 'Share of echo calls that fail on purpose (for balancing benchmarks and tests).' }),
   drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: 30000, min: 0, max: 3600000, doc: 'On SIGTERM, how long running tasks may take to finish before they are cut.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_WORKER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
 };

@@ -60,7 +60,7 @@ const finishReasonToProto: Record<ModelFinishReason, FinishReason> = {
 export async function startWorker(
   config: ConfigOf<typeof workerSchema>,
   log: Logger,
-  runtime: ModelRuntime = createBuiltinRuntime({ cacheDir: resolve(config.cacheDir), echoDelayMs: config.echoDelayMs, log: (m) => log.info(m) }),
+  runtime: ModelRuntime = createBuiltinRuntime({ cacheDir: resolve(config.cacheDir), echoDelayMs: config.echoDelayMs, echoFailRate: config.echoFailRate, log: (m) => log.info(m) }),
 ): Promise<RunningWorker> {
   const id = config.workerId || `worker-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
   const activity = new EventEmitter();

@@ -30,6 +30,8 @@ export interface BuiltinRuntimeOptions {
   cacheDir: string;
   /** Delay per token (and per prediction) of the echo model, in milliseconds. */
   echoDelayMs: number;
+  /** Share of echo calls that fail, for balancing benchmarks (default 0). */
+  echoFailRate?: number;
   /** Receives one line per training or cache load, with its duration. */
   log?: (message: string) => void;
 }
@@ -63,7 +65,7 @@ export function createBuiltinRuntime(options: BuiltinRuntimeOptions): ModelRunti
       const corpus = lazyCorpus();
       const spamNb = await loadOrTrain(spamNbCacheSpec(corpus), options.cacheDir, log);
       const ngram = await loadOrTrain(ngramCacheSpec(corpus), options.cacheDir, log);
-      const models = [spamNbModel(spamNb), ngramModel(ngram), createEchoModel({ delayMs: options.echoDelayMs })];
+      const models = [spamNbModel(spamNb), ngramModel(ngram), createEchoModel({ delayMs: options.echoDelayMs, failRate: options.echoFailRate })];
       log(`builtin: ${models.map((model) => model.info.name).join(', ')} ready in ${elapsedMs(started)} ms`);
       return models;
     },

@@ -4,11 +4,23 @@
  */
 import { setImmediate as yieldToEventLoop, setTimeout as sleep } from 'node:timers/promises';
 import type { GeneratedChunk, GenerateParams, Model, ModelInfo, Prediction } from './runtime.js';
+import { MeshError } from '../../../common/errors';
 
 /** Options of {@link createEchoModel}. */
 export interface EchoOptions {
   /** Delay before each generated token, and before a prediction, in milliseconds (default 0). */
   delayMs?: number;
+  /** Share of calls (0 to 1) that fail with an error, for balancing benchmarks (default 0). */
+  failRate?: number;
+  /** Random source of failRate (default Math.random). */
+  random?: () => number;
+}
+
+/** The error a call of an echo model configured to fail throws: UNAVAILABLE, as a sick worker's would be. */
+export class InjectedFailure extends MeshError {
+  constructor(message: string) {
+    super('unavailable', message);
+  }
 }
 
 /**
@@ -27,10 +39,21 @@ export function createEchoModel(options: EchoOptions = {}): Model {
     labels: ['echo'],
     metadata: { delay_ms: String(delayMs) },
   };
+  const failRate = options.failRate ?? 0;
+  const random = options.random ?? Math.random;
+  const maybeFail = () => {
+    if (failRate > 0 && random() < failRate) throw new InjectedFailure(`echo: injected failure (fail rate ${failRate})`);
+  };
   return {
     info,
-    generate: (params, signal) => echoWords(params, delayMs, signal),
-    predict: (input, signal) => echoPrediction(input, delayMs, signal),
+    generate: (params, signal) => {
+      maybeFail();
+      return echoWords(params, delayMs, signal);
+    },
+    predict: async (input, signal) => {
+      maybeFail();
+      return echoPrediction(input, delayMs, signal);
+    },
   };
 }
 
