@@ -32,6 +32,7 @@ import {
   WatchRequest,
   WatchResponse,
 } from '../generated/maas/v1/jobs';
+import { ListWorkersResponse, MeshServiceDefinition } from '../generated/maas/v1/mesh';
 import { createAuthenticator, parseApiKeys } from './auth';
 import { JobSpecContext, validateJobSpec } from './job-spec';
 import { ModelCatalog } from './catalog';
@@ -170,6 +171,15 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
       { definition: InferenceServiceDefinition, implementation: { generate, predict } },
       { definition: ModelServiceDefinition, implementation: { listModels, getModel } },
       { definition: JobServiceDefinition, implementation: jobService },
+      {
+        definition: MeshServiceDefinition,
+        implementation: {
+          async listWorkers(_request: unknown, context: MeshCallContext): Promise<ListWorkersResponse> {
+            auth.tenantOf(context.metadata.get('authorization'));
+            return balancer.listWorkers({}, { signal: context.signal, deadline: Date.now() + 5000 });
+          },
+        },
+      },
     ],
   });
   return {

@@ -14,6 +14,7 @@ import { silentLogger } from '../common/log';
 import { InferenceServiceDefinition } from '../generated/maas/v1/inference';
 import { ModelServiceDefinition } from '../generated/maas/v1/models';
 import { JobServiceDefinition } from '../generated/maas/v1/jobs';
+import { MeshServiceDefinition } from '../generated/maas/v1/mesh';
 import { aggregatorSchema } from '../services/aggregator/config';
 import { RunningAggregator, startAggregator } from '../services/aggregator/server';
 import { gatewaySchema } from '../gateway/config';
@@ -65,6 +66,7 @@ export class TestMesh {
   readonly inference;
   readonly models;
   readonly jobs;
+  readonly meshInfo;
 
   constructor(
     readonly balancer: RunningBalancer,
@@ -78,6 +80,7 @@ export class TestMesh {
     this.inference = createMeshClient(InferenceServiceDefinition, this.channel);
     this.models = createMeshClient(ModelServiceDefinition, this.channel);
     this.jobs = createMeshClient(JobServiceDefinition, this.channel);
+    this.meshInfo = createMeshClient(MeshServiceDefinition, this.channel);
   }
 
   /** Starts a worker, waits until the balancer has accepted it, and returns it. */

@@ -9,6 +9,7 @@ import { MeshCallOptions, createMeshClient, openChannel } from '../../common/cli
 import { FinishReason, InferenceServiceDefinition } from '../../generated/maas/v1/inference';
 import { ModelServiceDefinition, ModelTask } from '../../generated/maas/v1/models';
 import { JobServiceDefinition } from '../../generated/maas/v1/jobs';
+import { MeshServiceDefinition, WorkerState } from '../../generated/maas/v1/mesh';
 import { formatJob, formatJobRow, specFromOptions, UsageError, watchJob } from './jobs';
 import { up } from './up';
 
@@ -24,6 +25,7 @@ commands:
       --policy P              balancing policy: round_robin, random, least_outstanding, p2c,
                               p2c_ewma, weighted, consistent_hash (default p2c)
   models                      list the models with their metadata
+  workers                     the balancer's view of its workers: state, load, latency, ejections
   generate --model M PROMPT   stream generated tokens
       --max-tokens N  --temperature T  --seed S  --stop SEQ (repeatable)
   predict --model M INPUT     classify one input: label and class probabilities
@@ -159,6 +161,19 @@ async function main(argv: string[]): Promise<number> {
           process.stdout.write(`  ${label.padEnd(8)} ${p.toFixed(4)}\n`);
         }
         if (r.text && r.text !== r.label) process.stdout.write(`text: ${r.text}\n`);
+        return 0;
+      }
+      case 'workers': {
+        const mesh = createMeshClient(MeshServiceDefinition, channel);
+        const { workers, policy } = await mesh.listWorkers({}, options);
+        process.stdout.write(`policy ${policy}; ${workers.length} worker${workers.length === 1 ? '' : 's'}\n`);
+        for (const w of workers) {
+          const state = WorkerState[w.state].replace('WORKER_STATE_', '').toLowerCase();
+          const ejected = w.ejectedUntilMs ? ` until ${new Date(w.ejectedUntilMs).toISOString()}` : '';
+          process.stdout.write(
+            `${w.workerId.padEnd(14)} ${w.address.padEnd(21)} ${state}${ejected}  outstanding ${w.outstanding}  in flight ${w.reportedInFlight}/${w.capacity}  ewma ${w.ewmaLatencyMs.toFixed(1)} ms  ejections ${w.ejections}  weight ${w.weight.toFixed(2)}  models ${w.models.join(',')}\n`,
+          );
+        }
         return 0;
       }
       case 'job':

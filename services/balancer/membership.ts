@@ -72,6 +72,11 @@ export class Membership<M> {
     return gone;
   }
 
+  /** Every member, in join order. */
+  all(): Member<M>[] {
+    return [...this.members.values()];
+  }
+
   /** The member with this id, if any. */
   get(id: string): Member<M> | undefined {
     return this.members.get(id);

@@ -17,11 +17,13 @@ import {
   JoinRequest,
   JoinResponse,
   ListModelsResponse,
+  ListWorkersResponse,
   RouteRequest,
   RouteResponse,
 } from '../../generated/maas/internal/v1/balancer';
 import { Task } from '../../generated/maas/internal/v1/task';
 import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema } from './config';
 import { Member, Membership } from './membership';
@@ -244,13 +246,45 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     };
   }
 
+  async function listWorkers(): Promise<ListWorkersResponse> {
+    const now = Date.now();
+    const workers = membership
+      .all()
+      .map((m): WorkerInfo => {
+        const ejection = outliers.state(m.id, now);
+        const ejected = outliers.isEjected(m.id, now);
+        const weight = slowStart.weight(m.id, now);
+        return {
+          workerId: m.id,
+          address: m.address,
+          state: m.draining
+            ? WorkerState.WORKER_STATE_DRAINING
+            : ejected
+              ? WorkerState.WORKER_STATE_EJECTED
+              : weight < 1
+                ? WorkerState.WORKER_STATE_SLOW_START
+                : WorkerState.WORKER_STATE_READY,
+          models: [...m.models.keys()].filter((name) => !name.startsWith(MAPPER_PREFIX)).sort(),
+          outstanding: m.outstanding,
+          reportedInFlight: m.reportedInFlight,
+          capacity: m.capacity,
+          ewmaLatencyMs: latency.get(m.id)?.value ?? 0,
+          ejections: ejection?.ejections ?? 0,
+          ejectedUntilMs: ejected ? (ejection?.ejectedUntil ?? 0) : 0,
+          weight,
+        };
+      })
+      .sort((a, b) => a.workerId.localeCompare(b.workerId));
+    return { workers, policy: config.policy };
+  }
+
   const server = await startGrpcServer({
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
-    services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels } }],
+    services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers } }],
   });
 
   const sweeper = setInterval(() => {

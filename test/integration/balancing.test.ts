@@ -2,6 +2,7 @@
 import { expect } from 'chai';
 import { createMeshClient, openChannel } from '../../common/client';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
+import { WorkerState } from '../../generated/maas/v1/mesh';
 import { GenerateRequest } from '../../generated/maas/v1/inference';
 import { PolicyName } from '../../services/balancer/policy';
 import { RunningWorker } from '../../services/worker/server';
@@ -130,6 +131,11 @@ describe('balancing', function () {
         // Every call succeeds: the flaky worker's failures are retried on the other one.
         for (let i = 0; i < 30; i++) await mesh.inference.predict({ model: 'echo', input: `x${i}`, priority: 0 });
         expect(starts.get(flaky.id)).to.equal(3);
+        const { workers } = await mesh.meshInfo.listWorkers({});
+        const view = workers.find((w) => w.workerId === flaky.id)!;
+        expect(WorkerState[view.state]).to.equal('WORKER_STATE_EJECTED');
+        expect(view.ejections).to.equal(1);
+        expect(WorkerState[workers.find((w) => w.workerId !== flaky.id)!.state]).to.be.oneOf(['WORKER_STATE_READY', 'WORKER_STATE_SLOW_START']);
         state.failing = false;
         // After its ejection time the worker is back (slow start): calls reach it again.
         await (async () => {

@@ -7,12 +7,25 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
+import { WorkerInfo } from "../../v1/mesh";
 import { Model } from "../../v1/models";
 import { Task, TaskOutput } from "./task";
 
 export const protobufPackage = "maas.internal.v1";
 
 export const protobufFileName = "maas/internal/v1/balancer.proto";
+
+/** ListWorkersRequest has no fields. */
+export interface ListWorkersRequest {
+}
+
+/** ListWorkersResponse is the balancer's view of its workers. */
+export interface ListWorkersResponse {
+  /** The workers, sorted by id. */
+  workers: WorkerInfo[];
+  /** The routing policy. */
+  policy: string;
+}
 
 /** RouteRequest carries the task to route. */
 export interface RouteRequest {
@@ -83,6 +96,143 @@ export interface ListModelsResponse {
   /** The models, with ready_workers counting the ready workers that serve each. */
   models: Model[];
 }
+
+function createBaseListWorkersRequest(): ListWorkersRequest {
+  return {};
+}
+
+export const ListWorkersRequest: MessageFns<ListWorkersRequest> = {
+  encode(_: ListWorkersRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListWorkersRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListWorkersRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListWorkersRequest {
+    return {};
+  },
+
+  toJSON(_: ListWorkersRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListWorkersRequest>): ListWorkersRequest {
+    return ListWorkersRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ListWorkersRequest>): ListWorkersRequest {
+    const message = createBaseListWorkersRequest();
+    return message;
+  },
+};
+
+function createBaseListWorkersResponse(): ListWorkersResponse {
+  return { workers: [], policy: "" };
+}
+
+export const ListWorkersResponse: MessageFns<ListWorkersResponse> = {
+  encode(message: ListWorkersResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.workers) {
+      WorkerInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.policy !== "") {
+      writer.uint32(18).string(message.policy);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListWorkersResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListWorkersResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workers.push(WorkerInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListWorkersResponse {
+    return {
+      workers: globalThis.Array.isArray(object?.workers) ? object.workers.map((e: any) => WorkerInfo.fromJSON(e)) : [],
+      policy: isSet(object.policy) ? globalThis.String(object.policy) : "",
+    };
+  },
+
+  toJSON(message: ListWorkersResponse): unknown {
+    const obj: any = {};
+    if (message.workers?.length) {
+      obj.workers = message.workers.map((e) => WorkerInfo.toJSON(e));
+    }
+    if (message.policy !== "") {
+      obj.policy = message.policy;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListWorkersResponse>): ListWorkersResponse {
+    return ListWorkersResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListWorkersResponse>): ListWorkersResponse {
+    const message = createBaseListWorkersResponse();
+    message.workers = object.workers?.map((e) => WorkerInfo.fromPartial(e)) || [];
+    message.policy = object.policy ?? "";
+    return message;
+  },
+};
 
 function createBaseRouteRequest(): RouteRequest {
   return { task: undefined };
@@ -815,6 +965,15 @@ export const BalancerServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /** ListWorkers lists every member with its state, load, latency estimate and ejections. */
+    listWorkers: {
+      name: "ListWorkers",
+      requestType: ListWorkersRequest as typeof ListWorkersRequest,
+      requestStream: false,
+      responseType: ListWorkersResponse as typeof ListWorkersResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -842,6 +1001,11 @@ export interface BalancerServiceImplementation<CallContextExt = {}> {
     request: ListModelsRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<ListModelsResponse>>;
+  /** ListWorkers lists every member with its state, load, latency estimate and ejections. */
+  listWorkers(
+    request: ListWorkersRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<ListWorkersResponse>>;
 }
 
 export interface BalancerServiceClient<CallOptionsExt = {}> {
@@ -865,6 +1029,11 @@ export interface BalancerServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ListModelsRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ListModelsResponse>;
+  /** ListWorkers lists every member with its state, load, latency estimate and ejections. */
+  listWorkers(
+    request: DeepPartial<ListWorkersRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<ListWorkersResponse>;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
