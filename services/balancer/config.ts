@@ -12,5 +12,6 @@ export const balancerSchema = {
   ejectionBaseMs: integer({ flag: '--ejection-base-ms', env: 'MAAS_BALANCER_EJECTION_BASE_MS', default: 5000, min: 1, max: 3600000, doc: 'First ejection time; each further ejection of the same worker lasts one more base, up to 300 s. It returns on probation, with slow start.' }),
   maxEjectedShare: decimal({ flag: '--max-ejected-share', env: 'MAAS_BALANCER_MAX_EJECTED_SHARE', default: 0.5, min: 0, max: 1, doc: 'Largest share of the workers ejected at once.' }),
   retryBudget: decimal({ flag: '--retry-budget', env: 'MAAS_BALANCER_RETRY_BUDGET', default: 0.2, min: 0, max: 10, doc: 'Retries on another worker may add at most this share of extra calls (over 10 s, plus 10 per second).' }),
+  hedgeDelayMs: integer({ flag: '--hedge-delay-ms', env: 'MAAS_BALANCER_HEDGE_DELAY_MS', default: 0, min: 0, max: 600000, doc: 'Hedging of unary Predict: after this delay without an answer, a second copy goes to another worker and the loser is cancelled. 0 turns hedging off.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_BALANCER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
 };

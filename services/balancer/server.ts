@@ -147,6 +147,10 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     const model = routingKey(task);
+    if (config.hedgeDelayMs > 0 && task.request.$case === 'predict') {
+      yield await hedgedPredict(task, model, context);
+      return;
+    }
     const tried = new Set<string>();
     let failure: { worker: string; details: string } | undefined;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
@@ -244,6 +248,67 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         .filter((m) => !m.name.startsWith(MAPPER_PREFIX))
         .map((m) => ({ ...m.description, readyWorkers: m.readyWorkers })),
     };
+  }
+
+  /** One call of a unary task to one worker, cancellable on its own; settles with its output. */
+  function callWorker(member: Member<Model>, task: Task, context: MeshCallContext) {
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    context.signal.addEventListener('abort', onAbort, { once: true });
+    member.outstanding++;
+    const startedAt = Date.now();
+    const result = (async () => {
+      let output: RouteResponse['output'];
+      for await (const response of workerClient(member).execute({ task }, { signal: controller.signal, deadline: context.deadline })) output ??= response.output;
+      latency.get(member.id)?.observe(Date.now() - startedAt);
+      outliers.recordSuccess(member.id, Date.now());
+      return { output };
+    })();
+    result
+      .catch((err) => {
+        if (!controller.signal.aborted && err instanceof ClientError && RETRYABLE.has(err.code)) noteFailure(member);
+      })
+      .finally(() => {
+        member.outstanding--;
+        context.signal.removeEventListener('abort', onAbort);
+      });
+    return { member, controller, result };
+  }
+
+  /**
+   * A Predict with hedging: if the first worker has not answered after --hedge-delay-ms, a second
+   * copy goes to another worker (within the retry budget); the first answer wins and the other
+   * call is cancelled. A first call that fails before the delay is replaced at once.
+   */
+  async function hedgedPredict(task: Task, model: string, context: MeshCallContext): Promise<RouteResponse> {
+    const key = affinityKeyOf(task);
+    const first = pickWorker(model, new Set(), key);
+    if (!first) throw new MeshError('unavailable', `no ready worker serves model "${model}"`);
+    retryBudget.recordRequest(Date.now());
+    const calls = [callWorker(first, task, context)];
+    let timer: NodeJS.Timeout | undefined;
+    const hedgeDue = new Promise<void>((resolve) => (timer = setTimeout(resolve, config.hedgeDelayMs)));
+    // Wait for the first call to settle or the hedge delay, whichever comes first.
+    const early = await Promise.race([calls[0].result.then(
+      (r) => ({ done: true as const, r }),
+      (err: unknown) => ({ done: false as const, err }),
+    ), hedgeDue.then(() => undefined)]);
+    clearTimeout(timer);
+    if (early?.done) return early.r;
+    if (early && !early.done && (context.signal.aborted || !(early.err instanceof ClientError) || !RETRYABLE.has(early.err.code))) throw early.err;
+    const second = pickWorker(model, new Set([first.id]), key);
+    if (second && retryBudget.tryRetry(Date.now())) calls.push(callWorker(second, task, context));
+    else if (early) throw early.err;
+    try {
+      return await Promise.any(calls.map((c) => c.result));
+    } catch (err) {
+      const last = err instanceof AggregateError ? err.errors.at(-1) : err;
+      if (last instanceof ClientError) throw new MeshError('unavailable', `model "${model}" failed on ${calls.length} workers: ${last.details}`);
+      throw last;
+    } finally {
+      // The loser (or a call still running after a failure) is cancelled: its answer is not needed.
+      for (const c of calls) c.controller.abort();
+    }
   }
 
   async function listWorkers(): Promise<ListWorkersResponse> {

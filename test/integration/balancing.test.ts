@@ -5,7 +5,7 @@ import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/bala
 import { WorkerState } from '../../generated/maas/v1/mesh';
 import { GenerateRequest } from '../../generated/maas/v1/inference';
 import { PolicyName } from '../../services/balancer/policy';
-import { RunningWorker } from '../../services/worker/server';
+import { RunningWorker, TaskEnd } from '../../services/worker/server';
 import { createEchoModel } from '../../services/worker/models/echo';
 import { ModelRuntime } from '../../services/worker/models/runtime';
 import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
@@ -164,6 +164,28 @@ describe('balancing', function () {
         // 100 first attempts; retries at most 20% of them plus the budget's floor of 10 per second.
         expect(attempts - calls).to.be.at.most(0.2 * calls + 10 * Math.ceil(1 + 1));
         expect(attempts - calls).to.be.greaterThan(0);
+      } finally {
+        await mesh.stop();
+      }
+    });
+  });
+
+  describe('hedging', () => {
+    it('a Predict the first worker is slow to answer is answered by a hedge, and the loser is cancelled', async () => {
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ echoDelayMs: 2000 }, {}], balancer: { hedgeDelayMs: 50 } });
+      try {
+        const [slow] = mesh.workers;
+        const slowEnds: TaskEnd[] = [];
+        slow.activity.on('task-end', (e: TaskEnd) => slowEnds.push(e));
+        const started = Date.now();
+        // Round robin alternates, so two calls put one first on the slow worker.
+        for (let i = 0; i < 2; i++) {
+          const r = await mesh.inference.predict({ model: 'echo', input: `h${i}`, priority: 0 });
+          expect(r.text).to.equal(`h${i}`);
+        }
+        expect(Date.now() - started).to.be.lessThan(1500);
+        await until(() => slowEnds.length === 1, 5000, 'the slow call to end');
+        expect(slowEnds[0].outcome).to.equal('cancelled');
       } finally {
         await mesh.stop();
       }
