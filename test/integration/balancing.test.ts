@@ -124,12 +124,12 @@ describe('balancing', function () {
 
     it('ejects a worker that keeps failing, then readmits it once it recovers', async () => {
       const state = { failing: true };
-      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, {}], balancer: { ejectAfterFailures: 3, ejectionBaseMs: 300 } });
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, {}], balancer: { ejectAfterFailures: 3, ejectionBaseMs: 1000 } });
       try {
         const [flaky] = mesh.workers;
         const starts = countStarts(mesh.workers);
         // Every call succeeds: the flaky worker's failures are retried on the other one.
-        for (let i = 0; i < 30; i++) await mesh.inference.predict({ model: 'echo', input: `x${i}`, priority: 0 });
+        for (let i = 0; i < 12; i++) await mesh.inference.predict({ model: 'echo', input: `x${i}`, priority: 0 });
         expect(starts.get(flaky.id)).to.equal(3);
         const { workers } = await mesh.meshInfo.listWorkers({});
         const view = workers.find((w) => w.workerId === flaky.id)!;
