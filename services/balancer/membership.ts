@@ -22,6 +22,8 @@ export interface Member<M> extends Candidate {
   reportedInFlight: number;
   /** True once the worker said it is shutting down: no new tasks go to it. */
   draining: boolean;
+  /** False while the worker's gRPC health says NOT_SERVING: no new tasks go to it. */
+  serving: boolean;
   /** Clock time of the last hello or report. */
   lastSeen: number;
 }
@@ -40,6 +42,7 @@ export class Membership<M> {
       outstanding: this.members.get(worker.id)?.outstanding ?? 0,
       reportedInFlight: 0,
       draining: false,
+      serving: true,
       lastSeen: now,
     };
     this.members.set(worker.id, member);
@@ -84,7 +87,7 @@ export class Membership<M> {
 
   /** Ready (not draining) workers that serve `model`, minus `exclude`, in join order. */
   candidatesFor(model: string, exclude: ReadonlySet<string> = new Set()): Member<M>[] {
-    return [...this.members.values()].filter((m) => !m.draining && m.models.has(model) && !exclude.has(m.id));
+    return [...this.members.values()].filter((m) => !m.draining && m.serving && m.models.has(model) && !exclude.has(m.id));
   }
 
   /** Every model served by a ready worker, with how many ready workers serve it, sorted by name. */

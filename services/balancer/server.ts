@@ -4,7 +4,9 @@
  * before its first output is replaced once by another; after the first output there is no retry,
  * so no output is ever duplicated.
  */
-import { Channel, ClientError, Status } from 'nice-grpc';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Channel, ClientError, Status, createClient } from 'nice-grpc';
+import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 import { createMeshClient, openChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
@@ -133,6 +135,29 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     return picked && members.find((m) => m.id === picked.id);
   }
 
+  /**
+   * Follows a member's gRPC health: NOT_SERVING (draining, failing) takes it out of rotation at
+   * once, before its next load report would. Reconnects while the membership lasts.
+   */
+  async function watchHealth(member: Member<Model>, signal: AbortSignal): Promise<void> {
+    const channel = openChannel(member.address, 64 * 1024);
+    const health = createClient(HealthDefinition, channel);
+    try {
+      while (!signal.aborted) {
+        try {
+          for await (const { status } of health.watch({ service: '' }, { signal })) {
+            member.serving = status === HealthCheckResponse_ServingStatus.SERVING;
+          }
+        } catch {
+          // The stream broke (the worker is going or gone); its join stream decides membership.
+        }
+        await sleep(config.reportIntervalMs, undefined, { signal }).catch(() => undefined);
+      }
+    } finally {
+      channel.close();
+    }
+  }
+
   function forget(member: Member<Model>, why: string) {
     latency.delete(member.id);
     slowStart.forget(member.id);
@@ -216,6 +241,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       },
       Date.now(),
     );
+    const health = new AbortController();
+    void watchHealth(member, health.signal);
     latency.set(member.id, new PeakEwma({ now: Date.now }));
     slowStart.begin(member.id, Date.now());
     outliers.add(member.id);
@@ -237,6 +264,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       why = `stream failed: ${(err as Error).message}`;
       throw err;
     } finally {
+      health.abort();
       if (membership.leave(member.id, member)) forget(member, why);
     }
   }
@@ -322,7 +350,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         return {
           workerId: m.id,
           address: m.address,
-          state: m.draining
+          state: m.draining || !m.serving
             ? WorkerState.WORKER_STATE_DRAINING
             : ejected
               ? WorkerState.WORKER_STATE_EJECTED

@@ -170,6 +170,43 @@ describe('balancing', function () {
     });
   });
 
+  describe('graceful drain', () => {
+    it('a rolling restart of every worker under steady load loses no request', async () => {
+      const mesh = await startMesh({ policy: 'p2c', workers: [{ echoDelayMs: 5 }, { echoDelayMs: 5 }, { echoDelayMs: 5 }] });
+      try {
+        let stop = false;
+        let ok = 0;
+        const failures: string[] = [];
+        const caller = async (i: number) => {
+          while (!stop) {
+            try {
+              if (i % 2 === 0) await mesh.inference.predict({ model: 'echo', input: 'steady', priority: 0 });
+              else await collect(mesh.inference.generate(generate({ prompt: 'one two three' })));
+              ok++;
+            } catch (err) {
+              failures.push(String(err));
+            }
+          }
+        };
+        const load = Promise.all(Array.from({ length: 8 }, (_, i) => caller(i)));
+        for (const old of [...mesh.workers]) {
+          await until(() => ok > 0, 5000, 'calls flowing');
+          await mesh.addWorker({ echoDelayMs: 5 });
+          const before = ok;
+          await old.shutdown();
+          await until(() => ok > before + 20, 5000, 'calls flowing after the drain');
+        }
+        stop = true;
+        await load;
+        expect(failures).to.deep.equal([]);
+        expect(ok).to.be.greaterThan(60);
+        expect(mesh.balancer.membership.size).to.equal(3);
+      } finally {
+        await mesh.stop();
+      }
+    });
+  });
+
   describe('hedging', () => {
     it('a Predict the first worker is slow to answer is answered by a hedge, and the loser is cancelled', async () => {
       const mesh = await startMesh({ policy: 'round_robin', workers: [{ echoDelayMs: 2000 }, {}], balancer: { hedgeDelayMs: 50 } });
