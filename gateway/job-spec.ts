@@ -46,7 +46,7 @@ const GENERATE_REDUCERS = ['collect', 'mean'];
 
 /** Most records per task, most attempts, longest deadline (7 days), largest k. */
 export const MAX_SHARD_SIZE = 100_000;
-export const DEFAULT_SHARD_SIZE = 100;
+export const DEFAULT_SHARD_SIZE = 500;
 export const MAX_ATTEMPTS = 10;
 export const DEFAULT_ATTEMPTS = 3;
 export const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000;

@@ -103,7 +103,7 @@ export class JobRunner {
     }
     const recordsTotal = await countInput(spec);
     if (recordsTotal === 0) throw new MeshError('invalid_argument', 'spec.input has no records');
-    const tasks = splitIntoTasks(recordsTotal, spec.shardSize ?? 100);
+    const tasks = splitIntoTasks(recordsTotal, spec.shardSize ?? 500);
     const inline = spec.input?.$case === 'inline' ? tasks.map((t) => (spec.input as { inline: { records: JobRecord[] } }).inline.records.slice(t.first, t.first + t.count)) : undefined;
     const stored = { ...spec, input: spec.input?.$case === 'inline' ? { $case: 'inline' as const, inline: { records: [] } } : spec.input };
     const id = `job-${Date.now().toString(36)}-${randomUUID().slice(0, 8)}`;

@@ -113,7 +113,10 @@ export interface JobSpec {
      */
     { $case: "dataset"; dataset: string }
     | undefined;
-  /** Records per task, from 1 to 100000. Unset means 100. */
+  /**
+   * Records per task, from 1 to 100000. Unset means 500 (fewer, larger tasks amortize each
+   * task's fixed cost: dispatch, commit, events; see docs/BENCHMARKS.md).
+   */
   shardSize?:
     | number
     | undefined;
