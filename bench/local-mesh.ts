@@ -1,20 +1,34 @@
 /**
- * The mesh as real processes for a benchmark: balancer, one worker on a known port (so it can also
- * be called directly), scheduler and gateway, each `node dist/...main.js` on a free 127.0.0.1 port.
- * Waits for gRPC health SERVING on each and for the gateway to list the wanted model; stops them
- * all, edge first, and reports a child that dies on its own.
+ * The mesh as real processes for a benchmark: balancer, optionally an aggregator (for batch jobs),
+ * one or more workers (the first on a known port, so it can also be called directly), scheduler
+ * and gateway, each `node dist/...main.js` on a free 127.0.0.1 port. The scheduler (and the
+ * aggregator) keep their SQLite stores in a fresh temporary folder, removed at stop. Waits for gRPC
+ * health SERVING on each and for the gateway to list the wanted model; stops them all, edge first,
+ * and reports a child that dies on its own.
  */
 import { ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { resolve } from 'node:path';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createMeshClient, openChannel } from '../common/client';
 import { waitForServing } from '../gateway/cli/up';
+import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { ModelServiceDefinition } from '../generated/maas/v1/models';
 
-/** Names of the mesh's processes, in start order. */
+/** Names of the processes every local mesh has, in start order. */
 export const MESH_PROCESS_NAMES = ['balancer', 'worker', 'scheduler', 'gateway'] as const;
 export type MeshProcessName = (typeof MESH_PROCESS_NAMES)[number];
+
+/** One process of a started mesh. */
+export interface MeshProcess {
+  /** `balancer`, `aggregator`, `worker` (the first worker), `worker-2`, ..., `scheduler`, `gateway`. */
+  name: string;
+  /** host:port it listens on. */
+  address: string;
+  pid: number;
+}
 
 /** Options of {@link startLocalMesh}. */
 export interface LocalMeshOptions {
@@ -34,6 +48,12 @@ export interface LocalMeshOptions {
   log: (line: string) => void;
   /** Called once when a child exits while the mesh is not being stopped. */
   onUnexpectedExit: (message: string) => void;
+  /** Workers to start (default 1); the first is named `worker`, the others `worker-2`, ... */
+  workers?: number;
+  /** Start an aggregator too, and point the scheduler and workers at it (needed by batch jobs). */
+  aggregator?: boolean;
+  /** Extra command-line arguments per process name (e.g. the scheduler's --max-batch-tasks). */
+  extraArgs?: Partial<Record<string, string[]>>;
 }
 
 /** A started mesh. */
@@ -42,6 +62,10 @@ export interface LocalMesh {
   readonly addresses: Record<MeshProcessName, string>;
   /** Process id of each process. */
   readonly pids: Record<MeshProcessName, number>;
+  /** Every process, in start order (with the aggregator and the extra workers, when started). */
+  readonly processes: readonly MeshProcess[];
+  /** Folder of the scheduler's and the aggregator's stores (removed by stop). */
+  readonly dataDir: string;
   /** Stops every process, gateway first; SIGKILL after `graceMs`. Safe to call twice. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -66,7 +90,9 @@ export async function freePorts(count: number): Promise<number[]> {
 
 /** Starts the mesh and resolves once every process is SERVING and the gateway lists the model. */
 export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
-  const [balancerPort, workerPort, schedulerPort, gatewayPort] = await freePorts(4);
+  const workers = o.workers ?? 1;
+  if (!Number.isInteger(workers) || workers < 1) throw new RangeError(`workers must be an integer >= 1, given ${workers}`);
+  const [balancerPort, workerPort, schedulerPort, gatewayPort, aggregatorPort, ...moreWorkerPorts] = await freePorts(4 + 1 + (workers - 1));
   const at = (port: number) => `127.0.0.1:${port}`;
   const addresses: Record<MeshProcessName, string> = {
     balancer: at(balancerPort),
@@ -74,29 +100,56 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
     scheduler: at(schedulerPort),
     gateway: at(gatewayPort),
   };
+  const aggregatorAddress = at(aggregatorPort);
+  // A fresh folder for the stores: never the repository's .maas/ (which `maas up` may hold).
+  const dataDir = mkdtempSync(join(tmpdir(), 'maas-bench-'));
   const host = ['--host', '127.0.0.1'];
-  const specs: Record<MeshProcessName, { entry: string; args: string[] }> = {
-    balancer: { entry: 'services/balancer/main.js', args: [...host, '--port', String(balancerPort)] },
-    worker: {
-      entry: 'services/worker/main.js',
-      args: [...host, '--port', String(workerPort), '--balancer', addresses.balancer, '--worker-id', 'bench-worker'],
+  const toAggregator = o.aggregator ? ['--aggregator', aggregatorAddress] : [];
+  const workerSpec = (name: string, port: number, id: string) => ({
+    name,
+    address: at(port),
+    entry: 'services/worker/main.js',
+    args: [...host, '--port', String(port), '--balancer', addresses.balancer, ...toAggregator, '--worker-id', id],
+  });
+  // In start order; stopped in the reverse order (edge first).
+  const specs: { name: string; address: string; entry: string; args: string[] }[] = [
+    { name: 'balancer', address: addresses.balancer, entry: 'services/balancer/main.js', args: [...host, '--port', String(balancerPort)] },
+    ...(o.aggregator
+      ? [
+          {
+            name: 'aggregator',
+            address: aggregatorAddress,
+            entry: 'services/aggregator/main.js',
+            args: [...host, '--port', String(aggregatorPort), '--data-dir', join(dataDir, 'aggregator')],
+          },
+        ]
+      : []),
+    workerSpec('worker', workerPort, 'bench-worker'),
+    ...moreWorkerPorts.map((port, i) => workerSpec(`worker-${i + 2}`, port, `bench-worker-${i + 2}`)),
+    {
+      name: 'scheduler',
+      address: addresses.scheduler,
+      entry: 'services/scheduler/main.js',
+      args: [...host, '--port', String(schedulerPort), '--balancer', addresses.balancer, ...toAggregator, '--data-dir', join(dataDir, 'scheduler')],
     },
-    scheduler: { entry: 'services/scheduler/main.js', args: [...host, '--port', String(schedulerPort), '--balancer', addresses.balancer] },
-    gateway: {
+    {
+      name: 'gateway',
+      address: addresses.gateway,
       entry: 'gateway/main.js',
       args: [...host, '--port', String(gatewayPort), '--scheduler', addresses.scheduler, '--balancer', addresses.balancer],
     },
-  };
+  ];
+  for (const spec of specs) spec.args.push(...(o.extraArgs?.[spec.name] ?? []));
 
-  const children = new Map<MeshProcessName, ChildProcess>();
-  const recent = new Map<MeshProcessName, string[]>();
+  const children = new Map<string, ChildProcess>();
+  const recent = new Map<string, string[]>();
   let stopping = false;
   let stopped: Promise<void> | undefined;
 
   const stop = (graceMs = 10_000): Promise<void> => {
     stopping = true;
     stopped ??= (async () => {
-      for (const name of [...MESH_PROCESS_NAMES].reverse()) {
+      for (const { name } of [...specs].reverse()) {
         const child = children.get(name);
         if (!child || child.exitCode !== null || child.signalCode !== null) continue;
         const exited = new Promise((r) => child.once('exit', r));
@@ -105,6 +158,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
         await exited;
         clearTimeout(timer);
       }
+      rmSync(dataDir, { recursive: true, force: true });
     })();
     return stopped;
   };
@@ -117,9 +171,9 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
     MAAS_PARENT_PID: String(process.pid),
   };
   try {
-    for (const name of MESH_PROCESS_NAMES) {
+    for (const { name, entry, args } of specs) {
       const flags = (o.nodeFlags ?? []).map((f) => f.replaceAll('{name}', name));
-      const child = spawn(process.execPath, [...flags, resolve(o.distDir, specs[name].entry), ...specs[name].args], {
+      const child = spawn(process.execPath, [...flags, resolve(o.distDir, entry), ...args], {
         cwd: o.repoDir,
         env,
         // Own process group: a terminal's Ctrl-C reaches only the bench, which stops them in order.
@@ -150,14 +204,17 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
       });
     }
     const deadline = Date.now() + o.startTimeoutMs;
-    await Promise.all(MESH_PROCESS_NAMES.map((name) => waitForServing(addresses[name], deadline, o.signal)));
+    await Promise.all(specs.map((spec) => waitForServing(spec.address, deadline, o.signal)));
     await waitForModel(addresses.gateway, o.model, deadline, o.signal);
+    // Every worker must have joined the balancer, not only the first one to be listed.
+    if (workers > 1) await waitForWorkers(addresses.balancer, o.model, workers, deadline, o.signal);
   } catch (err) {
     await stop(2000);
     throw err;
   }
   const pids = Object.fromEntries(MESH_PROCESS_NAMES.map((n) => [n, children.get(n)!.pid!])) as Record<MeshProcessName, number>;
-  return { addresses, pids, stop };
+  const processes = specs.map(({ name, address }) => ({ name, address, pid: children.get(name)!.pid! }));
+  return { addresses, pids, processes, dataDir, stop };
 }
 
 /** Polls the gateway's ModelService.ListModels until `model` is listed. */
@@ -179,6 +236,31 @@ async function waitForModel(gateway: string, model: string, deadline: number, si
       await sleep(200, undefined, { signal });
     }
     throw new Error(`the gateway at ${gateway} did not list model "${model}" in time (${last})`);
+  } finally {
+    channel.close();
+  }
+}
+
+/** Polls the balancer's ListModels until `count` ready workers serve `model`. */
+async function waitForWorkers(balancer: string, model: string, count: number, deadline: number, signal: AbortSignal): Promise<void> {
+  const channel = openChannel(balancer);
+  const client = createMeshClient(BalancerServiceDefinition, channel);
+  let last = 'no answer yet';
+  try {
+    while (Date.now() < deadline) {
+      signal.throwIfAborted();
+      try {
+        const listed = (await client.listModels({}, { signal, deadline: Math.min(deadline, Date.now() + 5000) })).models;
+        const ready = listed.find((m) => m.name === model)?.readyWorkers ?? 0;
+        if (ready >= count) return;
+        last = `${ready} ready`;
+      } catch (err) {
+        signal.throwIfAborted();
+        last = (err as Error).message;
+      }
+      await sleep(200, undefined, { signal });
+    }
+    throw new Error(`the balancer at ${balancer} did not have ${count} ready workers for "${model}" in time (${last})`);
   } finally {
     channel.close();
   }
