@@ -7,6 +7,13 @@ export const balancerSchema = {
   host: text({ flag: '--host', env: 'MAAS_BALANCER_HOST', default: '127.0.0.1', doc: 'Interface to bind.' }),
   port: integer({ flag: '--port', env: 'MAAS_BALANCER_PORT', default: 50053, min: 0, max: 65535, doc: 'Port to bind; 0 picks a free one.' }),
   policy: choice<PolicyName>({ flag: '--policy', env: 'MAAS_BALANCER_POLICY', default: 'p2c', choices: POLICY_NAMES, doc: 'Routing policy: round_robin, random, least_outstanding, p2c (power of two choices on outstanding requests), p2c_ewma (p2c on peak-EWMA latency x outstanding), weighted (by reported capacity) or consistent_hash (affinity on the request\'s affinity_key, with bounded load).' }),
+  modelPolicies: {
+    ...text({ flag: '--model-policies', env: 'MAAS_BALANCER_MODEL_POLICIES', default: '', allowEmpty: true, doc: 'Per-model policies overriding --policy, as model=policy pairs separated by commas (e.g. ngram=consistent_hash,echo=p2c_ewma).' }),
+    parse(raw: string): string {
+      parseModelPolicies(raw);
+      return raw;
+    },
+  },
   reportIntervalMs: integer({ flag: '--report-interval-ms', env: 'MAAS_BALANCER_REPORT_INTERVAL_MS', default: 1000, min: 50, max: 60000, doc: 'How often workers send load reports; a worker silent for 3 intervals is removed.' }),
   ejectAfterFailures: integer({ flag: '--eject-after-failures', env: 'MAAS_BALANCER_EJECT_AFTER_FAILURES', default: 5, min: 1, max: 1000, doc: 'Consecutive failures that eject a worker (a failure rate of 50% over 10 s with 20 or more calls also does).' }),
   ejectionBaseMs: integer({ flag: '--ejection-base-ms', env: 'MAAS_BALANCER_EJECTION_BASE_MS', default: 5000, min: 1, max: 3600000, doc: 'First ejection time; each further ejection of the same worker lasts one more base, up to 300 s. It returns on probation, with slow start.' }),
@@ -15,3 +22,15 @@ export const balancerSchema = {
   hedgeDelayMs: integer({ flag: '--hedge-delay-ms', env: 'MAAS_BALANCER_HEDGE_DELAY_MS', default: 0, min: 0, max: 600000, doc: 'Hedging of unary Predict: after this delay without an answer, a second copy goes to another worker and the loser is cancelled. 0 turns hedging off.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_BALANCER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
 };
+
+/** Parses `model=policy,model=policy`; throws an Error naming the bad entry. */
+export function parseModelPolicies(spec: string): Map<string, PolicyName> {
+  const out = new Map<string, PolicyName>();
+  for (const entry of spec.split(',').map((e) => e.trim()).filter(Boolean)) {
+    const [model, policy, extra] = entry.split('=');
+    if (!model || !policy || extra !== undefined) throw new Error(`expected model=policy, given "${entry}"`);
+    if (!(POLICY_NAMES as readonly string[]).includes(policy)) throw new Error(`expected a policy of ${POLICY_NAMES.join(', ')} for ${model}, given "${policy}"`);
+    out.set(model, policy as PolicyName);
+  }
+  return out;
+}

@@ -27,7 +27,7 @@ import { Task } from '../../generated/maas/internal/v1/task';
 import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
 import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
-import { balancerSchema } from './config';
+import { balancerSchema, parseModelPolicies } from './config';
 import { Member, Membership } from './membership';
 import { PeakEwma } from './ewma';
 import { OutlierDetector } from './outliers';
@@ -90,6 +90,8 @@ export interface RunningBalancer extends StartedService {
 export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log: Logger): Promise<RunningBalancer> {
   const membership = new Membership<Model>();
   const policy = createPolicy(config.policy);
+  // Per-model overrides; a mapper task routes by its 'mapper:' name and takes the default.
+  const modelPolicies = new Map([...parseModelPolicies(config.modelPolicies)].map(([model, name]) => [model, createPolicy(name)]));
   const workers = new Map<string, { channel: Channel; client: ReturnType<typeof createWorkerClient> }>();
 
   function workerClient(member: Member<Model>) {
@@ -131,7 +133,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     }
     const members = membership.candidatesFor(model, tried).filter((m) => !outliers.isEjected(m.id, now));
     const candidates = members.map((m) => ({ id: m.id, outstanding: m.outstanding, capacity: m.capacity, ewmaMs: latency.get(m.id)?.value, weight: slowStart.weight(m.id, now) }));
-    const picked = policy.pick(model, candidates, { affinityKey });
+    const picked = (modelPolicies.get(model) ?? policy).pick(model, candidates, { affinityKey });
     return picked && members.find((m) => m.id === picked.id);
   }
 
@@ -385,7 +387,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   }, config.reportIntervalMs);
   sweeper.unref();
 
-  log.info('routing policy', { policy: config.policy });
+  log.info('routing policy', { policy: config.policy, per_model: config.modelPolicies || 'none' });
   return {
     port: server.port,
     address: server.address,

@@ -241,6 +241,19 @@ describe('balancing', function () {
       }
     });
 
+    it('a per-model policy overrides the default for that model', async () => {
+      // Under the default consistent_hash one key pins every call to one worker; echo's own
+      // round_robin spreads them.
+      const mesh = await startMesh({ policy: 'consistent_hash', workers: [{}, {}, {}], balancer: { modelPolicies: 'echo=round_robin' } });
+      try {
+        const starts = countStarts(mesh.workers);
+        for (let i = 0; i < 30; i++) await mesh.inference.predict({ model: 'echo', input: 'x', priority: 0, affinityKey: 'one-key' });
+        expect([...starts.values()]).to.deep.equal([10, 10, 10]);
+      } finally {
+        await mesh.stop();
+      }
+    });
+
     /** Share of 60 calls (6 at a time) that a slow worker among two fast ones receives. */
     async function slowWorkerShare(policy: PolicyName): Promise<number> {
       const mesh = await startMesh({ policy, workers: [{ echoDelayMs: 100 }, {}, {}] });
