@@ -153,7 +153,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
     [
       '',
       'MaaS Mesh is up: every service reports SERVING.',
-      ...specs.map((s) => `  ${s.name.padEnd(10)} ${s.address}${s.name === 'gateway' ? '   (public API: maas.v1.InferenceService, maas.v1.ModelService)' : s.name === 'balancer' ? `   (policy ${o.policy})` : ''}`),
+      ...specs.map((s) => `  ${s.name.padEnd(10)} ${s.address}${s.name === 'gateway' ? '   (public API: maas.v1.InferenceService, ModelService, JobService, MeshService)' : s.name === 'balancer' ? `   (policy ${o.policy})` : ''}`),
       '',
       'Try:',
       '  npx maas models',
