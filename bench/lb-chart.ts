@@ -60,9 +60,9 @@ export function renderBarChart(chart: BarChart): string {
   const panelGap = 40;
   const left = 70;
   const right = 20;
-  const top = 58 + 14 * chart.subtitle.length;
+  const top = 70 + 14 * chart.subtitle.length;
   const plotHeight = 300;
-  const labelSpace = 100;
+  const labelSpace = 92;
   const bottom = 20;
   const panelWidths = chart.panels.map((p) => p.bars.length * (barWidth + barGap) + barGap);
   const width = left + panelWidths.reduce((a, b) => a + b, 0) + panelGap * (chart.panels.length - 1) + right;
@@ -85,7 +85,7 @@ export function renderBarChart(chart: BarChart): string {
   for (let v = 0; v <= yMax + step / 2; v += step) {
     const yy = y(v).toFixed(1);
     out.push(`<line x1="${left}" y1="${yy}" x2="${plotRight}" y2="${yy}" stroke="${v === 0 ? '#444' : '#e3e3e3'}" stroke-width="1"/>`);
-    out.push(`<text x="${left - 6}" y="${(y(v) + 4).toFixed(1)}" font-size="11" text-anchor="end" fill="#444">${formatValue(v)}</text>`);
+    out.push(`<text x="${left - 6}" y="${(y(v) + 4).toFixed(1)}" font-size="11" text-anchor="end" fill="#444">${Number.isInteger(step) ? v.toFixed(0) : formatValue(v)}</text>`);
   }
   const midY = top + plotHeight / 2;
   out.push(`<text x="18" y="${midY}" font-size="12" text-anchor="middle" fill="#333" transform="rotate(-90 18 ${midY})">${escapeXml(chart.yLabel)}</text>`);
@@ -93,8 +93,14 @@ export function renderBarChart(chart: BarChart): string {
   let x0 = left;
   chart.panels.forEach((panel, p) => {
     const w = panelWidths[p];
-    out.push(`<text x="${(x0 + w / 2).toFixed(1)}" y="${top - 8}" font-size="13" font-weight="bold" text-anchor="middle" fill="#222">${escapeXml(panel.title)}</text>`);
+    out.push(`<text x="${(x0 + w / 2).toFixed(1)}" y="${top - 18}" font-size="13" font-weight="bold" text-anchor="middle" fill="#222">${escapeXml(panel.title)}</text>`);
     if (p > 0) out.push(`<line x1="${x0 - panelGap / 2}" y1="${top}" x2="${x0 - panelGap / 2}" y2="${top + plotHeight}" stroke="#bbb" stroke-dasharray="2,3"/>`);
+    if (panel.line && Number.isFinite(panel.line.value)) {
+      // Drawn before the bars, so they cover it. The line spans the panel; its label goes under the panel's title, clear of the bars' values.
+      const ly = y(panel.line.value).toFixed(1);
+      out.push(`<line x1="${x0}" y1="${ly}" x2="${x0 + w}" y2="${ly}" stroke="#d62728" stroke-width="1.5" stroke-dasharray="6,4"/>`);
+      out.push(`<text x="${(x0 + w / 2).toFixed(1)}" y="${top - 4}" font-size="10" text-anchor="middle" fill="#d62728">${escapeXml(`- - - ${panel.line.label}`)}</text>`);
+    }
     panel.bars.forEach((bar, i) => {
       const bx = x0 + barGap + i * (barWidth + barGap);
       const cx = bx + barWidth / 2;
@@ -108,11 +114,6 @@ export function renderBarChart(chart: BarChart): string {
       const ly = top + plotHeight + 10;
       out.push(`<text x="${cx}" y="${ly}" font-size="11" text-anchor="end" fill="#333" transform="rotate(-45 ${cx} ${ly})">${escapeXml(bar.label)}</text>`);
     });
-    if (panel.line && Number.isFinite(panel.line.value)) {
-      const ly = y(panel.line.value).toFixed(1);
-      out.push(`<line x1="${x0}" y1="${ly}" x2="${x0 + w}" y2="${ly}" stroke="#d62728" stroke-width="1.5" stroke-dasharray="6,4"/>`);
-      out.push(`<text x="${x0 + w}" y="${(Number(ly) - 4).toFixed(1)}" font-size="10" text-anchor="end" fill="#d62728">${escapeXml(panel.line.label)}</text>`);
-    }
     x0 += w + panelGap;
   });
   out.push('</svg>');

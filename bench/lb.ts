@@ -1,11 +1,12 @@
 /**
  * `npm run bench:lb`: how each routing policy of the balancer holds the tail when one of five
- * workers is slow or failing. Real processes on this machine: 5 workers serving the `echo` model
- * with the same base delay, and one balancer per policy run (a fresh process, so its EWMA,
- * ejections, retry budget and slow start start from nothing each time; the workers stay up and
- * join each new balancer). Three scenarios, each with its own 5 workers:
+ * workers is slow or failing. Real processes on this machine: three sets of 5 workers serving the
+ * `echo` model with the same base delay D (20 ms, see DEFAULT_DELAY_MS), one set per scenario,
+ * and for every policy a fresh balancer process per scenario (so its EWMA, ejections, retry
+ * budget and slow start start from nothing; the workers stay up and join each new balancer). A
+ * policy's three scenarios run back to back, then the next policy's:
  *
- * - `healthy`: every worker at the base delay D;
+ * - `healthy`: every worker at D;
  * - `slow`: the last worker (w5) at 10 x D;
  * - `failing`: w5 at D, but failing 20% of its calls with UNAVAILABLE (`--echo-fail-rate`).
  *
@@ -731,7 +732,7 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
     `- Date: ${new Date().toISOString()}`,
     `- Code: ${code}`,
     `- Machine: ${machine}; ${load}. The machine is shared, so runs vary; all policies and scenarios are measured in the same run.`,
-    `- What: \`maas.internal.v1.BalancerService/Route\` with a Predict task on \`${MODEL}\`, called straight at the balancer (no gateway or scheduler: this measures the balancer's routing and forwarding, plus the worker), each policy on a fresh balancer process (fresh EWMA, ejections, retry budget, slow start) under the same ${o.workers} worker processes, which join each new balancer.`,
+    `- What: \`maas.internal.v1.BalancerService/Route\` with a Predict task on \`${MODEL}\`, called straight at the balancer (no gateway or scheduler: this measures the balancer's routing and forwarding, plus the worker), each policy on a fresh balancer process per scenario (fresh EWMA, ejections, retry budget, slow start); each scenario has its own ${o.workers} worker processes, started once, which join each new balancer.`,
     `- Settings: ${settings}.`,
     '',
     ...tables.flatMap((t) => [`**${SCENARIO_TITLES[t.scenario]}**${t.scenario === 'slow' ? ` (${bad} at ${slowMs} ms)` : t.scenario === 'failing' ? ` (${bad} fails ${pct(o.failRate, 0)})` : ''}`, '', markdownTable(t.headers, t.rows, t.right), '']),
@@ -751,14 +752,14 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
     title: `p99 latency per routing policy: ${o.workers} echo workers, one slow (${o.slowFactor}x) or failing (${pct(o.failRate, 0)})`,
     subtitle: [
       `BalancerService/Route (Predict on echo), closed loop c=${o.concurrency}, ${o.requests * o.rounds} requests per bar, D=${o.delayMs} ms; ${new Date().toISOString().slice(0, 10)}, ${availableParallelism()} CPUs, Node ${process.version}`,
-      `bench/lb.ts (npm run bench:lb); the dashed line: 1.5x p2c_ewma's all-healthy p99 (the issue's target for p2c_ewma with a slow worker)`,
+      `bench/lb.ts (npm run bench:lb); p99 of the calls that succeeded, measured by the client; table and settings in docs/BENCHMARKS.md`,
     ],
     yLabel: 'p99 latency, ms',
     unit: ' ms',
     panels: chartScenarios.map((scenario) => ({
       title: SCENARIO_TITLES[scenario],
       bars: o.policies.map((policy) => ({ label: policy, value: get(scenario, policy)!.p99 })),
-      line: scenario === 'slow' && Number.isFinite(ewmaHealthy) ? { value: TARGET_SLOW_P99_RATIO * ewmaHealthy, label: `1.5x p2c_ewma healthy (${ms(TARGET_SLOW_P99_RATIO * ewmaHealthy)})` } : undefined,
+      line: scenario === 'slow' && Number.isFinite(ewmaHealthy) ? { value: TARGET_SLOW_P99_RATIO * ewmaHealthy, label: `p2c_ewma's target: 1.5 x its healthy p99 = ${ms(TARGET_SLOW_P99_RATIO * ewmaHealthy)} ms` } : undefined,
     })),
   });
   return { text, markdown, svg };
