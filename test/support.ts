@@ -39,6 +39,8 @@ export interface WorkerSpec {
   builtin?: boolean;
   runtime?: ModelRuntime;
   concurrency?: number;
+  /** Tasks that may wait for a slot (the worker's --max-queued). */
+  maxQueued?: number;
   port?: number;
 }
 
@@ -91,6 +93,7 @@ export class TestMesh {
       balancer: this.balancer.address,
       aggregator: this.aggregator.address,
       concurrency: spec.concurrency ?? 64,
+      maxQueued: spec.maxQueued ?? 256,
       echoDelayMs: spec.echoDelayMs ?? 0,
       cacheDir: MODEL_CACHE_DIR,
       workerId: `w${this.workers.length + 1}`,

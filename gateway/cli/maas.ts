@@ -171,7 +171,7 @@ async function main(argv: string[]): Promise<number> {
           const state = WorkerState[w.state].replace('WORKER_STATE_', '').toLowerCase();
           const ejected = w.ejectedUntilMs ? ` until ${new Date(w.ejectedUntilMs).toISOString()}` : '';
           process.stdout.write(
-            `${w.workerId.padEnd(14)} ${w.address.padEnd(21)} ${state}${ejected}  outstanding ${w.outstanding}  in flight ${w.reportedInFlight}/${w.capacity}  ewma ${w.ewmaLatencyMs.toFixed(1)} ms  ejections ${w.ejections}  weight ${w.weight.toFixed(2)}  models ${w.models.join(',')}\n`,
+            `${w.workerId.padEnd(14)} ${w.address.padEnd(21)} ${state}${ejected}  outstanding ${w.outstanding}  in flight ${w.reportedInFlight}/${w.capacity}  queued ${w.reportedQueueDepth}  ewma ${w.ewmaLatencyMs.toFixed(1)} ms (worker says ${w.reportedLatencyMs.toFixed(1)})  ejections ${w.ejections}  weight ${w.weight.toFixed(2)}  models ${w.models.join(',')}\n`,
           );
         }
         return 0;

@@ -10,15 +10,20 @@ export interface PeakEwmaOptions {
   /** Clock, ms. The time between two samples decides how much the second one counts. */
   readonly now: () => number;
   /**
-   * Decay time constant τ, ms (default 10,000): a sample taken Δt after the previous one moves the
+   * Decay time constant τ, ms (default 300): a sample taken Δt after the previous one moves the
    * estimate toward itself by `1 - exp(-Δt / τ)`, so after about τ of faster samples the estimate
    * has come down roughly two thirds of the way.
    */
   readonly decayMs?: number;
 }
 
-/** Default decay time constant, ms. */
-export const DEFAULT_EWMA_DECAY_MS = 10_000;
+/**
+ * Default decay time constant, ms. Finagle uses 10 s; measured here (docs/BENCHMARKS.md, bench:lb)
+ * a 10 s memory keeps the noise peaks of healthy workers so long that a worker 10 times slower
+ * looks only about 4 times slower, while 300 ms forgets a peak within a few hundred calls and
+ * still remembers a slow worker, whose every sample is slow.
+ */
+export const DEFAULT_EWMA_DECAY_MS = 300;
 
 /** A peak-sensitive, time-weighted moving average of latency samples (ms). */
 export class PeakEwma {

@@ -20,12 +20,42 @@ export interface Member<M> extends Candidate {
   outstanding: number;
   /** In-flight count in the worker's last report. */
   reportedInFlight: number;
+  /** Queue depth in the worker's last report. */
+  reportedQueueDepth: number;
+  /** The worker's own latency average in its last report, ms; 0 before it has one. */
+  reportedLatencyMs: number;
+  /**
+   * Load the worker carries that this balancer did not send (another balancer's, a direct
+   * caller's): its last reported in-flight plus queued tasks, minus this balancer's outstanding
+   * when the report arrived, never below 0.
+   */
+  foreignLoad: number;
   /** True once the worker said it is shutting down: no new tasks go to it. */
   draining: boolean;
   /** False while the worker's gRPC health says NOT_SERVING: no new tasks go to it. */
   serving: boolean;
   /** Clock time of the last hello or report. */
   lastSeen: number;
+}
+
+/** What a worker's load report says, as membership keeps it. */
+export interface LoadReport {
+  /** Tasks running on the worker. */
+  inFlight: number;
+  /** True once the worker is shutting down. */
+  draining: boolean;
+  /** Tasks waiting for a slot on the worker (0 when missing). */
+  queueDepth?: number;
+  /** The worker's own moving average of time to first output, ms (0 when missing or unknown). */
+  latencyMs?: number;
+}
+
+/**
+ * The load a policy should see for a member: this balancer's outstanding calls (exact, current)
+ * plus the load others put on the worker, from its last report.
+ */
+export function loadOf(m: Pick<Member<unknown>, 'outstanding' | 'foreignLoad'>): number {
+  return m.outstanding + m.foreignLoad;
 }
 
 /** The set of workers, with the queries routing needs. */
@@ -41,6 +71,9 @@ export class Membership<M> {
       capacity: worker.capacity,
       outstanding: this.members.get(worker.id)?.outstanding ?? 0,
       reportedInFlight: 0,
+      reportedQueueDepth: 0,
+      reportedLatencyMs: 0,
+      foreignLoad: 0,
       draining: false,
       serving: true,
       lastSeen: now,
@@ -50,10 +83,13 @@ export class Membership<M> {
   }
 
   /** Records a load report; false when the worker is no longer a member. */
-  report(id: string, report: { inFlight: number; draining: boolean }, now: number): boolean {
+  report(id: string, report: LoadReport, now: number): boolean {
     const m = this.members.get(id);
     if (!m) return false;
     m.reportedInFlight = report.inFlight;
+    m.reportedQueueDepth = report.queueDepth ?? 0;
+    m.reportedLatencyMs = report.latencyMs ?? 0;
+    m.foreignLoad = Math.max(0, m.reportedInFlight + m.reportedQueueDepth - m.outstanding);
     m.draining = report.draining;
     m.lastSeen = now;
     return true;

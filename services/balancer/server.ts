@@ -28,7 +28,7 @@ import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker
 import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema, parseModelPolicies } from './config';
-import { Member, Membership } from './membership';
+import { loadOf, Member, Membership } from './membership';
 import { PeakEwma } from './ewma';
 import { OutlierDetector } from './outliers';
 import { RetryBudget } from './retry-budget';
@@ -38,7 +38,8 @@ import { SlowStart } from './slow-start';
 /**
  * Worker failures that mean "try another worker" when they happen before any output. CANCELLED
  * counts only when this balancer did not cancel: a worker whose connection is torn down (process
- * killed, server force-stopped) surfaces as CANCELLED or UNAVAILABLE.
+ * killed, server force-stopped) surfaces as CANCELLED or UNAVAILABLE. RESOURCE_EXHAUSTED (a full
+ * worker queue) is retried but is load shedding, not a fault: it does not count toward ejection.
  */
 const RETRYABLE = new Set([Status.UNAVAILABLE, Status.RESOURCE_EXHAUSTED, Status.INTERNAL, Status.UNKNOWN, Status.CANCELLED]);
 
@@ -108,8 +109,14 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   const latency = new Map<string, PeakEwma>();
   const slowStart = new SlowStart();
 
-  const outliers = new OutlierDetector({ consecutiveFailures: config.ejectAfterFailures, baseEjectionMs: config.ejectionBaseMs, maxEjectedShare: config.maxEjectedShare });
-  const retryBudget = new RetryBudget({ ratio: config.retryBudget });
+  const outliers = new OutlierDetector({
+    consecutiveFailures: config.ejectAfterFailures,
+    failureRate: config.ejectFailureRate,
+    failureRateMinRequests: config.ejectMinRequests,
+    baseEjectionMs: config.ejectionBaseMs,
+    maxEjectedShare: config.maxEjectedShare,
+  });
+  const retryBudget = new RetryBudget({ ratio: config.retryBudget, minRetriesPerSecond: config.retryMinPerSecond });
 
   /** Counts a failure against a worker; ejects it when it is an outlier, ramping it back after. */
   function noteFailure(member: Member<Model>) {
@@ -132,7 +139,14 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       }
     }
     const members = membership.candidatesFor(model, tried).filter((m) => !outliers.isEjected(m.id, now));
-    const candidates = members.map((m) => ({ id: m.id, outstanding: m.outstanding, capacity: m.capacity, ewmaMs: latency.get(m.id)?.value, weight: slowStart.weight(m.id, now) }));
+    const candidates = members.map((m) => ({
+      id: m.id,
+      outstanding: loadOf(m),
+      capacity: m.capacity,
+      // The balancer's own estimate; before its first sample, the worker's reported latency.
+      ewmaMs: latency.get(m.id)?.value ?? (m.reportedLatencyMs > 0 ? m.reportedLatencyMs : undefined),
+      weight: slowStart.weight(m.id, now),
+    }));
     const picked = (modelPolicies.get(model) ?? policy).pick(model, candidates, { affinityKey });
     return picked && members.find((m) => m.id === picked.id);
   }
@@ -180,9 +194,15 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     }
     const tried = new Set<string>();
     let failure: { worker: string; details: string } | undefined;
+    // True while every worker tried so far refused for a full queue: the mesh is overloaded, and
+    // the client should hear RESOURCE_EXHAUSTED (back off), not UNAVAILABLE.
+    let allFull = true;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
       const member = pickWorker(model, tried, affinityKeyOf(task));
       if (!member) {
+        if (failure && allFull) {
+          throw new MeshError('resource_exhausted', `every ready worker serving model "${model}" is at capacity; last: ${failure.details}`);
+        }
         if (failure) {
           throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model "${model}"`);
         }
@@ -204,14 +224,18 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         return;
       } catch (err) {
         if (context.signal.aborted || !(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
-        noteFailure(member);
+        if (err.code !== Status.RESOURCE_EXHAUSTED) {
+          noteFailure(member);
+          allFull = false;
+        }
         if (started) {
           throw new MeshError('unavailable', `worker ${member.id} failed after its output began: ${err.details}`);
         }
         failure = { worker: member.id, details: `${Status[err.code]}: ${err.details}` };
         // Retries may add only a bounded share of load, so a failing worker cannot set off a storm.
         if (!retryBudget.tryRetry(Date.now())) {
-          throw new MeshError('unavailable', `worker ${member.id} failed before its first output (${failure.details}); retry budget exhausted`);
+          const kind = allFull ? 'resource_exhausted' : 'unavailable';
+          throw new MeshError(kind, `worker ${member.id} failed before its first output (${failure.details}); retry budget exhausted`);
         }
         log.warn('worker failed before its first output; trying another', { worker: member.id, request_id: task.requestId, error: failure.details });
       } finally {
@@ -245,7 +269,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     );
     const health = new AbortController();
     void watchHealth(member, health.signal);
-    latency.set(member.id, new PeakEwma({ now: Date.now }));
+    latency.set(member.id, new PeakEwma({ now: Date.now, decayMs: config.ewmaDecayMs }));
     slowStart.begin(member.id, Date.now());
     outliers.add(member.id);
     log.info('worker joined', { worker: member.id, address: member.address, models: [...member.models.keys()].join(',') });
@@ -257,7 +281,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         if (next.done) break;
         if (next.value.message?.$case !== 'report') continue;
         const report = next.value.message.report;
-        if (!membership.report(member.id, { inFlight: report.inFlight, draining: report.draining }, Date.now())) {
+        if (!membership.report(member.id, report, Date.now())) {
           why = 'expired';
           throw new MeshError('unavailable', `worker ${member.id} was removed: no load report for ${3 * config.reportIntervalMs} ms`);
         }
@@ -296,7 +320,12 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     })();
     result
       .catch((err) => {
-        if (!controller.signal.aborted && err instanceof ClientError && RETRYABLE.has(err.code)) noteFailure(member);
+        if (!controller.signal.aborted && err instanceof ClientError && RETRYABLE.has(err.code)) {
+          if (err.code !== Status.RESOURCE_EXHAUSTED) noteFailure(member);
+        }
+        // A hedge loser cut off unanswered took at least this long: a latency sample all the same,
+        // else a worker that is always hedged away would never show how slow it is.
+        else if (controller.signal.aborted && !context.signal.aborted) latency.get(member.id)?.observe(Date.now() - startedAt);
       })
       .finally(() => {
         member.outstanding--;
@@ -362,6 +391,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
           models: [...m.models.keys()].filter((name) => !name.startsWith(MAPPER_PREFIX)).sort(),
           outstanding: m.outstanding,
           reportedInFlight: m.reportedInFlight,
+          reportedQueueDepth: m.reportedQueueDepth,
+          reportedLatencyMs: m.reportedLatencyMs,
           capacity: m.capacity,
           ewmaLatencyMs: latency.get(m.id)?.value ?? 0,
           ejections: ejection?.ejections ?? 0,

@@ -24,6 +24,10 @@ import { workerSchema } from './config';
 import { joinBalancer, Membership } from './join';
 import { createBuiltinRuntime } from './models/builtin';
 import { FinishReason as ModelFinishReason, Model, ModelRuntime } from './models/runtime';
+import { MovingAverage, SlotQueue } from './slots';
+
+/** Weight of each new sample in the latency the worker reports (about the last 10 tasks count). */
+const LATENCY_SMOOTHING = 0.1;
 
 /** What a finished task reports to observers (tests, logs). */
 export interface TaskEnd {
@@ -66,6 +70,8 @@ export async function startWorker(
   const activity = new EventEmitter();
   const models = new Map<string, Model>();
   const running = new Map<string, AbortController>();
+  const slots = new SlotQueue(config.concurrency, config.maxQueued);
+  const latency = new MovingAverage(LATENCY_SMOOTHING);
   let completed = 0;
   let draining = false;
 
@@ -73,12 +79,20 @@ export async function startWorker(
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     if (draining) throw new MeshError('unavailable', `worker ${id} is draining`);
-    if (running.size >= config.concurrency) {
-      throw new MeshError('resource_exhausted', `worker ${id} is at capacity (${config.concurrency} tasks)`);
-    }
     const modelName = taskModel(task);
     const model = modelName === undefined ? undefined : models.get(modelName);
     if (modelName !== undefined && !model) throw new MeshError('not_found', `model "${modelName}" is not hosted on worker ${id}`);
+    const arrived = performance.now();
+    if (!slots.tryAcquire()) {
+      if (slots.queueFull) {
+        throw new MeshError('resource_exhausted', `worker ${id} is at capacity (${config.concurrency} tasks running, ${slots.waiting} waiting)`);
+      }
+      // Waits for a slot; a caller that gives up (cancel, deadline) leaves the queue.
+      await slots.acquire(context.signal).catch((err: unknown) => {
+        if (err instanceof MeshError) throw err;
+        throw new MeshError('cancelled', `the task was cancelled while waiting for a slot on worker ${id}`);
+      });
+    }
 
     const key = `${task.requestId}#${Math.random()}`;
     const controller = new AbortController();
@@ -97,6 +111,7 @@ export async function startWorker(
           ? runMap(task.request.map, { models, aggregator, signal: controller.signal, deadline: context.deadline })
           : runTask(model!, task, controller.signal);
       for await (const output of outputs) {
+        if (chunks === 0) latency.add(performance.now() - arrived);
         chunks++;
         yield { output: { workerId: id, output } };
       }
@@ -110,9 +125,10 @@ export async function startWorker(
       span.end();
       context.signal.removeEventListener('abort', onAbort);
       running.delete(key);
+      slots.release();
       completed++;
       activity.emit('task-end', { requestId: task.requestId, outcome, chunks } satisfies TaskEnd);
-      if (draining && running.size === 0) activity.emit('idle');
+      if (draining && slots.idle) activity.emit('idle');
     }
   }
 
@@ -136,7 +152,7 @@ export async function startWorker(
   const membership: Membership = joinBalancer(
     config.balancer,
     { workerId: id, address, models: [...models.values()].map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] },
-    () => ({ inFlight: running.size, capacity: config.concurrency, completed, draining }),
+    () => ({ inFlight: running.size, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting, latencyMs: latency.value ?? 0 }),
     log,
   );
 
@@ -150,14 +166,15 @@ export async function startWorker(
       draining = true;
       server.setServing(false);
       membership.reportNow();
-      if (running.size > 0) {
-        log.info('draining', { in_flight: running.size });
+      if (!slots.idle) {
+        log.info('draining', { in_flight: running.size, queued: slots.waiting });
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([
           new Promise((r) => activity.once('idle', r)),
           new Promise((r) => (timer = setTimeout(r, config.drainTimeoutMs))),
         ]);
         clearTimeout(timer);
+        slots.refuseWaiting(new MeshError('unavailable', `worker ${id} shut down before the task started`));
         for (const c of running.values()) c.abort(new MeshError('unavailable', `worker ${id} shut down`));
       }
       await membership.leave();
@@ -169,6 +186,7 @@ export async function startWorker(
       server.kill();
       aggregatorChannel.close();
       membership.abandon();
+      slots.refuseWaiting(new MeshError('unavailable', `worker ${id} crashed`));
       for (const c of running.values()) c.abort();
     },
   };

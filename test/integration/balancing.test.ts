@@ -8,6 +8,7 @@ import { PolicyName } from '../../services/balancer/policy';
 import { RunningWorker, TaskEnd } from '../../services/worker/server';
 import { createEchoModel } from '../../services/worker/models/echo';
 import { ModelRuntime } from '../../services/worker/models/runtime';
+import { mulberry32 } from '../../common/random';
 import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
 
 const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", ...o });
@@ -153,7 +154,7 @@ describe('balancing', function () {
 
     it('the retry budget caps retries when every worker fails', async () => {
       const state = { failing: true };
-      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, { runtime: flakyRuntime(state) }], balancer: { ejectAfterFailures: 1000, retryBudget: 0.2 } });
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, { runtime: flakyRuntime(state) }], balancer: { ejectAfterFailures: 1000, ejectMinRequests: 1_000_000, retryBudget: 0.2, retryMinPerSecond: 0 } });
       try {
         const starts = countStarts(mesh.workers);
         const calls = 100;
@@ -161,9 +162,61 @@ describe('balancing', function () {
         for (let i = 0; i < calls; i++) await mesh.inference.predict({ model: 'echo', input: 'x', priority: 0 }).catch(() => failed++);
         const attempts = [...starts.values()].reduce((a, b) => a + b, 0);
         expect(failed).to.equal(calls);
-        // 100 first attempts; retries at most 20% of them plus the budget's floor of 10 per second.
-        expect(attempts - calls).to.be.at.most(0.2 * calls + 10 * Math.ceil(1 + 1));
-        expect(attempts - calls).to.be.greaterThan(0);
+        // 100 first attempts, each of which would retry on the other worker: the budget (20%, no
+        // per-second floor) grants at most 20 retries, and does grant some.
+        expect(attempts - calls).to.be.at.most(0.2 * calls);
+        expect(attempts - calls).to.be.greaterThan(10);
+      } finally {
+        await mesh.stop();
+      }
+    });
+  });
+
+  describe('failure-rate ejection', () => {
+    it('ejects a worker that fails one call in five, though its failures never come five in a row', async () => {
+      const random = mulberry32(7);
+      const flaky: ModelRuntime = { name: 'flaky', load: async () => [createEchoModel({ failRate: 0.2, random })] };
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flaky }, {}, {}], balancer: { ejectionBaseMs: 60_000 } });
+      try {
+        const [bad] = mesh.workers;
+        const starts = countStarts(mesh.workers);
+        const ends: TaskEnd[] = [];
+        bad.activity.on('task-end', (e: TaskEnd) => ends.push(e));
+        for (let i = 0; i < 150; i++) await mesh.inference.predict({ model: 'echo', input: `x${i}`, priority: 0 });
+        // Every call succeeded (the failures were retried elsewhere), and the failure rate ejected the worker.
+        const view = (await mesh.meshInfo.listWorkers({})).workers.find((w) => w.workerId === bad.id)!;
+        expect(WorkerState[view.state]).to.equal('WORKER_STATE_EJECTED');
+        expect(view.ejections).to.equal(1);
+        expect(ends.some((e) => e.outcome === 'error')).to.equal(true);
+        // Ejected after its first few dozen calls, it took far less than its round-robin third.
+        expect(starts.get(bad.id)).to.be.lessThan(40);
+      } finally {
+        await mesh.stop();
+      }
+    });
+  });
+
+  describe('worker queue', () => {
+    it('calls beyond a worker\'s concurrency wait in its queue, its load report shows them, and a full queue answers RESOURCE_EXHAUSTED', async () => {
+      const mesh = await startMesh({ workers: [{ echoDelayMs: 1000, concurrency: 1, maxQueued: 2 }], balancer: { reportIntervalMs: 50 } });
+      try {
+        const [worker] = mesh.workers;
+        const calls = [0, 1, 2].map((i) => mesh.inference.predict({ model: 'echo', input: `q${i}`, priority: 0 }));
+        const view = async () => (await mesh.meshInfo.listWorkers({})).workers[0];
+        const deadline = Date.now() + 5000;
+        while ((await view()).reportedQueueDepth !== 2) {
+          if (Date.now() > deadline) throw new Error('the load report never showed 2 queued tasks');
+        }
+        expect(worker.inFlight()).to.equal(1);
+        const refused = await grpcError(mesh.inference.predict({ model: 'echo', input: 'one too many', priority: 0 }));
+        expect(refused.code).to.equal(Status.RESOURCE_EXHAUSTED);
+        expect(refused.details).to.match(/every ready worker serving model "echo" is at capacity; last: RESOURCE_EXHAUSTED: worker w1 is at capacity \(1 tasks running, 2 waiting\)/);
+        const answers = await Promise.all(calls);
+        expect(answers.map((a) => a.text)).to.deep.equal(['q0', 'q1', 'q2']);
+        // Refusing for a full queue is load shedding, not a fault: the worker is not ejected.
+        const after = await view();
+        expect(after.ejections).to.equal(0);
+        expect(after.reportedLatencyMs).to.be.greaterThan(900);
       } finally {
         await mesh.stop();
       }
@@ -223,6 +276,10 @@ describe('balancing', function () {
         expect(Date.now() - started).to.be.lessThan(1500);
         await until(() => slowEnds.length === 1, 5000, 'the slow call to end');
         expect(slowEnds[0].outcome).to.equal('cancelled');
+        // The cancelled loser still left a latency sample (the time it had taken when cut off), so
+        // a worker that is always hedged away is known to be slow.
+        const view = (await mesh.meshInfo.listWorkers({})).workers.find((w) => w.workerId === slow.id)!;
+        expect(view.ewmaLatencyMs).to.be.at.least(40);
       } finally {
         await mesh.stop();
       }

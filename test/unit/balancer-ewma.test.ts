@@ -43,7 +43,7 @@ describe('balancer PeakEwma', () => {
   it('barely moves for a faster sample right after the previous one, and more the longer the gap', () => {
     const moved = (gapMs: number) => {
       const clock = fakeClock();
-      const ewma = new PeakEwma({ now: clock.read });
+      const ewma = new PeakEwma({ now: clock.read, decayMs: 10_000 });
       ewma.observe(100);
       clock.now += gapMs;
       ewma.observe(10);
@@ -61,10 +61,11 @@ describe('balancer PeakEwma', () => {
     const ewma = new PeakEwma({ now: clock.read });
     expect(ewma.decayMs).to.equal(DEFAULT_EWMA_DECAY_MS);
     ewma.observe(100);
-    for (let second = 1; second <= 30; second++) {
-      clock.now += 1_000;
+    // 30 samples a tenth of τ apart: after 10 of them a time τ has passed.
+    for (let step = 1; step <= 30; step++) {
+      clock.now += DEFAULT_EWMA_DECAY_MS / 10;
       ewma.observe(10);
-      if (second === 10) expect(ewma.value).to.be.closeTo(10 + 90 * Math.exp(-1), 1e-9);
+      if (step === 10) expect(ewma.value).to.be.closeTo(10 + 90 * Math.exp(-1), 1e-9);
     }
     expect(ewma.value).to.be.closeTo(10 + 90 * Math.exp(-3), 1e-9);
   });

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { Membership } from '../../services/balancer/membership.js';
+import { loadOf, Membership } from '../../services/balancer/membership.js';
 
 /** The wire description of a model, opaque to Membership; a string is enough here. */
 type Description = string;
@@ -73,6 +73,30 @@ describe('Membership', () => {
 
     it('returns false for an id that is not a member and adds nothing', () => {
       expect([members.report('ghost', { inFlight: 1, draining: false }, 1), members.size]).to.deep.equal([false, 0]);
+    });
+
+    it('records queue depth and the worker\'s own latency, 0 when the report leaves them out', () => {
+      members.join(worker('w1', ['echo']), 0);
+      members.report('w1', { inFlight: 4, draining: false, queueDepth: 3, latencyMs: 12.5 }, 1);
+      const m = members.get('w1')!;
+      expect([m.reportedQueueDepth, m.reportedLatencyMs]).to.deep.equal([3, 12.5]);
+      members.report('w1', { inFlight: 4, draining: false }, 2);
+      expect([m.reportedQueueDepth, m.reportedLatencyMs]).to.deep.equal([0, 0]);
+    });
+
+    it('counts as foreign load what the worker runs or queues beyond this balancer\'s outstanding calls', () => {
+      const m = members.join(worker('w1', ['echo']), 0);
+      m.outstanding = 2;
+      // 5 running + 3 queued, 2 of them ours: 6 came from elsewhere.
+      members.report('w1', { inFlight: 5, draining: false, queueDepth: 3 }, 1);
+      expect(m.foreignLoad).to.equal(6);
+      expect(loadOf(m)).to.equal(8);
+      // Our calls still in flight count at their current number; the foreign part stays until the next report.
+      m.outstanding = 4;
+      expect(loadOf(m)).to.equal(10);
+      // A report that lags behind our own count never makes the load smaller than ours.
+      members.report('w1', { inFlight: 1, draining: false }, 2);
+      expect([m.foreignLoad, loadOf(m)]).to.deep.equal([0, 4]);
     });
   });
 

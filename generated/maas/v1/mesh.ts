@@ -93,6 +93,13 @@ export interface WorkerInfo {
   ejectedUntilMs: number;
   /** Its share of new calls while it ramps up, from 0 to 1. */
   weight: number;
+  /** Tasks waiting in its queue, as its last load report said. */
+  reportedQueueDepth: number;
+  /**
+   * Its own moving average of time to first output, queue wait included, as its last load report
+   * said, in milliseconds; 0 before its first task.
+   */
+  reportedLatencyMs: number;
 }
 
 /** ListWorkersRequest has no fields. */
@@ -120,6 +127,8 @@ function createBaseWorkerInfo(): WorkerInfo {
     ejections: 0,
     ejectedUntilMs: 0,
     weight: 0,
+    reportedQueueDepth: 0,
+    reportedLatencyMs: 0,
   };
 }
 
@@ -157,6 +166,12 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     }
     if (message.weight !== 0) {
       writer.uint32(89).double(message.weight);
+    }
+    if (message.reportedQueueDepth !== 0) {
+      writer.uint32(96).uint32(message.reportedQueueDepth);
+    }
+    if (message.reportedLatencyMs !== 0) {
+      writer.uint32(105).double(message.reportedLatencyMs);
     }
     return writer;
   },
@@ -262,6 +277,22 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
             message.weight = reader.double();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.reportedQueueDepth = reader.uint32();
+            continue;
+          }
+          case 13: {
+            if (tag !== 105) {
+              break;
+            }
+
+            message.reportedLatencyMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -303,6 +334,16 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
         ? globalThis.Number(object.ejected_until_ms)
         : 0,
       weight: isSet(object.weight) ? globalThis.Number(object.weight) : 0,
+      reportedQueueDepth: isSet(object.reportedQueueDepth)
+        ? globalThis.Number(object.reportedQueueDepth)
+        : isSet(object.reported_queue_depth)
+        ? globalThis.Number(object.reported_queue_depth)
+        : 0,
+      reportedLatencyMs: isSet(object.reportedLatencyMs)
+        ? globalThis.Number(object.reportedLatencyMs)
+        : isSet(object.reported_latency_ms)
+        ? globalThis.Number(object.reported_latency_ms)
+        : 0,
     };
   },
 
@@ -341,6 +382,12 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     if (message.weight !== 0) {
       obj.weight = floatToJson(message.weight);
     }
+    if (message.reportedQueueDepth !== 0) {
+      obj.reportedQueueDepth = Math.round(message.reportedQueueDepth);
+    }
+    if (message.reportedLatencyMs !== 0) {
+      obj.reportedLatencyMs = floatToJson(message.reportedLatencyMs);
+    }
     return obj;
   },
 
@@ -360,6 +407,8 @@ export const WorkerInfo: MessageFns<WorkerInfo> = {
     message.ejections = object.ejections ?? 0;
     message.ejectedUntilMs = object.ejectedUntilMs ?? 0;
     message.weight = object.weight ?? 0;
+    message.reportedQueueDepth = object.reportedQueueDepth ?? 0;
+    message.reportedLatencyMs = object.reportedLatencyMs ?? 0;
     return message;
   },
 };

@@ -68,7 +68,7 @@ export interface WorkerHello {
 
 /** LoadReport tells the balancer how loaded a worker is. */
 export interface LoadReport {
-  /** Tasks running on the worker now. */
+  /** Tasks running on the worker now (not counting those waiting in its queue). */
   inFlight: number;
   /** Maximum number of tasks the worker runs at once. */
   capacity: number;
@@ -76,6 +76,14 @@ export interface LoadReport {
   completed: number;
   /** True once the worker is shutting down: it finishes what it has and takes no new tasks. */
   draining: boolean;
+  /** Tasks accepted and waiting for a free slot, because in_flight has reached capacity. */
+  queueDepth: number;
+  /**
+   * The worker's recent latency: a moving average of the time from a task's arrival to its first
+   * output (queue wait included), in milliseconds; 0 before the first task. The balancer uses it
+   * as the latency prior of a worker it has no samples of yet.
+   */
+  latencyMs: number;
 }
 
 /** JoinResponse is one message from the balancer on a worker's membership stream. */
@@ -609,7 +617,7 @@ export const WorkerHello: MessageFns<WorkerHello> = {
 };
 
 function createBaseLoadReport(): LoadReport {
-  return { inFlight: 0, capacity: 0, completed: 0, draining: false };
+  return { inFlight: 0, capacity: 0, completed: 0, draining: false, queueDepth: 0, latencyMs: 0 };
 }
 
 export const LoadReport: MessageFns<LoadReport> = {
@@ -625,6 +633,12 @@ export const LoadReport: MessageFns<LoadReport> = {
     }
     if (message.draining !== false) {
       writer.uint32(32).bool(message.draining);
+    }
+    if (message.queueDepth !== 0) {
+      writer.uint32(40).uint32(message.queueDepth);
+    }
+    if (message.latencyMs !== 0) {
+      writer.uint32(49).double(message.latencyMs);
     }
     return writer;
   },
@@ -674,6 +688,22 @@ export const LoadReport: MessageFns<LoadReport> = {
             message.draining = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.queueDepth = reader.uint32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.latencyMs = reader.double();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -696,6 +726,16 @@ export const LoadReport: MessageFns<LoadReport> = {
       capacity: isSet(object.capacity) ? globalThis.Number(object.capacity) : 0,
       completed: isSet(object.completed) ? globalThis.Number(object.completed) : 0,
       draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : false,
+      queueDepth: isSet(object.queueDepth)
+        ? globalThis.Number(object.queueDepth)
+        : isSet(object.queue_depth)
+        ? globalThis.Number(object.queue_depth)
+        : 0,
+      latencyMs: isSet(object.latencyMs)
+        ? globalThis.Number(object.latencyMs)
+        : isSet(object.latency_ms)
+        ? globalThis.Number(object.latency_ms)
+        : 0,
     };
   },
 
@@ -713,6 +753,12 @@ export const LoadReport: MessageFns<LoadReport> = {
     if (message.draining !== false) {
       obj.draining = message.draining;
     }
+    if (message.queueDepth !== 0) {
+      obj.queueDepth = Math.round(message.queueDepth);
+    }
+    if (message.latencyMs !== 0) {
+      obj.latencyMs = floatToJson(message.latencyMs);
+    }
     return obj;
   },
 
@@ -725,6 +771,8 @@ export const LoadReport: MessageFns<LoadReport> = {
     message.capacity = object.capacity ?? 0;
     message.completed = object.completed ?? 0;
     message.draining = object.draining ?? false;
+    message.queueDepth = object.queueDepth ?? 0;
+    message.latencyMs = object.latencyMs ?? 0;
     return message;
   },
 };
@@ -1034,6 +1082,10 @@ export interface BalancerServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ListWorkersRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ListWorkersResponse>;
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
