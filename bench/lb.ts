@@ -8,7 +8,9 @@
  *
  * - `healthy`: every worker at D;
  * - `slow`: the last worker (w5) at 10 x D;
- * - `failing`: w5 at D, but failing 20% of its calls with UNAVAILABLE (`--echo-fail-rate`).
+ * - `failing`: w5 at D, but failing 20% of its calls with UNAVAILABLE (`--echo-fail-rate`);
+ * - `failing_no_retry`: the same failing worker with the balancer's retries off
+ *   (`--retry-budget 0 --retry-min-per-second 0`): what keeps client errors down is ejection alone.
  *
  * Load: a closed loop of C callers, for a fixed count of requests per policy and scenario, each a
  * Predict task on `echo` sent straight to the balancer's `maas.internal.v1.BalancerService/Route`
@@ -56,7 +58,8 @@ const USAGE = `usage: npm run bench:lb -- [options]     (or: node dist/bench/lb.
   --rounds N           runs per policy and scenario, merged; policy order
                        alternates forwards/backwards between rounds       (default 1)
   --policies LIST      comma-separated                                     (default all: ${POLICY_NAMES.join(',')})
-  --scenarios LIST     comma-separated                                     (default healthy,slow,failing)
+  --scenarios LIST     comma-separated                                     (default healthy,slow,failing,
+                       failing_no_retry)
   --balancer-args=STR  extra flags for every balancer (note the =), e.g.
                        --balancer-args="--eject-after-failures 2"
   --json FILE          also write every run's numbers as JSON
@@ -75,9 +78,18 @@ const MODEL = 'echo';
  */
 const DEFAULT_DELAY_MS = 20;
 const INPUT = 'the quick brown fox jumps over the lazy dog';
-const SCENARIOS = ['healthy', 'slow', 'failing'] as const;
+const SCENARIOS = ['healthy', 'slow', 'failing', 'failing_no_retry'] as const;
 type Scenario = (typeof SCENARIOS)[number];
-const SCENARIO_TITLES: Record<Scenario, string> = { healthy: 'all healthy', slow: 'one slow worker', failing: 'one failing worker' };
+const SCENARIO_TITLES: Record<Scenario, string> = {
+  healthy: 'all healthy',
+  slow: 'one slow worker',
+  failing: 'one failing worker',
+  failing_no_retry: 'one failing worker, balancer retries off (ejection alone)',
+};
+/** Scenarios whose bad worker fails a share of its calls. */
+const FAILING: readonly Scenario[] = ['failing', 'failing_no_retry'];
+/** Balancer flags of a scenario on top of --balancer-args. */
+const SCENARIO_BALANCER_ARGS: Partial<Record<Scenario, string[]>> = { failing_no_retry: ['--retry-budget', '0', '--retry-min-per-second', '0'] };
 /** The issue's targets. */
 const TARGET_SLOW_P99_RATIO = 1.5;
 const TARGET_ERROR_RATE = 0.01;
@@ -116,6 +128,10 @@ interface Run {
   /** Latency of each measured request that succeeded, ms. */
   latenciesMs: number[];
   errors: number;
+  /** Requests of the warm-up (not measured) that failed: before an ejection, they are where a bad worker's failures land. */
+  warmupErrors: number;
+  /** Warm-up requests issued. */
+  warmup: number;
   errorMessages: Record<string, number>;
   /** Successful measured requests per worker that served them. */
   servedBy: Record<string, number>;
@@ -329,7 +345,7 @@ async function runAll(o: Options, signal: AbortSignal, timing: { startS: number;
       name: `balancer (${set.scenario}, ${policy})`,
       entry: 'services/balancer/main.js',
       port: set.balancerPort,
-      args: ['--policy', policy, ...o.balancerArgs],
+      args: ['--policy', policy, ...o.balancerArgs, ...(SCENARIO_BALANCER_ARGS[set.scenario] ?? [])],
       env,
       distDir,
       repoDir,
@@ -350,7 +366,7 @@ async function runAll(o: Options, signal: AbortSignal, timing: { startS: number;
         const isBad = id === bad;
         const delay = set.scenario === 'slow' && isBad ? o.delayMs * o.slowFactor : o.delayMs;
         const args = ['--balancer', set.balancerAddress, '--worker-id', id, '--echo-delay-ms', String(delay)];
-        if (set.scenario === 'failing' && isBad) args.push('--echo-fail-rate', String(o.failRate));
+        if (FAILING.includes(set.scenario) && isBad) args.push('--echo-fail-rate', String(o.failRate));
         set.workers.push(
           startService({ name: `${set.scenario} ${id}`, entry: 'services/worker/main.js', port: set.workerPorts[i - 1], args, env, distDir, repoDir, onLine: () => undefined, onUnexpectedExit }),
         );
@@ -443,7 +459,7 @@ function describeRun(run: Run, bad: string): string {
     .sort()
     .map((id) => run.workersAtEnd[id].ewmaMs.toFixed(0))
     .join('/');
-  return `p50 ${ms(s.p50)} ms, p99 ${ms(s.p99)} ms, p99.9 ${ms(s.p999)} ms, errors ${s.errors}, to ${bad} ${pct(s.sentToBadShare)}, retries ${s.retries}, ejections ${s.ejections}, ${s.rps.toFixed(0)} rps${ewma ? `; EWMA at the end, ms: ${ewma}` : ''}`;
+  return `p50 ${ms(s.p50)} ms, p99 ${ms(s.p99)} ms, p99.9 ${ms(s.p999)} ms, errors ${s.errors} (warm-up ${s.warmupErrors}), to ${bad} ${pct(s.sentToBadShare)}, retries ${s.retries}, ejections ${s.ejections}, ${s.rps.toFixed(0)} rps${ewma ? `; EWMA at the end, ms: ${ewma}` : ''}`;
 }
 
 /** The closed loop against one balancer: warm-up requests, then the measured ones. */
@@ -460,6 +476,8 @@ async function runLoad(o: Options, scenario: Scenario, policy: PolicyName, round
     requests: o.requests,
     latenciesMs: [],
     errors: 0,
+    warmupErrors: 0,
+    warmup: o.warmup,
     errorMessages: {},
     servedBy: {},
     retriesAfter: {},
@@ -506,7 +524,10 @@ async function runLoad(o: Options, scenario: Scenario, policy: PolicyName, round
         }
       } catch (err) {
         if (signal.aborted) return;
-        if (!measured) continue;
+        if (!measured) {
+          run.warmupErrors++;
+          continue;
+        }
         run.errors++;
         const message = err instanceof ClientError ? `${Status[err.code]}: ${err.details}` : err instanceof Error ? err.message : String(err);
         const at = failedWorkerOf(message);
@@ -539,6 +560,9 @@ interface Summary {
   max: number;
   errors: number;
   errorRate: number;
+  warmupErrors: number;
+  /** Error rate over the warm-up and the measured requests together. */
+  wholeRunErrorRate: number;
   /** Share of the requests served by the bad worker. */
   servedByBadShare: number;
   /** Share of the requests sent to the bad worker: served by it, or failed on it (retried elsewhere or not). */
@@ -575,6 +599,8 @@ function summarise(runs: Run[], bad: string): Summary {
     max: latencies.length ? latencies[latencies.length - 1] : NaN,
     errors,
     errorRate: requests > 0 ? errors / requests : NaN,
+    warmupErrors: sum((r) => r.warmupErrors),
+    wholeRunErrorRate: (errors + sum((r) => r.warmupErrors)) / (requests + sum((r) => r.warmup)),
     servedByBadShare: requests > 0 ? served / requests : NaN,
     sentToBadShare: requests > 0 ? (served + failedOnBad) / requests : NaN,
     firstAttemptFailureRate: requests > 0 ? firstFailures / requests : NaN,
@@ -615,7 +641,7 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
     return s;
   };
 
-  const headers = ['policy', 'requests', 'rps', 'p50 ms', 'p99 ms', 'p99.9 ms', 'max ms', 'errors', 'error rate', `served by ${bad}`, `sent to ${bad}`, '1st-attempt failures', 'retries', 'ejections', 'machine cores busy', 'balancer µs/req'];
+  const headers = ['policy', 'requests', 'rps', 'p50 ms', 'p99 ms', 'p99.9 ms', 'max ms', 'errors', 'error rate', 'warm-up errors', `served by ${bad}`, `sent to ${bad}`, '1st-attempt failures', 'retries', 'ejections', 'machine cores busy', 'balancer µs/req'];
   const right = headers.map((_, i) => i > 0);
   const healthyP99 = (policy: PolicyName) => get('healthy', policy)?.p99 ?? NaN;
   const tables = o.scenarios.map((scenario) => {
@@ -634,6 +660,7 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
         ms(s.max),
         s.errors,
         pct(s.errorRate, 2),
+        s.warmupErrors,
         pct(s.servedByBadShare),
         pct(s.sentToBadShare),
         pct(s.firstAttemptFailureRate, 2),
@@ -674,13 +701,15 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
       `slow worker, round_robin: p99 ${ms(s.p99)} ms ${shows ? '>=' : '<'} the slow worker's delay (${slowMs} ms), ${o.scenarios.includes('healthy') ? `${(s.p99 / healthyP99('round_robin')).toFixed(2)}x its all-healthy p99; ` : ''}${s.servedByBadShare >= 0.01 ? `it sends ${pct(s.servedByBadShare)} of requests to ${bad}` : ''}: the slow worker ${shows ? 'SHOWS' : 'does NOT show'}`,
     );
   }
-  if (o.scenarios.includes('failing')) {
-    const over = o.policies.filter((p) => !(get('failing', p)!.errorRate < TARGET_ERROR_RATE));
-    const ejected = o.policies.filter((p) => get('failing', p)!.ejections > 0);
-    const worst = Math.max(...o.policies.map((p) => get('failing', p)!.errorRate));
+  for (const scenario of FAILING.filter((f) => o.scenarios.includes(f))) {
+    const over = o.policies.filter((p) => !(get(scenario, p)!.errorRate < TARGET_ERROR_RATE));
+    const ejected = o.policies.filter((p) => get(scenario, p)!.ejections > 0);
+    const worst = Math.max(...o.policies.map((p) => get(scenario, p)!.errorRate));
+    const worstWhole = Math.max(...o.policies.map((p) => get(scenario, p)!.wholeRunErrorRate));
+    const retries = o.policies.reduce((n, p) => n + get(scenario, p)!.retries, 0);
     targetLines.push(
-      `failing worker: client error rate under ${pct(TARGET_ERROR_RATE, 0)} for ${o.policies.length - over.length} of ${o.policies.length} policies (worst ${pct(worst, 2)})${over.length ? `; over it: ${over.join(', ')}` : ''}: ${over.length === 0 ? 'MET' : 'MISSED'}`,
-      `  ${bad} was ejected in ${ejected.length} of ${o.policies.length} policy runs${ejected.length ? ` (${ejected.map((p) => `${p}: ${get('failing', p)!.ejectionReasons}`).join('; ')})` : ''}; the errors were absorbed by ${o.policies.reduce((n, p) => n + get('failing', p)!.retries, 0)} retries on another worker`,
+      `${SCENARIO_TITLES[scenario]}: client error rate under ${pct(TARGET_ERROR_RATE, 0)} for ${o.policies.length - over.length} of ${o.policies.length} policies (worst ${pct(worst, 2)}; counting the warm-up too, worst ${pct(worstWhole, 2)})${over.length ? `; over it: ${over.join(', ')}` : ''}: ${over.length === 0 ? 'MET' : 'MISSED'}`,
+      `  ${bad} was ejected in ${ejected.length} of ${o.policies.length} policy runs${ejected.length ? ` (${ejected.map((p) => `${p}: ${get(scenario, p)!.ejectionReasons}`).join('; ')})` : ''}; ${retries} retries on another worker`,
     );
   }
 
@@ -700,13 +729,13 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
   const machine = `${availableParallelism()} CPUs (nproc), ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, Linux ${release()}`;
   const load = `load average (1 min) before ${loadBefore[0].toFixed(2)}, after ${loadAfter[0].toFixed(2)}`;
   const settings =
-    `${o.workers} echo workers, base delay D = ${o.delayMs} ms; slow scenario: ${bad} at ${o.slowFactor} x D = ${slowMs} ms; failing scenario: ${bad} at D failing ${pct(o.failRate, 0)} of its calls with UNAVAILABLE; ` +
+    `${o.workers} echo workers, base delay D = ${o.delayMs} ms; slow scenario: ${bad} at ${o.slowFactor} x D = ${slowMs} ms; failing scenarios: ${bad} at D failing ${pct(o.failRate, 0)} of its calls with UNAVAILABLE, the second with \`${SCENARIO_BALANCER_ARGS.failing_no_retry!.join(' ')}\`; ` +
     `closed loop, concurrency ${o.concurrency}, ${o.requests} measured requests per policy and scenario${o.rounds > 1 ? ` (${o.rounds} rounds of ${o.requests}, merged, policy order alternating)` : ''} after ${o.warmup} warm-up requests on the same balancer (not counted); ` +
     `each request carries an affinity key from ${o.keys} keys (the same sequence for every policy); balancer defaults${o.balancerArgs.length ? ` plus \`${o.balancerArgs.join(' ')}\`` : ''}; policies in the order ${o.policies.join(', ')}${o.rounds > 1 ? ' (reversed in every other round)' : ''}, each policy's scenarios back to back on their own balancers and workers; total run time ${totalS.toFixed(0)} s`;
 
   const legend = [
     `p50/p99/p99.9/max: latency of the calls that succeeded, nearest rank, measured by the client around the whole Route stream.`,
-    `error rate: calls that failed for the client. served by ${bad}: share of the calls ${bad} answered (TaskOutput.workerId). sent to ${bad}: calls that reached ${bad}, answered or failed there (failed ones from the balancer's retry log and the errors).`,
+    `error rate: calls that failed for the client; warm-up errors: failed calls among the ${o.warmup} warm-up calls before the measured ones (not in the error rate). served by ${bad}: share of the calls ${bad} answered (TaskOutput.workerId). sent to ${bad}: calls that reached ${bad}, answered or failed there (failed ones from the balancer's retry log and the errors).`,
     `1st-attempt failures: calls whose first worker failed (the error rate there would be without the balancer's retry); retries: retries the balancer granted within its budget; ejections: outlier ejections in the run (warm-up included).`,
     ...(o.balancerArgs.some((a) => a.startsWith('--hedge'))
       ? [`With hedging, a hedged call's cancelled loser is seen only by the balancer, so "sent to" counts only answers and failures.`]
@@ -735,7 +764,7 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
     `- What: \`maas.internal.v1.BalancerService/Route\` with a Predict task on \`${MODEL}\`, called straight at the balancer (no gateway or scheduler: this measures the balancer's routing and forwarding, plus the worker), each policy on a fresh balancer process per scenario (fresh EWMA, ejections, retry budget, slow start); each scenario has its own ${o.workers} worker processes, started once, which join each new balancer.`,
     `- Settings: ${settings}.`,
     '',
-    ...tables.flatMap((t) => [`**${SCENARIO_TITLES[t.scenario]}**${t.scenario === 'slow' ? ` (${bad} at ${slowMs} ms)` : t.scenario === 'failing' ? ` (${bad} fails ${pct(o.failRate, 0)})` : ''}`, '', markdownTable(t.headers, t.rows, t.right), '']),
+    ...tables.flatMap((t) => [`**${SCENARIO_TITLES[t.scenario]}**${t.scenario === 'slow' ? ` (${bad} at ${slowMs} ms)` : FAILING.includes(t.scenario) ? ` (${bad} fails ${pct(o.failRate, 0)})` : ''}`, '', markdownTable(t.headers, t.rows, t.right), '']),
     ...legend.map((l) => `- ${l}`),
     '',
     'Targets:',

@@ -58,6 +58,21 @@ export function loadOf(m: Pick<Member<unknown>, 'outstanding' | 'foreignLoad'>):
   return m.outstanding + m.foreignLoad;
 }
 
+/**
+ * What the policies see of a member: its load ({@link loadOf}), capacity and slow-start weight,
+ * and as latency the balancer's own estimate `ewmaMs`, or before its first sample the latency the
+ * worker reports (undefined if neither is known, and the policy then gives it a prior).
+ */
+export function candidateOf(m: Member<unknown>, ewmaMs: number | undefined, weight: number): Candidate {
+  return {
+    id: m.id,
+    outstanding: loadOf(m),
+    capacity: m.capacity,
+    ewmaMs: ewmaMs ?? (m.reportedLatencyMs > 0 ? m.reportedLatencyMs : undefined),
+    weight,
+  };
+}
+
 /** The set of workers, with the queries routing needs. */
 export class Membership<M> {
   private readonly members = new Map<string, Member<M>>();

@@ -28,7 +28,7 @@ import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker
 import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema, parseModelPolicies } from './config';
-import { loadOf, Member, Membership } from './membership';
+import { candidateOf, Member, Membership } from './membership';
 import { PeakEwma } from './ewma';
 import { OutlierDetector } from './outliers';
 import { RetryBudget } from './retry-budget';
@@ -139,14 +139,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       }
     }
     const members = membership.candidatesFor(model, tried).filter((m) => !outliers.isEjected(m.id, now));
-    const candidates = members.map((m) => ({
-      id: m.id,
-      outstanding: loadOf(m),
-      capacity: m.capacity,
-      // The balancer's own estimate; before its first sample, the worker's reported latency.
-      ewmaMs: latency.get(m.id)?.value ?? (m.reportedLatencyMs > 0 ? m.reportedLatencyMs : undefined),
-      weight: slowStart.weight(m.id, now),
-    }));
+    const candidates = members.map((m) => candidateOf(m, latency.get(m.id)?.value, slowStart.weight(m.id, now)));
     const picked = (modelPolicies.get(model) ?? policy).pick(model, candidates, { affinityKey });
     return picked && members.find((m) => m.id === picked.id);
   }

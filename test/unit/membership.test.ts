@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { loadOf, Membership } from '../../services/balancer/membership.js';
+import { candidateOf, loadOf, Membership } from '../../services/balancer/membership.js';
 
 /** The wire description of a model, opaque to Membership; a string is enough here. */
 type Description = string;
@@ -97,6 +97,22 @@ describe('Membership', () => {
       // A report that lags behind our own count never makes the load smaller than ours.
       members.report('w1', { inFlight: 1, draining: false }, 2);
       expect([m.foreignLoad, loadOf(m)]).to.deep.equal([0, 4]);
+    });
+  });
+
+  describe('candidateOf', () => {
+    it('shows a policy the load, capacity and weight, and the balancer\'s own latency estimate when it has one', () => {
+      const m = members.join(worker('w1', ['echo'], 8), 0);
+      m.outstanding = 1;
+      members.report('w1', { inFlight: 3, draining: false, queueDepth: 2, latencyMs: 40 }, 1);
+      expect(candidateOf(m, 12, 0.5)).to.deep.equal({ id: 'w1', outstanding: 5, capacity: 8, ewmaMs: 12, weight: 0.5 });
+    });
+
+    it('before the balancer\'s first sample, takes the latency the worker reports; with neither, none', () => {
+      const m = members.join(worker('w1', ['echo']), 0);
+      expect(candidateOf(m, undefined, 1).ewmaMs).to.equal(undefined);
+      members.report('w1', { inFlight: 0, draining: false, latencyMs: 40 }, 1);
+      expect(candidateOf(m, undefined, 1).ewmaMs).to.equal(40);
     });
   });
 
