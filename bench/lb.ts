@@ -786,7 +786,7 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
     yLabel: 'p99 latency, ms',
     unit: ' ms',
     panels: chartScenarios.map((scenario) => ({
-      title: SCENARIO_TITLES[scenario],
+      title: scenario === 'failing_no_retry' ? 'one failing worker, retries off' : SCENARIO_TITLES[scenario],
       bars: o.policies.map((policy) => ({ label: policy, value: get(scenario, policy)!.p99 })),
       line: scenario === 'slow' && Number.isFinite(ewmaHealthy) ? { value: TARGET_SLOW_P99_RATIO * ewmaHealthy, label: `p2c_ewma's target: 1.5 x its healthy p99 = ${ms(TARGET_SLOW_P99_RATIO * ewmaHealthy)} ms` } : undefined,
     })),
