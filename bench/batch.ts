@@ -22,7 +22,7 @@
  * `<!-- bench:batch:analysis -->` line inside it is kept). `--profile` runs the services under
  * `node --cpu-prof` and summarises their hot functions during the cold and warm word-count jobs.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release } from 'node:os';
 import { performance } from 'node:perf_hooks';
@@ -37,6 +37,7 @@ import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
 import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-profile';
 import { machineBusyCpuMs, processCpuMs } from './cpu-time';
 import { LocalMesh, startLocalMesh } from './local-mesh';
+import { codeVersion, intOption, say } from './bench-cli';
 
 const USAGE = `usage: npm run bench:batch -- [options]     (or: node dist/bench/batch.js [options])
 
@@ -121,37 +122,31 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
     process.stdout.write(USAGE);
     return undefined;
   }
-  const int = (name: string, raw: string | undefined, fallback: number, min: number, max: number) => {
-    if (raw === undefined || raw === '') return fallback;
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, given "${raw}"`);
-    return n;
-  };
-  const workerCounts = (values.workers ?? '1,2').split(',').map((w) => int('workers', w.trim(), 1, 1, 16));
+  const workerCounts = (values.workers ?? '1,2').split(',').map((w) => intOption('workers', w.trim(), 1, 1, 16));
   const reducer = values.reducer ?? 'top_k';
   if (reducer !== 'top_k' && reducer !== 'sum') throw new Error(`--reducer must be top_k or sum, given "${reducer}"`);
   return {
-    runs: values.quick ? 1 : int('runs', values.runs, 3, 1, 100),
-    warmJobs: int('warm-jobs', values['warm-jobs'], 3, 1, 100),
+    runs: values.quick ? 1 : intOption('runs', values.runs, 3, 1, 100),
+    warmJobs: intOption('warm-jobs', values['warm-jobs'], 3, 1, 100),
     workerCounts: [...new Set(workerCounts)],
-    shardSize: int('shard-size', values['shard-size'], DEFAULT_SHARD_SIZE, 1, 100_000),
+    shardSize: intOption('shard-size', values['shard-size'], DEFAULT_SHARD_SIZE, 1, 100_000),
     compareShardSizes: [
       ...new Set(
         (values['compare-shard-sizes'] ?? '100')
           .split(',')
           .filter((x) => x.trim() !== '')
-          .map((x) => int('compare-shard-sizes', x.trim(), 0, 1, 100_000)),
+          .map((x) => intOption('compare-shard-sizes', x.trim(), 0, 1, 100_000)),
       ),
-    ].filter((x) => x !== int('shard-size', values['shard-size'], DEFAULT_SHARD_SIZE, 1, 100_000)),
+    ].filter((x) => x !== intOption('shard-size', values['shard-size'], DEFAULT_SHARD_SIZE, 1, 100_000)),
     reducer,
-    topK: int('top-k', values['top-k'], 20, 1, 1000),
+    topK: intOption('top-k', values['top-k'], 20, 1, 1000),
     maxOthersCores: (() => {
       const raw = values['max-others-cores'] ?? '0.25';
       const x = Number(raw);
       if (!Number.isFinite(x) || x < 0) throw new Error(`--max-others-cores must be a number >= 0, given "${raw}"`);
       return x;
     })(),
-    tasksInFlight: values['tasks-in-flight'] === undefined ? undefined : int('tasks-in-flight', values['tasks-in-flight'], 1, 1, 1000),
+    tasksInFlight: values['tasks-in-flight'] === undefined ? undefined : intOption('tasks-in-flight', values['tasks-in-flight'], 1, 1, 1000),
     classify: !values['no-classify'],
     writeDocs: !values['no-docs'] && !values.quick && !values.profile,
     profile: values.profile!,
@@ -161,27 +156,6 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
 
 /** SIGINT/SIGTERM received so far. */
 let interrupted = 0;
-
-function say(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
-
-/** The code measured: the commit, and which tracked files differ from it (others may be editing). */
-function codeVersion(): string {
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: repoDir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trimEnd();
-  try {
-    const commit = git('rev-parse', '--short', 'HEAD');
-    const changed = git('status', '--porcelain', '--untracked-files=no')
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => line.slice(3))
-      // The results file is not code (and this bench rewrites it).
-      .filter((path) => path !== 'docs/BENCHMARKS.md');
-    return changed.length === 0 ? `commit ${commit}` : `commit ${commit} plus uncommitted changes in ${changed.join(', ')}`;
-  } catch {
-    return 'unknown (not a git checkout)';
-  }
-}
 
 function monotonicUs(): number {
   return Number(process.hrtime.bigint() / 1000n);
@@ -254,7 +228,7 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
 
   const profileDir = options.profile ? resolve(repoDir, '.cache/bench-profiles', `batch-${new Date().toISOString().replace(/[:.]/g, '-')}`) : undefined;
-  const code = codeVersion();
+  const code = codeVersion(repoDir);
   const loadBefore = loadavg();
   const singles: SingleSample[] = [];
   const jobs: JobSample[] = [];

@@ -5,12 +5,10 @@
  * mesh at once; this benchmark restarts the balancer alone, once per policy, under the same workers.
  */
 import { ChildProcess, spawn } from 'node:child_process';
-import { createServer } from 'node:net';
 import { resolve } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { createMeshClient, openChannel } from '../common/client';
+import { forEachLine } from '../common/lines';
 import { waitForServing } from '../gateway/cli/up';
-import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
+import { freePorts, waitForWorkers } from './local-mesh';
 
 /** One running service process. */
 export interface ServiceProcess {
@@ -58,17 +56,10 @@ export function startService(spec: ServiceSpec): ServiceProcess {
   let stopping = false;
   let stopped: Promise<void> | undefined;
   for (const stream of [child.stdout, child.stderr]) {
-    let buffered = '';
-    stream?.setEncoding('utf8');
-    stream?.on('data', (data: string) => {
-      buffered += data;
-      const lines = buffered.split('\n');
-      buffered = lines.pop() ?? '';
-      for (const line of lines) {
-        recent.push(line);
-        if (recent.length > 20) recent.shift();
-        spec.onLine(line);
-      }
+    forEachLine(stream, (line) => {
+      recent.push(line);
+      if (recent.length > 20) recent.shift();
+      spec.onLine(line);
     });
   }
   // 'close' comes after 'exit' and after its stdout and stderr have ended, so every line has been handed over.
@@ -96,48 +87,5 @@ export function startService(spec: ServiceSpec): ServiceProcess {
   };
 }
 
-/** Free TCP ports on 127.0.0.1, all distinct (held open together, then released). */
-export async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: count },
-      () =>
-        new Promise<ReturnType<typeof createServer>>((ok, fail) => {
-          const s = createServer();
-          s.once('error', fail);
-          s.listen(0, '127.0.0.1', () => ok(s));
-        }),
-    ),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
-}
-
-/** Resolves when the process at `address` reports SERVING on grpc.health.v1. */
-export { waitForServing };
-
-/** Polls the balancer's ListModels until exactly `count` ready workers serve `model`. */
-export async function waitForWorkers(balancer: string, model: string, count: number, deadline: number, signal: AbortSignal): Promise<void> {
-  const channel = openChannel(balancer);
-  const client = createMeshClient(BalancerServiceDefinition, channel);
-  let last = 'no answer yet';
-  try {
-    while (Date.now() < deadline) {
-      signal.throwIfAborted();
-      try {
-        const listed = (await client.listModels({}, { signal, deadline: Math.min(deadline, Date.now() + 5000) })).models;
-        const ready = listed.find((m) => m.name === model)?.readyWorkers ?? 0;
-        if (ready >= count) return;
-        last = `${ready} ready`;
-      } catch (err) {
-        signal.throwIfAborted();
-        last = (err as Error).message;
-      }
-      await sleep(50, undefined, { signal });
-    }
-    throw new Error(`the balancer at ${balancer} did not have ${count} ready workers for "${model}" in time (${last})`);
-  } finally {
-    channel.close();
-  }
-}
+/** Shared with the other benchmarks' local mesh. */
+export { freePorts, waitForServing, waitForWorkers };

@@ -25,7 +25,6 @@
  * and ejections. Prints tables, checks the issue's targets, rewrites its section of
  * docs/BENCHMARKS.md and draws docs/lb-p99.svg.
  */
-import { execFileSync } from 'node:child_process';
 import { setMaxListeners } from 'node:events';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg, release } from 'node:os';
@@ -34,6 +33,7 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { ClientError, Status } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../common/client';
+import { mulberry32 } from '../common/random';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { Priority } from '../generated/maas/v1/inference';
 import { WorkerState } from '../generated/maas/v1/mesh';
@@ -43,6 +43,7 @@ import { machineBusyCpuMs, processCpuMs } from './cpu-time';
 import { renderBarChart } from './lb-chart';
 import { ServiceProcess, freePorts, startService, waitForServing, waitForWorkers } from './lb-procs';
 import { percentile } from './stats';
+import { codeVersion, intOption, numberOption, say } from './bench-cli';
 
 const USAGE = `usage: npm run bench:lb -- [options]     (or: node dist/bench/lb.js [options])
 
@@ -151,10 +152,6 @@ interface Run {
   workersAtEnd: Record<string, { ewmaMs: number; outstanding: number; ejections: number; state: string }>;
 }
 
-function say(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
-
 function parseOptions(argv: string[]): Options | undefined {
   const { values } = parseArgs({
     args: argv,
@@ -182,18 +179,6 @@ function parseOptions(argv: string[]): Options | undefined {
     return undefined;
   }
   const quick = values.quick!;
-  const int = (name: string, raw: string | undefined, fallback: number, min: number, max: number) => {
-    if (raw === undefined || raw === '') return fallback;
-    const n = Number(raw);
-    if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, given "${raw}"`);
-    return n;
-  };
-  const num = (name: string, raw: string | undefined, fallback: number, min: number, max: number) => {
-    if (raw === undefined || raw === '') return fallback;
-    const n = Number(raw);
-    if (!Number.isFinite(n) || n < min || n > max) throw new Error(`--${name} must be a number from ${min} to ${max}, given "${raw}"`);
-    return n;
-  };
   const list = <T extends string>(name: string, raw: string | undefined, all: readonly T[]): T[] => {
     if (raw === undefined || raw === '') return [...all];
     const items = raw.split(',').map((s) => s.trim()) as T[];
@@ -201,19 +186,19 @@ function parseOptions(argv: string[]): Options | undefined {
     if (bad.length || items.length === 0) throw new Error(`--${name} must be a comma-separated list of ${all.join(', ')}, given "${raw}"`);
     return items;
   };
-  const delayMs = int('delay-ms', values['delay-ms'], DEFAULT_DELAY_MS, 0, 10_000);
-  const slowFactor = num('slow-factor', values['slow-factor'], 10, 1, 1000);
+  const delayMs = intOption('delay-ms', values['delay-ms'], DEFAULT_DELAY_MS, 0, 10_000);
+  const slowFactor = numberOption('slow-factor', values['slow-factor'], 10, 1, 1000);
   if (!Number.isInteger(delayMs * slowFactor)) throw new Error('--delay-ms x --slow-factor must be a whole number of milliseconds');
   return {
-    requests: int('requests', values.requests, quick ? 500 : 3000, 1, 10_000_000),
-    warmup: int('warmup', values.warmup, quick ? 50 : 200, 0, 10_000_000),
-    concurrency: int('concurrency', values.concurrency, 16, 1, 10_000),
+    requests: intOption('requests', values.requests, quick ? 500 : 3000, 1, 10_000_000),
+    warmup: intOption('warmup', values.warmup, quick ? 50 : 200, 0, 10_000_000),
+    concurrency: intOption('concurrency', values.concurrency, 16, 1, 10_000),
     delayMs,
     slowFactor,
-    failRate: num('fail-rate', values['fail-rate'], 0.2, 0, 1),
-    workers: int('workers', values.workers, 5, 2, 64),
-    keys: int('keys', values.keys, 200, 1, 1_000_000),
-    rounds: int('rounds', values.rounds, 1, 1, 100),
+    failRate: numberOption('fail-rate', values['fail-rate'], 0.2, 0, 1),
+    workers: intOption('workers', values.workers, 5, 2, 64),
+    keys: intOption('keys', values.keys, 200, 1, 1_000_000),
+    rounds: intOption('rounds', values.rounds, 1, 1, 100),
     policies: list('policies', values.policies, POLICY_NAMES),
     scenarios: list('scenarios', values.scenarios, SCENARIOS),
     balancerArgs: (values['balancer-args'] ?? '').split(/\s+/).filter(Boolean),
@@ -225,33 +210,6 @@ function parseOptions(argv: string[]): Options | undefined {
 
 /** SIGINT/SIGTERM received so far. */
 let interrupted = 0;
-
-/** The code measured: the commit, and which tracked files differ from it (others may be editing). */
-function codeVersion(): string {
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: repoDir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trimEnd();
-  try {
-    const commit = git('rev-parse', '--short', 'HEAD');
-    const changed = git('status', '--porcelain', '--untracked-files=no')
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => line.slice(3));
-    return changed.length === 0 ? `commit ${commit}` : `commit ${commit} plus uncommitted changes in ${changed.join(', ')}`;
-  } catch {
-    return 'unknown (not a git checkout)';
-  }
-}
-
-/** A small seeded generator (mulberry32), so every policy gets the same affinity-key sequence. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const bump = (counts: Record<string, number>, key: string, by = 1) => {
   counts[key] = (counts[key] ?? 0) + by;
@@ -276,7 +234,7 @@ async function main(): Promise<number> {
   process.on('SIGTERM', onSignal);
 
   const started = performance.now();
-  const code = codeVersion();
+  const code = codeVersion(repoDir);
   const loadBefore = loadavg();
   const runs: Run[] = [];
   const timing = { startS: 0, restartS: 0, loadS: 0 };
@@ -466,7 +424,8 @@ function describeRun(run: Run, bad: string): string {
 async function runLoad(o: Options, scenario: Scenario, policy: PolicyName, round: number, balancerAddress: string, balancerPid: number, measuredPrefix: string, signal: AbortSignal): Promise<Run> {
   const channel = openChannel(balancerAddress);
   const client = createMeshClient(BalancerServiceDefinition, channel);
-  const random = seeded(12345 + round);
+  // Seeded, so every policy gets the same affinity-key sequence.
+  const random = mulberry32(12345 + round);
   const total = o.warmup + o.requests;
   const keys = Array.from({ length: total }, () => `session-${Math.floor(random() * o.keys)}`);
   const run: Run = {

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createMeshClient, openChannel } from '../common/client';
+import { forEachLine } from '../common/lines';
 import { waitForServing } from '../gateway/cli/up';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { ModelServiceDefinition } from '../generated/maas/v1/models';
@@ -183,18 +184,11 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
       children.set(name, child);
       recent.set(name, []);
       for (const stream of [child.stdout, child.stderr]) {
-        let buffered = '';
-        stream?.setEncoding('utf8');
-        stream?.on('data', (data: string) => {
-          buffered += data;
-          const lines = buffered.split('\n');
-          buffered = lines.pop() ?? '';
-          for (const line of lines) {
-            const kept = recent.get(name)!;
-            kept.push(line);
-            if (kept.length > 20) kept.shift();
-            o.log(`[${name}] ${line}`);
-          }
+        forEachLine(stream, (line) => {
+          const kept = recent.get(name)!;
+          kept.push(line);
+          if (kept.length > 20) kept.shift();
+          o.log(`[${name}] ${line}`);
         });
       }
       child.once('exit', (code, sig) => {
@@ -242,7 +236,7 @@ async function waitForModel(gateway: string, model: string, deadline: number, si
 }
 
 /** Polls the balancer's ListModels until `count` ready workers serve `model`. */
-async function waitForWorkers(balancer: string, model: string, count: number, deadline: number, signal: AbortSignal): Promise<void> {
+export async function waitForWorkers(balancer: string, model: string, count: number, deadline: number, signal: AbortSignal): Promise<void> {
   const channel = openChannel(balancer);
   const client = createMeshClient(BalancerServiceDefinition, channel);
   let last = 'no answer yet';

@@ -10,7 +10,6 @@
  * they spend their time while the mesh is measured (its numbers are then not the reference ones,
  * so it writes only the profile section).
  */
-import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
 import { existsSync, mkdirSync } from 'node:fs';
@@ -26,6 +25,7 @@ import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-pro
 import { machineBusyCpuMs, processCpuMs } from './cpu-time';
 import { LocalMesh, MESH_PROCESS_NAMES, startLocalMesh } from './local-mesh';
 import { LatencySummary, LoadSample, mergeSamples, runClosedLoop, summarise } from './stats';
+import { codeVersion, say } from './bench-cli';
 
 const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online.js [options])
 
@@ -129,25 +129,6 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
 /** SIGINT/SIGTERM received so far. */
 let interrupted = 0;
 
-function say(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
-
-/** The code measured: the commit, and which tracked files differ from it (others may be editing). */
-function codeVersion(): string {
-  const git = (...args: string[]) => execFileSync('git', args, { cwd: repoDir, encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trimEnd();
-  try {
-    const commit = git('rev-parse', '--short', 'HEAD');
-    const changed = git('status', '--porcelain', '--untracked-files=no')
-      .split('\n')
-      .filter(Boolean)
-      .map((line) => line.slice(3));
-    return changed.length === 0 ? `commit ${commit}` : `commit ${commit} plus uncommitted changes in ${changed.join(', ')}`;
-  } catch {
-    return 'unknown (not a git checkout)';
-  }
-}
-
 /** Monotonic time in microseconds: the clock of V8's CPU profiles. */
 function monotonicUs(): number {
   return Number(process.hrtime.bigint() / 1000n);
@@ -172,7 +153,7 @@ async function main(): Promise<number> {
   const profileDir = options.profile ? resolve(repoDir, '.cache/bench-profiles', new Date().toISOString().replace(/[:.]/g, '-')) : undefined;
   if (profileDir) mkdirSync(profileDir, { recursive: true });
 
-  const code = codeVersion();
+  const code = codeVersion(repoDir);
   const loadBefore = loadavg();
   say(`starting the mesh (balancer, worker, scheduler, gateway)${profileDir ? ` under --cpu-prof, profiles in ${profileDir}` : ''}…`);
   const mesh = await startLocalMesh({

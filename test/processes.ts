@@ -11,6 +11,7 @@ import { ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
+import { forEachLine } from '../common/lines';
 import { waitForServing } from '../gateway/cli/up';
 
 /** The compiled tree (this file runs from dist/test). */
@@ -126,17 +127,7 @@ export class ServiceProcess {
   }
 
   private capture(stream: NodeJS.ReadableStream | null): void {
-    let buffered = '';
-    stream?.setEncoding('utf8');
-    stream?.on('data', (d: string) => {
-      buffered += d;
-      const lines = buffered.split('\n');
-      buffered = lines.pop() ?? '';
-      for (const line of lines) this.note(line);
-    });
-    stream?.on('end', () => {
-      if (buffered) this.note(buffered);
-    });
+    forEachLine(stream, (line) => this.note(line));
   }
 
   private note(line: string): void {

@@ -4,7 +4,6 @@
  */
 import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ClientError, Status } from 'nice-grpc';
@@ -189,15 +188,6 @@ export async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
   return out;
 }
 
-/** A free TCP port on 127.0.0.1 (bound and released). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  server.close();
-  await once(server, 'close');
-  return port;
-}
+export { freePort } from './processes';
 
 export { Status };

@@ -6,6 +6,7 @@
 import { ChildProcess, spawn } from 'node:child_process';
 import { resolve } from 'node:path';
 import { createChannel, createClient } from 'nice-grpc';
+import { forEachLine } from '../../common/lines';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 
 /** One service process to start. */
@@ -75,17 +76,7 @@ export async function waitForServing(address: string, deadline: number, signal: 
 }
 
 function prefixLines(name: string, stream: NodeJS.ReadableStream | null, out: NodeJS.WritableStream): void {
-  let buffered = '';
-  stream?.setEncoding('utf8');
-  stream?.on('data', (data: string) => {
-    buffered += data;
-    const lines = buffered.split('\n');
-    buffered = lines.pop() ?? '';
-    for (const line of lines) out.write(`[${name}] ${line}\n`);
-  });
-  stream?.on('end', () => {
-    if (buffered) out.write(`[${name}] ${buffered}\n`);
-  });
+  forEachLine(stream, (line) => out.write(`[${name}] ${line}\n`));
 }
 
 /** Starts the mesh and runs until SIGINT/SIGTERM; resolves with the exit code. */
