@@ -1,6 +1,6 @@
 /** Settings of the gateway. */
 import { address, integer, text } from '../common/config';
-import { parseApiKeys } from './auth';
+import { KeyEntry, parseApiKeys } from './auth';
 
 /** The gateway's config schema: flag, environment variable and default of every setting. */
 export const gatewaySchema = {
@@ -15,11 +15,13 @@ export const gatewaySchema = {
   maxInlineRecords: integer({ flag: '--max-inline-records', env: 'MAAS_GATEWAY_MAX_INLINE_RECORDS', default: 10000, min: 1, max: 10000000, doc: 'Most records a job may carry inline (larger inputs go in a file).' }),
   catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached.' }),
   apiKeys: {
-    ...text({ flag: '--api-keys', env: 'MAAS_GATEWAY_API_KEYS', default: '', allowEmpty: true, doc: 'Comma-separated tenant=key pairs; when set, calls need `authorization: Bearer <key>`. Empty: no authentication, tenant "anonymous".' }),
-    parse(raw: string): string {
-      parseApiKeys(raw);
-      return raw;
-    },
-    show: (v: string) => (v === '' ? '(empty)' : '(set)'),
+    flag: '--api-keys',
+    env: 'MAAS_GATEWAY_API_KEYS',
+    default: [] as KeyEntry[],
+    doc: 'Comma-separated tenant=key pairs, hashed at start (the gateway then deletes the variable from its environment); prefer the environment or --api-keys-file to the flag, which `ps` shows. Keys here and in the file together; with neither, no authentication and every caller is tenant "anonymous".',
+    // Only the hashes are kept: the parsed config never holds a plaintext key.
+    parse: (raw: string): KeyEntry[] => parseApiKeys(raw),
+    show: (v: KeyEntry[]) => (v.length === 0 ? '(empty)' : '(set)'),
   },
+  apiKeysFile: text({ flag: '--api-keys-file', env: 'MAAS_GATEWAY_API_KEYS_FILE', default: '', allowEmpty: true, doc: 'File of API key hashes, one `<tenant> sha256:<hex>` per line (`maas keys add` writes them); reloaded when it changes and on SIGHUP. Empty: none.' }),
 };

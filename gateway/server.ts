@@ -33,7 +33,8 @@ import {
   WatchResponse,
 } from '../generated/maas/v1/jobs';
 import { ListWorkersResponse, MeshServiceDefinition } from '../generated/maas/v1/mesh';
-import { createAuthenticator, parseApiKeys } from './auth';
+import { createAuthenticator } from './auth';
+import { loadKeyFile, watchKeyFile } from './key-file';
 import { JobSpecContext, validateJobSpec } from './job-spec';
 import { ModelCatalog } from './catalog';
 import { gatewaySchema } from './config';
@@ -42,11 +43,35 @@ import { validateGenerateRequest, validateModelName, validatePredictRequest } fr
 /** A running gateway. */
 export interface RunningGateway extends StartedService {
   readonly port: number;
+  /**
+   * Reads the API key file again and, if it parses, replaces the keys in use; otherwise keeps them
+   * and logs why (by line number). Returns whether the new keys took effect. Also runs on its own
+   * when the file changes, and on SIGHUP.
+   */
+  reloadApiKeys(): boolean;
 }
 
 /** Starts the gateway. */
 export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: Logger): Promise<RunningGateway> {
-  const auth = createAuthenticator(parseApiKeys(config.apiKeys));
+  const keyFile = config.apiKeysFile;
+  const auth = createAuthenticator({
+    required: config.apiKeys.length > 0 || keyFile !== '',
+    entries: [...config.apiKeys, ...(keyFile ? loadKeyFile(keyFile) : [])],
+  });
+  if (keyFile || config.apiKeys.length > 0) log.info('API keys loaded', auth.counts());
+  function reloadApiKeys(): boolean {
+    if (!keyFile) return false;
+    try {
+      auth.replaceKeys([...config.apiKeys, ...loadKeyFile(keyFile)]);
+    } catch (err) {
+      // The message names the file and a line number, never a line's content.
+      log.warn('API key file not reloaded; the keys in use stay', { error: (err as Error).message, ...auth.counts() });
+      return false;
+    }
+    log.info('API keys reloaded', auth.counts());
+    return true;
+  }
+  const keyWatch = keyFile ? watchKeyFile(keyFile, reloadApiKeys) : undefined;
   const limits = { maxPromptChars: config.maxPromptChars, maxInputChars: config.maxInputChars };
   const schedulerChannel = openChannel(config.scheduler);
   const balancerChannel = openChannel(config.balancer);
@@ -185,7 +210,9 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   return {
     port: server.port,
     address: server.address,
+    reloadApiKeys,
     async shutdown() {
+      keyWatch?.close();
       await server.shutdown(5000);
       schedulerChannel.close();
       balancerChannel.close();

@@ -11,6 +11,7 @@ import { ModelServiceDefinition, ModelTask } from '../../generated/maas/v1/model
 import { JobServiceDefinition } from '../../generated/maas/v1/jobs';
 import { MeshServiceDefinition, WorkerState } from '../../generated/maas/v1/mesh';
 import { formatJob, formatJobRow, specFromOptions, UsageError, watchJob } from './jobs';
+import { keysCommand } from './keys';
 import { up } from './up';
 
 const USAGE = `usage: maas <command> [options]
@@ -24,6 +25,10 @@ commands:
       --workers N             number of worker processes (default 2)
       --policy P              balancing policy: round_robin, random, least_outstanding, p2c,
                               p2c_ewma, weighted, consistent_hash (default p2c)
+      --api-keys-file F       API key file for the gateway (only the gateway is given it)
+  keys add --tenant T --file F
+                              make a new API key for tenant T, append its hash to key file F
+                              (created, mode 600, if missing) and print the key once
   models                      list the models with their metadata
   workers                     the balancer's view of its workers: state, load, latency, ejections
   generate --model M PROMPT   stream generated tokens
@@ -81,6 +86,9 @@ async function main(argv: string[]): Promise<number> {
       output: { type: 'string' },
       watch: { type: 'boolean' },
       'page-size': { type: 'string' },
+      'api-keys-file': { type: 'string' },
+      tenant: { type: 'string' },
+      file: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -106,9 +114,12 @@ async function main(argv: string[]): Promise<number> {
       workerBasePort: num('worker-base-port', values['worker-base-port']) ?? gatewayPort + 4,
       workers: num('workers', values.workers)!,
       policy: values.policy!,
+      apiKeysFile: values['api-keys-file'],
       startTimeoutMs: 300_000,
     });
   }
+
+  if (command === 'keys') return keysCommand(positionals[0], values.tenant, values.file, process.stdout);
 
   const channel = openChannel(values.gateway!);
   const metadata = Metadata();

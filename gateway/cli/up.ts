@@ -12,6 +12,8 @@ import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../gener
 /** One service process to start. */
 interface ProcessSpec {
   name: string;
+  /** Which service it is; picks the environment it is given (see {@link childEnv}). */
+  service: ServiceKind;
   entry: string;
   args: string[];
   address: string;
@@ -27,7 +29,29 @@ export interface UpOptions {
   workerBasePort: number;
   workers: number;
   policy: string;
+  /** The gateway's API key file (`--api-keys-file`); given to the gateway only. */
+  apiKeysFile?: string;
   startTimeoutMs: number;
+}
+
+/** The services `maas up` starts. */
+export type ServiceKind = 'gateway' | 'scheduler' | 'balancer' | 'aggregator' | 'worker';
+
+/** Variables every service may need: the platform's, Node's, tracing and logging. */
+const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL)$/;
+
+/**
+ * The environment of one child: the shared variables above and the service's own settings
+ * (`MAAS_<SERVICE>_*`), nothing else. So API keys (`MAAS_GATEWAY_API_KEYS`, the key file's path
+ * `MAAS_GATEWAY_API_KEYS_FILE`), the CLI's `MAAS_API_KEY` and whatever else the shell holds reach no
+ * service but the one that needs them: a job that reads its worker's environment finds no key.
+ */
+export function childEnv(service: ServiceKind, env: NodeJS.ProcessEnv, parentPid: number): NodeJS.ProcessEnv {
+  const own = `MAAS_${service.toUpperCase()}_`;
+  const out: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && (SHARED_ENV.test(k) || k.startsWith(own))) out[k] = v;
+  out.MAAS_PARENT_PID = String(parentPid);
+  return out;
 }
 
 const dist = resolve(__dirname, '../..');
@@ -38,16 +62,16 @@ export function meshProcesses(o: UpOptions): ProcessSpec[] {
   const balancer = at(o.balancerPort);
   const aggregator = at(o.aggregatorPort);
   const specs: ProcessSpec[] = [
-    { name: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer },
-    { name: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort)], address: aggregator },
+    { name: 'balancer', service: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer },
+    { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort)], address: aggregator },
   ];
   for (let i = 0; i < o.workers; i++) {
     const port = o.workerBasePort + i;
-    specs.push({ name: `worker-${i + 1}`, entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', `worker-${i + 1}`], address: at(port) });
+    specs.push({ name: `worker-${i + 1}`, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', `worker-${i + 1}`], address: at(port) });
   }
   specs.push(
-    { name: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator], address: at(o.schedulerPort) },
-    { name: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer], address: at(o.gatewayPort) },
+    { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator], address: at(o.schedulerPort) },
+    { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : [])], address: at(o.gatewayPort) },
   );
   return specs;
 }
@@ -113,7 +137,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
   const deadline = Date.now() + o.startTimeoutMs;
   for (const spec of specs) {
     const child = spawn(process.execPath, [resolve(dist, spec.entry), ...spec.args], {
-      env: { ...process.env, MAAS_PARENT_PID: String(process.pid) },
+      env: childEnv(spec.service, process.env, process.pid),
       // Own process group: a terminal's Ctrl-C reaches only `maas up`, which stops the rest in order.
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],
