@@ -1,5 +1,7 @@
 /** Settings of the scheduler service. */
-import { address, integer, text } from '../../common/config';
+import { address, decimal, integer, text } from '../../common/config';
+import { TENANT_NAME_PATTERN } from '../../common/tenant';
+import { TenantOverrides, parseTenantOverrides } from './tenant-limits';
 
 /** The scheduler's config schema: flag, environment variable and default of every setting. */
 export const schedulerSchema = {
@@ -18,4 +20,18 @@ export const schedulerSchema = {
   retryMaxMs: integer({ flag: '--retry-max-ms', env: 'MAAS_SCHEDULER_RETRY_MAX_MS', default: 10000, min: 1, max: 3600000, doc: 'Longest retry delay of a map task (and of finalizing a job while the aggregator is away).' }),
   callbackSecret: text({ flag: '--callback-secret', env: 'MAAS_SCHEDULER_CALLBACK_SECRET', default: '', allowEmpty: true, doc: 'HMAC-SHA256 secret for the X-Maas-Signature header of job callbacks; empty sends them unsigned.' }),
   callbackAttempts: integer({ flag: '--callback-attempts', env: 'MAAS_SCHEDULER_CALLBACK_ATTEMPTS', default: 5, min: 1, max: 100, doc: 'Attempts to deliver a job callback, with backoff.' }),
+  tenantMaxInFlight: integer({ flag: '--tenant-max-in-flight', env: 'MAAS_SCHEDULER_TENANT_MAX_IN_FLIGHT', default: 512, min: 1, max: 1000000, doc: 'Online requests one tenant may have open at once (running or waiting); one more is refused with RESOURCE_EXHAUSTED.' }),
+  tenantMaxQueued: integer({ flag: '--tenant-max-queued', env: 'MAAS_SCHEDULER_TENANT_MAX_QUEUED', default: 256, min: 0, max: 1000000, doc: 'Online requests one tenant may have waiting for a slot; one more is refused with RESOURCE_EXHAUSTED. Waiting tenants take turns within a priority.' }),
+  tenantRate: decimal({ flag: '--tenant-rate', env: 'MAAS_SCHEDULER_TENANT_RATE', default: 1000, min: 0, max: 1e9, doc: 'Requests per second one tenant may send (online calls and job submits), sustained; 0: no rate limit.' }),
+  tenantBurst: integer({ flag: '--tenant-burst', env: 'MAAS_SCHEDULER_TENANT_BURST', default: 2000, min: 1, max: 1e9, doc: 'Requests one tenant may send at once above --tenant-rate (the token bucket\'s size).' }),
+  tenantMaxActiveJobs: integer({ flag: '--tenant-max-active-jobs', env: 'MAAS_SCHEDULER_TENANT_MAX_ACTIVE_JOBS', default: 20, min: 1, max: 100000, doc: 'Unfinished (queued or running) jobs of one tenant; one more is refused with RESOURCE_EXHAUSTED. --max-active-jobs bounds all tenants together.' }),
+  tenantMaxWatches: integer({ flag: '--tenant-max-watches', env: 'MAAS_SCHEDULER_TENANT_MAX_WATCHES', default: 64, min: 1, max: 100000, doc: 'WatchJob streams one tenant may have open; one more is refused with RESOURCE_EXHAUSTED.' }),
+  tenantLimits: {
+    flag: '--tenant-limits',
+    env: 'MAAS_SCHEDULER_TENANT_LIMITS',
+    default: new Map() as TenantOverrides,
+    doc: 'Per-tenant exceptions to the --tenant-* limits: `acme:rate=100,burst=200;globex:in_flight=32,jobs=5` (keys in_flight, queued, rate, burst, jobs, watches). Empty: none.',
+    parse: (raw: string): TenantOverrides => parseTenantOverrides(raw, (name) => TENANT_NAME_PATTERN.test(name)),
+    show: (v: TenantOverrides) => (v.size === 0 ? '(empty)' : [...v.keys()].join(', ')),
+  },
 };

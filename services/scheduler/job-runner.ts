@@ -31,6 +31,8 @@ export interface JobRunnerOptions {
   maxTasksPerJob: number;
   /** Unfinished jobs at once; one more is refused with RESOURCE_EXHAUSTED. */
   maxActiveJobs: number;
+  /** Unfinished jobs one tenant may have, and the setting that says so (for the refusal). */
+  tenantMaxActiveJobs?: (tenant: string) => { limit: number; setting: string };
   /** Backoff of task retries. */
   retryBaseMs: number;
   retryMaxMs: number;
@@ -69,6 +71,9 @@ const FINALIZE_ATTEMPTS = 5;
 /** Runs batch jobs. */
 export class JobRunner {
   private readonly active = new Map<string, ActiveJob>();
+  /** Submits between their admission and their activation (they count against the limits). */
+  private readonly admitting = new Map<string, number>();
+  private admittingTotal = 0;
   private inFlight = 0;
   private rotation = 0;
   private readonly retryTimers = new Set<NodeJS.Timeout>();
@@ -98,9 +103,36 @@ export class JobRunner {
 
   /** Stores a validated job, then acknowledges it; its tasks start in the background. */
   async submit(tenant: string, spec: JobSpec): Promise<Job> {
-    if (this.active.size >= this.options.maxActiveJobs) {
-      throw new MeshError('resource_exhausted', `too many unfinished jobs: ${this.active.size} (max_active_jobs=${this.options.maxActiveJobs})`);
+    this.admitJob(tenant);
+    try {
+      return await this.admitted(tenant, spec);
+    } finally {
+      this.admitting.set(tenant, this.admitting.get(tenant)! - 1);
+      if (this.admitting.get(tenant) === 0) this.admitting.delete(tenant);
+      this.admittingTotal--;
     }
+  }
+
+  /**
+   * Counts a submit against the limits on unfinished jobs (all tenants, and this tenant) or refuses
+   * it. Counted before the input is read, so concurrent submits cannot all pass the same check.
+   */
+  private admitJob(tenant: string): void {
+    const total = this.active.size + this.admittingTotal;
+    if (total >= this.options.maxActiveJobs) {
+      throw new MeshError('resource_exhausted', `too many unfinished jobs: ${total}, the limit of the scheduler (--max-active-jobs)`);
+    }
+    const own = this.options.tenantMaxActiveJobs?.(tenant);
+    if (own) {
+      let mine = this.admitting.get(tenant) ?? 0;
+      for (const job of this.active.values()) if (job.tenant === tenant) mine++;
+      if (mine >= own.limit) throw new MeshError('resource_exhausted', `tenant "${tenant}" has ${mine} unfinished jobs, its limit (${own.setting})`);
+    }
+    this.admitting.set(tenant, (this.admitting.get(tenant) ?? 0) + 1);
+    this.admittingTotal++;
+  }
+
+  private async admitted(tenant: string, spec: JobSpec): Promise<Job> {
     const recordsTotal = await countInput(spec);
     if (recordsTotal === 0) throw new MeshError('invalid_argument', 'spec.input has no records');
     const tasks = splitIntoTasks(recordsTotal, spec.shardSize ?? 500);

@@ -2,10 +2,13 @@
  * Bounded admission for the scheduler.
  *
  * At most `maxInFlight` requests hold a permit at once; up to `maxQueued` more wait for one,
- * high priority before normal before low, first come first served within a priority. Anything
- * beyond that is refused at once, so callers can answer RESOURCE_EXHAUSTED instead of piling up
- * work they cannot finish. A waiting request leaves the queue when its deadline passes or its
- * signal aborts.
+ * high priority before normal before low. Within a priority, tenants take turns: the waiting
+ * tenants are served round robin, one request each, and each tenant's own requests in the order
+ * they came. So a tenant that floods the queue delays another tenant's request by at most one of
+ * its own per turn, not by its whole backlog. Each tenant may also have at most a given number of
+ * requests open (holding a permit or waiting) and waiting. Anything beyond a limit is refused at
+ * once, so callers can answer RESOURCE_EXHAUSTED instead of piling up work they cannot finish. A
+ * waiting request leaves the queue when its deadline passes or its signal aborts.
  *
  * Plain TypeScript: no gRPC, and time comes from an injected {@link Clock}.
  */
@@ -49,6 +52,20 @@ export class QueueFullError extends Error {
   override readonly name = 'QueueFullError';
 }
 
+/** The request was refused because its tenant is at one of its own limits. */
+export class TenantLimitError extends Error {
+  override readonly name = 'TenantLimitError';
+  constructor(
+    readonly tenant: string,
+    /** Which limit: requests open (in flight or waiting), or requests waiting. */
+    readonly limit: 'in_flight' | 'queued',
+    /** What the tenant holds now. */
+    readonly count: number,
+  ) {
+    super(`tenant ${JSON.stringify(tenant)} has ${count} requests ${limit === 'in_flight' ? 'in flight' : 'queued'}, its limit`);
+  }
+}
+
 /** The request's deadline passed before it got a slot (while waiting, or before it arrived). */
 export class DeadlineInQueueError extends Error {
   override readonly name = 'DeadlineInQueueError';
@@ -66,6 +83,8 @@ export interface Permit {
 export interface AdmissionRequest {
   /** Which level to wait in. */
   priority: Priority;
+  /** Whose request it is: tenants take turns within a level, and each has its own limits. "" when unknown. */
+  tenant?: string;
   /** Absolute time on the queue's clock after which waiting is pointless; undefined for none. */
   deadline?: number;
   /** Aborting it while the request waits takes it out of the queue and rejects with the signal's reason. */
@@ -80,6 +99,19 @@ export interface AdmissionQueueOptions {
   maxQueued: number;
   /** Time source; defaults to {@link systemClock}. */
   clock?: Clock;
+  /**
+   * Each tenant's limits: requests it may have open (holding a permit or waiting) and waiting.
+   * Defaults to none beyond the queue's own.
+   */
+  tenantLimits?: (tenant: string) => { maxInFlight: number; maxQueued: number };
+}
+
+/** What one tenant holds in the queue now. */
+export interface TenantUsage {
+  /** Requests holding a permit or waiting for one. */
+  open: number;
+  /** Of those, requests waiting. */
+  queued: number;
 }
 
 /** Counters of an {@link AdmissionQueue}. Each request ends in at most one of the cumulative counters. */
@@ -101,17 +133,20 @@ export interface AdmissionStats {
 /** One waiting request: a node of an intrusive doubly linked list, so removal from the middle is O(1). */
 interface Waiter {
   readonly enqueuedAt: number;
+  readonly tenant: string;
   readonly resolve: (permit: Permit) => void;
   prev: Waiter | undefined;
   next: Waiter | undefined;
   /** The list holding this waiter; undefined once it has left (admitted, expired or aborted). */
   list: WaiterList | undefined;
+  /** The priority level it waits in. */
+  readonly level: Level;
   timer: { cancel(): void } | undefined;
   signal: AbortSignal | undefined;
   onAbort: (() => void) | undefined;
 }
 
-/** FIFO of waiters of one priority: O(1) push, peek and removal of any member. */
+/** FIFO of waiters of one tenant in one priority: O(1) push, peek and removal of any member. */
 class WaiterList {
   private head: Waiter | undefined;
   private tail: Waiter | undefined;
@@ -143,7 +178,47 @@ class WaiterList {
 }
 
 /**
- * Bounded admission with strict priorities: see the module comment.
+ * The waiters of one priority: a FIFO per tenant, and the tenants in the order of their turns.
+ * A Map keeps insertion order, so the tenant served is moved to the back: round robin in O(1).
+ */
+class Level {
+  private readonly tenants = new Map<string, WaiterList>();
+
+  push(waiter: Waiter): void {
+    let list = this.tenants.get(waiter.tenant);
+    if (!list) {
+      list = new WaiterList();
+      this.tenants.set(waiter.tenant, list);
+    }
+    list.push(waiter);
+  }
+
+  /** Takes a waiter out from anywhere; a tenant left with none loses its place in the turns. */
+  remove(waiter: Waiter): void {
+    const list = waiter.list;
+    if (!list) return;
+    list.remove(waiter);
+    if (list.size === 0) this.tenants.delete(waiter.tenant);
+  }
+
+  /**
+   * The oldest waiter of the tenant whose turn it is, left in place for the caller to remove; that
+   * tenant goes to the back of the turns.
+   */
+  next(): Waiter | undefined {
+    for (const [tenant, list] of this.tenants) {
+      this.tenants.delete(tenant);
+      this.tenants.set(tenant, list);
+      return list.first;
+    }
+    return undefined;
+  }
+}
+
+const UNLIMITED = { maxInFlight: Infinity, maxQueued: Infinity };
+
+/**
+ * Bounded admission with strict priorities and turns between tenants: see the module comment.
  *
  * Invariant: a request waits only while every slot is taken, because a released slot passes
  * straight to the next waiter. So a request that finds a free slot never overtakes a waiter.
@@ -152,11 +227,13 @@ export class AdmissionQueue {
   private readonly maxInFlight: number;
   private readonly maxQueued: number;
   private readonly clock: Clock;
-  private readonly levels: Record<Priority, WaiterList> = {
-    high: new WaiterList(),
-    normal: new WaiterList(),
-    low: new WaiterList(),
+  private readonly levels: Record<Priority, Level> = {
+    high: new Level(),
+    normal: new Level(),
+    low: new Level(),
   };
+  private readonly tenantLimits: (tenant: string) => { maxInFlight: number; maxQueued: number };
+  private readonly usage = new Map<string, TenantUsage>();
   private inFlightCount = 0;
   private queuedCount = 0;
   private admittedCount = 0;
@@ -176,6 +253,13 @@ export class AdmissionQueue {
     this.maxInFlight = maxInFlight;
     this.maxQueued = maxQueued;
     this.clock = options.clock ?? systemClock;
+    this.tenantLimits = options.tenantLimits ?? (() => UNLIMITED);
+  }
+
+  /** What `tenant` holds now. */
+  tenantUsage(tenant: string): TenantUsage {
+    const u = this.usage.get(tenant);
+    return { open: u?.open ?? 0, queued: u?.queued ?? 0 };
   }
 
   /** Permits held now. */
@@ -202,13 +286,16 @@ export class AdmissionQueue {
 
   /**
    * Resolves with a permit as soon as a slot is free: at once (no timer) when a slot is free now.
-   * Rejects at once with {@link QueueFullError} when `maxQueued` requests already wait, with
+   * Rejects at once with {@link TenantLimitError} when the tenant already has its most requests
+   * open, or would wait while it has its most requests waiting; with
+   * {@link QueueFullError} when `maxQueued` requests already wait, with
    * {@link DeadlineInQueueError} when the deadline is already past or passes while waiting, and
    * with the signal's reason when the signal is already aborted or aborts while waiting. A
    * request that settles without a permit takes no slot and leaves the queue.
    */
   admitOrReject(request: AdmissionRequest): Promise<Permit> {
     const { priority, deadline, signal } = request;
+    const tenant = request.tenant ?? '';
     if (!SERVICE_ORDER.includes(priority)) {
       return Promise.reject(
         new RangeError(`priority must be one of ${SERVICE_ORDER.join(', ')}, given ${JSON.stringify(priority)}`),
@@ -228,10 +315,17 @@ export class AdmissionQueue {
         new DeadlineInQueueError(`deadline passed ${now - deadline} ms before the request reached the queue`),
       );
     }
+    const limits = this.tenantLimits(tenant);
+    const usage = this.tenantUsage(tenant);
+    if (usage.open >= limits.maxInFlight) {
+      this.rejectedCount++;
+      return Promise.reject(new TenantLimitError(tenant, 'in_flight', usage.open));
+    }
     if (this.inFlightCount < this.maxInFlight) {
       this.inFlightCount++;
       this.admittedCount++;
-      return Promise.resolve(this.createPermit(0));
+      this.count(tenant, 1, 0);
+      return Promise.resolve(this.createPermit(tenant, 0));
     }
     if (this.queuedCount >= this.maxQueued) {
       this.rejectedCount++;
@@ -242,13 +336,28 @@ export class AdmissionQueue {
         ),
       );
     }
-    return this.enqueue(this.levels[priority], now, deadline, signal);
+    if (usage.queued >= limits.maxQueued) {
+      this.rejectedCount++;
+      return Promise.reject(new TenantLimitError(tenant, 'queued', usage.queued));
+    }
+    return this.enqueue(this.levels[priority], tenant, now, deadline, signal);
   }
 
-  private enqueue(level: WaiterList, now: number, deadline: number | undefined, signal: AbortSignal | undefined): Promise<Permit> {
+  /** Adds to what `tenant` holds (negative to take away); forgets a tenant that holds nothing. */
+  private count(tenant: string, open: number, queued: number): void {
+    const u = this.usage.get(tenant) ?? { open: 0, queued: 0 };
+    u.open += open;
+    u.queued += queued;
+    if (u.open <= 0) this.usage.delete(tenant);
+    else this.usage.set(tenant, u);
+  }
+
+  private enqueue(level: Level, tenant: string, now: number, deadline: number | undefined, signal: AbortSignal | undefined): Promise<Permit> {
     return new Promise<Permit>((resolve, reject) => {
       const waiter: Waiter = {
         enqueuedAt: now,
+        tenant,
+        level,
         resolve,
         prev: undefined,
         next: undefined,
@@ -259,9 +368,11 @@ export class AdmissionQueue {
       };
       level.push(waiter);
       this.queuedCount++;
+      this.count(tenant, 1, 1);
       if (deadline !== undefined && deadline !== Infinity) {
         waiter.timer = this.clock.setTimer(deadline - now, () => {
           if (!this.leave(waiter)) return;
+          this.count(tenant, -1, 0);
           this.expiredCount++;
           const waited = this.clock.now() - waiter.enqueuedAt;
           reject(new DeadlineInQueueError(`deadline passed after waiting ${waited} ms in the queue`));
@@ -270,6 +381,7 @@ export class AdmissionQueue {
       if (signal) {
         const onAbort = (): void => {
           if (!this.leave(waiter)) return;
+          this.count(tenant, -1, 0);
           this.cancelledCount++;
           reject(signal.reason);
         };
@@ -285,10 +397,10 @@ export class AdmissionQueue {
    * Returns false when it had already left, so each waiter settles exactly once.
    */
   private leave(waiter: Waiter): boolean {
-    const list = waiter.list;
-    if (list === undefined) return false;
-    list.remove(waiter);
+    if (waiter.list === undefined) return false;
+    waiter.level.remove(waiter);
     this.queuedCount--;
+    this.count(waiter.tenant, 0, -1);
     waiter.timer?.cancel();
     waiter.timer = undefined;
     if (waiter.signal && waiter.onAbort) waiter.signal.removeEventListener('abort', waiter.onAbort);
@@ -296,10 +408,10 @@ export class AdmissionQueue {
     return true;
   }
 
-  /** Takes the waiter to serve next out of the queue: highest priority first, oldest first within it. */
+  /** Takes the waiter to serve next out of the queue: highest priority first, tenants in turn within it. */
   private nextWaiter(): Waiter | undefined {
     for (const priority of SERVICE_ORDER) {
-      const waiter = this.levels[priority].first;
+      const waiter = this.levels[priority].next();
       if (waiter) {
         this.leave(waiter);
         return waiter;
@@ -308,13 +420,14 @@ export class AdmissionQueue {
     return undefined;
   }
 
-  private createPermit(waitedMs: number): Permit {
+  private createPermit(tenant: string, waitedMs: number): Permit {
     let released = false;
     return Object.freeze({
       waitedMs,
       release: (): void => {
         if (released) return;
         released = true;
+        this.count(tenant, -1, 0);
         this.releaseSlot();
       },
     });
@@ -328,6 +441,6 @@ export class AdmissionQueue {
     }
     // The slot passes straight to the waiter: inFlight stays the same.
     this.admittedCount++;
-    waiter.resolve(this.createPermit(this.clock.now() - waiter.enqueuedAt));
+    waiter.resolve(this.createPermit(waiter.tenant, this.clock.now() - waiter.enqueuedAt));
   }
 }

@@ -34,7 +34,9 @@ import { JobStore } from './jobs/store';
 import { Task } from '../../generated/maas/internal/v1/task';
 import { Priority as ProtoPriority } from '../../generated/maas/v1/inference';
 import { schedulerSchema } from './config';
-import { AdmissionQueue, DeadlineInQueueError, Permit, Priority, QueueFullError } from './queue';
+import { AdmissionQueue, DeadlineInQueueError, Permit, Priority, QueueFullError, TenantLimitError } from './queue';
+import { RateLimiter, TenantCounter, TenantLimits, TenantLimitValues } from './tenant-limits';
+import { tenantNameProblem } from '../../common/tenant';
 
 /** A running scheduler. */
 export interface RunningScheduler extends StartedService {
@@ -43,11 +45,59 @@ export interface RunningScheduler extends StartedService {
   readonly queue: AdmissionQueue;
   /** The batch job runner, for tests and diagnostics. */
   readonly jobs: JobRunner;
+  /** Open WatchJob streams per tenant, for tests and diagnostics. */
+  readonly watches: TenantCounter;
+}
+
+/** The flag of each per-tenant limit and the key of its override in --tenant-limits. */
+const LIMIT_SETTINGS: Record<keyof TenantLimitValues, [flag: string, key: string]> = {
+  maxInFlight: ['--tenant-max-in-flight', 'in_flight'],
+  maxQueued: ['--tenant-max-queued', 'queued'],
+  maxActiveJobs: ['--tenant-max-active-jobs', 'jobs'],
+  maxWatches: ['--tenant-max-watches', 'watches'],
+  rate: ['--tenant-rate', 'rate'],
+  burst: ['--tenant-burst', 'burst'],
+};
+
+/** Names the setting behind a tenant's limit: its override when it has one, else the flag. */
+export function limitSetting(limits: TenantLimits, tenant: string, limit: keyof TenantLimitValues): string {
+  const [flag, key] = LIMIT_SETTINGS[limit];
+  return limits.isOverridden(tenant, limit) ? `${key} of "${tenant}" in --tenant-limits` : flag;
+}
+
+/** The tenant a trusted caller (the gateway) passed, or INVALID_ARGUMENT. */
+function requireTenant(tenant: string): string {
+  const problem = tenantNameProblem(tenant);
+  if (problem) throw new MeshError('invalid_argument', `tenant ${problem}`);
+  return tenant;
 }
 
 /** Starts the scheduler. */
 export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, log: Logger): Promise<RunningScheduler> {
-  const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued });
+  const limits = new TenantLimits(
+    {
+      maxInFlight: config.tenantMaxInFlight,
+      maxQueued: config.tenantMaxQueued,
+      maxActiveJobs: config.tenantMaxActiveJobs,
+      maxWatches: config.tenantMaxWatches,
+      rate: config.tenantRate,
+      burst: config.tenantBurst,
+    },
+    config.tenantLimits,
+  );
+  const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued, tenantLimits: (t) => limits.of(t) });
+  const rates = new RateLimiter((t) => limits.of(t), () => Date.now());
+  const watches = new TenantCounter();
+  /** RESOURCE_EXHAUSTED when `tenant` is over its request rate. */
+  const takeRateToken = (tenant: string): void => {
+    const waitMs = rates.take(tenant);
+    if (waitMs === 0) return;
+    const { rate, burst } = limits.of(tenant);
+    throw new MeshError(
+      'resource_exhausted',
+      `tenant "${tenant}" is over its request rate, its limit ${rate}/s with bursts of ${burst} (${limitSetting(limits, tenant, 'rate')}, ${limitSetting(limits, tenant, 'burst')}); retry in ${waitMs} ms`,
+    );
+  };
   const channel = openChannel(config.balancer, config.maxMessageBytes);
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
   const aggregatorChannel = openChannel(config.aggregator, config.maxMessageBytes);
@@ -61,6 +111,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       maxTasksInFlight: config.maxBatchTasks,
       maxTasksPerJob: config.maxTasksPerJob,
       maxActiveJobs: config.maxActiveJobs,
+      tenantMaxActiveJobs: (tenant) => ({ limit: limits.of(tenant).maxActiveJobs, setting: limitSetting(limits, tenant, 'maxActiveJobs') }),
       retryBaseMs: config.retryBaseMs,
       retryMaxMs: config.retryMaxMs,
       callbackSecret: config.callbackSecret,
@@ -72,7 +123,9 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   async function* schedule(request: ScheduleRequest, context: MeshCallContext): AsyncGenerator<ScheduleResponse> {
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
-    const permit = await admit(queue, task, context);
+    requireTenant(task.tenant);
+    takeRateToken(task.tenant);
+    const permit = await admit(queue, task, context, limits);
     try {
       for await (const response of balancer.route({ task }, { signal: context.signal, deadline: context.deadline })) {
         yield { output: response.output };
@@ -88,15 +141,24 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
-    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs) } }],
+    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken) } }],
   });
-  log.info('admission limits', { max_in_flight: config.maxInFlight, max_queued: config.maxQueued });
+  log.info('admission limits', {
+    max_in_flight: config.maxInFlight,
+    max_queued: config.maxQueued,
+    tenant_max_in_flight: config.tenantMaxInFlight,
+    tenant_max_queued: config.tenantMaxQueued,
+    tenant_rate: config.tenantRate,
+    tenant_burst: config.tenantBurst,
+    tenants_with_overrides: config.tenantLimits.size,
+  });
   jobs.resume();
   return {
     port: server.port,
     address: server.address,
     queue,
     jobs,
+    watches,
     async shutdown() {
       jobs.close();
       await server.shutdown(5000);
@@ -108,17 +170,20 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
 }
 
 /** Waits for a slot, inside a queue-wait span; maps the queue's refusals to mesh errors. */
-async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext): Promise<Permit> {
+async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext, limits: TenantLimits): Promise<Permit> {
   const priority = priorityOf(task);
   const span = meshTracer().startSpan('scheduler.queue_wait', { attributes: { 'maas.priority': priority, 'maas.request_id': task.requestId } });
   try {
-    const permit = await queue.admitOrReject({ priority, deadline: context.deadline, signal: context.signal });
+    const permit = await queue.admitOrReject({ priority, tenant: task.tenant, deadline: context.deadline, signal: context.signal });
     span.setAttribute('maas.waited_ms', permit.waitedMs);
     endSpan(span);
     return permit;
   } catch (err) {
     endSpan(span, err);
     if (err instanceof QueueFullError) throw new MeshError('resource_exhausted', err.message);
+    if (err instanceof TenantLimitError) {
+      throw new MeshError('resource_exhausted', `${err.message} (${limitSetting(limits, err.tenant, err.limit === 'in_flight' ? 'maxInFlight' : 'maxQueued')})`);
+    }
     if (err instanceof DeadlineInQueueError) throw new MeshError('deadline_exceeded', err.message);
     // The call's own deadline timer may fire just before the queue's: same outcome, same status.
     if (err instanceof MeshError && err.kind === 'deadline_exceeded') {
@@ -137,23 +202,36 @@ function priorityOf(task: Task): Priority {
 
 
 /** The job methods of SchedulerService: thin adapters over the runner. */
-function jobMethods(jobs: JobRunner) {
+function jobMethods(jobs: JobRunner, limits: TenantLimits, watches: TenantCounter, takeRateToken: (tenant: string) => void) {
   return {
     async submitJob(request: SubmitJobRequest): Promise<SubmitJobResponse> {
+      requireTenant(request.tenant);
       if (!request.spec) throw new MeshError('invalid_argument', 'spec must be set');
+      takeRateToken(request.tenant);
       return { job: await jobs.submit(request.tenant, request.spec) };
     },
     async getJob(request: GetJobRequest): Promise<GetJobResponse> {
-      return { job: jobs.get(request.tenant, request.jobId) };
+      return { job: jobs.get(requireTenant(request.tenant), request.jobId) };
     },
     async listJobs(request: ListJobsRequest): Promise<ListJobsResponse> {
-      return jobs.list(request.tenant, request.pageSize, request.pageToken);
+      return jobs.list(requireTenant(request.tenant), request.pageSize, request.pageToken);
     },
     async cancelJob(request: CancelJobRequest): Promise<CancelJobResponse> {
-      return { job: await jobs.cancel(request.tenant, request.jobId) };
+      return { job: await jobs.cancel(requireTenant(request.tenant), request.jobId) };
     },
     async *watchJob(request: WatchJobRequest, context: MeshCallContext): AsyncGenerator<WatchJobResponse> {
-      for await (const event of jobs.watch(request.tenant, request.jobId, request.afterSequence, context.signal)) yield { event };
+      const tenant = requireTenant(request.tenant);
+      // Another tenant's job is NOT_FOUND before any limit is looked at: a refusal must not tell it exists.
+      jobs.get(tenant, request.jobId);
+      const max = limits.of(tenant).maxWatches;
+      if (!watches.tryAcquire(tenant, max)) {
+        throw new MeshError('resource_exhausted', `tenant "${tenant}" has ${watches.count(tenant)} Watch streams open, its limit (${limitSetting(limits, tenant, 'maxWatches')})`);
+      }
+      try {
+        for await (const event of jobs.watch(tenant, request.jobId, request.afterSequence, context.signal)) yield { event };
+      } finally {
+        watches.release(tenant);
+      }
     },
   };
 }

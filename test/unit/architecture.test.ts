@@ -33,6 +33,8 @@ const serviceOf = (path: string): string | undefined => (path.startsWith('servic
 /** Domain modules: plain TypeScript, tested directly. */
 const domainModules = [
   'services/scheduler/queue.ts',
+  'services/scheduler/tenant-limits.ts',
+  'common/tenant.ts',
   'services/balancer/policy.ts',
   'services/balancer/membership.ts',
   'services/balancer/ewma.ts',

@@ -377,7 +377,7 @@ describe('config', () => {
         it('has defaults that parse back to themselves through their own parse', () => {
           for (const [key, s] of Object.entries(serviceSchema)) {
             // An empty default (or empty list) stands for "not set"; its shown form ("(empty)") is not meant to parse.
-            const empty = s.default === '' || (Array.isArray(s.default) && s.default.length === 0);
+            const empty = s.default === '' || (Array.isArray(s.default) && s.default.length === 0) || (s.default instanceof Map && s.default.size === 0);
             const raw = empty ? '' : s.show(s.default);
             expect(s.parse(raw), `${service}.${key} from ${JSON.stringify(raw)}`).to.deep.equal(s.default);
           }

@@ -8,6 +8,7 @@ import {
   type Priority,
   QueueFullError,
   systemClock,
+  TenantLimitError,
 } from '../../services/scheduler/queue.js';
 
 /** A clock that moves only when told to; advance(ms) fires the timers that fall due, in order. */
@@ -272,6 +273,98 @@ describe('AdmissionQueue', () => {
       await flush();
       expect(high.state).to.equal('fulfilled');
       expect(low.state).to.equal('pending');
+    });
+  });
+
+  describe('turns between tenants', () => {
+    /** Admits in the order the queue grants permits, releasing each at once; returns the tenants in that order. */
+    async function grantOrder(queue: AdmissionQueue, waiting: Array<{ tenant: string; promise: Promise<Permit> }>, first: Permit): Promise<string[]> {
+      const order: string[] = [];
+      waiting.forEach((w) => void w.promise.then((p) => { order.push(w.tenant); p.release(); }));
+      first.release();
+      await flush();
+      await Promise.all(waiting.map((w) => w.promise));
+      return order;
+    }
+
+    it('serves the waiting tenants of one priority round robin, each in its own arrival order', async () => {
+      const queue = new AdmissionQueue({ maxInFlight: 1, maxQueued: 100, clock });
+      const [slot] = await fillSlots(queue, 1);
+      const arrivals = ['noisy', 'noisy', 'noisy', 'noisy', 'noisy', 'noisy', 'quiet', 'noisy', 'quiet', 'third'];
+      const waiting = arrivals.map((tenant, i) => ({ tenant: `${tenant}#${i}`, promise: queue.admitOrReject({ priority: 'normal', tenant }) }));
+      const order = await grantOrder(queue, waiting, slot);
+      // A plain FIFO would serve all six noisy requests before the quiet tenant's first.
+      expect(order).to.deep.equal(['noisy#0', 'quiet#6', 'third#9', 'noisy#1', 'quiet#8', 'noisy#2', 'noisy#3', 'noisy#4', 'noisy#5', 'noisy#7']);
+    });
+
+    it('keeps priorities strict: turns apply only within a priority', async () => {
+      const queue = new AdmissionQueue({ maxInFlight: 1, maxQueued: 100, clock });
+      const [slot] = await fillSlots(queue, 1);
+      const waiting = [
+        { tenant: 'a-low', promise: queue.admitOrReject({ priority: 'low', tenant: 'a' }) },
+        { tenant: 'b-high-1', promise: queue.admitOrReject({ priority: 'high', tenant: 'b' }) },
+        { tenant: 'b-high-2', promise: queue.admitOrReject({ priority: 'high', tenant: 'b' }) },
+        { tenant: 'a-normal', promise: queue.admitOrReject({ priority: 'normal', tenant: 'a' }) },
+      ];
+      expect(await grantOrder(queue, waiting, slot)).to.deep.equal(['b-high-1', 'b-high-2', 'a-normal', 'a-low']);
+    });
+
+    it('drops a tenant whose last waiter leaves (deadline) from the turns', async () => {
+      const queue = new AdmissionQueue({ maxInFlight: 1, maxQueued: 100, clock });
+      const [slot] = await fillSlots(queue, 1);
+      const gone = track(queue.admitOrReject({ priority: 'normal', tenant: 'gone', deadline: clock.now() + 10 }));
+      const waiting = [
+        { tenant: 'a1', promise: queue.admitOrReject({ priority: 'normal', tenant: 'a' }) },
+        { tenant: 'a2', promise: queue.admitOrReject({ priority: 'normal', tenant: 'a' }) },
+      ];
+      clock.advance(10);
+      await flush();
+      expect(gone.state).to.equal('rejected');
+      expect(queue.tenantUsage('gone')).to.deep.equal({ open: 0, queued: 0 });
+      expect(await grantOrder(queue, waiting, slot)).to.deep.equal(['a1', 'a2']);
+    });
+  });
+
+  describe('tenant limits', () => {
+    const limits = (maxInFlight: number, maxQueued: number) => () => ({ maxInFlight, maxQueued });
+
+    it('refuses a tenant with maxInFlight requests open (running or waiting) with TenantLimitError, while others get in', async () => {
+      const queue = new AdmissionQueue({ maxInFlight: 2, maxQueued: 10, clock, tenantLimits: limits(2, 10) });
+      await queue.admitOrReject({ priority: 'normal', tenant: 'acme' });
+      await queue.admitOrReject({ priority: 'normal', tenant: 'globex' });
+      track(queue.admitOrReject({ priority: 'normal', tenant: 'acme' }));
+      expect(queue.tenantUsage('acme')).to.deep.equal({ open: 2, queued: 1 });
+      const err = await expectRejection(queue.admitOrReject({ priority: 'normal', tenant: 'acme' }));
+      expect(err).to.be.instanceOf(TenantLimitError);
+      expect([(err as TenantLimitError).limit, (err as TenantLimitError).count, (err as Error).message]).to.deep.equal(['in_flight', 2, 'tenant "acme" has 2 requests in flight, its limit']);
+      expect(track(queue.admitOrReject({ priority: 'normal', tenant: 'globex' })).state).to.equal('pending');
+      expect(queue.stats().rejected).to.equal(1);
+    });
+
+    it('refuses a tenant with maxQueued requests waiting, while the queue has room for others', async () => {
+      const queue = new AdmissionQueue({ maxInFlight: 1, maxQueued: 10, clock, tenantLimits: limits(100, 2) });
+      await fillSlots(queue, 1);
+      track(queue.admitOrReject({ priority: 'normal', tenant: 'acme' }));
+      track(queue.admitOrReject({ priority: 'low', tenant: 'acme' }));
+      const err = await expectRejection(queue.admitOrReject({ priority: 'high', tenant: 'acme' }));
+      expect([(err as TenantLimitError).limit, (err as Error).message]).to.deep.equal(['queued', 'tenant "acme" has 2 requests queued, its limit']);
+      expect(track(queue.admitOrReject({ priority: 'normal', tenant: 'globex' })).state).to.equal('pending');
+      expect(queue.queued).to.equal(3);
+    });
+
+    it('counts a request out of its tenant however it ends: released, expired or aborted', async () => {
+      const queue = new AdmissionQueue({ maxInFlight: 1, maxQueued: 10, clock, tenantLimits: limits(3, 3) });
+      const running = await queue.admitOrReject({ priority: 'normal', tenant: 'acme' });
+      const expiring = track(queue.admitOrReject({ priority: 'normal', tenant: 'acme', deadline: clock.now() + 5 }));
+      const abort = new AbortController();
+      const aborted = track(queue.admitOrReject({ priority: 'normal', tenant: 'acme', signal: abort.signal }));
+      expect(queue.tenantUsage('acme')).to.deep.equal({ open: 3, queued: 2 });
+      clock.advance(5);
+      abort.abort(new Error('gone'));
+      running.release();
+      await flush();
+      expect([expiring.state, aborted.state]).to.deep.equal(['rejected', 'rejected']);
+      expect(queue.tenantUsage('acme')).to.deep.equal({ open: 0, queued: 0 });
     });
   });
 
