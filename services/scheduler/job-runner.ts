@@ -126,7 +126,7 @@ export class JobRunner {
     if (own) {
       let mine = this.admitting.get(tenant) ?? 0;
       for (const job of this.active.values()) if (job.tenant === tenant) mine++;
-      if (mine >= own.limit) throw new MeshError('resource_exhausted', `tenant "${tenant}" has ${mine} unfinished jobs, its limit (${own.setting})`);
+      if (mine >= own.limit) throw new MeshError('resource_exhausted', `tenant "${tenant}" has ${mine} unfinished job${mine === 1 ? '' : 's'}, its limit (${own.setting})`);
     }
     this.admitting.set(tenant, (this.admitting.get(tenant) ?? 0) + 1);
     this.admittingTotal++;

@@ -62,7 +62,7 @@ export class TenantLimitError extends Error {
     /** What the tenant holds now. */
     readonly count: number,
   ) {
-    super(`tenant ${JSON.stringify(tenant)} has ${count} requests ${limit === 'in_flight' ? 'in flight' : 'queued'}, its limit`);
+    super(`tenant ${JSON.stringify(tenant)} has ${count} request${count === 1 ? '' : 's'} ${limit === 'in_flight' ? 'in flight' : 'queued'}, its limit`);
   }
 }
 

@@ -225,7 +225,7 @@ function jobMethods(jobs: JobRunner, limits: TenantLimits, watches: TenantCounte
       jobs.get(tenant, request.jobId);
       const max = limits.of(tenant).maxWatches;
       if (!watches.tryAcquire(tenant, max)) {
-        throw new MeshError('resource_exhausted', `tenant "${tenant}" has ${watches.count(tenant)} Watch streams open, its limit (${limitSetting(limits, tenant, 'maxWatches')})`);
+        throw new MeshError('resource_exhausted', `tenant "${tenant}" has ${watches.count(tenant)} Watch stream${watches.count(tenant) === 1 ? '' : 's'} open, its limit (${limitSetting(limits, tenant, 'maxWatches')})`);
       }
       try {
         for await (const event of jobs.watch(tenant, request.jobId, request.afterSequence, context.signal)) yield { event };

@@ -129,7 +129,7 @@ describe('tenants', function () {
       const running = [predict(KEYS.acme), predict(KEYS.acme)];
       await until(() => mesh.scheduler.queue.tenantUsage('acme').queued === 1, 5000, 'one acme request queued');
       const err = await grpcError(predict(KEYS.acme));
-      expect([Status[err.code], err.details]).to.deep.equal(['RESOURCE_EXHAUSTED', 'tenant "acme" has 1 requests queued, its limit (--tenant-max-queued)']);
+      expect([Status[err.code], err.details]).to.deep.equal(['RESOURCE_EXHAUSTED', 'tenant "acme" has 1 request queued, its limit (--tenant-max-queued)']);
       await Promise.all([...running, predict(KEYS.globex)]);
     });
 
@@ -147,7 +147,7 @@ describe('tenants', function () {
       mesh = await startMesh({ workers: [{ echoDelayMs: 100 }], gateway: { apiKeys: keys }, scheduler: { tenantMaxActiveJobs: 1 } });
       const first = (await mesh.jobs.submit({ spec: longJob() }, as(KEYS.acme))).job!.id;
       const err = await grpcError(mesh.jobs.submit({ spec: quickJob() }, as(KEYS.acme)));
-      expect([Status[err.code], err.details]).to.deep.equal(['RESOURCE_EXHAUSTED', 'tenant "acme" has 1 unfinished jobs, its limit (--tenant-max-active-jobs)']);
+      expect([Status[err.code], err.details]).to.deep.equal(['RESOURCE_EXHAUSTED', 'tenant "acme" has 1 unfinished job, its limit (--tenant-max-active-jobs)']);
       await mesh.jobs.submit({ spec: quickJob() }, as(KEYS.globex));
       await mesh.jobs.cancel({ jobId: first }, as(KEYS.acme));
       await mesh.jobs.submit({ spec: quickJob() }, as(KEYS.acme));
