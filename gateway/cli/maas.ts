@@ -24,6 +24,9 @@ commands:
       --workers N             number of worker processes (default 2)
       --policy P              balancing policy: round_robin, random, least_outstanding, p2c,
                               p2c_ewma, weighted, consistent_hash (default p2c)
+      --input-root DIR        where jobs' input files are read from (default .maas/input)
+      --output-root DIR       where collect writes output files, a folder per tenant
+                              (default .maas/output)
   models                      list the models with their metadata
   workers                     the balancer's view of its workers: state, load, latency, ejections
   generate --model M PROMPT   stream generated tokens
@@ -31,7 +34,9 @@ commands:
   predict --model M INPUT     classify one input: label and class probabilities
   job submit (--mapper M | --model M) (--dataset D | --input FILE | --record TEXT...) [--watch]
       --reducer sum|top_k|accuracy|collect|mean  --shard-size N  --top-k K  --max-attempts N
-      --job-timeout-ms N  --priority low|normal|high  --callback-url URL  --output FILE
+      --job-timeout-ms N  --priority low|normal|high  --callback-url URL
+      --output FILE [--overwrite]   (collect: FILE under your folder of the output root)
+                              --input FILE is relative to the mesh's input root
       --max-tokens N --temperature T --seed S --stop SEQ   (for a generative model)
                               without --watch, prints the job id and returns at once
   job watch ID                replay the job's events, then follow them live until it ends
@@ -67,6 +72,8 @@ async function main(argv: string[]): Promise<number> {
       'worker-base-port': { type: 'string' },
       workers: { type: 'string', default: '2' },
       policy: { type: 'string', default: 'p2c' },
+      'input-root': { type: 'string', default: '.maas/input' },
+      'output-root': { type: 'string', default: '.maas/output' },
       mapper: { type: 'string' },
       dataset: { type: 'string' },
       input: { type: 'string' },
@@ -79,6 +86,7 @@ async function main(argv: string[]): Promise<number> {
       priority: { type: 'string' },
       'callback-url': { type: 'string' },
       output: { type: 'string' },
+      overwrite: { type: 'boolean' },
       watch: { type: 'boolean' },
       'page-size': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
@@ -106,6 +114,8 @@ async function main(argv: string[]): Promise<number> {
       workerBasePort: num('worker-base-port', values['worker-base-port']) ?? gatewayPort + 4,
       workers: num('workers', values.workers)!,
       policy: values.policy!,
+      inputRoot: values['input-root']!,
+      outputRoot: values['output-root']!,
       startTimeoutMs: 300_000,
     });
   }
@@ -218,6 +228,7 @@ async function jobCommand(
         priority: str('priority'),
         callbackUrl: str('callback-url'),
         output: str('output'),
+        overwrite: values.overwrite === true,
         maxTokens: num('max-tokens', str('max-tokens')),
         temperature: num('temperature', str('temperature')),
         seed: num('seed', str('seed')),
