@@ -101,11 +101,13 @@ export async function scanRecords(given: string, files: InputFiles, options: Rea
   const format = recordsFormat(given);
   const where = `${files.field ?? 'spec.file'} ${shownPath(given)}`;
   let records = 0;
-  const bytes = await withLines(given, files, options.signal, async (lines) => {
-    for await (const { line, number } of lines) {
-      if (isBlank(line)) continue;
-      parseRecord(line, format, where, number);
-      records++;
+  const bytes = await withLines(given, files, options.signal, async (batches) => {
+    for await (const batch of batches) {
+      for (const { line, number } of batch) {
+        if (isBlank(line)) continue;
+        parseRecord(line, format, where, number);
+        records++;
+      }
     }
   });
   return { records, bytes };
@@ -122,16 +124,18 @@ export async function readRecords(given: string, first: number, count: number, f
   const format = recordsFormat(given);
   const where = `${files.field ?? 'spec.file'} ${shownPath(given)}`;
   const records: FileRecord[] = [];
-  await withLines(given, files, options.signal, async (lines) => {
+  await withLines(given, files, options.signal, async (batches) => {
     if (count === 0) return;
     let index = 0;
-    for await (const { line, number } of lines) {
-      if (isBlank(line)) continue;
-      if (index >= first) {
-        records.push({ index, ...parseRecord(line, format, where, number) });
-        if (records.length === count) return;
+    for await (const batch of batches) {
+      for (const { line, number } of batch) {
+        if (isBlank(line)) continue;
+        if (index >= first) {
+          records.push({ index, ...parseRecord(line, format, where, number) });
+          if (records.length === count) return;
+        }
+        index++;
       }
-      index++;
     }
   });
   options.signal?.throwIfAborted();
@@ -162,7 +166,7 @@ const CHUNK_BYTES = 1 << 16;
  * Opens the file inside its root (verified: see common/file-roots), hands its lines to `consume`,
  * and closes it whether `consume` reads to the end or stops early. Resolves with the file's size.
  */
-async function withLines(given: string, files: InputFiles, signal: AbortSignal | undefined, consume: (lines: AsyncIterable<NumberedLine>) => Promise<void>): Promise<number> {
+async function withLines(given: string, files: InputFiles, signal: AbortSignal | undefined, consume: (batches: AsyncIterable<NumberedLine[]>) => Promise<void>): Promise<number> {
   const field = files.field ?? 'spec.file';
   signal?.throwIfAborted();
   let opened;
@@ -190,9 +194,10 @@ async function withLines(given: string, files: InputFiles, signal: AbortSignal |
 
 /**
  * The lines of the file, split at `\n` (a `\r` before it is dropped; a UTF-8 byte order mark
- * before the first line too), read a chunk at a time. Never holds more than one line over the
+ * before the first line too), one batch per chunk read. Never holds more than one line over the
  * limit: a longer line is refused as soon as its first `maxLineBytes + 1` bytes are in. Reads at
- * most `maxBytes` in all (a file that grows while read is refused), and stops with the signal.
+ * most `maxBytes` in all (a file that grows while read is refused), and stops with the signal,
+ * checked before every chunk.
  */
 async function* boundedLines(
   handle: FileHandle,
@@ -201,13 +206,12 @@ async function* boundedLines(
   files: InputFiles,
   progress: { bytes: number },
   signal: AbortSignal | undefined,
-): AsyncGenerator<NumberedLine> {
+): AsyncGenerator<NumberedLine[]> {
   const buffer = Buffer.allocUnsafe(CHUNK_BYTES);
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   let number = 0;
-  const decode = (parts: Buffer[]): string => {
-    let line = (parts.length === 1 ? parts[0] : Buffer.concat(parts)).toString('utf8');
+  const finish = (line: string): string => {
     if (line.endsWith('\r')) line = line.slice(0, -1);
     if (number === 1 && line.startsWith('\uFEFF')) line = line.slice(1);
     return line;
@@ -224,10 +228,12 @@ async function* boundedLines(
       throw new RecordsError('unreadable', `${field} ${shownPath(given)} cannot be read (${code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (code ?? 'error')})`);
     }
     if (read === 0) break;
+    signal?.throwIfAborted();
     progress.bytes += read;
     if (progress.bytes > files.maxBytes) {
       throw new RecordsError('too_large', `${field} must be a file of at most ${files.maxBytes} bytes (the input size limit), given ${shownPath(given)}, which grew past it`);
     }
+    const batch: NumberedLine[] = [];
     let start = 0;
     for (;;) {
       const end = buffer.indexOf(10, start);
@@ -235,25 +241,31 @@ async function* boundedLines(
       // The line's length without its newline, and without a \r before it.
       const length = pendingBytes + (end - start) - (end > start ? (buffer[end - 1] === 13 ? 1 : 0) : lastByteIsCr(pending) ? 1 : 0);
       if (length > files.maxLineBytes) throw tooLong();
-      pending.push(Buffer.from(buffer.subarray(start, end)));
+      let line: string;
+      if (pendingBytes === 0) {
+        line = buffer.toString('utf8', start, end);
+      } else {
+        pending.push(buffer.subarray(start, end));
+        line = Buffer.concat(pending).toString('utf8');
+        pending = [];
+        pendingBytes = 0;
+      }
       number++;
-      const line = decode(pending);
-      pending = [];
-      pendingBytes = 0;
+      batch.push({ line: finish(line), number });
       start = end + 1;
-      yield { line, number };
-      signal?.throwIfAborted();
     }
     if (start < read) {
       pendingBytes += read - start;
       if (pendingBytes > files.maxLineBytes + 1) throw tooLong();
+      // A copy: the buffer is read into again.
       pending.push(Buffer.from(buffer.subarray(start, read)));
     }
+    if (batch.length > 0) yield batch;
   }
   if (pendingBytes > 0) {
     if (pendingBytes - (lastByteIsCr(pending) ? 1 : 0) > files.maxLineBytes) throw tooLong();
     number++;
-    yield { line: decode(pending), number };
+    yield [{ line: finish(Buffer.concat(pending).toString('utf8')), number }];
   }
 }
 
