@@ -106,11 +106,14 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
   const dataDir = mkdtempSync(join(tmpdir(), 'maas-bench-'));
   const host = ['--host', '127.0.0.1'];
   const toAggregator = o.aggregator ? ['--aggregator', aggregatorAddress] : [];
+  // Job file roots in the same fresh folder, the same for the scheduler and every worker.
+  const inputRoot = ['--input-root', join(dataDir, 'input')];
+  const outputRoot = ['--output-root', join(dataDir, 'output')];
   const workerSpec = (name: string, port: number, id: string) => ({
     name,
     address: at(port),
     entry: 'services/worker/main.js',
-    args: [...host, '--port', String(port), '--balancer', addresses.balancer, ...toAggregator, '--worker-id', id],
+    args: [...host, '--port', String(port), '--balancer', addresses.balancer, ...toAggregator, '--worker-id', id, ...inputRoot],
   });
   // In start order; stopped in the reverse order (edge first).
   const specs: { name: string; address: string; entry: string; args: string[] }[] = [
@@ -121,7 +124,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
             name: 'aggregator',
             address: aggregatorAddress,
             entry: 'services/aggregator/main.js',
-            args: [...host, '--port', String(aggregatorPort), '--data-dir', join(dataDir, 'aggregator')],
+            args: [...host, '--port', String(aggregatorPort), '--data-dir', join(dataDir, 'aggregator'), ...outputRoot],
           },
         ]
       : []),
@@ -131,7 +134,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
       name: 'scheduler',
       address: addresses.scheduler,
       entry: 'services/scheduler/main.js',
-      args: [...host, '--port', String(schedulerPort), '--balancer', addresses.balancer, ...toAggregator, '--data-dir', join(dataDir, 'scheduler')],
+      args: [...host, '--port', String(schedulerPort), '--balancer', addresses.balancer, ...toAggregator, '--data-dir', join(dataDir, 'scheduler'), ...inputRoot, ...outputRoot],
     },
     {
       name: 'gateway',

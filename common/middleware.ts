@@ -22,6 +22,7 @@ export type MeshCallContext = CallContext & MeshContextExt;
 const statusOfKind: Record<ErrorKind, Status> = {
   invalid_argument: Status.INVALID_ARGUMENT,
   not_found: Status.NOT_FOUND,
+  already_exists: Status.ALREADY_EXISTS,
   failed_precondition: Status.FAILED_PRECONDITION,
   resource_exhausted: Status.RESOURCE_EXHAUSTED,
   unavailable: Status.UNAVAILABLE,

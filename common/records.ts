@@ -8,28 +8,40 @@
  * - anything else: plain text; every non-empty line is one record, as written, with no label.
  *
  * A line is empty when it holds only whitespace; empty lines are skipped, so record i is the i-th
- * non-empty line. Errors name the file (its base name) and the physical line, counted from 1.
+ * non-empty line. Errors name the field and the path as the caller gave it, and the physical line,
+ * counted from 1; they never quote a line (a file's content is not the caller's to see).
+ *
+ * Every read is bounded: the file is opened inside the input root and verified (a regular file,
+ * at most the size limit: see ./file-roots), no line longer than the line limit is held, and the
+ * read stops when its signal aborts.
  */
-import { open, type FileHandle } from 'node:fs/promises';
-import { basename } from 'node:path';
-import { createInterface } from 'node:readline';
+import type { FileHandle } from 'node:fs/promises';
+import { ErrorKind } from './errors';
+import { FILE_ACCESS_KINDS, FileAccessCode, FileAccessError, openInputFile, shownPath } from './file-roots';
 
-/** Why an input file cannot be used. */
-export type RecordsErrorCode = 'not_found' | 'unreadable' | 'malformed';
+/** Why an input file cannot be used: a {@link FileAccessCode}, a malformed line, or a line over the limit. */
+export type RecordsErrorCode = FileAccessCode | 'malformed' | 'line_too_long';
 
-/** An input file that is missing, unreadable, or holds a line that is not a valid record. */
+/** An input file that cannot be used, or holds a line that is not a valid record. */
 export class RecordsError extends Error {
   override name = 'RecordsError';
   constructor(
-    /** `not_found`: no such file; `unreadable`: it exists but cannot be read; `malformed`: a bad line. */
+    /** See {@link RecordsErrorCode}. */
     readonly code: RecordsErrorCode,
     message: string,
-    /** The physical line (from 1) of a malformed record. */
+    /** The physical line (from 1) of a malformed record or a line over the limit. */
     readonly line?: number,
   ) {
     super(message);
   }
 }
+
+/** The status of each kind of input-file failure, as the scheduler and the workers answer it. */
+export const RECORDS_ERROR_KINDS: Record<RecordsErrorCode, ErrorKind> = {
+  ...FILE_ACCESS_KINDS,
+  line_too_long: 'invalid_argument',
+  malformed: 'invalid_argument',
+};
 
 /** One record of an input file. */
 export interface FileRecord {
@@ -57,25 +69,45 @@ export function recordsFormat(path: string): RecordsFormat {
   return path.toLowerCase().endsWith('.jsonl') ? 'jsonl' : 'text';
 }
 
-/** Options of {@link readRecords}. */
+/** Where input files are and how much of one is read. */
+export interface InputFiles {
+  /** The input root: a job's path is relative to it (see common/file-roots). */
+  root: string;
+  /** Largest input file, in bytes. */
+  maxBytes: number;
+  /** Longest line, in bytes (its newline excluded). */
+  maxLineBytes: number;
+  /** The field the path came in, for messages; default `spec.file`. */
+  field?: string;
+}
+
+/** Options of a read. */
 export interface ReadRecordsOptions {
-  /** Stops the read (rejecting with the signal's reason) when it aborts. */
+  /** Stops the read (rejecting with the signal's reason) when it aborts; checked before every chunk. */
   signal?: AbortSignal;
 }
 
 /**
- * Reads the whole file, validates every record and counts them. Rejects with a
- * {@link RecordsError} at the first bad line, or when the file is missing or unreadable.
+ * Reads made of input files in this process, for diagnostics and tests: how many are running,
+ * how many stopped early because their signal aborted, and the bytes the last one to end had read.
  */
-export async function scanRecords(path: string): Promise<RecordsScan> {
-  const format = recordsFormat(path);
-  const name = basename(path);
+export const fileScans = { active: 0, aborted: 0, lastBytesRead: 0 };
+
+/**
+ * Reads the whole file, validates every record and counts them. Rejects with a
+ * {@link RecordsError} at the first bad line, or when the file cannot be used.
+ */
+export async function scanRecords(given: string, files: InputFiles, options: ReadRecordsOptions = {}): Promise<RecordsScan> {
+  const format = recordsFormat(given);
+  const where = `${files.field ?? 'spec.file'} ${shownPath(given)}`;
   let records = 0;
-  const bytes = await withLines(path, async (lines) => {
-    for await (const { line, number } of lines) {
-      if (isBlank(line)) continue;
-      parseRecord(line, format, name, number);
-      records++;
+  const bytes = await withLines(given, files, options.signal, async (batches) => {
+    for await (const batch of batches) {
+      for (const { line, number } of batch) {
+        if (isBlank(line)) continue;
+        parseRecord(line, format, where, number);
+        records++;
+      }
     }
   });
   return { records, bytes };
@@ -86,27 +118,34 @@ export async function scanRecords(path: string): Promise<RecordsScan> {
  * file and closing it as soon as the last one is read. The lines of these records are validated
  * as {@link scanRecords} does; the lines before them are only counted, not parsed.
  */
-export async function readRecords(path: string, first: number, count: number, options: ReadRecordsOptions = {}): Promise<FileRecord[]> {
+export async function readRecords(given: string, first: number, count: number, files: InputFiles, options: ReadRecordsOptions = {}): Promise<FileRecord[]> {
   if (!Number.isSafeInteger(first) || first < 0) throw new RangeError(`first must be an integer >= 0, given ${first}`);
   if (!Number.isSafeInteger(count) || count < 0) throw new RangeError(`count must be an integer >= 0, given ${count}`);
-  const format = recordsFormat(path);
-  const name = basename(path);
+  const format = recordsFormat(given);
+  const where = `${files.field ?? 'spec.file'} ${shownPath(given)}`;
   const records: FileRecord[] = [];
-  await withLines(path, async (lines) => {
+  await withLines(given, files, options.signal, async (batches) => {
     if (count === 0) return;
     let index = 0;
-    for await (const { line, number } of lines) {
-      options.signal?.throwIfAborted();
-      if (isBlank(line)) continue;
-      if (index >= first) {
-        records.push({ index, ...parseRecord(line, format, name, number) });
-        if (records.length === count) return;
+    for await (const batch of batches) {
+      for (const { line, number } of batch) {
+        if (isBlank(line)) continue;
+        if (index >= first) {
+          records.push({ index, ...parseRecord(line, format, where, number) });
+          if (records.length === count) return;
+        }
+        index++;
       }
-      index++;
     }
   });
   options.signal?.throwIfAborted();
   return records;
+}
+
+/** Whether the last of `parts` ends with a carriage return. */
+function lastByteIsCr(parts: readonly Buffer[]): boolean {
+  const last = parts[parts.length - 1];
+  return last !== undefined && last.length > 0 && last[last.length - 1] === 13;
 }
 
 /** Whether a line holds no record. */
@@ -120,70 +159,114 @@ interface NumberedLine {
   number: number;
 }
 
+/** Bytes read at once. */
+const CHUNK_BYTES = 1 << 16;
+
 /**
- * Opens the file, hands its lines to `consume`, and closes it whether `consume` reads to the end
- * or stops early. Resolves with the file's size in bytes.
+ * Opens the file inside its root (verified: see common/file-roots), hands its lines to `consume`,
+ * and closes it whether `consume` reads to the end or stops early. Resolves with the file's size.
  */
-async function withLines(path: string, consume: (lines: AsyncIterable<NumberedLine>) => Promise<void>): Promise<number> {
-  const handle = await openForReading(path);
+async function withLines(given: string, files: InputFiles, signal: AbortSignal | undefined, consume: (batches: AsyncIterable<NumberedLine[]>) => Promise<void>): Promise<number> {
+  const field = files.field ?? 'spec.file';
+  signal?.throwIfAborted();
+  let opened;
   try {
-    const { size } = await handle.stat();
-    const stream = handle.createReadStream({ encoding: 'utf8', autoClose: false });
-    const reader = createInterface({ input: stream, crlfDelay: Infinity });
-    try {
-      await consume(numbered(reader, path));
-    } finally {
-      reader.close();
-      stream.destroy();
-    }
+    opened = await openInputFile(files.root, given, { field, maxBytes: files.maxBytes });
+  } catch (error) {
+    if (error instanceof FileAccessError) throw new RecordsError(error.code, error.message);
+    throw error;
+  }
+  const { handle, size } = opened;
+  const progress = { bytes: 0 };
+  fileScans.active++;
+  try {
+    await consume(boundedLines(handle, given, field, files, progress, signal));
     return size;
+  } catch (error) {
+    if (signal?.aborted) fileScans.aborted++;
+    throw error;
   } finally {
+    fileScans.active--;
+    fileScans.lastBytesRead = progress.bytes;
     await handle.close();
   }
 }
 
 /**
- * The lines of `reader` with their numbers; a UTF-8 byte order mark before the first is dropped.
- * A read error of the file (readline passes it on) becomes an `unreadable` {@link RecordsError}.
+ * The lines of the file, split at `\n` (a `\r` before it is dropped; a UTF-8 byte order mark
+ * before the first line too), one batch per chunk read. Never holds more than one line over the
+ * limit: a longer line is refused as soon as its first `maxLineBytes + 1` bytes are in. Reads at
+ * most `maxBytes` in all (a file that grows while read is refused), and stops with the signal,
+ * checked before every chunk.
  */
-async function* numbered(reader: AsyncIterable<string>, path: string): AsyncGenerator<NumberedLine> {
+async function* boundedLines(
+  handle: FileHandle,
+  given: string,
+  field: string,
+  files: InputFiles,
+  progress: { bytes: number },
+  signal: AbortSignal | undefined,
+): AsyncGenerator<NumberedLine[]> {
+  const buffer = Buffer.allocUnsafe(CHUNK_BYTES);
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
   let number = 0;
-  try {
-    for await (const line of reader) {
+  const finish = (line: string): string => {
+    if (line.endsWith('\r')) line = line.slice(0, -1);
+    if (number === 1 && line.startsWith('\uFEFF')) line = line.slice(1);
+    return line;
+  };
+  const tooLong = () =>
+    new RecordsError('line_too_long', `${field} ${shownPath(given)} line ${number + 1}: longer than ${files.maxLineBytes} bytes (the line limit)`, number + 1);
+  for (;;) {
+    signal?.throwIfAborted();
+    let read: number;
+    try {
+      ({ bytesRead: read } = await handle.read(buffer, 0, CHUNK_BYTES, progress.bytes));
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      throw new RecordsError('unreadable', `${field} ${shownPath(given)} cannot be read (${code === 'EACCES' || code === 'EPERM' ? 'permission denied' : (code ?? 'error')})`);
+    }
+    if (read === 0) break;
+    signal?.throwIfAborted();
+    progress.bytes += read;
+    if (progress.bytes > files.maxBytes) {
+      throw new RecordsError('too_large', `${field} must be a file of at most ${files.maxBytes} bytes (the input size limit), given ${shownPath(given)}, which grew past it`);
+    }
+    const batch: NumberedLine[] = [];
+    let start = 0;
+    for (;;) {
+      const end = buffer.indexOf(10, start);
+      if (end < 0 || end >= read) break;
+      // The line's length without its newline, and without a \r before it.
+      const length = pendingBytes + (end - start) - (end > start ? (buffer[end - 1] === 13 ? 1 : 0) : lastByteIsCr(pending) ? 1 : 0);
+      if (length > files.maxLineBytes) throw tooLong();
+      let line: string;
+      if (pendingBytes === 0) {
+        line = buffer.toString('utf8', start, end);
+      } else {
+        pending.push(buffer.subarray(start, end));
+        line = Buffer.concat(pending).toString('utf8');
+        pending = [];
+        pendingBytes = 0;
+      }
       number++;
-      yield { line: number === 1 && line.startsWith('\uFEFF') ? line.slice(1) : line, number };
+      batch.push({ line: finish(line), number });
+      start = end + 1;
     }
-  } catch (error) {
-    // Only the file's own errors land here: an error of the consumer ends this generator by return().
-    throw unreadable(path, error as NodeJS.ErrnoException);
-  }
-}
-
-/** Opens a regular file for reading, turning the usual failures into a {@link RecordsError}. */
-async function openForReading(path: string): Promise<FileHandle> {
-  let handle: FileHandle;
-  try {
-    handle = await open(path, 'r');
-  } catch (error) {
-    const errno = error as NodeJS.ErrnoException;
-    if (errno.code === 'ENOENT' || errno.code === 'ENOTDIR') {
-      throw new RecordsError('not_found', `input file ${path} does not exist`);
+    if (start < read) {
+      pendingBytes += read - start;
+      if (pendingBytes > files.maxLineBytes + 1) throw tooLong();
+      // A copy: the buffer is read into again.
+      pending.push(Buffer.from(buffer.subarray(start, read)));
     }
-    throw unreadable(path, errno);
+    if (batch.length > 0) yield batch;
   }
-  try {
-    const stats = await handle.stat();
-    if (stats.isDirectory()) throw new RecordsError('unreadable', `input file ${path} is a directory, not a file`);
-  } catch (error) {
-    await handle.close();
-    throw error instanceof RecordsError ? error : unreadable(path, error as NodeJS.ErrnoException);
+  if (pendingBytes > 0) {
+    if (pendingBytes - (lastByteIsCr(pending) ? 1 : 0) > files.maxLineBytes) throw tooLong();
+    number++;
+    yield [{ line: finish(Buffer.concat(pending).toString('utf8')), number }];
   }
-  return handle;
-}
-
-function unreadable(path: string, error: NodeJS.ErrnoException): RecordsError {
-  const reason = error.code === 'EACCES' || error.code === 'EPERM' ? 'permission denied' : (error.code ?? error.message);
-  return new RecordsError('unreadable', `input file ${path} cannot be read (${reason})`);
 }
 
 /** The record on one non-empty line; throws a `malformed` {@link RecordsError} naming the line. */
@@ -193,17 +276,18 @@ function parseRecord(line: string, format: RecordsFormat, file: string, number: 
   let value: unknown;
   try {
     value = JSON.parse(line);
-  } catch (error) {
-    throw malformed(`malformed JSON (${shorten((error as Error).message, 120)})`);
+  } catch {
+    // Not the parser's message: it quotes the line, and an error never echoes a file's content.
+    throw malformed('malformed JSON');
   }
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     throw malformed(`expected a JSON object with "text", given ${jsonKind(value)}`);
   }
   const { text, label } = value as { text?: unknown; label?: unknown };
   if (text === undefined) throw malformed('"text" is required');
-  if (typeof text !== 'string') throw malformed(`"text" must be a string, given ${describeValue(text)}`);
+  if (typeof text !== 'string') throw malformed(`"text" must be a string, given ${jsonKind(text)}`);
   if (label !== undefined && label !== null && typeof label !== 'string') {
-    throw malformed(`"label" must be a string, given ${describeValue(label)}`);
+    throw malformed(`"label" must be a string, given ${jsonKind(label)}`);
   }
   return { text, label: label ?? '' };
 }
@@ -211,14 +295,5 @@ function parseRecord(line: string, format: RecordsFormat, file: string, number: 
 function jsonKind(value: unknown): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'an array';
-  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
-}
-
-function describeValue(value: unknown): string {
-  if (typeof value === 'object' && value !== null) return jsonKind(value);
-  return shorten(JSON.stringify(value), 40);
-}
-
-function shorten(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max - 3)}...` : text;
+  return typeof value === 'object' ? 'an object' : typeof value === 'boolean' ? 'a boolean' : `a ${typeof value}`;
 }

@@ -23,6 +23,7 @@ export interface JobSpecFields {
   callbackUrl: string;
   generate?: { maxTokens: number; temperature?: number | undefined; seed?: number | undefined; stop: string[] } | undefined;
   outputFile: string;
+  overwriteOutput?: boolean;
 }
 
 /** What the gateway knows of the world when it validates a spec. */
@@ -82,7 +83,7 @@ export async function validateJobSpec<T extends JobSpecFields>(spec: T, context:
       }
     });
   } else if (spec.input.$case === 'file') {
-    if (spec.input.file.trim() === '') throw invalidField('spec.file', 'must be a path', spec.input.file);
+    validatePath('spec.file', spec.input.file);
   } else if (!context.datasets.includes(spec.input.dataset)) {
     throw new MeshError('not_found', `dataset "${spec.input.dataset}" not found; available: ${context.datasets.join(', ')}`);
   }
@@ -117,6 +118,8 @@ export async function validateJobSpec<T extends JobSpecFields>(spec: T, context:
     }
   }
   if (spec.outputFile !== '' && reducer !== 'collect') throw invalidField('spec.output_file', 'is only for the collect reducer', spec.outputFile);
+  if (spec.outputFile !== '') validatePath('spec.output_file', spec.outputFile);
+  if (spec.overwriteOutput && spec.outputFile === '') throw invalidField('spec.overwrite_output', 'is only for a job with an output_file', true);
   if (spec.generate && kind !== 'generate') throw invalidField('spec.generate', 'is only for a generative model', 'set');
   const generate = kind === 'generate' ? validateGenerateOptions(spec.generate) : spec.generate;
 
@@ -129,6 +132,19 @@ export async function validateJobSpec<T extends JobSpecFields>(spec: T, context:
     priority: spec.priority || 2,
     generate,
   };
+}
+
+/** Longest path of a job's file or output file, in characters (PATH_MAX on Linux). */
+export const MAX_PATH_CHARS = 4096;
+
+/**
+ * What the edge can know of a path: not empty, no NUL, not absurdly long. Whether it stays inside
+ * its root only the scheduler, the workers and the aggregator can tell (they know the roots).
+ */
+function validatePath(field: string, path: string): void {
+  if (path.trim() === '') throw invalidField(field, 'must be a path', path);
+  if (path.length > MAX_PATH_CHARS) throw invalidField(field, `must be at most ${MAX_PATH_CHARS} characters`, path);
+  if (/[\u0000-\u001f]/.test(path)) throw invalidField(field, 'must not contain control characters (NUL, newline...)', path);
 }
 
 function validateGenerateOptions(options: JobSpecFields['generate']): JobSpecFields['generate'] {

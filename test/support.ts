@@ -54,11 +54,17 @@ export interface MeshOptions {
   /** Scheduler settings of the batch path. */
   scheduler?: Partial<ReturnType<typeof schedulerDefaults>>;
   gateway?: Partial<ReturnType<typeof gatewayDefaults>>;
+  /** Aggregator settings (e.g. maxOutputBytes). */
+  aggregator?: Partial<ReturnType<typeof aggregatorDefaults>>;
+  /** Worker settings beyond the WorkerSpec (e.g. maxLineBytes), for every worker. */
+  worker?: Partial<ReturnType<typeof workerDefaults>>;
 }
 
 const gatewayDefaults = () => parseConfig(gatewaySchema, [], {});
 const schedulerDefaults = () => parseConfig(schedulerSchema, [], {});
 const balancerDefaults = () => parseConfig(balancerSchema, [], {});
+const aggregatorDefaults = () => parseConfig(aggregatorSchema, [], {});
+const workerDefaults = () => parseConfig(workerSchema, [], {});
 
 /** A mesh running in this process. */
 export class TestMesh {
@@ -74,7 +80,7 @@ export class TestMesh {
     readonly aggregator: RunningAggregator,
     readonly scheduler: RunningScheduler,
     readonly gateway: RunningGateway,
-    /** Temporary directory of the durable stores, removed by stop(). */
+    /** Temporary directory of the durable stores and the file roots, removed by stop(). */
     readonly dataDir: string,
   ) {
     this.channel = openChannel(gateway.address);
@@ -82,6 +88,19 @@ export class TestMesh {
     this.models = createMeshClient(ModelServiceDefinition, this.channel);
     this.jobs = createMeshClient(JobServiceDefinition, this.channel);
     this.meshInfo = createMeshClient(MeshServiceDefinition, this.channel);
+  }
+
+  /** Settings every worker started by addWorker gets (MeshOptions.worker). */
+  workerSettings: MeshOptions['worker'] = {};
+
+  /** The input root of the scheduler and the workers: a job's `file` is relative to it. */
+  get inputRoot(): string {
+    return join(this.dataDir, 'input');
+  }
+
+  /** The aggregator's output root: a tenant's `output_file` lands in `<outputRoot>/<tenant>/`. */
+  get outputRoot(): string {
+    return join(this.dataDir, 'output');
   }
 
   /** Starts a worker, waits until the balancer has accepted it, and returns it. */
@@ -96,6 +115,8 @@ export class TestMesh {
       echoDelayMs: spec.echoDelayMs ?? 0,
       cacheDir: MODEL_CACHE_DIR,
       workerId: `w${this.workers.length + 1}`,
+      inputRoot: this.inputRoot,
+      ...this.workerSettings,
     };
     const runtime = spec.runtime ?? (spec.builtin ? createBuiltinRuntime({ cacheDir: MODEL_CACHE_DIR, echoDelayMs: config.echoDelayMs }) : echoRuntime(config.echoDelayMs));
     const worker = await startWorker(config, silentLogger, runtime);
@@ -125,7 +146,10 @@ export function echoRuntime(delayMs: number): ModelRuntime {
 export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
   const balancer = await startBalancer({ ...balancerDefaults(), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200, ...options.balancer }, silentLogger);
   const dataDir = mkdtempSync(join(tmpdir(), 'maas-mesh-test-'));
-  const aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator') }, silentLogger);
+  const aggregator = await startAggregator(
+    { ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator'), outputRoot: join(dataDir, 'output'), protectedDirs: `${join(dataDir, 'scheduler')},${MODEL_CACHE_DIR}`, ...options.aggregator },
+    silentLogger,
+  );
   const scheduler = await startScheduler(
     {
       ...schedulerDefaults(),
@@ -133,6 +157,8 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
       balancer: balancer.address,
       aggregator: aggregator.address,
       dataDir: join(dataDir, 'scheduler'),
+      inputRoot: join(dataDir, 'input'),
+      outputRoot: join(dataDir, 'output'),
       maxInFlight: options.maxInFlight ?? 256,
       maxQueued: options.maxQueued ?? 1024,
       retryBaseMs: 20,
@@ -146,6 +172,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
     silentLogger,
   );
   const mesh = new TestMesh(balancer, aggregator, scheduler, gateway, dataDir);
+  mesh.workerSettings = options.worker ?? {};
   for (const spec of options.workers ?? [{}]) await mesh.addWorker(spec);
   return mesh;
 }

@@ -2,7 +2,6 @@
  * `maas job ...`: batch jobs through the gateway's public JobService. `submit --watch` and
  * `watch` draw a live progress line (tasks, records per second, ETA) and print the result.
  */
-import { resolve } from 'node:path';
 import { Client, ClientError, Metadata, Status } from 'nice-grpc';
 import { MeshCallOptions } from '../../common/client';
 import { Priority } from '../../generated/maas/v1/inference';
@@ -25,13 +24,17 @@ export interface SubmitOptions {
   priority?: string;
   callbackUrl?: string;
   output?: string;
+  overwrite?: boolean;
   maxTokens?: number;
   temperature?: number;
   seed?: number;
   stop?: string[];
 }
 
-/** Builds the JobSpec of `maas job submit`; paths become absolute, since services read them. */
+/**
+ * Builds the JobSpec of `maas job submit`. Paths are sent as given: `--input` is relative to the
+ * mesh's input root, `--output` to the caller's folder under its output root.
+ */
 export function specFromOptions(o: SubmitOptions): JobSpec {
   const given = [o.mapper, o.model].filter((x) => x !== undefined).length;
   if (given !== 1) throw new UsageError('give exactly one of --mapper or --model');
@@ -45,7 +48,7 @@ export function specFromOptions(o: SubmitOptions): JobSpec {
       o.dataset !== undefined
         ? { $case: 'dataset', dataset: o.dataset }
         : o.input !== undefined
-          ? { $case: 'file', file: resolve(o.input) }
+          ? { $case: 'file', file: o.input }
           : { $case: 'inline', inline: { records: o.records!.map((text) => ({ text, label: '' })) } },
     shardSize: o.shardSize,
     reducer: o.reducer ?? '',
@@ -54,7 +57,8 @@ export function specFromOptions(o: SubmitOptions): JobSpec {
     timeoutMs: o.timeoutMs ?? 0,
     priority,
     callbackUrl: o.callbackUrl ?? '',
-    outputFile: o.output ? resolve(o.output) : '',
+    outputFile: o.output ?? '',
+    overwriteOutput: o.overwrite ?? false,
     generate:
       o.maxTokens !== undefined || o.temperature !== undefined || o.seed !== undefined || o.stop
         ? { maxTokens: o.maxTokens ?? 0, temperature: o.temperature, seed: o.seed, stop: o.stop ?? [] }

@@ -25,6 +25,9 @@ commands:
       --workers N             number of worker processes (default 2)
       --policy P              balancing policy: round_robin, random, least_outstanding, p2c,
                               p2c_ewma, weighted, consistent_hash (default p2c)
+      --input-root DIR        where jobs' input files are read from (default .maas/input)
+      --output-root DIR       where collect writes output files, a folder per tenant
+                              (default .maas/output)
       --api-keys-file F       API key file for the gateway (only the gateway is given it)
   keys add --tenant T --file F
                               make a new API key for tenant T, append its hash to key file F
@@ -36,7 +39,9 @@ commands:
   predict --model M INPUT     classify one input: label and class probabilities
   job submit (--mapper M | --model M) (--dataset D | --input FILE | --record TEXT...) [--watch]
       --reducer sum|top_k|accuracy|collect|mean  --shard-size N  --top-k K  --max-attempts N
-      --job-timeout-ms N  --priority low|normal|high  --callback-url URL  --output FILE
+      --job-timeout-ms N  --priority low|normal|high  --callback-url URL
+      --output FILE [--overwrite]   (collect: FILE under your folder of the output root)
+                              --input FILE is relative to the mesh's input root
       --max-tokens N --temperature T --seed S --stop SEQ   (for a generative model)
                               without --watch, prints the job id and returns at once
   job watch ID                replay the job's events, then follow them live until it ends
@@ -72,6 +77,8 @@ async function main(argv: string[]): Promise<number> {
       'worker-base-port': { type: 'string' },
       workers: { type: 'string', default: '2' },
       policy: { type: 'string', default: 'p2c' },
+      'input-root': { type: 'string', default: '.maas/input' },
+      'output-root': { type: 'string', default: '.maas/output' },
       mapper: { type: 'string' },
       dataset: { type: 'string' },
       input: { type: 'string' },
@@ -84,6 +91,7 @@ async function main(argv: string[]): Promise<number> {
       priority: { type: 'string' },
       'callback-url': { type: 'string' },
       output: { type: 'string' },
+      overwrite: { type: 'boolean' },
       watch: { type: 'boolean' },
       'page-size': { type: 'string' },
       'api-keys-file': { type: 'string' },
@@ -115,6 +123,8 @@ async function main(argv: string[]): Promise<number> {
       workers: num('workers', values.workers)!,
       policy: values.policy!,
       apiKeysFile: values['api-keys-file'],
+      inputRoot: values['input-root']!,
+      outputRoot: values['output-root']!,
       startTimeoutMs: 300_000,
     });
   }
@@ -229,6 +239,7 @@ async function jobCommand(
         priority: str('priority'),
         callbackUrl: str('callback-url'),
         output: str('output'),
+        overwrite: values.overwrite === true,
         maxTokens: num('max-tokens', str('max-tokens')),
         temperature: num('temperature', str('temperature')),
         seed: num('seed', str('seed')),

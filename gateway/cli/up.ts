@@ -31,6 +31,10 @@ export interface UpOptions {
   policy: string;
   /** The gateway's API key file (`--api-keys-file`); given to the gateway only. */
   apiKeysFile?: string;
+  /** Where jobs' input files are read from (scheduler and workers); relative to the working directory. */
+  inputRoot?: string;
+  /** Where the collect reducer writes, a folder per tenant (aggregator; the scheduler checks at submit). */
+  outputRoot?: string;
   startTimeoutMs: number;
 }
 
@@ -38,7 +42,7 @@ export interface UpOptions {
 export type ServiceKind = 'gateway' | 'scheduler' | 'balancer' | 'aggregator' | 'worker';
 
 /** Variables every service may need: the platform's, Node's, tracing and logging. */
-const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL)$/;
+const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES)$/;
 
 /**
  * The environment of one child: the shared variables above and the service's own settings
@@ -61,16 +65,19 @@ export function meshProcesses(o: UpOptions): ProcessSpec[] {
   const at = (port: number) => `${o.host}:${port}`;
   const balancer = at(o.balancerPort);
   const aggregator = at(o.aggregatorPort);
+  // One absolute value for every service, so that they all agree whatever their working directory.
+  const inputRoot = ['--input-root', resolve(o.inputRoot ?? '.maas/input')];
+  const outputRoot = ['--output-root', resolve(o.outputRoot ?? '.maas/output')];
   const specs: ProcessSpec[] = [
     { name: 'balancer', service: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer },
-    { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort)], address: aggregator },
+    { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort), ...outputRoot], address: aggregator },
   ];
   for (let i = 0; i < o.workers; i++) {
     const port = o.workerBasePort + i;
-    specs.push({ name: `worker-${i + 1}`, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', `worker-${i + 1}`], address: at(port) });
+    specs.push({ name: `worker-${i + 1}`, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', `worker-${i + 1}`, ...inputRoot], address: at(port) });
   }
   specs.push(
-    { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator], address: at(o.schedulerPort) },
+    { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator, ...inputRoot, ...outputRoot], address: at(o.schedulerPort) },
     { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : [])], address: at(o.gatewayPort) },
   );
   return specs;
@@ -174,6 +181,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
       '  npx maas models',
       '  npx maas generate --model ngram --seed 7 "the meeting"',
       '  npx maas job submit --mapper wordcount --dataset spam-assassin --watch',
+      `  (a job's --input FILE is read from ${resolve(o.inputRoot ?? '.maas/input')}; --output goes to ${resolve(o.outputRoot ?? '.maas/output')}/<tenant>/)`,
       `  grpcurl -plaintext -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
       '',
       'Ctrl-C stops everything.',

@@ -1,57 +1,35 @@
 /**
  * The collect reducer's output file: JSON Lines, one `{"index":i,"output":"..."}` per record in
- * index order, written atomically (a temporary file beside it, fsynced, then renamed over it), so
- * a reader sees the whole previous file or the whole new one, never a part.
+ * index order. Where it goes and how it is written (inside the tenant's folder under the output
+ * root, atomically, never over an existing file unless asked, within the size limit) is
+ * common/file-roots' `writeOutputFile`; this module says what the lines are and what they weigh.
  */
-import { randomUUID } from 'node:crypto';
-import { mkdir, open, rename, rm, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import { CollectedOutput } from './reducers';
 
 /** Characters gathered before one write. */
 const CHUNK_CHARS = 1 << 16;
 
-/** The lines of `outputs`, in chunks of about CHUNK_CHARS. */
-function* jsonLines(outputs: Iterable<CollectedOutput>): Generator<string> {
+/** The line of one output, with its newline. */
+export function outputLine(o: CollectedOutput): string {
+  return `${JSON.stringify({ index: o.index, output: o.output })}\n`;
+}
+
+/** Bytes the lines of `outputs` take in the file (UTF-8). */
+export function outputBytes(outputs: Iterable<CollectedOutput>): number {
+  let bytes = 0;
+  for (const o of outputs) bytes += Buffer.byteLength(outputLine(o));
+  return bytes;
+}
+
+/** The lines of `outputs` (already in index order), in chunks of about CHUNK_CHARS. */
+export function* jsonLines(outputs: Iterable<CollectedOutput>): Generator<string> {
   let chunk = '';
   for (const o of outputs) {
-    chunk += `${JSON.stringify({ index: o.index, output: o.output })}\n`;
+    chunk += outputLine(o);
     if (chunk.length >= CHUNK_CHARS) {
       yield chunk;
       chunk = '';
     }
   }
   if (chunk) yield chunk;
-}
-
-/** Writes `outputs` (already in index order) to `path` as JSON Lines, atomically; creates its directory. */
-export async function writeOutputFile(path: string, outputs: Iterable<CollectedOutput>): Promise<void> {
-  const dir = dirname(path);
-  await mkdir(dir, { recursive: true });
-  // A name of its own, so concurrent writers of the same file never share a temporary file.
-  const temporary = `${path}.${randomUUID()}.tmp`;
-  try {
-    const file = await open(temporary, 'w');
-    try {
-      await writeFile(file, jsonLines(outputs));
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(temporary, path);
-  } catch (err) {
-    await rm(temporary, { force: true });
-    throw err;
-  }
-  // Make the rename itself durable; some platforms cannot fsync a directory, and lose nothing else.
-  try {
-    const handle = await open(dir, 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-  } catch {
-    // Best effort.
-  }
 }

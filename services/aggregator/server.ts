@@ -24,7 +24,8 @@ import {
 import { MapOutput } from '../../generated/maas/internal/v1/task';
 import { JobResult } from '../../generated/maas/v1/jobs';
 import { aggregatorSchema } from './config';
-import { writeOutputFile } from './output-file';
+import { FILE_ACCESS_KINDS, FileAccessError, OutputPlace, prepareRoot, writeOutputFile } from '../../common/file-roots';
+import { jsonLines } from './output-file';
 import { REDUCER_NAMES, ReduceResult, ReduceSpec, ShardOutput, isReducerName } from './reducers';
 import { AggregatorStore, checkSameSpec } from './store';
 
@@ -101,7 +102,9 @@ function toJobResult(result: ReduceResult): JobResult {
 
 /** Starts the aggregator: opens its store in config.dataDir, then serves. */
 export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>, log: Logger): Promise<RunningAggregator> {
-  const store = new AggregatorStore(resolve(config.dataDir), { cachedJobs: config.cachedJobs });
+  const protectedDirs = [config.dataDir, ...config.protectedDirs.split(',').map((d) => d.trim()).filter((d) => d !== '')];
+  const outputs: OutputPlace = { root: await prepareRoot(config.outputRoot, protectedDirs, '--output-root'), protectedDirs: protectedDirs.map((d) => resolve(d)) };
+  const store = new AggregatorStore(resolve(config.dataDir), { cachedJobs: config.cachedJobs, maxOutputBytes: config.maxOutputBytes });
   log.info('store open', { path: store.path });
 
   const implementation: AggregatorServiceImplementation = {
@@ -134,8 +137,20 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
       }
       const result = store.result(jobId, true)!;
       // Written on every call: the same content each time, so Finalize stays idempotent even if
-      // the file was removed in between.
-      if (result.kind === 'collect' && result.outputFile) await writeOutputFile(resolve(result.outputFile), store.collectedOutputs(jobId));
+      // the file was removed in between (an existing file holding exactly this content counts as
+      // written, so a retry without overwrite_output succeeds too).
+      if (result.kind === 'collect' && result.outputFile) {
+        try {
+          await writeOutputFile(outputs, request.tenant, result.outputFile, jsonLines(store.collectedOutputs(jobId)), {
+            field: 'spec.output_file',
+            overwrite: request.overwriteOutput,
+            maxBytes: config.maxOutputBytes,
+          });
+        } catch (err) {
+          if (err instanceof FileAccessError) throw new MeshError(FILE_ACCESS_KINDS[err.code], err.message);
+          throw err;
+        }
+      }
       log.info('job finalized', { job: jobId, reducer: spec.reducer, tasks: spec.tasksTotal });
       return { result: toJobResult(result) };
     },

@@ -28,6 +28,7 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { MeshError } from '../../common/errors';
+import { outputBytes } from './output-file';
 import { CollectedOutput, ReduceResult, ReduceSpec, Reducer, ReducerState, ShardOutput, compareCollected, createReducer } from './reducers';
 
 /** The database file's name inside the data directory. */
@@ -56,6 +57,11 @@ const SCHEMA = `
 export interface StoreOptions {
   /** Jobs whose reducer state is kept in memory (least recently used ones are dropped). Default 64. */
   cachedJobs?: number;
+  /**
+   * Largest collected output of one collect job, in bytes of its JSON Lines: a commit that would
+   * take a job past it is refused (FAILED_PRECONDITION naming the limit). Default: no limit.
+   */
+  maxOutputBytes?: number;
 }
 
 /** What a commit did. */
@@ -90,6 +96,8 @@ interface CachedJob {
   reducer: Reducer;
   state: ReducerState;
   tasksCommitted: number;
+  /** Bytes of the JSON Lines of its collected outputs (collect jobs only; else 0). */
+  outputBytes: number;
 }
 
 /** Spec fields in the order they are compared, with their proto names for messages. */
@@ -135,6 +143,7 @@ export class AggregatorStore {
   readonly path: string;
   private readonly db: Database.Database;
   private readonly cachedJobs: number;
+  private readonly maxOutputBytes: number;
   /** Recently used jobs, least recent first (a Map keeps insertion order). */
   private readonly cache = new Map<string, CachedJob>();
   private readonly statements;
@@ -142,6 +151,7 @@ export class AggregatorStore {
   /** Opens (creating if needed) the store in `dataDir`. Throws if another process has it open. */
   constructor(dataDir: string, options: StoreOptions = {}) {
     this.cachedJobs = Math.max(1, options.cachedJobs ?? 64);
+    this.maxOutputBytes = options.maxOutputBytes ?? Infinity;
     mkdirSync(dataDir, { recursive: true });
     this.path = join(dataDir, STORE_FILE);
     // No busy wait: the only other holder of the lock would be another aggregator process.
@@ -173,6 +183,7 @@ export class AggregatorStore {
       insertTask: this.db.prepare<[string, number, number, number, string]>(
         'INSERT INTO tasks (job_id, task_index, attempt, records, output) VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, task_index) DO NOTHING',
       ),
+      taskExists: this.db.prepare<[string, number], { one: number }>('SELECT 1 AS one FROM tasks WHERE job_id = ? AND task_index = ?'),
       outputs: this.db.prepare<[string], { output: string }>('SELECT output FROM tasks WHERE job_id = ? ORDER BY task_index'),
       tasks: this.db.prepare<[string], { task_index: number; attempt: number; records: number }>(
         'SELECT task_index, attempt, records FROM tasks WHERE job_id = ? ORDER BY task_index',
@@ -186,13 +197,22 @@ export class AggregatorStore {
    * Commits task `taskIndex` of `jobId` unless it is committed already: in one transaction,
    * stores the task's output and counts it, then folds it into the job's state. A later attempt
    * of a committed task changes nothing and is reported as a duplicate. Throws
-   * FAILED_PRECONDITION when `spec` differs from the job's. The caller validates the spec and
-   * that taskIndex < spec.tasksTotal.
+   * FAILED_PRECONDITION when `spec` differs from the job's, or when the task's outputs would take
+   * a collect job past the output size limit (nothing is stored then). The caller validates the
+   * spec and that taskIndex < spec.tasksTotal.
    */
   commit(jobId: string, taskIndex: number, attempt: number, spec: ReduceSpec, output: ShardOutput): CommitOutcome {
     const given = specOf(spec);
     const known = this.load(jobId);
     if (known) checkSameSpec(jobId, known.spec, given);
+    const adding = given.reducer === 'collect' ? outputBytes(output.outputs) : 0;
+    const total = (known?.outputBytes ?? 0) + adding;
+    if (total > this.maxOutputBytes && !this.statements.taskExists.get(jobId, taskIndex)) {
+      throw new MeshError(
+        'failed_precondition',
+        `job ${jobId}: its collected output would be ${total} bytes, over the aggregator's output size limit of ${this.maxOutputBytes} bytes (--max-output-bytes)`,
+      );
+    }
     const inserted = this.db.transaction(() => {
       if (!known) this.statements.insertJob.run(jobId, JSON.stringify(given));
       if (this.statements.insertTask.run(jobId, taskIndex, attempt, output.records, JSON.stringify(output)).changes === 0) return false;
@@ -209,6 +229,7 @@ export class AggregatorStore {
         throw err;
       }
       job.tasksCommitted++;
+      job.outputBytes += adding;
     }
     return { duplicate: !inserted, tasksCommitted: job.tasksCommitted, partial: job.reducer.snapshot(job.state, false) };
   }
@@ -266,14 +287,18 @@ export class AggregatorStore {
     if (!row) return undefined;
     const job = this.fresh(JSON.parse(row.spec) as ReduceSpec);
     // Any order gives the same state; task order keeps rebuilds reproducible to read.
-    for (const task of this.statements.outputs.iterate(jobId)) job.state = job.reducer.fold(job.state, JSON.parse(task.output) as ShardOutput);
+    for (const task of this.statements.outputs.iterate(jobId)) {
+      const output = JSON.parse(task.output) as ShardOutput;
+      job.state = job.reducer.fold(job.state, output);
+      if (job.spec.reducer === 'collect') job.outputBytes += outputBytes(output.outputs);
+    }
     job.tasksCommitted = row.tasks_committed;
     return this.remember(jobId, job);
   }
 
   private fresh(spec: ReduceSpec): CachedJob {
     const reducer = createReducer(spec);
-    return { spec, reducer, state: reducer.initial(), tasksCommitted: 0 };
+    return { spec, reducer, state: reducer.initial(), tasksCommitted: 0, outputBytes: 0 };
   }
 
   private remember(jobId: string, job: CachedJob): CachedJob {

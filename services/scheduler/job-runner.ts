@@ -10,7 +10,8 @@ import { ClientError, Status } from 'nice-grpc';
 import { datasetSize } from '../../common/datasets';
 import { MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
-import { scanRecords, RecordsError } from '../../common/records';
+import { FILE_ACCESS_KINDS, FileAccessError, OutputPlace, checkOutputTarget } from '../../common/file-roots';
+import { InputFiles, RECORDS_ERROR_KINDS, RecordsError, scanRecords } from '../../common/records';
 import { AggregatorServiceDefinition, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
 import { MapTask } from '../../generated/maas/internal/v1/task';
@@ -40,6 +41,10 @@ export interface JobRunnerOptions {
   callbackSecret: string;
   /** Attempts per callback delivery. */
   callbackAttempts: number;
+  /** The input root and the limits of a job's file. */
+  files: InputFiles;
+  /** The output root (to check a job's output file at submit) and what outputs must not touch. */
+  outputs: OutputPlace;
 }
 
 type BalancerClient = Client<typeof BalancerServiceDefinition, MeshCallOptions>;
@@ -47,6 +52,9 @@ type AggregatorClient = Client<typeof AggregatorServiceDefinition, MeshCallOptio
 
 /** Statuses of a failed attempt that no retry can change. */
 const PERMANENT = new Set([Status.INVALID_ARGUMENT, Status.NOT_FOUND, Status.FAILED_PRECONDITION, Status.PERMISSION_DENIED]);
+
+/** Statuses of Finalize that refuse the output file for good: no retry. */
+const OUTPUT_REFUSALS = new Set([Status.PERMISSION_DENIED, Status.ALREADY_EXISTS, Status.INVALID_ARGUMENT]);
 
 /** A job being run in this process. */
 interface ActiveJob {
@@ -101,11 +109,15 @@ export class JobRunner {
     this.dispatch();
   }
 
-  /** Stores a validated job, then acknowledges it; its tasks start in the background. */
-  async submit(tenant: string, spec: JobSpec): Promise<Job> {
+  /**
+   * Stores a validated job, then acknowledges it; its tasks start in the background. Its file is
+   * read (counted and validated) here, and that read stops when `signal` aborts (the call was
+   * cancelled or ran out of time).
+   */
+  async submit(tenant: string, spec: JobSpec, signal?: AbortSignal): Promise<Job> {
     this.admitJob(tenant);
     try {
-      return await this.admitted(tenant, spec);
+      return await this.admitted(tenant, spec, signal);
     } finally {
       this.admitting.set(tenant, this.admitting.get(tenant)! - 1);
       if (this.admitting.get(tenant) === 0) this.admitting.delete(tenant);
@@ -132,8 +144,9 @@ export class JobRunner {
     this.admittingTotal++;
   }
 
-  private async admitted(tenant: string, spec: JobSpec): Promise<Job> {
-    const recordsTotal = await countInput(spec);
+  private async admitted(tenant: string, spec: JobSpec, signal: AbortSignal | undefined): Promise<Job> {
+    if (spec.outputFile !== '') await checkOutputFile(this.options.outputs, tenant, spec);
+    const recordsTotal = await countInput(spec, this.options.files, signal);
     if (recordsTotal === 0) throw new MeshError('invalid_argument', 'spec.input has no records');
     const tasks = splitIntoTasks(recordsTotal, spec.shardSize ?? 500);
     const inline = spec.input?.$case === 'inline' ? tasks.map((t) => (spec.input as { inline: { records: JobRecord[] } }).inline.records.slice(t.first, t.first + t.count)) : undefined;
@@ -366,13 +379,18 @@ export class JobRunner {
         positiveLabel: '',
         meanOf: '',
       };
-      const { result } = await this.aggregator.finalize({ jobId: job.id, reduce }, { deadline: Date.now() + 60_000 });
+      const { result } = await this.aggregator.finalize(
+        { jobId: job.id, reduce, tenant: job.tenant, overwriteOutput: job.spec.overwriteOutput },
+        { deadline: Date.now() + 60_000 },
+      );
       await this.endJob(job.id, 'succeeded', { result });
     } catch (err) {
       const details = err instanceof ClientError ? err.details : String(err);
       // The aggregator may be restarting (UNAVAILABLE): its committed outputs are durable, so try
       // again later. An answer that it lacks tasks is given a few tries, then fails the job.
-      if (err instanceof ClientError && PERMANENT.has(err.code) && attempt >= FINALIZE_ATTEMPTS) {
+      // A refused output file (outside the tenant's folder, existing, over the size limit) stays refused.
+      const refused = err instanceof ClientError && OUTPUT_REFUSALS.has(err.code);
+      if (err instanceof ClientError && PERMANENT.has(err.code) && (refused || attempt >= FINALIZE_ATTEMPTS)) {
         await this.endJob(job.id, 'failed', { error: `the aggregator could not finalize the job: ${details}` });
         return;
       }
@@ -431,8 +449,25 @@ function eventCase(json: unknown): string | undefined {
   return JobEvent.fromJSON(json).event?.$case;
 }
 
-/** Counts the records of a job's input; the scheduler checks what the gateway cannot. */
-async function countInput(spec: JobSpec): Promise<number> {
+/**
+ * Refuses a job whose output file is outside the tenant's folder under the output root,
+ * in a store or a model cache, or existing without overwrite_output. The aggregator checks again
+ * when it writes: the file system may change in between.
+ */
+async function checkOutputFile(outputs: OutputPlace, tenant: string, spec: JobSpec): Promise<void> {
+  try {
+    await checkOutputTarget(outputs, tenant, spec.outputFile, 'spec.output_file', spec.overwriteOutput);
+  } catch (err) {
+    if (err instanceof FileAccessError) throw new MeshError(FILE_ACCESS_KINDS[err.code], err.message);
+    throw err;
+  }
+}
+
+/**
+ * Counts the records of a job's input; the scheduler checks what the gateway cannot. A file is
+ * read inside the input root, bounded, and the read stops when `signal` aborts.
+ */
+async function countInput(spec: JobSpec, files: InputFiles, signal: AbortSignal | undefined): Promise<number> {
   switch (spec.input?.$case) {
     case 'inline':
       return spec.input.inline.records.length;
@@ -444,9 +479,9 @@ async function countInput(spec: JobSpec): Promise<number> {
       }
     case 'file':
       try {
-        return (await scanRecords(spec.input.file)).records;
+        return (await scanRecords(spec.input.file, { ...files, field: 'spec.file' }, { signal })).records;
       } catch (err) {
-        if (err instanceof RecordsError) throw new MeshError(err.code === 'not_found' ? 'not_found' : 'invalid_argument', err.message);
+        if (err instanceof RecordsError) throw new MeshError(RECORDS_ERROR_KINDS[err.code], err.message);
         throw err;
       }
     default:

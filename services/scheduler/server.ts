@@ -29,6 +29,7 @@ import {
 } from '../../generated/maas/internal/v1/scheduler';
 import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
 import { resolve } from 'node:path';
+import { prepareRoot } from '../../common/file-roots';
 import { JobRunner } from './job-runner';
 import { JobStore } from './jobs/store';
 import { Task } from '../../generated/maas/internal/v1/task';
@@ -102,6 +103,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
   const aggregatorChannel = openChannel(config.aggregator, config.maxMessageBytes);
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
+  const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
   const store = new JobStore(resolve(config.dataDir));
   const jobs = new JobRunner(
     store,
@@ -116,6 +118,8 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       retryMaxMs: config.retryMaxMs,
       callbackSecret: config.callbackSecret,
       callbackAttempts: config.callbackAttempts,
+      files: { root: inputRoot, maxBytes: config.maxInputBytes, maxLineBytes: config.maxLineBytes },
+      outputs: { root: resolve(config.outputRoot), protectedDirs: [config.dataDir] },
     },
     log,
   );
@@ -204,11 +208,11 @@ function priorityOf(task: Task): Priority {
 /** The job methods of SchedulerService: thin adapters over the runner. */
 function jobMethods(jobs: JobRunner, limits: TenantLimits, watches: TenantCounter, takeRateToken: (tenant: string) => void) {
   return {
-    async submitJob(request: SubmitJobRequest): Promise<SubmitJobResponse> {
+    async submitJob(request: SubmitJobRequest, context: MeshCallContext): Promise<SubmitJobResponse> {
       requireTenant(request.tenant);
       if (!request.spec) throw new MeshError('invalid_argument', 'spec must be set');
       takeRateToken(request.tenant);
-      return { job: await jobs.submit(request.tenant, request.spec) };
+      return { job: await jobs.submit(request.tenant, request.spec, context.signal) };
     },
     async getJob(request: GetJobRequest): Promise<GetJobResponse> {
       return { job: jobs.get(requireTenant(request.tenant), request.jobId) };

@@ -7,13 +7,14 @@ import { setImmediate as yieldToEventLoop, setTimeout as sleep } from 'node:time
 import { Client, ClientError, Status } from 'nice-grpc';
 import { MeshCallOptions } from '../../common/client';
 import { UnknownDatasetError, loadDataset } from '../../common/datasets';
-import { ErrorKind, MeshError } from '../../common/errors';
-import { RecordsError, RecordsErrorCode, readRecords } from '../../common/records';
+import { MeshError } from '../../common/errors';
+import { InputFiles, RECORDS_ERROR_KINDS, RecordsError, readRecords } from '../../common/records';
 import { AggregatorServiceDefinition, CommitRequest, CommitResponse, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
 import { MapOutput, MapTask, MapTaskResult, RecordOutput } from '../../generated/maas/internal/v1/task';
 import { JobSpec } from '../../generated/maas/v1/jobs';
 import { GenerateParams, Model, ModelTask } from './models/runtime';
 import { MAPPER_NAMES } from '../../common/batch';
+import { shownPath } from '../../common/file-roots';
 
 /** The built-in mappers every worker runs. */
 export const MAPPERS: readonly string[] = MAPPER_NAMES;
@@ -28,6 +29,8 @@ export interface MapContext {
   signal: AbortSignal;
   /** The task's deadline (epoch ms), if any. */
   deadline: number | undefined;
+  /** The input root and the limits of a job's file. */
+  files: InputFiles;
 }
 
 /** Maps one shard and commits its output; resolves with what the aggregator answered. */
@@ -35,7 +38,7 @@ export async function runMapTask(task: MapTask, context: MapContext): Promise<Ma
   const spec = specOf(task);
   const model = spec.map?.$case === 'model' ? context.models.get(spec.map.model) : undefined;
   const mapping = mappingOf(spec, model);
-  const records = await shardRecords(task, context.signal);
+  const records = await shardRecords(task, context.files, context.signal);
   const output = await mapRecords(records, mapping, context.signal);
   const response = await commitOutput(context, { jobId: task.jobId, taskIndex: task.taskIndex, attempt: task.attempt, reduce: reduceSpecOf(task, model), output });
   return { records: output.records, duplicate: response.duplicate, tasksCommitted: response.tasksCommitted, partial: response.partial };
@@ -254,10 +257,12 @@ export function reduceSpecOf(task: MapTask, model?: Model): ReduceSpec {
 /**
  * The records of a task's shard: its inline records, lines of the job's file, or a slice of a
  * built-in dataset, each with its index in the job's input. Throws a MeshError: INVALID_ARGUMENT
- * for a malformed line (with its file and line number) or an input shorter than the shard,
- * NOT_FOUND for a missing file or an unknown dataset, FAILED_PRECONDITION for an unreadable file.
+ * for a malformed line (with its file and line number), a file that is not a regular file or is
+ * over a limit, or an input shorter than the shard; PERMISSION_DENIED for a file outside the
+ * input root; NOT_FOUND for a missing file or an unknown dataset; FAILED_PRECONDITION for an
+ * unreadable file.
  */
-export async function shardRecords(task: MapTask, signal: AbortSignal): Promise<ShardRecord[]> {
+export async function shardRecords(task: MapTask, files: InputFiles, signal: AbortSignal): Promise<ShardRecord[]> {
   const spec = specOf(task);
   const first = task.firstRecord;
   const count = task.recordCount;
@@ -271,12 +276,13 @@ export async function shardRecords(task: MapTask, signal: AbortSignal): Promise<
       const file = spec.input.file;
       let records: ShardRecord[];
       try {
-        records = await readRecords(file, first, count, { signal });
+        // Opened and verified here again: the file may have changed since the scheduler checked it.
+        records = await readRecords(file, first, count, { ...files, field: 'spec.file' }, { signal });
       } catch (error) {
         if (error instanceof RecordsError) throw new MeshError(RECORDS_ERROR_KINDS[error.code], error.message);
         throw error;
       }
-      if (records.length < count) throw shortInput(`file ${file}`, first, count);
+      if (records.length < count) throw shortInput(`spec.file ${shownPath(file)}`, first, count);
       return records;
     }
     case 'dataset': {
@@ -294,13 +300,6 @@ export async function shardRecords(task: MapTask, signal: AbortSignal): Promise<
       throw new MeshError('invalid_argument', 'spec.input must be set: inline records, a file or a dataset');
   }
 }
-
-/** The status of each kind of input-file failure (a malformed line fails the job for good). */
-const RECORDS_ERROR_KINDS: Record<RecordsErrorCode, ErrorKind> = {
-  malformed: 'invalid_argument',
-  not_found: 'not_found',
-  unreadable: 'failed_precondition',
-};
 
 function shortInput(input: string, first: number, count: number): MeshError {
   return new MeshError(

@@ -3,6 +3,7 @@
  * output, reports load to the balancer, and drains gracefully. It is NOT_SERVING until its models
  * are loaded, and it only joins the balancer once they are.
  */
+import { prepareRoot } from '../../common/file-roots';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
@@ -66,6 +67,8 @@ export async function startWorker(
   log: Logger,
   runtime: ModelRuntime = createBuiltinRuntime({ cacheDir: resolve(config.cacheDir), echoDelayMs: config.echoDelayMs, echoFailRate: config.echoFailRate, log: (m) => log.info(m) }),
 ): Promise<RunningWorker> {
+  const inputRoot = await prepareRoot(config.inputRoot, [config.cacheDir], '--input-root');
+  const files = { root: inputRoot, maxBytes: config.maxInputBytes, maxLineBytes: config.maxLineBytes };
   const id = config.workerId || `worker-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
   const activity = new EventEmitter();
   const models = new Map<string, Model>();
@@ -108,7 +111,7 @@ export async function startWorker(
     try {
       const outputs =
         task.request.$case === 'map'
-          ? runMap(task.request.map, { models, aggregator, signal: controller.signal, deadline: context.deadline })
+          ? runMap(task.request.map, { models, aggregator, signal: controller.signal, deadline: context.deadline, files })
           : runTask(model!, task, controller.signal);
       for await (const output of outputs) {
         if (chunks === 0) latency.add(performance.now() - arrived);

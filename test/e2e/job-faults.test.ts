@@ -198,12 +198,12 @@ describe('batch jobs under kill -9 of real processes', function () {
     const at = (port: number) => `127.0.0.1:${port}`;
     const env = { MAAS_LOG_LEVEL: 'warn' };
     balancer = group.add({ name: 'balancer', entry: 'services/balancer/main.js', args: ['--port', String(balPort), '--report-interval-ms', '200'], address: at(balPort), env });
-    aggregator = group.add({ name: 'aggregator', entry: 'services/aggregator/main.js', args: ['--port', String(aggPort), '--data-dir', join(tmp, 'agg')], address: at(aggPort), env });
+    aggregator = group.add({ name: 'aggregator', entry: 'services/aggregator/main.js', args: ['--port', String(aggPort), '--data-dir', join(tmp, 'agg'), '--output-root', join(tmp, 'output')], address: at(aggPort), env });
     workers = [w1Port, w2Port].map((port, i) =>
       group.add({
         name: `worker w${i + 1}`,
         entry: 'services/worker/main.js',
-        args: ['--port', String(port), '--aggregator', at(aggPort), '--balancer', at(balPort), '--worker-id', `w${i + 1}`, '--echo-delay-ms', String(ECHO_DELAY_MS)],
+        args: ['--port', String(port), '--aggregator', at(aggPort), '--balancer', at(balPort), '--worker-id', `w${i + 1}`, '--echo-delay-ms', String(ECHO_DELAY_MS), '--input-root', join(tmp, 'input')],
         address: at(port),
         env: { ...env, MAAS_WORKER_CACHE_DIR: resolve(REPO_ROOT, '.cache/models') },
       }),
@@ -213,6 +213,7 @@ describe('batch jobs under kill -9 of real processes', function () {
       entry: 'services/scheduler/main.js',
       args: [
         ...['--port', String(schedPort), '--data-dir', join(tmp, 'sched'), '--aggregator', at(aggPort), '--balancer', at(balPort)],
+        ...['--input-root', join(tmp, 'input'), '--output-root', join(tmp, 'output')],
         ...['--retry-base-ms', '50', '--retry-max-ms', '500', '--max-batch-tasks', '2', '--max-tasks-per-job', '2'],
       ],
       address: at(schedPort),

@@ -47,7 +47,7 @@ describe('aggregator service', function () {
   let client: Client;
 
   async function start(): Promise<void> {
-    aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir }, silentLogger);
+    aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'store'), outputRoot: join(dataDir, 'output'), maxOutputBytes: 4096 }, silentLogger);
     ({ channel, client } = connect(aggregator.address));
   }
 
@@ -106,23 +106,42 @@ describe('aggregator service', function () {
     expect(err.details).to.match(/job job-nobody is not known/);
   });
 
-  it('collect with an output file writes JSON Lines in index order, atomically, and returns the count and the file', async () => {
-    const file = join(dataDir, 'out', 'collected.jsonl');
+  it('collect with an output file writes JSON Lines in index order, atomically, in the tenant\'s folder, and returns the count and the file', async () => {
+    const file = 'out/collected.jsonl';
+    const written = join(dataDir, 'output', 'acme', 'out', 'collected.jsonl');
     const spec = reduceSpec('collect', 3, { outputFile: file });
     await commit('job-file', 2, 1, spec, outputs([4, 'e'], [5, 'f "quoted"\nnewline']));
     await commit('job-file', 0, 1, spec, outputs([0, 'a'], [1, 'b']));
     await commit('job-file', 1, 1, spec, outputs([3, 'd'], [2, 'c']));
-    const done = await client.finalize({ jobId: 'job-file', reduce: spec });
+    const done = await client.finalize({ jobId: 'job-file', reduce: spec, tenant: 'acme', overwriteOutput: false });
     expect(done.result?.result).to.deep.equal({ $case: 'collect', collect: { count: 6, outputFile: file, outputs: [] } });
-    const lines = readFileSync(file, 'utf8').split('\n');
+    const lines = readFileSync(written, 'utf8').split('\n');
     expect(lines.pop()).to.equal('');
     expect(lines.map((l) => JSON.parse(l))).to.deep.equal(
       ['a', 'b', 'c', 'd', 'e', 'f "quoted"\nnewline'].map((output, index) => ({ index, output })),
     );
     expect(lines[0]).to.equal('{"index":0,"output":"a"}');
-    // Only the file itself is left: the temporary file was renamed over it.
-    expect(readdirSync(join(dataDir, 'out'))).to.deep.equal(['collected.jsonl']);
-    expect(await client.finalize({ jobId: 'job-file', reduce: spec })).to.deep.equal(done);
+    // Only the file itself is left: the temporary file was linked to it and removed.
+    expect(readdirSync(join(dataDir, 'output', 'acme', 'out'))).to.deep.equal(['collected.jsonl']);
+    // A retried Finalize finds its own content there and succeeds without overwrite_output.
+    expect(await client.finalize({ jobId: 'job-file', reduce: spec, tenant: 'acme', overwriteOutput: false })).to.deep.equal(done);
+    // Another tenant's job may not write there; a path out of the tenant's folder is refused.
+    const other = reduceSpec('collect', 1, { outputFile: '../acme/out/collected.jsonl' });
+    await commit('job-other', 0, 1, other, outputs([0, 'z']));
+    const refused = await grpcError(client.finalize({ jobId: 'job-other', reduce: other, tenant: 'intruder', overwriteOutput: true }));
+    expect(Status[refused.code]).to.equal('PERMISSION_DENIED');
+    expect(refused.details).to.match(/^spec\.output_file must name a file inside the output root/);
+    expect(readFileSync(written, 'utf8')).to.include('"output":"a"');
+  });
+
+  it('refuses a commit that takes a collect job past --max-output-bytes, naming the limit, and writes nothing', async () => {
+    const spec = reduceSpec('collect', 2, { outputFile: 'big.jsonl' });
+    await commit('job-big', 0, 1, spec, outputs([0, 'x'.repeat(3000)]));
+    const err = await grpcError(commit('job-big', 1, 1, spec, outputs([1, 'y'.repeat(3000)])));
+    expect(Status[err.code]).to.equal('FAILED_PRECONDITION');
+    expect(err.details).to.match(/over the aggregator's output size limit of 4096 bytes \(--max-output-bytes\)$/);
+    expect((await grpcError(client.finalize({ jobId: 'job-big', reduce: spec, tenant: 'acme', overwriteOutput: false }))).code).to.equal(Status.FAILED_PRECONDITION);
+    expect(readdirSync(join(dataDir, 'output', 'acme')).filter((n) => n.startsWith('big'))).to.deep.equal([]);
   });
 
   it('collect without an output file returns the outputs in index order', async () => {
@@ -211,7 +230,7 @@ describe('aggregator service', function () {
 
   it('a commit acknowledged by an aggregator process survives kill -9 of that process', async () => {
     const processDir = mkdtempSync(join(tmpdir(), 'maas-aggregator-kill-'));
-    const child = spawn(process.execPath, [resolve(dist, 'services/aggregator/main.js'), '--port', '0', '--data-dir', processDir], {
+    const child = spawn(process.execPath, [resolve(dist, 'services/aggregator/main.js'), '--port', '0', '--data-dir', join(processDir, 'store'), '--output-root', join(processDir, 'output')], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, MAAS_LOG_LEVEL: 'info' },
     });
@@ -239,7 +258,7 @@ describe('aggregator service', function () {
       const [, signal] = await exited;
       expect(signal).to.equal('SIGKILL');
 
-      restarted = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: processDir }, silentLogger);
+      restarted = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(processDir, 'store'), outputRoot: join(processDir, 'output') }, silentLogger);
       const local = connect(restarted.address);
       try {
         const again = await local.client.commit({ jobId: 'job-kill', taskIndex: 1, attempt: 2, reduce: spec, output: words({ lost: 1 }) });

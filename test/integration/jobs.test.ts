@@ -3,8 +3,7 @@ import { createHmac } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, IncomingMessage } from 'node:http';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { expect } from 'chai';
 import { Job, JobEvent, JobSpec, JobState } from '../../generated/maas/v1/jobs';
 import { words } from '../../services/worker/map';
@@ -63,22 +62,17 @@ describe('batch jobs through the mesh', function () {
       expect(resumed).to.deep.equal(replay.slice(3).map((e) => e.sequence));
     });
 
-    it('collect writes outputs to the file in input order', async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'maas-jobs-'));
-      try {
-        const outputFile = join(dir, 'out.jsonl');
-        const texts = Array.from({ length: 25 }, (_, i) => `record number ${i}`);
-        const { job } = await run(mesh, { map: { $case: 'model', model: 'echo' }, input: inline(texts), shardSize: 4, reducer: 'collect', outputFile });
-        expect(job.state).to.equal(JobState.JOB_STATE_SUCCEEDED);
-        const lines = readFileSync(outputFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-        expect(lines.map((l) => l.index)).to.deep.equal(texts.map((_, i) => i));
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
+    it('collect writes outputs to the file in input order, in the tenant\'s folder under the output root', async () => {
+      const outputFile = 'runs/out.jsonl';
+      const texts = Array.from({ length: 25 }, (_, i) => `record number ${i}`);
+      const { job } = await run(mesh, { map: { $case: 'model', model: 'echo' }, input: inline(texts), shardSize: 4, reducer: 'collect', outputFile });
+      expect(job.state).to.equal(JobState.JOB_STATE_SUCCEEDED);
+      const lines = readFileSync(join(mesh.outputRoot, 'anonymous', outputFile), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+      expect(lines.map((l) => l.index)).to.deep.equal(texts.map((_, i) => i));
     });
 
     it('reads a JSONL file and refuses a malformed one at submit with the line number', async () => {
-      const dir = mkdtempSync(join(tmpdir(), 'maas-jobs-'));
+      const dir = mkdtempSync(join(mesh.inputRoot, 'jobs-'));
       try {
         const good = join(dir, 'good.jsonl');
         writeFileSync(good, CORPUS.map((text) => JSON.stringify({ text })).join('\n') + '\n');
@@ -87,9 +81,10 @@ describe('batch jobs through the mesh', function () {
         expect(job.recordsTotal).to.equal(CORPUS.length);
         const bad = join(dir, 'bad.jsonl');
         writeFileSync(bad, `${JSON.stringify({ text: 'fine' })}\n{"text": oops}\n`);
-        const err = await grpcError(mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: bad } }) }));
+        const badRelative = relative(mesh.inputRoot, bad);
+        const err = await grpcError(mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: badRelative } }) }));
         expect(err.code).to.equal(Status.INVALID_ARGUMENT);
-        expect(err.details).to.match(/bad\.jsonl line 2/);
+        expect(err.details).to.equal(`spec.file "${badRelative}" line 2: malformed JSON`);
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }
@@ -101,7 +96,7 @@ describe('batch jobs through the mesh', function () {
       ['an unknown model', { map: { $case: 'model', model: 'gpt-17' }, input: inline(['x']) }, Status.NOT_FOUND, /model "gpt-17" not found/],
       ['an unknown reducer', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), reducer: 'median' }, Status.NOT_FOUND, /reducer "median" not found/],
       ['a shard size of zero', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), shardSize: 0 }, Status.INVALID_ARGUMENT, /^spec.shard_size must be from 1 to 100000, given 0$/],
-      ['a missing file', { map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: '/nonexistent/in.jsonl' } }, Status.NOT_FOUND, /in\.jsonl/],
+      ['a missing file', { map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: 'nonexistent/in.jsonl' } }, Status.NOT_FOUND, /^spec\.file "nonexistent\/in\.jsonl" does not exist$/],
       ['a reducer that does not fit the map', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), reducer: 'accuracy' }, Status.INVALID_ARGUMENT, /^spec.reducer must be one of sum, top_k, mean/],
       ['no input', { map: { $case: 'mapper', mapper: 'wordcount' } }, Status.INVALID_ARGUMENT, /^spec.input must set one of inline, file or dataset/],
       ['a callback that is not http', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'ftp://example/x' }, Status.INVALID_ARGUMENT, /^spec.callback_url must be an http or https URL/],

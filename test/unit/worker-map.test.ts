@@ -37,6 +37,7 @@ function jobSpec(fields: Partial<JobSpec>): JobSpec {
     priority: Priority.PRIORITY_UNSPECIFIED,
     callbackUrl: '',
     outputFile: '',
+    overwriteOutput: false,
     ...fields,
   };
 }
@@ -352,6 +353,8 @@ describe('worker map tasks (services/worker/map)', () => {
 
   describe('shardRecords', () => {
     let dir = '';
+    /** The input root is the test's directory; paths in specs are relative to it. */
+    const files = () => ({ root: dir, maxBytes: 1 << 20, maxLineBytes: 1 << 16 });
     before(() => {
       dir = mkdtempSync(join(tmpdir(), 'maas-map-'));
     });
@@ -363,7 +366,7 @@ describe('worker map tasks (services/worker/map)', () => {
     it('numbers inline records from the shard first record', async () => {
       const spec = jobSpec({ map: wordcount, input: { $case: 'inline', inline: { records: [] } } });
       const task = mapTask(spec, { firstRecord: 200, recordCount: 2, records: [{ text: 'a', label: 'x' }, { text: 'b', label: '' }] });
-      expect(await shardRecords(task, never)).to.deep.equal([
+      expect(await shardRecords(task, files(), never)).to.deep.equal([
         { index: 200, text: 'a', label: 'x' },
         { index: 201, text: 'b', label: '' },
       ]);
@@ -371,14 +374,14 @@ describe('worker map tasks (services/worker/map)', () => {
 
     it('rejects inline records that do not match record_count with INVALID_ARGUMENT', async () => {
       const spec = jobSpec({ map: wordcount, input: { $case: 'inline', inline: { records: [] } } });
-      const error = await rejection(shardRecords(mapTask(spec, { recordCount: 3, records: [{ text: 'a', label: '' }] }), never));
+      const error = await rejection(shardRecords(mapTask(spec, { recordCount: 3, records: [{ text: 'a', label: '' }] }), files(), never));
       expectMeshError(error, 'invalid_argument', 'map task carries 1 inline records, but its record_count is 3');
     });
 
     it('reads its slice of a dataset, with labels and indices in the dataset', async function () {
       this.timeout(20000);
       const spec = jobSpec({ map: wordcount, input: { $case: 'dataset', dataset: 'spam-assassin' } });
-      const records = await shardRecords(mapTask(spec, { firstRecord: 6000, recordCount: 46 }), never);
+      const records = await shardRecords(mapTask(spec, { firstRecord: 6000, recordCount: 46 }), files(), never);
       const dataset = loadDataset('spam-assassin');
       expect(records).to.have.length(46);
       expect(records[0]).to.deep.equal({ index: 6000, text: dataset[6000].text, label: dataset[6000].label });
@@ -388,42 +391,42 @@ describe('worker map tasks (services/worker/map)', () => {
     it('rejects an unknown dataset with NOT_FOUND and a slice past its end with INVALID_ARGUMENT', async function () {
       this.timeout(20000);
       const unknown = jobSpec({ map: wordcount, input: { $case: 'dataset', dataset: 'imdb' } });
-      expectMeshError(await rejection(shardRecords(mapTask(unknown, { recordCount: 1 }), never)), 'not_found', /^unknown dataset "imdb"/);
+      expectMeshError(await rejection(shardRecords(mapTask(unknown, { recordCount: 1 }), files(), never)), 'not_found', /^unknown dataset "imdb"/);
       const spec = jobSpec({ map: wordcount, input: { $case: 'dataset', dataset: 'spam-assassin' } });
-      const error = await rejection(shardRecords(mapTask(spec, { firstRecord: 6000, recordCount: 100 }), never));
+      const error = await rejection(shardRecords(mapTask(spec, { firstRecord: 6000, recordCount: 100 }), files(), never));
       expectMeshError(error, 'invalid_argument', /^dataset spam-assassin has too few records for this task \(records 6000 to 6099\)/);
     });
 
     it('reads its lines of a file', async () => {
-      const file = join(dir, 'in.jsonl');
-      writeFileSync(file, ['{"text":"a"}', '{"text":"b","label":"spam"}', '', '{"text":"c"}'].join('\n'));
+      const file = 'in.jsonl';
+      writeFileSync(join(dir, file), ['{"text":"a"}', '{"text":"b","label":"spam"}', '', '{"text":"c"}'].join('\n'));
       const spec = jobSpec({ map: wordcount, input: { $case: 'file', file } });
-      expect(await shardRecords(mapTask(spec, { firstRecord: 1, recordCount: 2 }), never)).to.deep.equal([
+      expect(await shardRecords(mapTask(spec, { firstRecord: 1, recordCount: 2 }), files(), never)).to.deep.equal([
         { index: 1, text: 'b', label: 'spam' },
         { index: 2, text: 'c', label: '' },
       ]);
     });
 
     it('turns a malformed line into INVALID_ARGUMENT naming the file and line, and a missing file into NOT_FOUND', async () => {
-      const file = join(dir, 'input.jsonl');
-      writeFileSync(file, '{"text":"a"}\n\n{"text":5}\n');
+      const file = 'input.jsonl';
+      writeFileSync(join(dir, file), '{"text":"a"}\n\n{"text":5}\n');
       const spec = jobSpec({ map: wordcount, input: { $case: 'file', file } });
-      const error = await rejection(shardRecords(mapTask(spec, { recordCount: 2 }), never));
-      expectMeshError(error, 'invalid_argument', 'input.jsonl line 3: "text" must be a string, given 5');
-      const missing = jobSpec({ map: wordcount, input: { $case: 'file', file: join(dir, 'gone.txt') } });
-      expectMeshError(await rejection(shardRecords(mapTask(missing, { recordCount: 1 }), never)), 'not_found', /does not exist$/);
+      const error = await rejection(shardRecords(mapTask(spec, { recordCount: 2 }), files(), never));
+      expectMeshError(error, 'invalid_argument', 'spec.file "input.jsonl" line 3: "text" must be a string, given a number');
+      const missing = jobSpec({ map: wordcount, input: { $case: 'file', file: 'gone.txt' } });
+      expectMeshError(await rejection(shardRecords(mapTask(missing, { recordCount: 1 }), files(), never)), 'not_found', /does not exist$/);
     });
 
     it('rejects a file that ends before the shard with INVALID_ARGUMENT', async () => {
-      const file = join(dir, 'short.txt');
-      writeFileSync(file, 'one\ntwo\n');
+      const file = 'short.txt';
+      writeFileSync(join(dir, file), 'one\ntwo\n');
       const spec = jobSpec({ map: wordcount, input: { $case: 'file', file } });
-      const error = await rejection(shardRecords(mapTask(spec, { firstRecord: 1, recordCount: 5 }), never));
-      expectMeshError(error, 'invalid_argument', /^file .*short\.txt has too few records for this task \(records 1 to 5\)/);
+      const error = await rejection(shardRecords(mapTask(spec, { firstRecord: 1, recordCount: 5 }), files(), never));
+      expectMeshError(error, 'invalid_argument', /^spec\.file "short\.txt" has too few records for this task \(records 1 to 5\)/);
     });
 
     it('rejects a spec without input with INVALID_ARGUMENT', async () => {
-      const error = await rejection(shardRecords(mapTask(jobSpec({ map: wordcount })), never));
+      const error = await rejection(shardRecords(mapTask(jobSpec({ map: wordcount })), files(), never));
       expectMeshError(error, 'invalid_argument', 'spec.input must be set: inline records, a file or a dataset');
     });
   });
@@ -454,7 +457,7 @@ describe('worker map tasks (services/worker/map)', () => {
         recordCount: 2,
         records: [{ text: 'hi there', label: 'echo' }, { text: 'bye', label: 'other' }],
       });
-      const result = await runMapTask(task, { models: new Map([['echo', createEchoModel()]]), aggregator: client, signal, deadline: 12345 });
+      const result = await runMapTask(task, { models: new Map([['echo', createEchoModel()]]), aggregator: client, signal, deadline: 12345, files: { root: '.', maxBytes: 1, maxLineBytes: 1 } });
       expect(result).to.deep.equal({ records: 2, duplicate: true, tasksCommitted: 4, partial });
       expect(calls).to.have.length(1);
       const { request, options } = calls[0];
@@ -478,7 +481,7 @@ describe('worker map tasks (services/worker/map)', () => {
 
     it('commits nothing when the shard cannot be read or the model is not hosted', async () => {
       const { client, calls } = recordingAggregator({ duplicate: false, tasksCommitted: 0, partial: undefined });
-      const context: MapContext = { models: new Map(), aggregator: client, signal: never, deadline: undefined };
+      const context: MapContext = { models: new Map(), aggregator: client, signal: never, deadline: undefined, files: { root: '.', maxBytes: 1, maxLineBytes: 1 } };
       const badInput = mapTask(jobSpec({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'dataset', dataset: 'imdb' } }), { recordCount: 1 });
       expectMeshError(await rejection(runMapTask(badInput, context)), 'not_found', /^unknown dataset "imdb"/);
       const noModel = mapTask(jobSpec({ map: { $case: 'model', model: 'ngram' }, input: { $case: 'dataset', dataset: 'spam-assassin' } }));

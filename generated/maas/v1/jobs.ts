@@ -101,9 +101,12 @@ export interface JobSpec {
     { $case: "inline"; inline: InlineRecords }
     | //
     /**
-     * Path of a file the scheduler and the workers can read: JSON Lines, one object per line
-     * with "text" and an optional "label" (name ending in .jsonl), or plain text, one record per
-     * non-empty line.
+     * Path of a file inside the mesh's input root (the scheduler's and the workers'
+     * --input-root), relative to it; an absolute path is accepted only inside the root. A path
+     * that climbs out with "..", or a symlink that resolves outside the root, is refused with
+     * PERMISSION_DENIED; so is anything but a regular file (INVALID_ARGUMENT), or a file larger
+     * than the input size limit. JSON Lines, one object per line with "text" and an optional
+     * "label" (name ending in .jsonl), or plain text, one record per non-empty line.
      */
     { $case: "file"; file: string }
     | //
@@ -150,9 +153,17 @@ export interface JobSpec {
     | undefined;
   /**
    * For the collect reducer: path of a JSON Lines file the aggregator writes, one output per
-   * record in input order. Empty: outputs are returned in the result (at most 10000).
+   * record in input order, relative to the caller's own folder under the aggregator's output
+   * root (<output root>/<tenant>/<output_file>); a path out of that folder is refused with
+   * PERMISSION_DENIED. An existing file is not replaced unless `overwrite_output` is set
+   * (ALREADY_EXISTS at submit). Empty: outputs are returned in the result (at most 10000).
    */
   outputFile: string;
+  /**
+   * Replace `output_file` if it exists. Unset: a job whose output file exists is refused at
+   * submit, and the file is created atomically only if it still does not exist at the end.
+   */
+  overwriteOutput: boolean;
 }
 
 /** InlineRecords are records given in the request. */
@@ -509,6 +520,7 @@ function createBaseJobSpec(): JobSpec {
     callbackUrl: "",
     generate: undefined,
     outputFile: "",
+    overwriteOutput: false,
   };
 }
 
@@ -559,6 +571,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     }
     if (message.outputFile !== "") {
       writer.uint32(114).string(message.outputFile);
+    }
+    if (message.overwriteOutput !== false) {
+      writer.uint32(120).bool(message.overwriteOutput);
     }
     return writer;
   },
@@ -688,6 +703,14 @@ export const JobSpec: MessageFns<JobSpec> = {
             message.outputFile = reader.string();
             continue;
           }
+          case 15: {
+            if (tag !== 120) {
+              break;
+            }
+
+            message.overwriteOutput = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -747,6 +770,11 @@ export const JobSpec: MessageFns<JobSpec> = {
         : isSet(object.output_file)
         ? globalThis.String(object.output_file)
         : "",
+      overwriteOutput: isSet(object.overwriteOutput)
+        ? globalThis.Boolean(object.overwriteOutput)
+        : isSet(object.overwrite_output)
+        ? globalThis.Boolean(object.overwrite_output)
+        : false,
     };
   },
 
@@ -790,6 +818,9 @@ export const JobSpec: MessageFns<JobSpec> = {
     }
     if (message.outputFile !== "") {
       obj.outputFile = message.outputFile;
+    }
+    if (message.overwriteOutput !== false) {
+      obj.overwriteOutput = message.overwriteOutput;
     }
     return obj;
   },
@@ -844,6 +875,7 @@ export const JobSpec: MessageFns<JobSpec> = {
       ? GenerateOptions.fromPartial(object.generate)
       : undefined;
     message.outputFile = object.outputFile ?? "";
+    message.overwriteOutput = object.overwriteOutput ?? false;
     return message;
   },
 };
@@ -4219,8 +4251,10 @@ export const JobServiceDefinition = {
     /**
      * Submit validates the spec, stores the job durably, and returns its id. Errors:
      * INVALID_ARGUMENT (a field, with the limit and the value; a malformed JSONL line, with its
-     * number), NOT_FOUND (unknown model, mapper, dataset or file), RESOURCE_EXHAUSTED (too many
-     * unfinished jobs).
+     * number; an input that is not a regular file or is over the size limit), NOT_FOUND (unknown
+     * model, mapper, dataset or file), PERMISSION_DENIED (a file or output file outside its
+     * root), ALREADY_EXISTS (an output file that exists, without overwrite_output),
+     * RESOURCE_EXHAUSTED (too many unfinished jobs).
      */
     submit: {
       name: "Submit",
@@ -4282,8 +4316,10 @@ export interface JobServiceImplementation<CallContextExt = {}> {
   /**
    * Submit validates the spec, stores the job durably, and returns its id. Errors:
    * INVALID_ARGUMENT (a field, with the limit and the value; a malformed JSONL line, with its
-   * number), NOT_FOUND (unknown model, mapper, dataset or file), RESOURCE_EXHAUSTED (too many
-   * unfinished jobs).
+   * number; an input that is not a regular file or is over the size limit), NOT_FOUND (unknown
+   * model, mapper, dataset or file), PERMISSION_DENIED (a file or output file outside its
+   * root), ALREADY_EXISTS (an output file that exists, without overwrite_output),
+   * RESOURCE_EXHAUSTED (too many unfinished jobs).
    */
   submit(request: SubmitRequest, context: CallContext & CallContextExt): Promise<DeepPartial<SubmitResponse>>;
   /**
@@ -4312,8 +4348,10 @@ export interface JobServiceClient<CallOptionsExt = {}> {
   /**
    * Submit validates the spec, stores the job durably, and returns its id. Errors:
    * INVALID_ARGUMENT (a field, with the limit and the value; a malformed JSONL line, with its
-   * number), NOT_FOUND (unknown model, mapper, dataset or file), RESOURCE_EXHAUSTED (too many
-   * unfinished jobs).
+   * number; an input that is not a regular file or is over the size limit), NOT_FOUND (unknown
+   * model, mapper, dataset or file), PERMISSION_DENIED (a file or output file outside its
+   * root), ALREADY_EXISTS (an output file that exists, without overwrite_output),
+   * RESOURCE_EXHAUSTED (too many unfinished jobs).
    */
   submit(request: DeepPartial<SubmitRequest>, options?: CallOptions & CallOptionsExt): Promise<SubmitResponse>;
   /**

@@ -22,7 +22,10 @@ export interface ReduceSpec {
   topK: number;
   /** Number of tasks in the job. */
   tasksTotal: number;
-  /** For collect: the JSON Lines file to write at Finalize; empty keeps outputs in the result. */
+  /**
+   * For collect: the JSON Lines file to write at Finalize, relative to the tenant's folder under
+   * the output root; empty keeps outputs in the result.
+   */
   outputFile: string;
   /** For accuracy: the positive label. */
   positiveLabel: string;
@@ -61,7 +64,16 @@ export interface FinalizeRequest {
   /** The job. */
   jobId: string;
   /** How the job is reduced. */
-  reduce?: ReduceSpec | undefined;
+  reduce?:
+    | ReduceSpec
+    | undefined;
+  /**
+   * The tenant that owns the job: the collect reducer's output file is written in this
+   * tenant's folder under the aggregator's output root.
+   */
+  tenant: string;
+  /** Replace the output file if it exists (JobSpec.overwrite_output). */
+  overwriteOutput: boolean;
 }
 
 /** FinalizeResponse carries the final result. */
@@ -502,7 +514,7 @@ export const CommitResponse: MessageFns<CommitResponse> = {
 };
 
 function createBaseFinalizeRequest(): FinalizeRequest {
-  return { jobId: "", reduce: undefined };
+  return { jobId: "", reduce: undefined, tenant: "", overwriteOutput: false };
 }
 
 export const FinalizeRequest: MessageFns<FinalizeRequest> = {
@@ -512,6 +524,12 @@ export const FinalizeRequest: MessageFns<FinalizeRequest> = {
     }
     if (message.reduce !== undefined) {
       ReduceSpec.encode(message.reduce, writer.uint32(18).fork()).join();
+    }
+    if (message.tenant !== "") {
+      writer.uint32(26).string(message.tenant);
+    }
+    if (message.overwriteOutput !== false) {
+      writer.uint32(32).bool(message.overwriteOutput);
     }
     return writer;
   },
@@ -545,6 +563,22 @@ export const FinalizeRequest: MessageFns<FinalizeRequest> = {
             message.reduce = ReduceSpec.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.tenant = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.overwriteOutput = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -565,6 +599,12 @@ export const FinalizeRequest: MessageFns<FinalizeRequest> = {
         ? globalThis.String(object.job_id)
         : "",
       reduce: isSet(object.reduce) ? ReduceSpec.fromJSON(object.reduce) : undefined,
+      tenant: isSet(object.tenant) ? globalThis.String(object.tenant) : "",
+      overwriteOutput: isSet(object.overwriteOutput)
+        ? globalThis.Boolean(object.overwriteOutput)
+        : isSet(object.overwrite_output)
+        ? globalThis.Boolean(object.overwrite_output)
+        : false,
     };
   },
 
@@ -575,6 +615,12 @@ export const FinalizeRequest: MessageFns<FinalizeRequest> = {
     }
     if (message.reduce !== undefined) {
       obj.reduce = ReduceSpec.toJSON(message.reduce);
+    }
+    if (message.tenant !== "") {
+      obj.tenant = message.tenant;
+    }
+    if (message.overwriteOutput !== false) {
+      obj.overwriteOutput = message.overwriteOutput;
     }
     return obj;
   },
@@ -588,6 +634,8 @@ export const FinalizeRequest: MessageFns<FinalizeRequest> = {
     message.reduce = (object.reduce !== undefined && object.reduce !== null)
       ? ReduceSpec.fromPartial(object.reduce)
       : undefined;
+    message.tenant = object.tenant ?? "";
+    message.overwriteOutput = object.overwriteOutput ?? false;
     return message;
   },
 };
