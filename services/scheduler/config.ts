@@ -1,5 +1,7 @@
 /** Settings of the scheduler service. */
+import { callbackAllowSetting } from '../../common/callback-target';
 import { address, integer, text } from '../../common/config';
+import { parseWebhookSecret } from './jobs/callback';
 
 /** The scheduler's config schema: flag, environment variable and default of every setting. */
 export const schedulerSchema = {
@@ -16,6 +18,15 @@ export const schedulerSchema = {
   maxActiveJobs: integer({ flag: '--max-active-jobs', env: 'MAAS_SCHEDULER_MAX_ACTIVE_JOBS', default: 100, min: 1, max: 100000, doc: 'Unfinished jobs at once; one more is refused with RESOURCE_EXHAUSTED.' }),
   retryBaseMs: integer({ flag: '--retry-base-ms', env: 'MAAS_SCHEDULER_RETRY_BASE_MS', default: 200, min: 1, max: 600000, doc: 'First retry delay of a failed map task; doubles per attempt, with full jitter.' }),
   retryMaxMs: integer({ flag: '--retry-max-ms', env: 'MAAS_SCHEDULER_RETRY_MAX_MS', default: 10000, min: 1, max: 3600000, doc: 'Longest retry delay of a map task (and of finalizing a job while the aggregator is away).' }),
-  callbackSecret: text({ flag: '--callback-secret', env: 'MAAS_SCHEDULER_CALLBACK_SECRET', default: '', allowEmpty: true, doc: 'HMAC-SHA256 secret for the X-Maas-Signature header of job callbacks; empty sends them unsigned.' }),
-  callbackAttempts: integer({ flag: '--callback-attempts', env: 'MAAS_SCHEDULER_CALLBACK_ATTEMPTS', default: 5, min: 1, max: 100, doc: 'Attempts to deliver a job callback, with backoff.' }),
+  callbackSecret: {
+    ...text({ flag: '--callback-secret', env: 'MAAS_SCHEDULER_CALLBACK_SECRET', default: '', allowEmpty: true, doc: 'Standard Webhooks secret (`whsec_` + base64 of 24 to 64 bytes) that signs job callbacks (`webhook-signature`); empty sends them unsigned.' }),
+    parse(raw: string): string {
+      if (raw !== '') parseWebhookSecret(raw);
+      return raw;
+    },
+    show: (v: string) => (v === '' ? '(empty)' : '(set)'),
+  },
+  callbackAttempts: integer({ flag: '--callback-attempts', env: 'MAAS_SCHEDULER_CALLBACK_ATTEMPTS', default: 5, min: 1, max: 100, doc: 'Attempts to deliver a job callback, with backoff; a refused address or a redirect ends it at once.' }),
+  callbackTimeoutMs: integer({ flag: '--callback-timeout-ms', env: 'MAAS_SCHEDULER_CALLBACK_TIMEOUT_MS', default: 10000, min: 1, max: 600000, doc: 'Time one callback attempt may take, from connecting to the response headers.' }),
+  callbackAllow: callbackAllowSetting(),
 };

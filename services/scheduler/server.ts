@@ -3,6 +3,8 @@
  * at once, drops a task whose deadline passes while it waits, then hands it to the balancer and
  * relays its output stream.
  */
+import { parseCallbackAllowlist } from '../../common/callback-target';
+import { parseWebhookSecret } from './jobs/callback';
 import { createMeshClient, openChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
@@ -63,8 +65,10 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       maxActiveJobs: config.maxActiveJobs,
       retryBaseMs: config.retryBaseMs,
       retryMaxMs: config.retryMaxMs,
-      callbackSecret: config.callbackSecret,
+      callbackKey: config.callbackSecret === '' ? undefined : parseWebhookSecret(config.callbackSecret),
       callbackAttempts: config.callbackAttempts,
+      callbackTimeoutMs: config.callbackTimeoutMs,
+      callbackAllow: parseCallbackAllowlist(config.callbackAllow),
     },
     log,
   );
