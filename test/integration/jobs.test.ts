@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
 import { Webhook } from 'standardwebhooks';
+import { createMeshClient, openChannel } from '../../common/client';
+import { SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler';
 import { CallbackState, Job, JobEvent, JobSpec, JobState } from '../../generated/maas/v1/jobs';
 import { words } from '../../services/worker/map';
 import { TaskEnd } from '../../services/worker/server';
@@ -194,6 +196,19 @@ describe('batch jobs through the mesh', function () {
       } finally {
         settled.stop();
         await receiver.close();
+      }
+    });
+
+    it('the scheduler refuses a forbidden callback address itself, when its port is called directly', async () => {
+      const channel = openChannel(mesh.scheduler.address);
+      try {
+        const scheduler = createMeshClient(SchedulerServiceDefinition, channel);
+        const spec = JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), shardSize: 500, reducer: 'top_k', callbackUrl: 'http://169.254.169.254/latest/meta-data/' });
+        const err = await grpcError(scheduler.submitJob({ tenant: 'anonymous', spec }));
+        expect(Status[err.code]).to.equal(Status[Status.INVALID_ARGUMENT]);
+        expect(err.details).to.match(/^spec\.callback_url must not name a link-local address \(169\.254\.169\.254\)/);
+      } finally {
+        channel.close();
       }
     });
 
