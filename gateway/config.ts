@@ -1,4 +1,5 @@
 /** Settings of the gateway. */
+import { callbackAllowSetting } from '../common/callback-target';
 import { address, integer, text } from '../common/config';
 import { KeyEntry, parseApiKeys } from './auth';
 
@@ -14,6 +15,7 @@ export const gatewaySchema = {
   defaultDeadlineMs: integer({ flag: '--default-deadline-ms', env: 'MAAS_GATEWAY_DEFAULT_DEADLINE_MS', default: 60000, min: 1, max: 86400000, doc: 'Deadline of a call whose client set none.' }),
   maxInlineRecords: integer({ flag: '--max-inline-records', env: 'MAAS_GATEWAY_MAX_INLINE_RECORDS', default: 10000, min: 1, max: 10000000, doc: 'Most records a job may carry inline (larger inputs go in a file).' }),
   catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached.' }),
+  callbackAllow: callbackAllowSetting(),
   apiKeys: {
     flag: '--api-keys',
     env: 'MAAS_GATEWAY_API_KEYS',

@@ -3,6 +3,7 @@
  * and defaults filled in so the scheduler stores a complete spec. What only the scheduler can
  * know (a file's contents, a dataset's size) it checks itself.
  */
+import { CallbackAllowlist, checkCallbackUrl } from '../common/callback-target';
 import { invalidField, MeshError } from '../common/errors';
 import { validateGenerateRequest, validateModelName } from './validation';
 
@@ -34,6 +35,8 @@ export interface JobSpecContext {
   datasets: readonly string[];
   /** The tasks of a model, or undefined if no such model is served. */
   modelTasks(name: string): Promise<readonly ('generate' | 'classify')[] | undefined>;
+  /** Where callbacks may go besides public addresses (the same setting as the scheduler's). */
+  callbackAllow: CallbackAllowlist;
   /** Limits: most inline records, longest record text. */
   maxInlineRecords: number;
   maxRecordChars: number;
@@ -107,15 +110,9 @@ export async function validateJobSpec<T extends JobSpecFields>(spec: T, context:
     throw invalidField('spec.priority', 'must be one of PRIORITY_UNSPECIFIED, PRIORITY_LOW, PRIORITY_NORMAL, PRIORITY_HIGH', spec.priority);
   }
   if (spec.callbackUrl !== '') {
-    let url: URL | undefined;
-    try {
-      url = new URL(spec.callbackUrl);
-    } catch {
-      url = undefined;
-    }
-    if (!url || (url.protocol !== 'http:' && url.protocol !== 'https:')) {
-      throw invalidField('spec.callback_url', 'must be an http or https URL', spec.callbackUrl);
-    }
+    // What the URL itself shows; where its host name resolves is the scheduler's check, at delivery.
+    const checked = checkCallbackUrl(spec.callbackUrl, context.callbackAllow);
+    if ('rule' in checked) throw invalidField('spec.callback_url', checked.rule, spec.callbackUrl);
   }
   if (spec.outputFile !== '' && reducer !== 'collect') throw invalidField('spec.output_file', 'is only for the collect reducer', spec.outputFile);
   if (spec.outputFile !== '') validatePath('spec.output_file', spec.outputFile);

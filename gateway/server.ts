@@ -36,6 +36,7 @@ import { ListWorkersResponse, MeshServiceDefinition } from '../generated/maas/v1
 import { createAuthenticator } from './auth';
 import { loadKeyFile, watchKeyFile } from './key-file';
 import { JobSpecContext, validateJobSpec } from './job-spec';
+import { parseCallbackAllowlist } from '../common/callback-target';
 import { ModelCatalog } from './catalog';
 import { gatewaySchema } from './config';
 import { validateGenerateRequest, validateModelName, validatePredictRequest } from './validation';
@@ -142,6 +143,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     mappers: MAPPER_NAMES,
     datasets: DATASET_NAMES,
     maxInlineRecords: config.maxInlineRecords,
+    callbackAllow: parseCallbackAllowlist(config.callbackAllow),
     maxRecordChars: config.maxInputChars,
     async modelTasks(name) {
       const model = await catalog.find(name);

@@ -5,7 +5,7 @@
 import { Client, ClientError, Metadata, Status } from 'nice-grpc';
 import { MeshCallOptions } from '../../common/client';
 import { Priority } from '../../generated/maas/v1/inference';
-import { Job, JobEvent, JobResult, JobServiceDefinition, JobSpec, JobState } from '../../generated/maas/v1/jobs';
+import { CallbackState, Job, JobEvent, JobResult, JobServiceDefinition, JobSpec, JobState } from '../../generated/maas/v1/jobs';
 
 type JobClient = Client<typeof JobServiceDefinition, MeshCallOptions>;
 
@@ -217,7 +217,12 @@ export function formatJob(job: Job): string {
     `  created ${new Date(job.createdAtMs).toISOString()}${job.finishedAtMs ? `, finished ${new Date(job.finishedAtMs).toISOString()}` : ''}`,
   ];
   if (job.error) lines.push(`  error: ${job.error}`);
+  if (job.callback) lines.push(`  callback: ${callbackStateName(job.callback.state)}${job.callback.error ? ` (${job.callback.error})` : ''}`);
   return `${lines.join('\n')}\n${job.result ? formatResult(job.result) : ''}`;
+}
+
+function callbackStateName(state: CallbackState): string {
+  return CallbackState[state]?.replace('CALLBACK_STATE_', '').toLowerCase() ?? String(state);
 }
 
 /** One line per job, for `maas job list`. */

@@ -1,6 +1,8 @@
 /** Settings of the scheduler service. */
+import { callbackAllowSetting } from '../../common/callback-target';
 import { address, decimal, integer, text } from '../../common/config';
 import { TENANT_NAME_PATTERN } from '../../common/tenant';
+import { parseWebhookSecret } from './jobs/callback';
 import { TenantOverrides, parseTenantOverrides } from './tenant-limits';
 
 /** The scheduler's config schema: flag, environment variable and default of every setting. */
@@ -18,12 +20,21 @@ export const schedulerSchema = {
   maxActiveJobs: integer({ flag: '--max-active-jobs', env: 'MAAS_SCHEDULER_MAX_ACTIVE_JOBS', default: 100, min: 1, max: 100000, doc: 'Unfinished jobs at once; one more is refused with RESOURCE_EXHAUSTED.' }),
   retryBaseMs: integer({ flag: '--retry-base-ms', env: 'MAAS_SCHEDULER_RETRY_BASE_MS', default: 200, min: 1, max: 600000, doc: 'First retry delay of a failed map task; doubles per attempt, with full jitter.' }),
   retryMaxMs: integer({ flag: '--retry-max-ms', env: 'MAAS_SCHEDULER_RETRY_MAX_MS', default: 10000, min: 1, max: 3600000, doc: 'Longest retry delay of a map task (and of finalizing a job while the aggregator is away).' }),
-  callbackSecret: text({ flag: '--callback-secret', env: 'MAAS_SCHEDULER_CALLBACK_SECRET', default: '', allowEmpty: true, doc: 'HMAC-SHA256 secret for the X-Maas-Signature header of job callbacks; empty sends them unsigned.' }),
+  callbackSecret: {
+    ...text({ flag: '--callback-secret', env: 'MAAS_SCHEDULER_CALLBACK_SECRET', default: '', allowEmpty: true, doc: 'Standard Webhooks secret (`whsec_` + base64 of 24 to 64 bytes) that signs job callbacks (`webhook-signature`); empty sends them unsigned.' }),
+    parse(raw: string): string {
+      if (raw !== '') parseWebhookSecret(raw);
+      return raw;
+    },
+    show: (v: string) => (v === '' ? '(empty)' : '(set)'),
+  },
+  callbackAttempts: integer({ flag: '--callback-attempts', env: 'MAAS_SCHEDULER_CALLBACK_ATTEMPTS', default: 5, min: 1, max: 100, doc: 'Attempts to deliver a job callback, with backoff; a refused address or a redirect ends it at once.' }),
+  callbackTimeoutMs: integer({ flag: '--callback-timeout-ms', env: 'MAAS_SCHEDULER_CALLBACK_TIMEOUT_MS', default: 10000, min: 1, max: 600000, doc: 'Time one callback attempt may take, from connecting to the response headers.' }),
+  callbackAllow: callbackAllowSetting(),
   inputRoot: text({ flag: '--input-root', env: 'MAAS_INPUT_ROOT', default: '.maas/input', doc: "Directory a job's `file` is read from (relative to it; nothing outside it is read, symlinks out included), relative to the working directory; the workers must have the same. It may not contain or lie inside --data-dir." }),
   outputRoot: text({ flag: '--output-root', env: 'MAAS_OUTPUT_ROOT', default: '.maas/output', doc: "The aggregator's output root, to refuse at submit a job's `output_file` outside the tenant's folder there, or existing without overwrite_output; the aggregator checks again when it writes." }),
   maxInputBytes: integer({ flag: '--max-input-bytes', env: 'MAAS_MAX_INPUT_BYTES', default: 1 << 30, min: 1, max: Number.MAX_SAFE_INTEGER, doc: 'Largest input file of a job, in bytes; a larger one is refused (the workers must have the same).' }),
   maxLineBytes: integer({ flag: '--max-line-bytes', env: 'MAAS_MAX_LINE_BYTES', default: 1 << 20, min: 1, max: 1 << 30, doc: 'Longest line (one record) of an input file, in bytes; a longer one is refused as soon as it is seen, without reading all of it.' }),
-  callbackAttempts: integer({ flag: '--callback-attempts', env: 'MAAS_SCHEDULER_CALLBACK_ATTEMPTS', default: 5, min: 1, max: 100, doc: 'Attempts to deliver a job callback, with backoff.' }),
   tenantMaxInFlight: integer({ flag: '--tenant-max-in-flight', env: 'MAAS_SCHEDULER_TENANT_MAX_IN_FLIGHT', default: 512, min: 1, max: 1000000, doc: 'Online requests one tenant may have open at once (running or waiting); one more is refused with RESOURCE_EXHAUSTED.' }),
   tenantMaxQueued: integer({ flag: '--tenant-max-queued', env: 'MAAS_SCHEDULER_TENANT_MAX_QUEUED', default: 256, min: 0, max: 1000000, doc: 'Online requests one tenant may have waiting for a slot; one more is refused with RESOURCE_EXHAUSTED. Waiting tenants take turns within a priority.' }),
   tenantRate: decimal({ flag: '--tenant-rate', env: 'MAAS_SCHEDULER_TENANT_RATE', default: 1000, min: 0, max: 1e9, doc: 'Requests per second one tenant may send (online calls and job submits), sustained; 0: no rate limit.' }),

@@ -6,20 +6,22 @@
  * A restarted scheduler resumes every unfinished job from its store.
  */
 import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'node:events';
 import { ClientError, Status } from 'nice-grpc';
 import { datasetSize } from '../../common/datasets';
-import { MeshError } from '../../common/errors';
+import { invalidField, MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { FILE_ACCESS_KINDS, FileAccessError, OutputPlace, checkOutputTarget } from '../../common/file-roots';
 import { InputFiles, RECORDS_ERROR_KINDS, RecordsError, scanRecords } from '../../common/records';
 import { AggregatorServiceDefinition, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
 import { MapTask } from '../../generated/maas/internal/v1/task';
-import { Job, JobEvent, JobResult, JobSpec, JobState, Record as JobRecord } from '../../generated/maas/v1/jobs';
+import { CallbackState, Job, JobEvent, JobResult, JobSpec, JobState, Record as JobRecord } from '../../generated/maas/v1/jobs';
 import { Client } from 'nice-grpc';
 import { MeshCallOptions } from '../../common/client';
 import { retryDelayMs } from './jobs/backoff';
 import { deliverCallback } from './jobs/callback';
+import { CallbackAllowlist, checkCallbackUrl } from '../../common/callback-target';
 import { JobEventLog } from './jobs/event-log';
 import { splitIntoTasks, TaskRange } from './jobs/split';
 import { JobStore, StoredJob } from './jobs/store';
@@ -37,14 +39,18 @@ export interface JobRunnerOptions {
   /** Backoff of task retries. */
   retryBaseMs: number;
   retryMaxMs: number;
-  /** HMAC secret for callback signatures; empty: unsigned. */
-  callbackSecret: string;
+  /** Signing key of callbacks (a decoded `whsec_` secret); undefined: unsigned. */
+  callbackKey?: Uint8Array;
   /** Attempts per callback delivery. */
   callbackAttempts: number;
   /** The input root and the limits of a job's file. */
   files: InputFiles;
   /** The output root (to check a job's output file at submit) and what outputs must not touch. */
   outputs: OutputPlace;
+  /** Time one callback attempt may take, in ms. */
+  callbackTimeoutMs: number;
+  /** Where callbacks may go besides public addresses. */
+  callbackAllow: CallbackAllowlist;
 }
 
 type BalancerClient = Client<typeof BalancerServiceDefinition, MeshCallOptions>;
@@ -87,6 +93,8 @@ export class JobRunner {
   private readonly retryTimers = new Set<NodeJS.Timeout>();
   private closed = false;
   readonly events: JobEventLog;
+  /** Emits `settled` with `{ job, state, error }` when a callback delivery ends (for tests and diagnostics). */
+  readonly callbacks = new EventEmitter();
 
   constructor(
     private readonly store: JobStore,
@@ -145,6 +153,11 @@ export class JobRunner {
   }
 
   private async admitted(tenant: string, spec: JobSpec, signal: AbortSignal | undefined): Promise<Job> {
+    if (spec.callbackUrl !== '') {
+      // The gateway checked this too; the scheduler's port is not only the gateway's.
+      const checked = checkCallbackUrl(spec.callbackUrl, this.options.callbackAllow);
+      if ('rule' in checked) throw invalidField('spec.callback_url', checked.rule, spec.callbackUrl);
+    }
     if (spec.outputFile !== '') await checkOutputFile(this.options.outputs, tenant, spec);
     const recordsTotal = await countInput(spec, this.options.files, signal);
     if (recordsTotal === 0) throw new MeshError('invalid_argument', 'spec.input has no records');
@@ -430,10 +443,24 @@ export class JobRunner {
     const job = this.store.getJob(id);
     if (!job || !job.callbackUrl) return;
     this.store.setCallbackState(id, 'pending');
-    const payload = { event: 'job.finished', job: Job.toJSON(toJob(job)) };
-    const outcome = await deliverCallback(job.callbackUrl, payload, { secret: this.options.callbackSecret || undefined, attempts: this.options.callbackAttempts });
-    this.store.setCallbackState(id, outcome.delivered ? 'delivered' : 'failed');
-    if (!outcome.delivered) this.log.warn('callback not delivered', { job: id, url: job.callbackUrl, attempts: outcome.attempts, error: outcome.lastError ?? '' });
+    const payload = { event: 'job.finished', job: Job.toJSON({ ...toJob(job), callback: undefined }) };
+    const outcome = await deliverCallback(job.callbackUrl, payload, {
+      secret: this.options.callbackKey,
+      allow: this.options.callbackAllow,
+      attempts: this.options.callbackAttempts,
+      timeoutMs: this.options.callbackTimeoutMs,
+      // One delivery per job: the id stays the same across attempts and restarts.
+      deliveryId: `${id}-finished`,
+    });
+    if (outcome.delivered) {
+      this.store.setCallbackState(id, 'delivered');
+      this.callbacks.emit('settled', { job: id, state: 'delivered' });
+      return;
+    }
+    const error = outcome.refused || outcome.attempts <= 1 ? outcome.lastError! : `gave up after ${outcome.attempts} attempts: ${outcome.lastError}`;
+    this.store.setCallbackState(id, 'failed', error);
+    this.log.warn(outcome.refused ? 'callback refused' : 'callback not delivered', { job: id, url: job.callbackUrl.slice(0, 200), attempts: outcome.attempts, error });
+    this.callbacks.emit('settled', { job: id, state: 'failed', error });
   }
 
   private append(jobId: string, event: JobEvent['event']): void {
@@ -513,6 +540,14 @@ function toJob(j: StoredJob): Job {
     finishedAtMs: j.finishedAt ?? 0,
     result: j.result ? JobResult.fromJSON(j.result) : undefined,
     error: j.error ?? '',
+    callback: j.callbackUrl ? { state: callbackStateOf[j.callbackState], error: j.callbackError ?? '' } : undefined,
   };
 }
+
+const callbackStateOf: Record<StoredJob['callbackState'], CallbackState> = {
+  none: CallbackState.CALLBACK_STATE_PENDING,
+  pending: CallbackState.CALLBACK_STATE_PENDING,
+  delivered: CallbackState.CALLBACK_STATE_DELIVERED,
+  failed: CallbackState.CALLBACK_STATE_FAILED,
+};
 

@@ -3,6 +3,8 @@
  * at once, drops a task whose deadline passes while it waits, then hands it to the balancer and
  * relays its output stream.
  */
+import { parseCallbackAllowlist } from '../../common/callback-target';
+import { parseWebhookSecret } from './jobs/callback';
 import { createMeshClient, openChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
@@ -116,10 +118,12 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       tenantMaxActiveJobs: (tenant) => ({ limit: limits.of(tenant).maxActiveJobs, setting: limitSetting(limits, tenant, 'maxActiveJobs') }),
       retryBaseMs: config.retryBaseMs,
       retryMaxMs: config.retryMaxMs,
-      callbackSecret: config.callbackSecret,
+      callbackKey: config.callbackSecret === '' ? undefined : parseWebhookSecret(config.callbackSecret),
       callbackAttempts: config.callbackAttempts,
       files: { root: inputRoot, maxBytes: config.maxInputBytes, maxLineBytes: config.maxLineBytes },
       outputs: { root: resolve(config.outputRoot), protectedDirs: [config.dataDir] },
+      callbackTimeoutMs: config.callbackTimeoutMs,
+      callbackAllow: parseCallbackAllowlist(config.callbackAllow),
     },
     log,
   );

@@ -1,11 +1,15 @@
 /** Batch jobs through the mesh, in one process: submit, watch, reduce, cancel, bad input, callbacks. */
-import { createHmac } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, IncomingMessage } from 'node:http';
+import { createServer, IncomingMessage, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { expect } from 'chai';
-import { Job, JobEvent, JobSpec, JobState } from '../../generated/maas/v1/jobs';
+import { Webhook } from 'standardwebhooks';
+import { createMeshClient, openChannel } from '../../common/client';
+import { SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler';
+import { CallbackState, Job, JobEvent, JobSpec, JobState } from '../../generated/maas/v1/jobs';
 import { words } from '../../services/worker/map';
 import { TaskEnd } from '../../services/worker/server';
 import { Status, TestMesh, collect, grpcError, nextEvent, startMesh } from '../support';
@@ -21,6 +25,50 @@ const CORPUS = [
 ];
 
 const inline = (texts: string[], labels: string[] = []) => ({ $case: 'inline' as const, inline: { records: texts.map((text, i) => ({ text, label: labels[i] ?? '' })) } });
+
+/** A Standard Webhooks secret for the tests' scheduler. */
+const SECRET = `whsec_${randomBytes(32).toString('base64')}`;
+
+/** An HTTP receiver on 127.0.0.1 that records each request and answers 200; emits `delivered` on its server. */
+async function startReceiver(): Promise<{ server: Server; port: number; received: { body: string; headers: Record<string, string> }[]; close(): Promise<void> }> {
+  const received: { body: string; headers: Record<string, string> }[] = [];
+  const server = createServer(async (req: IncomingMessage, res) => {
+    let body = '';
+    for await (const chunk of req) body += chunk;
+    received.push({ body, headers: req.headers as Record<string, string> });
+    res.writeHead(200).end('{}');
+    server.emit('delivered');
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    server,
+    port: (server.address() as { port: number }).port,
+    received,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+interface Settled {
+  job: string;
+  state: 'delivered' | 'failed';
+  error?: string;
+}
+
+/** Records every callback delivery that ends from now on; `wait(id)` resolves with that job's. */
+function recordSettled(mesh: TestMesh): { wait(id: string): Promise<Settled>; stop(): void } {
+  const seen = new Map<string, Settled>();
+  const waiters = new Map<string, (s: Settled) => void>();
+  const on = (s: Settled) => {
+    seen.set(s.job, s);
+    waiters.get(s.job)?.(s);
+  };
+  mesh.scheduler.jobs.callbacks.on('settled', on);
+  return {
+    wait: (id) => (seen.has(id) ? Promise.resolve(seen.get(id)!) : new Promise((resolve) => waiters.set(id, resolve))),
+    stop: () => mesh.scheduler.jobs.callbacks.off('settled', on),
+  };
+}
 
 /** Submits and waits for the job's end through Watch; returns the job and every event. */
 async function run(mesh: TestMesh, spec: Partial<JobSpec>): Promise<{ job: Job; events: JobEvent[] }> {
@@ -99,7 +147,14 @@ describe('batch jobs through the mesh', function () {
       ['a missing file', { map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'file', file: 'nonexistent/in.jsonl' } }, Status.NOT_FOUND, /^spec\.file "nonexistent\/in\.jsonl" does not exist$/],
       ['a reducer that does not fit the map', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), reducer: 'accuracy' }, Status.INVALID_ARGUMENT, /^spec.reducer must be one of sum, top_k, mean/],
       ['no input', { map: { $case: 'mapper', mapper: 'wordcount' } }, Status.INVALID_ARGUMENT, /^spec.input must set one of inline, file or dataset/],
-      ['a callback that is not http', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'ftp://example/x' }, Status.INVALID_ARGUMENT, /^spec.callback_url must be an http or https URL/],
+      ['a callback that is not http', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'ftp://example/x' }, Status.INVALID_ARGUMENT, /^spec.callback_url must use http or https, not "ftp", given "ftp:\/\/example\/x"$/],
+      ['a callback to the metadata address', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'http://169.254.169.254/latest/meta-data/' }, Status.INVALID_ARGUMENT, /^spec.callback_url must not name a link-local address \(169\.254\.169\.254\) unless the callback allowlist permits it, given "http:\/\/169\.254\.169\.254\/latest\/meta-data\/"$/],
+      ['a callback to 127.0.0.1 as an integer', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'http://2130706433:50052/' }, Status.INVALID_ARGUMENT, /^spec.callback_url must not name a loopback address \(127\.0\.0\.1\)/],
+      ['a callback to IPv4-mapped loopback', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'http://[::ffff:127.0.0.1]:50053/' }, Status.INVALID_ARGUMENT, /^spec.callback_url must not name a loopback address \(::ffff:7f00:1\)/],
+      ['a callback to 0.0.0.0', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'http://0.0.0.0:50054/' }, Status.INVALID_ARGUMENT, /^spec.callback_url must not name an unspecified address \(0\.0\.0\.0\)/],
+      ['a callback to a private address', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'https://10.1.2.3/hook' }, Status.INVALID_ARGUMENT, /^spec.callback_url must not name a private address \(10\.1\.2\.3\)/],
+      ['a callback with credentials', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: 'https://user:pw@hooks.example.com/' }, Status.INVALID_ARGUMENT, /^spec.callback_url must not carry a user name or password, given "https:\/\/user:pw@hooks\.example\.com\/"$/],
+      ['an overlong callback URL', { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: `https://hooks.example.com/${'a'.repeat(3000)}` }, Status.INVALID_ARGUMENT, /^spec.callback_url must be at most 2048 characters, given a string of 3026 characters$/],
     ];
     for (const [what, spec, code, message] of refusals) {
       it(`refuses ${what} at submit`, async () => {
@@ -108,6 +163,50 @@ describe('batch jobs through the mesh', function () {
         expect(err.details).to.match(message);
       });
     }
+
+    it('refuses a callback to a loopback receiver at submit when the allowlist does not permit it', async () => {
+      const receiver = await startReceiver();
+      try {
+        const err = await grpcError(mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), callbackUrl: `http://127.0.0.1:${receiver.port}/hook` }) }));
+        expect(Status[err.code]).to.equal(Status[Status.INVALID_ARGUMENT]);
+        expect(err.details).to.match(/^spec\.callback_url must not name a loopback address \(127\.0\.0\.1\) unless the callback allowlist permits it/);
+        expect(receiver.received).to.have.length(0);
+      } finally {
+        await receiver.close();
+      }
+    });
+
+    it('runs a job whose callback host resolves to loopback, refuses the delivery at connect time and records why', async () => {
+      const receiver = await startReceiver();
+      const settled = recordSettled(mesh);
+      try {
+        const { job: submitted } = await mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(CORPUS), callbackUrl: `http://localhost:${receiver.port}/hook` }) });
+        await collect(mesh.jobs.watch({ jobId: submitted!.id, afterSequence: 0 }));
+        expect((await settled.wait(submitted!.id)).state).to.equal('failed');
+        const { job } = await mesh.jobs.get({ jobId: submitted!.id });
+        expect(job!.state).to.equal(JobState.JOB_STATE_SUCCEEDED);
+        expect(job!.result?.result?.$case).to.equal('wordCounts');
+        expect(job!.callback!.state).to.equal(CallbackState.CALLBACK_STATE_FAILED);
+        expect(job!.callback!.error).to.match(/^refused: localhost resolves to (127\.0\.0\.1|::1), a loopback address, which the callback allowlist does not permit$/);
+        expect(receiver.received).to.have.length(0);
+      } finally {
+        settled.stop();
+        await receiver.close();
+      }
+    });
+
+    it('the scheduler refuses a forbidden callback address itself, when its port is called directly', async () => {
+      const channel = openChannel(mesh.scheduler.address);
+      try {
+        const scheduler = createMeshClient(SchedulerServiceDefinition, channel);
+        const spec = JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(['x']), shardSize: 500, reducer: 'top_k', callbackUrl: 'http://169.254.169.254/latest/meta-data/' });
+        const err = await grpcError(scheduler.submitJob({ tenant: 'anonymous', spec }));
+        expect(Status[err.code]).to.equal(Status[Status.INVALID_ARGUMENT]);
+        expect(err.details).to.match(/^spec\.callback_url must not name a link-local address \(169\.254\.169\.254\)/);
+      } finally {
+        channel.close();
+      }
+    });
 
     it('answers NOT_FOUND for an unknown job id', async () => {
       const err = await grpcError(mesh.jobs.get({ jobId: 'job-nope' }));
@@ -148,7 +247,8 @@ describe('batch jobs through the mesh', function () {
   describe('with the built-in models', () => {
     let mesh: TestMesh;
     before(async () => {
-      mesh = await startMesh({ workers: [{ builtin: true }], scheduler: { callbackSecret: 's3cret' } });
+      // The allowlist lets callbacks reach the test's loopback receiver; both services take it.
+      mesh = await startMesh({ workers: [{ builtin: true }], scheduler: { callbackSecret: SECRET, callbackAllow: '127.0.0.1/32' }, gateway: { callbackAllow: '127.0.0.1/32' } });
     });
     after(() => mesh.stop());
 
@@ -166,29 +266,26 @@ describe('batch jobs through the mesh', function () {
       expect(r.accuracy.accuracy).to.be.closeTo(correct / texts.length, 1e-9);
     });
 
-    it('calls the callback URL with the final job, signed with HMAC-SHA256', async () => {
-      const received: { body: string; signature: string | undefined }[] = [];
-      const server = createServer(async (req: IncomingMessage, res) => {
-        let body = '';
-        for await (const chunk of req) body += chunk;
-        received.push({ body, signature: req.headers['x-maas-signature'] as string | undefined });
-        res.writeHead(200).end('{}');
-        server.emit('delivered');
-      });
-      server.listen(0, '127.0.0.1');
-      await once(server, 'listening');
+    it('calls an allowed callback URL with the final job, signed per Standard Webhooks, and records it delivered', async () => {
+      const receiver = await startReceiver();
+      const settled = recordSettled(mesh);
       try {
-        const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/hook`;
-        const delivered = once(server, 'delivered');
+        const url = `http://127.0.0.1:${receiver.port}/hook`;
         const { job } = await run(mesh, { map: { $case: 'mapper', mapper: 'wordcount' }, input: inline(CORPUS), callbackUrl: url });
-        await delivered;
-        const [{ body, signature }] = received;
-        expect(JSON.parse(body).job.id).to.equal(job.id);
-        expect(JSON.parse(body).job.state).to.equal('JOB_STATE_SUCCEEDED');
-        expect(signature).to.equal(`sha256=${createHmac('sha256', 's3cret').update(body).digest('hex')}`);
+        expect(await settled.wait(job.id)).to.deep.equal({ job: job.id, state: 'delivered' });
+        const [{ body, headers }] = receiver.received;
+        const verified = new Webhook(SECRET).verify(body, headers) as { job: { id: string; state: string } };
+        expect(verified.job.id).to.equal(job.id);
+        expect(verified.job.state).to.equal('JOB_STATE_SUCCEEDED');
+        expect(headers['webhook-id']).to.equal(`${job.id}-finished`);
+        expect(() => new Webhook(SECRET).verify(body.replace('SUCCEEDED', 'FAILED'), headers)).to.throw('No matching signature found');
+        const { job: after } = await mesh.jobs.get({ jobId: job.id });
+        expect(after!.callback).to.deep.equal({ state: CallbackState.CALLBACK_STATE_DELIVERED, error: '' });
       } finally {
-        server.close();
+        settled.stop();
+        await receiver.close();
       }
     });
+
   });
 });

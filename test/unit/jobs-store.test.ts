@@ -308,6 +308,32 @@ describe('jobs: JobStore', () => {
     expect(store.pendingCallbacks()).to.deep.equal([]);
   });
 
+  it('records why a callback failed, and clears it when the state changes again', () => {
+    createJob(store, 'refused', { callbackUrl: 'http://localhost:1/hook' });
+    store.finishJob('refused', 'succeeded', { result: {} }, { completed: {} });
+    expect(store.getJob('refused')!.callbackError).to.equal(undefined);
+    store.setCallbackState('refused', 'failed', 'refused: localhost resolves to 127.0.0.1, a loopback address');
+    expect(store.getJob('refused')).to.include({ callbackState: 'failed', callbackError: 'refused: localhost resolves to 127.0.0.1, a loopback address' });
+    expect(store.listJobs('acme', 10).jobs.find((j) => j.id === 'refused')!.callbackError).to.match(/^refused: /);
+    store.setCallbackState('refused', 'pending');
+    expect(store.getJob('refused')!.callbackError).to.equal(undefined);
+  });
+
+  it('adds the callback_error column to a store made before it existed', () => {
+    store.close();
+    const old = join(root, 'old');
+    const first = new JobStore(old);
+    createJob(first, 'job-1', { callbackUrl: 'https://example.test/hook' });
+    first.close();
+    const db = new Database(join(old, 'scheduler.sqlite'));
+    db.exec('ALTER TABLE jobs DROP COLUMN callback_error');
+    db.close();
+    store = new JobStore(old);
+    expect(store.getJob('job-1')).to.include({ id: 'job-1', callbackState: 'none' });
+    expect(store.setCallbackState('job-1', 'failed', 'HTTP 500 Internal Server Error')).to.equal(true);
+    expect(store.getJob('job-1')!.callbackError).to.equal('HTTP 500 Internal Server Error');
+  });
+
   it('keeps everything after close and reopen', () => {
     createJob(store, 'job-1', { callbackUrl: 'http://example.test/cb' });
     createJob(store, 'job-2');

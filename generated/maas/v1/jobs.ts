@@ -77,6 +77,56 @@ export function jobStateToJSON(object: JobState): string {
   }
 }
 
+/** CallbackState is where a job's callback is. */
+export enum CallbackState {
+  /** CALLBACK_STATE_UNSPECIFIED - No callback: the spec has no callback_url. */
+  CALLBACK_STATE_UNSPECIFIED = 0,
+  /** CALLBACK_STATE_PENDING - Waiting for the job to end, or being delivered. */
+  CALLBACK_STATE_PENDING = 1,
+  /** CALLBACK_STATE_DELIVERED - A receiver answered 2xx. */
+  CALLBACK_STATE_DELIVERED = 2,
+  /** CALLBACK_STATE_FAILED - Given up: the address was refused, the receiver redirected, or every attempt failed. */
+  CALLBACK_STATE_FAILED = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function callbackStateFromJSON(object: any): CallbackState {
+  switch (object) {
+    case 0:
+    case "CALLBACK_STATE_UNSPECIFIED":
+      return CallbackState.CALLBACK_STATE_UNSPECIFIED;
+    case 1:
+    case "CALLBACK_STATE_PENDING":
+      return CallbackState.CALLBACK_STATE_PENDING;
+    case 2:
+    case "CALLBACK_STATE_DELIVERED":
+      return CallbackState.CALLBACK_STATE_DELIVERED;
+    case 3:
+    case "CALLBACK_STATE_FAILED":
+      return CallbackState.CALLBACK_STATE_FAILED;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return CallbackState.UNRECOGNIZED;
+  }
+}
+
+export function callbackStateToJSON(object: CallbackState): string {
+  switch (object) {
+    case CallbackState.CALLBACK_STATE_UNSPECIFIED:
+      return "CALLBACK_STATE_UNSPECIFIED";
+    case CallbackState.CALLBACK_STATE_PENDING:
+      return "CALLBACK_STATE_PENDING";
+    case CallbackState.CALLBACK_STATE_DELIVERED:
+      return "CALLBACK_STATE_DELIVERED";
+    case CallbackState.CALLBACK_STATE_FAILED:
+      return "CALLBACK_STATE_FAILED";
+    case CallbackState.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * JobSpec says what a job does: a map (a built-in mapper, or a model applied record by record)
  * over an input, reduced by a reducer.
@@ -143,8 +193,13 @@ export interface JobSpec {
   /** Priority of the job's tasks against other jobs' tasks. Unset means PRIORITY_NORMAL. */
   priority: Priority;
   /**
-   * URL that receives a JSON POST when the job ends (succeeded, failed or cancelled); retried
-   * with backoff; signed with an HMAC-SHA256 header when the scheduler has a callback secret.
+   * http or https URL that receives a JSON POST when the job ends (succeeded, failed or
+   * cancelled), at most 2048 characters, with no user name or password. It must reach a public
+   * address: loopback, private, link-local, multicast and other special addresses are refused
+   * (at submit when the URL names one, at delivery when its host resolves to one) unless the
+   * mesh's callback allowlist permits them. Deliveries carry Standard Webhooks headers
+   * (webhook-id, webhook-timestamp and, when the scheduler has a secret, webhook-signature); they
+   * are retried with backoff, and a redirect is not followed.
    */
   callbackUrl: string;
   /** Generation parameters, for a generative model. */
@@ -230,6 +285,19 @@ export interface Job {
     | JobResult
     | undefined;
   /** Why the job failed or was cancelled. */
+  error: string;
+  /** Where the job's callback is; unset when the spec has no callback_url. */
+  callback?: CallbackDelivery | undefined;
+}
+
+/** CallbackDelivery says how a job's callback went. */
+export interface CallbackDelivery {
+  /** Where it is. */
+  state: CallbackState;
+  /**
+   * Why it failed: "refused: ..." when its address is not allowed (nothing was sent), else the
+   * last attempt's error (for example "HTTP 503 Service Unavailable").
+   */
   error: string;
 }
 
@@ -1170,6 +1238,7 @@ function createBaseJob(): Job {
     finishedAtMs: 0,
     result: undefined,
     error: "",
+    callback: undefined,
   };
 }
 
@@ -1213,6 +1282,9 @@ export const Job: MessageFns<Job> = {
     }
     if (message.error !== "") {
       writer.uint32(106).string(message.error);
+    }
+    if (message.callback !== undefined) {
+      CallbackDelivery.encode(message.callback, writer.uint32(114).fork()).join();
     }
     return writer;
   },
@@ -1334,6 +1406,14 @@ export const Job: MessageFns<Job> = {
             message.error = reader.string();
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.callback = CallbackDelivery.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1389,6 +1469,7 @@ export const Job: MessageFns<Job> = {
         : 0,
       result: isSet(object.result) ? JobResult.fromJSON(object.result) : undefined,
       error: isSet(object.error) ? globalThis.String(object.error) : "",
+      callback: isSet(object.callback) ? CallbackDelivery.fromJSON(object.callback) : undefined,
     };
   },
 
@@ -1433,6 +1514,9 @@ export const Job: MessageFns<Job> = {
     if (message.error !== "") {
       obj.error = message.error;
     }
+    if (message.callback !== undefined) {
+      obj.callback = CallbackDelivery.toJSON(message.callback);
+    }
     return obj;
   },
 
@@ -1455,6 +1539,94 @@ export const Job: MessageFns<Job> = {
     message.result = (object.result !== undefined && object.result !== null)
       ? JobResult.fromPartial(object.result)
       : undefined;
+    message.error = object.error ?? "";
+    message.callback = (object.callback !== undefined && object.callback !== null)
+      ? CallbackDelivery.fromPartial(object.callback)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCallbackDelivery(): CallbackDelivery {
+  return { state: 0, error: "" };
+}
+
+export const CallbackDelivery: MessageFns<CallbackDelivery> = {
+  encode(message: CallbackDelivery, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.state !== 0) {
+      writer.uint32(8).int32(message.state);
+    }
+    if (message.error !== "") {
+      writer.uint32(18).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CallbackDelivery {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCallbackDelivery();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.state = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CallbackDelivery {
+    return {
+      state: isSet(object.state) ? callbackStateFromJSON(object.state) : 0,
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: CallbackDelivery): unknown {
+    const obj: any = {};
+    if (message.state !== 0) {
+      obj.state = callbackStateToJSON(message.state);
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CallbackDelivery>): CallbackDelivery {
+    return CallbackDelivery.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CallbackDelivery>): CallbackDelivery {
+    const message = createBaseCallbackDelivery();
+    message.state = object.state ?? 0;
     message.error = object.error ?? "";
     return message;
   },

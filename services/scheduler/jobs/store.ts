@@ -87,6 +87,8 @@ export interface StoredJob {
   error?: string;
   callbackUrl?: string;
   callbackState: CallbackState;
+  /** Why the callback was not delivered (its address refused, or the last attempt's error); undefined otherwise. */
+  callbackError?: string;
 }
 
 /** A task as stored. */
@@ -181,7 +183,8 @@ CREATE TABLE IF NOT EXISTS jobs (
   result         TEXT,            -- JSON
   error          TEXT,
   callback_url   TEXT,
-  callback_state TEXT NOT NULL DEFAULT 'none' CHECK (callback_state IN ('none', 'pending', 'delivered', 'failed'))
+  callback_state TEXT NOT NULL DEFAULT 'none' CHECK (callback_state IN ('none', 'pending', 'delivered', 'failed')),
+  callback_error TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs (tenant, created_at DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state);
@@ -234,6 +237,7 @@ interface JobRow {
   error: string | null;
   callback_url: string | null;
   callback_state: CallbackState;
+  callback_error: string | null;
 }
 
 interface TaskRow {
@@ -256,7 +260,7 @@ interface EventRow {
 /** Columns of a list page: everything but the result, which can be large. */
 const LIST_COLUMNS =
   'id, tenant, state, spec, priority, tasks_total, tasks_done, records_total, records_done, created_at, ' +
-  'started_at, finished_at, deadline_at, NULL AS result, error, callback_url, callback_state';
+  'started_at, finished_at, deadline_at, NULL AS result, error, callback_url, callback_state, callback_error';
 
 const isEnded = (state: StoredJobState): boolean => state !== 'queued' && state !== 'running';
 
@@ -283,6 +287,7 @@ function jobFromRow(row: JobRow): StoredJob {
   if (row.result !== null) job.result = JSON.parse(row.result) as unknown;
   if (row.error !== null) job.error = row.error;
   if (row.callback_url !== null) job.callbackUrl = row.callback_url;
+  if (row.callback_error !== null) job.callbackError = row.callback_error;
   return job;
 }
 
@@ -365,7 +370,7 @@ function prepareStatements(db: Database.Database) {
     eventsAfter: db.prepare<[string, number, number], EventRow>(
       `SELECT seq, time_ms, event FROM events WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT ?`,
     ),
-    setCallbackState: db.prepare(`UPDATE jobs SET callback_state = ? WHERE id = ?`),
+    setCallbackState: db.prepare(`UPDATE jobs SET callback_state = ?, callback_error = ? WHERE id = ?`),
     pendingCallbacks: db.prepare<[], JobRow>(
       `SELECT * FROM jobs WHERE callback_state = 'pending' AND state IN ('succeeded', 'failed', 'cancelled') ORDER BY finished_at, id`,
     ),
@@ -486,6 +491,9 @@ export class JobStore {
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
     this.db.exec(SCHEMA);
+    // Stores made before callback_error existed gain it.
+    const columns = this.db.pragma('table_info(jobs)') as { name: string }[];
+    if (!columns.some((c) => c.name === 'callback_error')) this.db.exec('ALTER TABLE jobs ADD COLUMN callback_error TEXT');
 
     this.stmt = prepareStatements(this.db);
     this.tx = bindTransactions(this.db, this.stmt, this.now);
@@ -665,9 +673,9 @@ export class JobStore {
     return this.stmt.eventsAfter.all(jobId, afterSeq, limit ?? -1).map(eventFromRow);
   }
 
-  /** Records where the job's callback is (pending, delivered, failed, none). Returns false for an unknown job. */
-  setCallbackState(id: string, state: CallbackState): boolean {
-    return this.stmt.setCallbackState.run(state, id).changes > 0;
+  /** Records where the job's callback is (pending, delivered, failed, none) and, when it failed, why. Returns false for an unknown job. */
+  setCallbackState(id: string, state: CallbackState, error?: string): boolean {
+    return this.stmt.setCallbackState.run(state, error ?? null, id).changes > 0;
   }
 
   /** Ended jobs whose callback is still pending, in the order they ended: what a restarted scheduler delivers. */
