@@ -1,6 +1,9 @@
 /** Settings of the gateway. */
 import { address, integer, text } from '../common/config';
+import { tlsSchema } from '../common/tls';
 import { parseApiKeys } from './auth';
+
+const gatewayTls = tlsSchema('MAAS_GATEWAY', 'gateway');
 
 /** The gateway's config schema: flag, environment variable and default of every setting. */
 export const gatewaySchema = {
@@ -21,5 +24,10 @@ export const gatewaySchema = {
       return raw;
     },
     show: (v: string) => (v === '' ? '(empty)' : '(set)'),
+  },
+  ...gatewayTls,
+  tls: {
+    ...gatewayTls.tls,
+    doc: 'TLS: serve the public API with --tls-cert (clients trust --tls-ca, e.g. `grpcurl -cacert`, and authenticate with API keys, not certificates), and call the scheduler and the balancer over mutual TLS with the same certificate.',
   },
 };

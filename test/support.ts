@@ -7,7 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { ClientError, Status } from 'nice-grpc';
-import { createMeshClient, openChannel } from '../common/client';
+import { readFileSync } from 'node:fs';
+import { MeshCertificates } from '../common/certs';
+import { createMeshClient, openChannel, openTlsChannel } from '../common/client';
 import { parseConfig } from '../common/config';
 import { silentLogger } from '../common/log';
 import { InferenceServiceDefinition } from '../generated/maas/v1/inference';
@@ -54,6 +56,19 @@ export interface MeshOptions {
   /** Scheduler settings of the batch path. */
   scheduler?: Partial<ReturnType<typeof schedulerDefaults>>;
   gateway?: Partial<ReturnType<typeof gatewayDefaults>>;
+  /**
+   * Mutual TLS with these certificates (from createMeshCertificates, with worker ids w1, w2, ...
+   * for as many workers as the mesh will have); plaintext without.
+   */
+  tls?: MeshCertificates;
+}
+
+/** The TLS settings of one service, from a folder of mesh certificates. */
+export function tlsSettings(certs: MeshCertificates | undefined, name: string) {
+  if (!certs) return {};
+  const files = certs.certs[name];
+  if (!files) throw new Error(`no certificate named ${name} in ${certs.dir}`);
+  return { tls: true, tlsCert: files.cert, tlsKey: files.key, tlsCa: certs.ca };
 }
 
 const gatewayDefaults = () => parseConfig(gatewaySchema, [], {});
@@ -76,8 +91,10 @@ export class TestMesh {
     readonly gateway: RunningGateway,
     /** Temporary directory of the durable stores, removed by stop(). */
     readonly dataDir: string,
+    /** The certificates of a TLS mesh. */
+    readonly certs?: MeshCertificates,
   ) {
-    this.channel = openChannel(gateway.address);
+    this.channel = certs ? openTlsChannel(gateway.address, readFileSync(certs.ca)) : openChannel(gateway.address);
     this.inference = createMeshClient(InferenceServiceDefinition, this.channel);
     this.models = createMeshClient(ModelServiceDefinition, this.channel);
     this.jobs = createMeshClient(JobServiceDefinition, this.channel);
@@ -96,6 +113,7 @@ export class TestMesh {
       echoDelayMs: spec.echoDelayMs ?? 0,
       cacheDir: MODEL_CACHE_DIR,
       workerId: `w${this.workers.length + 1}`,
+      ...tlsSettings(this.certs, `worker-w${this.workers.length + 1}`),
     };
     const runtime = spec.runtime ?? (spec.builtin ? createBuiltinRuntime({ cacheDir: MODEL_CACHE_DIR, echoDelayMs: config.echoDelayMs }) : echoRuntime(config.echoDelayMs));
     const worker = await startWorker(config, silentLogger, runtime);
@@ -123,9 +141,13 @@ export function echoRuntime(delayMs: number): ModelRuntime {
 
 /** Starts balancer, workers, scheduler and gateway on ephemeral ports. */
 export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
-  const balancer = await startBalancer({ ...balancerDefaults(), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200, ...options.balancer }, silentLogger);
+  const tls = (name: string) => tlsSettings(options.tls, name);
+  const balancer = await startBalancer(
+    { ...balancerDefaults(), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200, ...tls('balancer'), ...options.balancer },
+    silentLogger,
+  );
   const dataDir = mkdtempSync(join(tmpdir(), 'maas-mesh-test-'));
-  const aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator') }, silentLogger);
+  const aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator'), ...tls('aggregator') }, silentLogger);
   const scheduler = await startScheduler(
     {
       ...schedulerDefaults(),
@@ -137,15 +159,16 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
       maxQueued: options.maxQueued ?? 1024,
       retryBaseMs: 20,
       retryMaxMs: 200,
+      ...tls('scheduler'),
       ...options.scheduler,
     },
     silentLogger,
   );
   const gateway = await startGateway(
-    { ...gatewayDefaults(), port: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...options.gateway },
+    { ...gatewayDefaults(), port: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...tls('gateway'), ...options.gateway },
     silentLogger,
   );
-  const mesh = new TestMesh(balancer, aggregator, scheduler, gateway, dataDir);
+  const mesh = new TestMesh(balancer, aggregator, scheduler, gateway, dataDir, options.tls);
   for (const spec of options.workers ?? [{}]) await mesh.addWorker(spec);
   return mesh;
 }

@@ -1,5 +1,6 @@
 /** Settings of the aggregator service. */
 import { integer, text } from '../../common/config';
+import { tlsSchema } from '../../common/tls';
 
 /** The aggregator's config schema: flag, environment variable and default of every setting. */
 export const aggregatorSchema = {
@@ -8,4 +9,5 @@ export const aggregatorSchema = {
   dataDir: text({ flag: '--data-dir', env: 'MAAS_AGGREGATOR_DATA_DIR', default: '.maas/aggregator', doc: 'Directory of the durable store of committed task outputs (SQLite, WAL), relative to the working directory; one aggregator per directory.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_AGGREGATOR_MAX_MESSAGE_BYTES', default: 64 * 1024 * 1024, min: 1024, max: 1 << 30, doc: "Largest gRPC message accepted or sent: a commit carries a whole shard's output." }),
   cachedJobs: integer({ flag: '--cached-jobs', env: 'MAAS_AGGREGATOR_CACHED_JOBS', default: 64, min: 1, max: 100000, doc: 'Jobs whose running result is kept in memory; others are rebuilt from the store when next used.' }),
+  ...tlsSchema('MAAS_AGGREGATOR', 'aggregator'),
 };

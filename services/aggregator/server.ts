@@ -10,6 +10,7 @@ import { MeshError, invalidField } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
+import { loadMeshTls } from '../../common/tls';
 import {
   AggregatorServiceDefinition,
   AggregatorServiceImplementation,
@@ -101,6 +102,7 @@ function toJobResult(result: ReduceResult): JobResult {
 
 /** Starts the aggregator: opens its store in config.dataDir, then serves. */
 export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>, log: Logger): Promise<RunningAggregator> {
+  const tls = loadMeshTls(config, 'aggregator');
   const store = new AggregatorStore(resolve(config.dataDir), { cachedJobs: config.cachedJobs });
   log.info('store open', { path: store.path });
 
@@ -153,6 +155,9 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
+    tls,
+    insecure: config.insecure,
+    healthPort: config.healthPort,
     services: [{ definition: AggregatorServiceDefinition, implementation }],
   }).catch((err: unknown) => {
     store.close();

@@ -1,5 +1,6 @@
 /** Settings of the scheduler service. */
 import { address, integer, text } from '../../common/config';
+import { tlsSchema } from '../../common/tls';
 
 /** The scheduler's config schema: flag, environment variable and default of every setting. */
 export const schedulerSchema = {
@@ -18,4 +19,5 @@ export const schedulerSchema = {
   retryMaxMs: integer({ flag: '--retry-max-ms', env: 'MAAS_SCHEDULER_RETRY_MAX_MS', default: 10000, min: 1, max: 3600000, doc: 'Longest retry delay of a map task (and of finalizing a job while the aggregator is away).' }),
   callbackSecret: text({ flag: '--callback-secret', env: 'MAAS_SCHEDULER_CALLBACK_SECRET', default: '', allowEmpty: true, doc: 'HMAC-SHA256 secret for the X-Maas-Signature header of job callbacks; empty sends them unsigned.' }),
   callbackAttempts: integer({ flag: '--callback-attempts', env: 'MAAS_SCHEDULER_CALLBACK_ATTEMPTS', default: 5, min: 1, max: 100, doc: 'Attempts to deliver a job callback, with backoff.' }),
+  ...tlsSchema('MAAS_SCHEDULER', 'scheduler'),
 };

@@ -3,13 +3,14 @@
  * at once, drops a task whose deadline passes while it waits, then hands it to the balancer and
  * relays its output stream.
  */
-import { createMeshClient, openChannel } from '../../common/client';
+import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
+import { loadMeshTls } from '../../common/tls';
 import { endSpan, meshTracer } from '../../common/tracing';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
 import {
@@ -48,9 +49,10 @@ export interface RunningScheduler extends StartedService {
 /** Starts the scheduler. */
 export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, log: Logger): Promise<RunningScheduler> {
   const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued });
-  const channel = openChannel(config.balancer, config.maxMessageBytes);
+  const tls = loadMeshTls(config, 'scheduler');
+  const channel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
-  const aggregatorChannel = openChannel(config.aggregator, config.maxMessageBytes);
+  const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const store = new JobStore(resolve(config.dataDir));
   const jobs = new JobRunner(
@@ -88,6 +90,9 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
+    tls,
+    insecure: config.insecure,
+    healthPort: config.healthPort,
     services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs) } }],
   });
   log.info('admission limits', { max_in_flight: config.maxInFlight, max_queued: config.maxQueued });
