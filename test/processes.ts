@@ -12,6 +12,8 @@ import { once } from 'node:events';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { forEachLine } from '../common/lines';
+import { PeerExpectation } from '../common/mesh-identity';
+import { MeshTls } from '../common/tls';
 import { waitForServing } from '../gateway/cli/up';
 
 /** The compiled tree (this file runs from dist/test). */
@@ -34,6 +36,8 @@ export interface ServiceSpec {
   address: string;
   /** Extra environment variables. */
   env?: NodeJS.ProcessEnv;
+  /** For a service with TLS on: the client certificate health is asked with, and who must answer. */
+  tls?: { client: MeshTls; expected: PeerExpectation };
 }
 
 /** The environment of a service: this process's, minus every MAAS_* and OTEL_* setting. */
@@ -101,7 +105,7 @@ export class ServiceProcess {
     });
     const spawnError = new Promise<never>((_, reject) => child.once('error', (err) => reject(new Error(`${this.spec.name} could not start: ${err.message}`))));
     try {
-      await Promise.race([waitForServing(this.spec.address, Date.now() + timeoutMs, abort.signal), exited, spawnError]);
+      await Promise.race([waitForServing(this.spec.address, Date.now() + timeoutMs, abort.signal, this.spec.tls), exited, spawnError]);
     } catch (err) {
       throw new Error(`${(err as Error).message}\n--- output of ${this.spec.name} ---\n${this.output()}`);
     } finally {
