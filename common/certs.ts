@@ -7,7 +7,7 @@
  *
  * Files in the folder: ca.pem and ca-key.pem, then <name>.pem and <name>-key.pem for gateway,
  * scheduler, balancer, aggregator, operator (a client-only certificate for tools) and
- * worker-<id> per worker. Private keys are written with mode 0600, the folder with 0700.
+ * workers/<id> per worker. Private keys are written with mode 0600, the folder with 0700.
  */
 import 'reflect-metadata';
 import { webcrypto } from 'node:crypto';
@@ -47,7 +47,7 @@ export interface MeshCertificates {
   dir: string;
   /** The CA certificate every service trusts. */
   ca: string;
-  /** By file name (gateway, scheduler, balancer, aggregator, operator, worker-<id>). */
+  /** By name (gateway, scheduler, balancer, aggregator, operator, workers/<id>). */
   certs: Record<string, CertificateFiles>;
   /** File names created now, and the ones kept because they existed. */
   created: string[];
@@ -57,9 +57,9 @@ export interface MeshCertificates {
 /** The services that get a certificate besides the workers. */
 const SERVICES: readonly MeshService[] = ['gateway', 'scheduler', 'balancer', 'aggregator', 'operator'];
 
-/** The base file name of an identity's certificate: its service, or worker-<id>. */
+/** The file name of an identity's certificate, without .pem: its service, or workers/<id>. */
 export function certificateName(identity: MeshIdentity): string {
-  return identity.service === 'worker' ? `worker-${identity.workerId}` : identity.service;
+  return identity.service === 'worker' ? `workers/${identity.workerId}` : identity.service;
 }
 
 /**
@@ -82,6 +82,7 @@ export async function createMeshCertificates(dir: string, options: MeshCertifica
   const identities = [...SERVICES.map((s) => meshIdentity(s)), ...workers.map((id) => meshIdentity('worker', id))];
 
   mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (workers.length > 0) mkdirSync(join(dir, 'workers'), { recursive: true, mode: 0o700 });
   const caPath = join(dir, 'ca.pem');
   const caKeyPath = join(dir, 'ca-key.pem');
   const created: string[] = [];

@@ -113,7 +113,7 @@ export class TestMesh {
       echoDelayMs: spec.echoDelayMs ?? 0,
       cacheDir: MODEL_CACHE_DIR,
       workerId: `w${this.workers.length + 1}`,
-      ...tlsSettings(this.certs, `worker-w${this.workers.length + 1}`),
+      ...tlsSettings(this.certs, `workers/w${this.workers.length + 1}`),
     };
     const runtime = spec.runtime ?? (spec.builtin ? createBuiltinRuntime({ cacheDir: MODEL_CACHE_DIR, echoDelayMs: config.echoDelayMs }) : echoRuntime(config.echoDelayMs));
     const worker = await startWorker(config, silentLogger, runtime);

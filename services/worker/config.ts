@@ -17,5 +17,5 @@ export const workerSchema = {
   echoFailRate: decimal({ flag: '--echo-fail-rate', env: 'MAAS_WORKER_ECHO_FAIL_RATE', default: 0, min: 0, max: 1, doc: 'Share of echo calls that fail on purpose (for balancing benchmarks and tests).' }),
   drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: 30000, min: 0, max: 3600000, doc: 'On SIGTERM, how long running tasks may take to finish before they are cut.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_WORKER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
-  ...tlsSchema('MAAS_WORKER', 'worker-{worker-id}'),
+  ...tlsSchema('MAAS_WORKER', 'workers/{worker-id}'),
 };

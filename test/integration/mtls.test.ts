@@ -79,7 +79,7 @@ describe('mutual TLS between the services', function () {
       address: mesh.balancer.address,
       method: '/maas.internal.v1.BalancerService/Route',
       allowed: 'scheduler',
-      wrong: 'worker-w1',
+      wrong: 'workers/w1',
       call: (ch: Channel) =>
         collect(createMeshClient(BalancerServiceDefinition, ch).route({ task: { requestId: 'r1', tenant: 'acme', request: { $case: 'predict', predict: { model: 'echo', input: 'hi', affinityKey: '', priority: 0 } } } }, { deadline: Date.now() + 5000 })),
       allowedOutcome: 'ok' as const,
@@ -88,7 +88,7 @@ describe('mutual TLS between the services', function () {
       service: 'aggregator',
       address: mesh.aggregator.address,
       method: '/maas.internal.v1.AggregatorService/Commit',
-      allowed: 'worker-w2',
+      allowed: 'workers/w2',
       wrong: 'gateway',
       call: (ch: Channel) =>
         createMeshClient(AggregatorServiceDefinition, ch).commit(
@@ -102,7 +102,7 @@ describe('mutual TLS between the services', function () {
       address: mesh.workers[0].address,
       method: '/maas.internal.v1.WorkerService/Execute',
       allowed: 'balancer',
-      wrong: 'worker-w2',
+      wrong: 'workers/w2',
       call: (ch: Channel) =>
         collect(createMeshClient(WorkerServiceDefinition, ch).execute({ task: { requestId: 'r2', tenant: 'acme', request: { $case: 'predict', predict: { model: 'echo', input: 'hi', affinityKey: '', priority: 0 } } } }, { deadline: Date.now() + 5000 })),
       allowedOutcome: 'ok' as const,
@@ -135,7 +135,7 @@ describe('mutual TLS between the services', function () {
         const t = target();
         const err = await grpcError(t.call(channelTo(t.address, { kind: 'mesh', name: t.wrong })));
         expect(err.code, `${Status[err.code]}: ${err.details}`).to.equal(Status.PERMISSION_DENIED);
-        const uri = t.wrong.startsWith('worker-') ? `spiffe://maas.mesh/worker/${t.wrong.slice(7)}` : `spiffe://maas.mesh/${t.wrong}`;
+        const uri = t.wrong.startsWith('workers/') ? `spiffe://maas.mesh/worker/${t.wrong.slice(8)}` : `spiffe://maas.mesh/${t.wrong}`;
         expect(err.details).to.include(t.method).and.to.include(uri);
       });
 
@@ -176,14 +176,14 @@ describe('mutual TLS between the services', function () {
     it('a worker certificate for w2 cannot Join as w1, and w1 stays in the routing table', async () => {
       const before = w1Address();
       expect(before, 'w1 in the routing table before').to.equal(mesh.workers[0].address);
-      const err = await grpcError(join('worker-w2', 'w1'));
+      const err = await grpcError(join('workers/w2', 'w1'));
       expect(err.code, `${Status[err.code]}: ${err.details}`).to.equal(Status.PERMISSION_DENIED);
       expect(err.details).to.include('hello.worker_id "w1"').and.to.include('spiffe://maas.mesh/worker/w2');
       expect(w1Address(), 'w1 in the routing table after').to.equal(before);
     });
 
     it('an identity claimed in metadata is ignored: only the certificate counts', async () => {
-      const err = await grpcError(join('worker-w2', 'w1', Metadata({ 'maas-peer-identity': 'spiffe://maas.mesh/worker/w1' })));
+      const err = await grpcError(join('workers/w2', 'w1', Metadata({ 'maas-peer-identity': 'spiffe://maas.mesh/worker/w1' })));
       expect(err.code, `${Status[err.code]}: ${err.details}`).to.equal(Status.PERMISSION_DENIED);
       expect(err.details).to.include('spiffe://maas.mesh/worker/w2');
       expect(w1Address()).to.equal(mesh.workers[0].address);
@@ -197,7 +197,7 @@ describe('mutual TLS between the services', function () {
   });
 
   describe('tenants are trusted only from the gateway', () => {
-    for (const caller of ['worker-w1', 'balancer', 'operator']) {
+    for (const caller of ['workers/w1', 'balancer', 'operator']) {
       it(`${caller} cannot SubmitJob or GetJob as tenant acme`, async () => {
         const scheduler = createMeshClient(SchedulerServiceDefinition, channelTo(mesh.scheduler.address, { kind: 'mesh', name: caller }));
         const spec = JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'inline', inline: { records: [{ text: 'a b', label: '' }] } } });

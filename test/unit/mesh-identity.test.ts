@@ -110,7 +110,7 @@ describe('createMeshCertificates', function () {
     expect(scheduler.subjectAltName).to.include('URI:spiffe://maas.mesh/scheduler').and.include('DNS:scheduler').and.include('DNS:localhost');
     expect(scheduler.subjectAltName).to.include('IP Address:127.0.0.1').and.include('DNS:scheduler.prod.svc').and.include('IP Address:10.1.2.3');
     expect(scheduler.checkIssued(ca) && scheduler.verify(ca.publicKey)).to.equal(true);
-    expect(cert('worker-w1').subjectAltName).to.include('URI:spiffe://maas.mesh/worker/w1');
+    expect(cert('workers/w1').subjectAltName).to.include('URI:spiffe://maas.mesh/worker/w1');
     expect(cert('operator').subjectAltName).to.equal('URI:spiffe://maas.mesh/operator');
   });
 
@@ -127,9 +127,9 @@ describe('createMeshCertificates', function () {
   it('keeps what exists, and signs a new worker with the same CA', async () => {
     const before = readFileSync(certs.certs.gateway.cert, 'utf8');
     const again = await createMeshCertificates(certs.dir, { workers: ['w1', 'w9'] });
-    expect(again.created).to.deep.equal(['worker-w9']);
+    expect(again.created).to.deep.equal(['workers/w9']);
     expect(readFileSync(certs.certs.gateway.cert, 'utf8')).to.equal(before);
-    expect(loadMeshTls({ tls: true, tlsCert: again.certs['worker-w9'].cert, tlsKey: again.certs['worker-w9'].key, tlsCa: certs.ca, insecure: false, healthPort: 0 }, 'worker')?.identity.workerId).to.equal('w9');
+    expect(loadMeshTls({ tls: true, tlsCert: again.certs['workers/w9'].cert, tlsKey: again.certs['workers/w9'].key, tlsCa: certs.ca, insecure: false, healthPort: 0 }, 'worker')?.identity.workerId).to.equal('w9');
   });
 
   it('refuses at load a certificate of another service, a key of another certificate, another CA', async () => {
