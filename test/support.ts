@@ -6,7 +6,7 @@ import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { ClientError, Status } from 'nice-grpc';
+import { Channel, ClientError, Status } from 'nice-grpc';
 import { readFileSync } from 'node:fs';
 import { MeshCertificates } from '../common/certs';
 import { createMeshClient, openChannel, openTlsChannel } from '../common/client';
@@ -61,6 +61,17 @@ export interface MeshOptions {
    * for as many workers as the mesh will have); plaintext without.
    */
   tls?: MeshCertificates;
+}
+
+/**
+ * A channel to `address` over TLS trusting the mesh CA of `certs`, presenting the certificate
+ * named `name` (gateway, scheduler, balancer, aggregator, operator, workers/<id>), or none when
+ * `name` is undefined: for tests (and the fuzz harness) that call a service as a given identity.
+ */
+export function openChannelAs(address: string, certs: MeshCertificates, name: string | undefined, maxMessageBytes?: number): Channel {
+  const client = name === undefined ? undefined : certs.certs[name];
+  if (name !== undefined && !client) throw new Error(`no certificate named ${name} in ${certs.dir}`);
+  return openTlsChannel(address, readFileSync(certs.ca), client && { cert: readFileSync(client.cert), key: readFileSync(client.key) }, maxMessageBytes);
 }
 
 /** The TLS settings of one service, from a folder of mesh certificates. */

@@ -19,7 +19,11 @@ import { BalancerServiceDefinition, JoinRequest } from '../../generated/maas/int
 import { SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler';
 import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
 import { JobSpec, JobState } from '../../generated/maas/v1/jobs';
-import { Status, TestMesh, collect, grpcError, startMesh } from '../support';
+import { parseConfig } from '../../common/config';
+import { silentLogger } from '../../common/log';
+import { workerSchema } from '../../services/worker/config';
+import { startWorker } from '../../services/worker/server';
+import { Status, TestMesh, collect, echoRuntime, grpcError, openChannelAs, startMesh, tlsSettings } from '../support';
 
 const API_KEYS = 'acme=key-acme-0123456789,globex=key-globex-0123456789';
 const asAcme = () => ({ metadata: Metadata({ authorization: 'Bearer key-acme-0123456789' }), deadline: Date.now() + 20_000 });
@@ -50,14 +54,15 @@ describe('mutual TLS between the services', function () {
   });
 
   function channelTo(address: string, caller: Caller): Channel {
-    const ca = readFileSync(certs.ca);
-    const pair = (c: MeshCertificates, name: string) => ({ cert: readFileSync(c.certs[name].cert), key: readFileSync(c.certs[name].key) });
     const channel =
       caller.kind === 'plaintext'
         ? openChannel(address)
         : caller.kind === 'no-cert'
-          ? openTlsChannel(address, ca)
-          : openTlsChannel(address, ca, pair(caller.kind === 'other-ca' ? otherCa : certs, caller.name));
+          ? openChannelAs(address, certs, undefined)
+          : caller.kind === 'other-ca'
+            // The certificate of another CA, presented to a client that trusts the mesh CA.
+            ? openTlsChannel(address, readFileSync(certs.ca), { cert: readFileSync(otherCa.certs[caller.name].cert), key: readFileSync(otherCa.certs[caller.name].key) })
+            : openChannelAs(address, certs, caller.name);
     channels.push(channel);
     return channel;
   }
@@ -193,6 +198,40 @@ describe('mutual TLS between the services', function () {
       const err = await grpcError(join('gateway', 'w1'));
       expect(err.code).to.equal(Status.PERMISSION_DENIED);
       expect(err.details).to.include('/maas.internal.v1.BalancerService/Join').and.to.include('spiffe://maas.mesh/gateway');
+    });
+  });
+
+  describe('a worker\'s id is its certificate\'s', () => {
+    const workerConfig = (workerId: string, cert: string, from = certs) => ({
+      ...parseConfig(workerSchema, [], {}),
+      port: 0,
+      balancer: mesh.balancer.address,
+      aggregator: mesh.aggregator.address,
+      workerId,
+      ...tlsSettings(from, cert),
+    });
+
+    it('refuses to start with a --worker-id other than the one its certificate names', async () => {
+      const err = await startWorker(workerConfig('w1', 'workers/w2'), silentLogger, echoRuntime(0)).then(
+        (w) => {
+          void w.shutdown();
+          throw new Error('the worker started');
+        },
+        (e: Error) => e,
+      );
+      expect(err.message).to.include('--worker-id w1 differs from the identity of --tls-cert, spiffe://maas.mesh/worker/w2');
+    });
+
+    it('takes its id from its certificate when --worker-id is empty', async () => {
+      const extra = await createMeshCertificates(certs.dir, { workers: ['w7'] });
+      const worker = await startWorker(workerConfig('', 'workers/w7', extra), silentLogger, echoRuntime(0));
+      try {
+        expect(worker.id).to.equal('w7');
+        await worker.joined;
+        expect(mesh.balancer.membership.all().map((m) => m.id)).to.include('w7');
+      } finally {
+        await worker.shutdown();
+      }
     });
   });
 
