@@ -10,7 +10,7 @@ import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { deadlineInterceptor } from './deadline';
-import { MeshTls, authorizationInterceptor, checkListenSecurity, serverCredentials } from './tls';
+import { MeshTls, authorizationInterceptor, checkListenSecurity, isLoopbackHost, serverCredentials } from './tls';
 import { Logger } from './log';
 import { deadlineAndErrorMiddleware } from './middleware';
 import { tracingEnabled } from './tracing';
@@ -93,6 +93,9 @@ function loadDescriptorSet(): Uint8Array {
 /** Starts a gRPC server with health, reflection and the mesh's middleware. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   checkListenSecurity(options.host, options.tls !== undefined, options.insecure ?? false);
+  if (!options.tls && !isLoopbackHost(options.host)) {
+    options.log.warn('serving plaintext beyond loopback (--insecure): no authentication, no encryption', { host: options.host });
+  }
   const publicEdge = options.publicEdge ?? false;
   const base = createServer({
     // Authorization first: a refused call reaches nothing else.
