@@ -4,6 +4,7 @@
  */
 import {
   Channel,
+  ChannelCredentials,
   ChannelOptions,
   ClientError,
   ClientMiddleware,
@@ -15,7 +16,10 @@ import {
 } from 'nice-grpc';
 import { openTelemetryClientMiddleware } from 'nice-grpc-opentelemetry';
 import { isAbortError } from 'abort-controller-x';
+import { isIP } from 'node:net';
 import { TIMEOUT_HEADER } from './deadline';
+import { PeerExpectation } from './mesh-identity';
+import { MeshTls, isLoopbackHost, meshClientCredentials, toolCredentials } from './tls';
 import { tracingEnabled } from './tracing';
 
 /** Options every call between services may take, beyond nice-grpc's own. */
@@ -61,9 +65,33 @@ export function channelOptions(maxMessageBytes: number): ChannelOptions {
   };
 }
 
-/** Opens a plaintext channel to `address` (host:port). */
-export function openChannel(address: string, maxMessageBytes = 16 * 1024 * 1024): Channel {
-  return createChannel(address, undefined, channelOptions(maxMessageBytes));
+/**
+ * Opens a channel to `address` (host:port): plaintext, or TLS with `credentials` (see tls.ts).
+ * `serverName` is sent as TLS SNI instead of the host (which may be an IP address, not allowed
+ * there) and is the name a host name check compares.
+ */
+export function openChannel(address: string, maxMessageBytes = 16 * 1024 * 1024, credentials?: ChannelCredentials, serverName?: string): Channel {
+  const options = channelOptions(maxMessageBytes);
+  if (serverName) options['grpc.ssl_target_name_override'] = serverName;
+  return createChannel(address, credentials, options);
+}
+
+/**
+ * A channel from one service to another: mutual TLS with this service's certificate when `tls` is
+ * set (the server must present the `expected` identity), plaintext otherwise.
+ */
+export function openMeshChannel(address: string, maxMessageBytes: number | undefined, tls: MeshTls | undefined, expected: PeerExpectation): Channel {
+  if (!tls) return openChannel(address, maxMessageBytes);
+  return openChannel(address, maxMessageBytes, meshClientCredentials(tls, expected), typeof expected === 'string' ? expected : expected.worker);
+}
+
+/**
+ * A channel of a tool (the CLI, tests) to a TLS server, trusting `ca`, presenting `client` if given,
+ * checking the server's host name as usual. On loopback the name checked is "localhost".
+ */
+export function openTlsChannel(address: string, ca: Buffer, client?: { cert: Buffer; key: Buffer }, maxMessageBytes?: number): Channel {
+  const host = address.replace(/:\d+$/, '').replace(/^\[(.*)\]$/, '$1');
+  return openChannel(address, maxMessageBytes, toolCredentials(ca, client), isIP(host) && isLoopbackHost(host) ? 'localhost' : undefined);
 }
 
 const plainFactory = createClientFactory().use(deadlineClientMiddleware);

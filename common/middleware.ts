@@ -9,11 +9,18 @@ import { isAbortError } from 'abort-controller-x';
 import { DEADLINE_HEADER } from './deadline';
 import { ErrorKind, MeshError } from './errors';
 import { Logger } from './log';
+import { MeshIdentity, parseIdentityUri } from './mesh-identity';
+import { PEER_IDENTITY_HEADER } from './tls';
 
 /** What our middleware adds to every handler's call context. */
 export interface MeshContextExt {
   /** Absolute deadline of the call (epoch ms, local clock), when the caller set one. */
   deadline: number | undefined;
+  /**
+   * The caller's identity from its verified client certificate (set by the authorization
+   * interceptor with TLS on); undefined on a plaintext server or the gateway's public port.
+   */
+  caller: MeshIdentity | undefined;
 }
 
 /** The call context every handler of the mesh receives. */
@@ -62,7 +69,9 @@ export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshCo
     }
     try {
       if (expired) throw new MeshError('deadline_exceeded', 'deadline exceeded before the call started');
-      return yield* call.next(call.request, { ...context, signal: controller.signal, deadline });
+      const peerUri = context.metadata.get(PEER_IDENTITY_HEADER);
+      const caller = peerUri ? parseIdentityUri(peerUri) : undefined;
+      return yield* call.next(call.request, { ...context, signal: controller.signal, deadline, caller });
     } catch (err) {
       throw toServerError(err, expired, call.method.path, log);
     } finally {

@@ -10,6 +10,7 @@ import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { deadlineInterceptor } from './deadline';
+import { MeshTls, authorizationInterceptor, checkListenSecurity, isLoopbackHost, serverCredentials } from './tls';
 import { Logger } from './log';
 import { deadlineAndErrorMiddleware } from './middleware';
 import { tracingEnabled } from './tracing';
@@ -34,12 +35,29 @@ export interface GrpcServerOptions {
   log: Logger;
   /** Health status reported from the start; a worker starts NOT_SERVING until its models load. */
   serving: boolean;
+  /**
+   * TLS: with it, an internal server requires a client certificate from the mesh CA and authorizes
+   * every method by the caller's identity; without it the server is plaintext, which is allowed
+   * only on a loopback host unless `insecure`.
+   */
+  tls?: MeshTls;
+  /** Allow plaintext on a non-loopback host. */
+  insecure?: boolean;
+  /** The public edge (the gateway): TLS without client certificates, no per-method identity check. */
+  publicEdge?: boolean;
+  /**
+   * A second port, plaintext, serving only grpc.health.v1, for probes that cannot present a
+   * client certificate (Kubernetes gRPC probes). 0 or undefined: none.
+   */
+  healthPort?: number;
 }
 
 /** A running server. */
 export interface RunningGrpcServer {
   /** The bound port. */
   readonly port: number;
+  /** The bound health-only port, when one was asked for. */
+  readonly healthPort: number | undefined;
   /** host:port that clients can dial. */
   readonly address: string;
   /** Sets the health of the server and of each of its services. */
@@ -74,8 +92,14 @@ function loadDescriptorSet(): Uint8Array {
 
 /** Starts a gRPC server with health, reflection and the mesh's middleware. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
+  checkListenSecurity(options.host, options.tls !== undefined, options.insecure ?? false);
+  if (!options.tls && !isLoopbackHost(options.host)) {
+    options.log.warn('serving plaintext beyond loopback (--insecure): no authentication, no encryption', { host: options.host });
+  }
+  const publicEdge = options.publicEdge ?? false;
   const base = createServer({
-    interceptors: [deadlineInterceptor],
+    // Authorization first: a refused call reaches nothing else.
+    interceptors: [authorizationInterceptor(options.tls !== undefined && !publicEdge), deadlineInterceptor],
     'grpc.max_receive_message_length': options.maxMessageBytes,
     'grpc.max_send_message_length': options.maxMessageBytes,
   });
@@ -98,10 +122,21 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   server.add(ServerReflectionService, reflection);
   server.add(REFLECTION_V1ALPHA, reflection);
 
-  const port = await server.listen(`${options.host}:${options.port}`);
+  const port = await server.listen(`${options.host}:${options.port}`, serverCredentials(options.tls, !publicEdge));
+  let healthServer: ReturnType<typeof createServer> | undefined;
+  let healthPort: number | undefined;
+  if (options.healthPort !== undefined && options.healthPort > 0) {
+    healthServer = createServer();
+    healthServer.add(HealthDefinition, HealthServiceImpl(health));
+    healthPort = await healthServer.listen(`${options.host}:${options.healthPort}`).catch((err: unknown) => {
+      server.forceShutdown();
+      throw err;
+    });
+  }
   const dialHost = options.host === '0.0.0.0' || options.host === '::' ? '127.0.0.1' : options.host;
   return {
     port,
+    healthPort,
     address: `${dialHost}:${port}`,
     setServing,
     async shutdown(graceMs = 5000) {
@@ -116,7 +151,11 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       ]);
       clearTimeout(timer);
       server.forceShutdown();
+      healthServer?.forceShutdown();
     },
-    kill: () => server.forceShutdown(),
+    kill: () => {
+      server.forceShutdown();
+      healthServer?.forceShutdown();
+    },
   };
 }

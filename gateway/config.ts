@@ -1,7 +1,10 @@
 /** Settings of the gateway. */
 import { callbackAllowSetting } from '../common/callback-target';
 import { address, integer, text } from '../common/config';
+import { tlsSchema } from '../common/tls';
 import { KeyEntry, parseApiKeys } from './auth';
+
+const gatewayTls = tlsSchema('MAAS_GATEWAY', 'gateway');
 
 /** The gateway's config schema: flag, environment variable and default of every setting. */
 export const gatewaySchema = {
@@ -26,4 +29,9 @@ export const gatewaySchema = {
     show: (v: KeyEntry[]) => (v.length === 0 ? '(empty)' : '(set)'),
   },
   apiKeysFile: text({ flag: '--api-keys-file', env: 'MAAS_GATEWAY_API_KEYS_FILE', default: '', allowEmpty: true, doc: 'File of API key hashes, one `<tenant> sha256:<hex>` per line (`maas keys add` writes them); reloaded when it changes and on SIGHUP. Empty: none.' }),
+  ...gatewayTls,
+  tls: {
+    ...gatewayTls.tls,
+    doc: 'TLS: serve the public API with --tls-cert (clients trust --tls-ca, e.g. `grpcurl -cacert`, and authenticate with API keys, not certificates), and call the scheduler and the balancer over mutual TLS with the same certificate.',
+  },
 };

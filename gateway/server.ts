@@ -4,13 +4,14 @@
  * root span of the call's trace here.
  */
 import { randomUUID } from 'node:crypto';
-import { createMeshClient, openChannel } from '../common/client';
+import { createMeshClient, openMeshChannel } from '../common/client';
 import { ConfigOf } from '../common/config';
 import { MeshError } from '../common/errors';
 import { Logger } from '../common/log';
 import { MeshCallContext } from '../common/middleware';
 import { startGrpcServer } from '../common/server';
 import { StartedService } from '../common/service-main';
+import { loadMeshTls } from '../common/tls';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { SchedulerServiceDefinition } from '../generated/maas/internal/v1/scheduler';
 import { Task } from '../generated/maas/internal/v1/task';
@@ -74,8 +75,9 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   }
   const keyWatch = keyFile ? watchKeyFile(keyFile, reloadApiKeys) : undefined;
   const limits = { maxPromptChars: config.maxPromptChars, maxInputChars: config.maxInputChars };
-  const schedulerChannel = openChannel(config.scheduler);
-  const balancerChannel = openChannel(config.balancer);
+  const tls = loadMeshTls(config, 'gateway');
+  const schedulerChannel = openMeshChannel(config.scheduler, undefined, tls, 'scheduler');
+  const balancerChannel = openMeshChannel(config.balancer, undefined, tls, 'balancer');
   const scheduler = createMeshClient(SchedulerServiceDefinition, schedulerChannel);
   const balancer = createMeshClient(BalancerServiceDefinition, balancerChannel);
   const catalog = new ModelCatalog<Model>(async () => (await balancer.listModels({}, { deadline: Date.now() + 5000 })).models, config.catalogTtlMs);
@@ -194,6 +196,11 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
+    // Public clients get TLS with the gateway's certificate and authenticate with API keys.
+    tls,
+    publicEdge: true,
+    insecure: config.insecure,
+    healthPort: config.healthPort,
     services: [
       { definition: InferenceServiceDefinition, implementation: { generate, predict } },
       { definition: ModelServiceDefinition, implementation: { listModels, getModel } },

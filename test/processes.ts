@@ -9,9 +9,12 @@
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { readFileSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { resolve } from 'node:path';
 import { forEachLine } from '../common/lines';
+import { PeerExpectation } from '../common/mesh-identity';
+import { MeshTls } from '../common/tls';
 import { waitForServing } from '../gateway/cli/up';
 
 /** The compiled tree (this file runs from dist/test). */
@@ -34,6 +37,8 @@ export interface ServiceSpec {
   address: string;
   /** Extra environment variables. */
   env?: NodeJS.ProcessEnv;
+  /** For a service with TLS on: the client certificate health is asked with, and who must answer. */
+  tls?: { client: MeshTls; expected: PeerExpectation };
 }
 
 /** The environment of a service: this process's, minus every MAAS_* and OTEL_* setting. */
@@ -101,7 +106,7 @@ export class ServiceProcess {
     });
     const spawnError = new Promise<never>((_, reject) => child.once('error', (err) => reject(new Error(`${this.spec.name} could not start: ${err.message}`))));
     try {
-      await Promise.race([waitForServing(this.spec.address, Date.now() + timeoutMs, abort.signal), exited, spawnError]);
+      await Promise.race([waitForServing(this.spec.address, Date.now() + timeoutMs, abort.signal, this.spec.tls), exited, spawnError]);
     } catch (err) {
       throw new Error(`${(err as Error).message}\n--- output of ${this.spec.name} ---\n${this.output()}`);
     } finally {
@@ -183,4 +188,62 @@ export async function freePort(): Promise<number> {
   server.close();
   await once(server, 'close');
   return port;
+}
+
+/** True when `port` can be bound on 127.0.0.1 right now. */
+async function isFree(port: number): Promise<boolean> {
+  const server = createServer();
+  return new Promise<boolean>((resolvePromise) => {
+    server.once('error', () => resolvePromise(false));
+    server.listen(port, '127.0.0.1', () => server.close(() => resolvePromise(true)));
+  });
+}
+
+/** A port N such that N..N+count-1 are all free on 127.0.0.1. */
+export async function freePortRun(count: number): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20000 + Math.floor(Math.random() * (60000 - 20000 - count));
+    let ok = true;
+    for (let i = 0; i < count && ok; i++) ok = await isFree(base + i);
+    if (ok) return base;
+  }
+  throw new Error(`found no run of ${count} free ports in 20000-60000`);
+}
+
+/** Pids of the processes whose parent is `ppid` (from /proc). */
+export function childPids(ppid: number): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // Fields after the command name, which is in parentheses and may contain spaces.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (Number(fields[1]) === ppid) pids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return pids;
+}
+
+/** The command line of `pid`, or undefined when no such process exists. */
+export function cmdlineOf(pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Processes (pid and command line) that run one of our mesh's entry points on one of `ports`. */
+export function meshProcessesOn(ports: number[]): Array<{ pid: number; cmdline: string }> {
+  const found: Array<{ pid: number; cmdline: string }> = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = cmdlineOf(Number(entry));
+    if (!cmdline || !cmdline.includes(DIST)) continue;
+    if (ports.some((p) => cmdline.includes(`--port ${p}`))) found.push({ pid: Number(entry), cmdline });
+  }
+  return found;
 }

@@ -6,8 +6,10 @@ import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { ClientError, Status } from 'nice-grpc';
-import { createMeshClient, openChannel } from '../common/client';
+import { Channel, ClientError, Status } from 'nice-grpc';
+import { readFileSync } from 'node:fs';
+import { MeshCertificates } from '../common/certs';
+import { createMeshClient, openChannel, openTlsChannel } from '../common/client';
 import { parseConfig } from '../common/config';
 import { silentLogger } from '../common/log';
 import { InferenceServiceDefinition } from '../generated/maas/v1/inference';
@@ -58,6 +60,30 @@ export interface MeshOptions {
   aggregator?: Partial<ReturnType<typeof aggregatorDefaults>>;
   /** Worker settings beyond the WorkerSpec (e.g. maxLineBytes), for every worker. */
   worker?: Partial<ReturnType<typeof workerDefaults>>;
+  /**
+   * Mutual TLS with these certificates (from createMeshCertificates, with worker ids w1, w2, ...
+   * for as many workers as the mesh will have); plaintext without.
+   */
+  tls?: MeshCertificates;
+}
+
+/**
+ * A channel to `address` over TLS trusting the mesh CA of `certs`, presenting the certificate
+ * named `name` (gateway, scheduler, balancer, aggregator, operator, workers/<id>), or none when
+ * `name` is undefined: for tests (and the fuzz harness) that call a service as a given identity.
+ */
+export function openChannelAs(address: string, certs: MeshCertificates, name: string | undefined, maxMessageBytes?: number): Channel {
+  const client = name === undefined ? undefined : certs.certs[name];
+  if (name !== undefined && !client) throw new Error(`no certificate named ${name} in ${certs.dir}`);
+  return openTlsChannel(address, readFileSync(certs.ca), client && { cert: readFileSync(client.cert), key: readFileSync(client.key) }, maxMessageBytes);
+}
+
+/** The TLS settings of one service, from a folder of mesh certificates. */
+export function tlsSettings(certs: MeshCertificates | undefined, name: string) {
+  if (!certs) return {};
+  const files = certs.certs[name];
+  if (!files) throw new Error(`no certificate named ${name} in ${certs.dir}`);
+  return { tls: true, tlsCert: files.cert, tlsKey: files.key, tlsCa: certs.ca };
 }
 
 const gatewayDefaults = () => parseConfig(gatewaySchema, [], {});
@@ -82,8 +108,10 @@ export class TestMesh {
     readonly gateway: RunningGateway,
     /** Temporary directory of the durable stores and the file roots, removed by stop(). */
     readonly dataDir: string,
+    /** The certificates of a TLS mesh. */
+    readonly certs?: MeshCertificates,
   ) {
-    this.channel = openChannel(gateway.address);
+    this.channel = certs ? openTlsChannel(gateway.address, readFileSync(certs.ca)) : openChannel(gateway.address);
     this.inference = createMeshClient(InferenceServiceDefinition, this.channel);
     this.models = createMeshClient(ModelServiceDefinition, this.channel);
     this.jobs = createMeshClient(JobServiceDefinition, this.channel);
@@ -117,6 +145,7 @@ export class TestMesh {
       workerId: `w${this.workers.length + 1}`,
       inputRoot: this.inputRoot,
       ...this.workerSettings,
+      ...tlsSettings(this.certs, `workers/w${this.workers.length + 1}`),
     };
     const runtime = spec.runtime ?? (spec.builtin ? createBuiltinRuntime({ cacheDir: MODEL_CACHE_DIR, echoDelayMs: config.echoDelayMs }) : echoRuntime(config.echoDelayMs));
     const worker = await startWorker(config, silentLogger, runtime);
@@ -144,10 +173,14 @@ export function echoRuntime(delayMs: number): ModelRuntime {
 
 /** Starts balancer, workers, scheduler and gateway on ephemeral ports. */
 export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
-  const balancer = await startBalancer({ ...balancerDefaults(), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200, ...options.balancer }, silentLogger);
+  const tls = (name: string) => tlsSettings(options.tls, name);
+  const balancer = await startBalancer(
+    { ...balancerDefaults(), port: 0, policy: options.policy ?? 'p2c', reportIntervalMs: 200, ...tls('balancer'), ...options.balancer },
+    silentLogger,
+  );
   const dataDir = mkdtempSync(join(tmpdir(), 'maas-mesh-test-'));
   const aggregator = await startAggregator(
-    { ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator'), outputRoot: join(dataDir, 'output'), protectedDirs: `${join(dataDir, 'scheduler')},${MODEL_CACHE_DIR}`, ...options.aggregator },
+    { ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator'), outputRoot: join(dataDir, 'output'), protectedDirs: `${join(dataDir, 'scheduler')},${MODEL_CACHE_DIR}`, ...options.aggregator, ...tls('aggregator') },
     silentLogger,
   );
   const scheduler = await startScheduler(
@@ -163,15 +196,16 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
       maxQueued: options.maxQueued ?? 1024,
       retryBaseMs: 20,
       retryMaxMs: 200,
+      ...tls('scheduler'),
       ...options.scheduler,
     },
     silentLogger,
   );
   const gateway = await startGateway(
-    { ...gatewayDefaults(), port: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...options.gateway },
+    { ...gatewayDefaults(), port: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...tls('gateway'), ...options.gateway },
     silentLogger,
   );
-  const mesh = new TestMesh(balancer, aggregator, scheduler, gateway, dataDir);
+  const mesh = new TestMesh(balancer, aggregator, scheduler, gateway, dataDir, options.tls);
   mesh.workerSettings = options.worker ?? {};
   for (const spec of options.workers ?? [{}]) await mesh.addWorker(spec);
   return mesh;

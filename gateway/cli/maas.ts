@@ -3,9 +3,13 @@
  * The `maas` command: `maas up` starts the mesh; the other commands are clients of the gateway's
  * public API, like any other gRPC client.
  */
+import { readFileSync } from 'node:fs';
+import { relative } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Client, ClientError, Metadata, Status } from 'nice-grpc';
-import { MeshCallOptions, createMeshClient, openChannel } from '../../common/client';
+import { createMeshCertificates } from '../../common/certs';
+import { MeshCallOptions, createMeshClient, openChannel, openTlsChannel } from '../../common/client';
+import { DEFAULT_CERTS_DIR } from '../../common/tls';
 import { FinishReason, InferenceServiceDefinition } from '../../generated/maas/v1/inference';
 import { ModelServiceDefinition, ModelTask } from '../../generated/maas/v1/models';
 import { JobServiceDefinition } from '../../generated/maas/v1/jobs';
@@ -32,6 +36,17 @@ commands:
   keys add --tenant T --file F
                               make a new API key for tenant T, append its hash to key file F
                               (created, mode 600, if missing) and print the key once
+      --tls                   mutual TLS between all services, TLS on the gateway; creates the
+                              certificates in --certs-dir if missing (see maas certs)
+      --certs-dir DIR         certificates for --tls (default ${DEFAULT_CERTS_DIR})
+      --insecure              let services serve plaintext on a non-loopback --host
+  certs                       create the mesh CA and a certificate per service (existing files kept)
+      --out DIR               where (default ${DEFAULT_CERTS_DIR}); keys are written 0600
+      --workers N             certificates for worker-1 .. worker-N (default 2), or
+      --worker-ids A,B        certificates for these worker ids
+      --san NAME              extra DNS name or IP in every service certificate (repeatable)
+      --days N                validity of the service certificates (default 365)
+      --force                 new CA and new certificates even where files exist
   models                      list the models with their metadata
   workers                     the balancer's view of its workers: state, load, latency, ejections
   generate --model M PROMPT   stream generated tokens
@@ -52,6 +67,8 @@ commands:
 common options:
   --gateway HOST:PORT         gateway address (default $MAAS_GATEWAY or 127.0.0.1:50051)
   --api-key KEY               API key, when the gateway requires one (default $MAAS_API_KEY)
+  --cacert FILE               talk TLS to the gateway, trusting this CA (default $MAAS_CACERT;
+                              empty: plaintext)
   --timeout-ms N              deadline of the call (default 60000)
 `;
 
@@ -63,6 +80,15 @@ async function main(argv: string[]): Promise<number> {
     options: {
       gateway: { type: 'string', default: process.env.MAAS_GATEWAY ?? '127.0.0.1:50051' },
       'api-key': { type: 'string', default: process.env.MAAS_API_KEY ?? '' },
+      cacert: { type: 'string', default: process.env.MAAS_CACERT ?? '' },
+      tls: { type: 'boolean' },
+      'certs-dir': { type: 'string', default: DEFAULT_CERTS_DIR },
+      insecure: { type: 'boolean' },
+      out: { type: 'string', default: DEFAULT_CERTS_DIR },
+      'worker-ids': { type: 'string' },
+      san: { type: 'string', multiple: true },
+      days: { type: 'string', default: '365' },
+      force: { type: 'boolean' },
       'timeout-ms': { type: 'string', default: '60000' },
       model: { type: 'string' },
       'max-tokens': { type: 'string' },
@@ -126,12 +152,49 @@ async function main(argv: string[]): Promise<number> {
       inputRoot: values['input-root']!,
       outputRoot: values['output-root']!,
       startTimeoutMs: 300_000,
+      certsDir: values.tls ? values['certs-dir'] : undefined,
+      insecure: values.insecure,
     });
   }
 
   if (command === 'keys') return keysCommand(positionals[0], values.tenant, values.file, process.stdout);
 
-  const channel = openChannel(values.gateway!);
+  if (command === 'certs') {
+    const workers = values['worker-ids'] !== undefined
+      ? values['worker-ids'].split(',').map((w) => w.trim()).filter(Boolean)
+      : Array.from({ length: num('workers', values.workers)! }, (_, i) => `worker-${i + 1}`);
+    let made;
+    try {
+      made = await createMeshCertificates(values.out!, { workers, hosts: values.san ?? [], validityDays: num('days', values.days), force: values.force });
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    const dir = relative(process.cwd(), made.dir) || '.';
+    process.stdout.write(
+      [
+        `certificates in ${dir}: CA ca.pem (key ca-key.pem: keep it off the services' machines)`,
+        `  created: ${made.created.join(', ') || 'nothing'}`,
+        `  kept:    ${made.kept.join(', ') || 'nothing'}`,
+        'Each service takes --tls --tls-cert <dir>/<name>.pem --tls-key <dir>/<name>-key.pem --tls-ca <dir>/ca.pem;',
+        `clients of the gateway trust ca.pem: npx maas --cacert ${dir}/ca.pem models, grpcurl -cacert ${dir}/ca.pem ...`,
+        '',
+      ].join('\n'),
+    );
+    return 0;
+  }
+
+  let channel;
+  if (values.cacert) {
+    let ca: Buffer;
+    try {
+      ca = readFileSync(values.cacert);
+    } catch (err) {
+      throw new UsageError(`--cacert ${values.cacert} cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+    }
+    channel = openTlsChannel(values.gateway!, ca);
+  } else {
+    channel = openChannel(values.gateway!);
+  }
   const metadata = Metadata();
   if (values['api-key']) metadata.set('authorization', `Bearer ${values['api-key']}`);
   const deadline = Date.now() + num('timeout-ms', values['timeout-ms'])!;

@@ -4,9 +4,13 @@
  * Ctrl-C. It spawns processes and asks them for health over gRPC; it imports no service code.
  */
 import { ChildProcess, spawn } from 'node:child_process';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { createChannel, createClient } from 'nice-grpc';
+import { certificateName, createMeshCertificates } from '../../common/certs';
+import { openMeshChannel } from '../../common/client';
 import { forEachLine } from '../../common/lines';
+import { PeerExpectation, meshIdentity } from '../../common/mesh-identity';
+import { MeshTls, loadMeshTls } from '../../common/tls';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 
 /** One service process to start. */
@@ -17,6 +21,8 @@ interface ProcessSpec {
   entry: string;
   args: string[];
   address: string;
+  /** Who the process is, as its certificate names it (checked when waiting for health over TLS). */
+  identity: PeerExpectation;
 }
 
 /** Options of `maas up`. */
@@ -36,13 +42,17 @@ export interface UpOptions {
   /** Where the collect reducer writes, a folder per tenant (aggregator; the scheduler checks at submit). */
   outputRoot?: string;
   startTimeoutMs: number;
+  /** Mutual TLS with the certificates in this folder (created where missing); plaintext when unset. */
+  certsDir?: string;
+  /** Pass --insecure to every service (plaintext on a non-loopback --host). */
+  insecure?: boolean;
 }
 
 /** The services `maas up` starts. */
 export type ServiceKind = 'gateway' | 'scheduler' | 'balancer' | 'aggregator' | 'worker';
 
 /** Variables every service may need: the platform's, Node's, tracing and logging. */
-const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES)$/;
+const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES|MAAS_CALLBACK_ALLOW)$/;
 
 /**
  * The environment of one child: the shared variables above and the service's own settings
@@ -69,23 +79,40 @@ export function meshProcesses(o: UpOptions): ProcessSpec[] {
   const inputRoot = ['--input-root', resolve(o.inputRoot ?? '.maas/input')];
   const outputRoot = ['--output-root', resolve(o.outputRoot ?? '.maas/output')];
   const specs: ProcessSpec[] = [
-    { name: 'balancer', service: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer },
-    { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort), ...outputRoot], address: aggregator },
+    { name: 'balancer', service: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer, identity: 'balancer' },
+    { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort), ...outputRoot], address: aggregator, identity: 'aggregator' },
   ];
   for (let i = 0; i < o.workers; i++) {
     const port = o.workerBasePort + i;
-    specs.push({ name: `worker-${i + 1}`, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', `worker-${i + 1}`, ...inputRoot], address: at(port) });
+    const id = `worker-${i + 1}`;
+    specs.push({ name: id, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', id, ...inputRoot], address: at(port), identity: { worker: id } });
   }
   specs.push(
-    { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator, ...inputRoot, ...outputRoot], address: at(o.schedulerPort) },
-    { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : [])], address: at(o.gatewayPort) },
+    { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator, ...inputRoot, ...outputRoot], address: at(o.schedulerPort), identity: 'scheduler' },
+    { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : [])], address: at(o.gatewayPort), identity: 'gateway' },
   );
+  for (const spec of specs) {
+    if (o.certsDir) {
+      const name = typeof spec.identity === 'string' ? spec.identity : certificateName(meshIdentity('worker', spec.identity.worker));
+      spec.args.push('--tls', '--tls-cert', join(o.certsDir, `${name}.pem`), '--tls-key', join(o.certsDir, `${name}-key.pem`), '--tls-ca', join(o.certsDir, 'ca.pem'));
+    }
+    if (o.insecure) spec.args.push('--insecure');
+  }
   return specs;
 }
 
-/** Resolves when the server at `address` reports SERVING; rejects at `deadline` or on `signal`. */
-export async function waitForServing(address: string, deadline: number, signal: AbortSignal): Promise<void> {
-  const channel = createChannel(address);
+/** The operator's certificate in a folder of mesh certificates: what `maas up` checks health with. */
+export function operatorTls(certsDir: string): MeshTls {
+  const files = { tlsCert: join(certsDir, 'operator.pem'), tlsKey: join(certsDir, 'operator-key.pem'), tlsCa: join(certsDir, 'ca.pem') };
+  return loadMeshTls({ tls: true, insecure: false, healthPort: 0, ...files }, 'operator')!;
+}
+
+/**
+ * Resolves when the server at `address` reports SERVING; rejects at `deadline` or on `signal`.
+ * With `tls`, asks over mutual TLS with that certificate and checks the server is `tls.expected`.
+ */
+export async function waitForServing(address: string, deadline: number, signal: AbortSignal, tls?: { client: MeshTls; expected: PeerExpectation }): Promise<void> {
+  const channel = tls ? openMeshChannel(address, 64 * 1024, tls.client, tls.expected) : createChannel(address);
   const health = createClient(HealthDefinition, channel);
   try {
     while (!signal.aborted) {
@@ -112,6 +139,13 @@ function prefixLines(name: string, stream: NodeJS.ReadableStream | null, out: No
 
 /** Starts the mesh and runs until SIGINT/SIGTERM; resolves with the exit code. */
 export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdout): Promise<number> {
+  let operator: MeshTls | undefined;
+  if (o.certsDir) {
+    const workers = Array.from({ length: o.workers }, (_, i) => `worker-${i + 1}`);
+    const made = await createMeshCertificates(o.certsDir, { workers });
+    if (made.created.length > 0) out.write(`maas up: created certificates in ${o.certsDir}: ${made.created.join(', ')}\n`);
+    operator = operatorTls(o.certsDir);
+  }
   const specs = meshProcesses(o);
   const children = new Map<string, ChildProcess>();
   const abort = new AbortController();
@@ -162,7 +196,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
   }
   try {
     // Workers train their models on the first start; the others are ready in moments.
-    await Promise.all(specs.map((s) => waitForServing(s.address, deadline, abort.signal)));
+    await Promise.all(specs.map((s) => waitForServing(s.address, deadline, abort.signal, operator && { client: operator, expected: s.identity })));
   } catch (err) {
     if (!stopping) {
       out.write(`maas up: ${(err as Error).message}; stopping the mesh\n`);
@@ -171,18 +205,21 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
     return 1;
   }
   const gw = `${o.host}:${o.gatewayPort}`;
+  const ca = o.certsDir ? join(o.certsDir, 'ca.pem') : undefined;
+  const maas = ca ? `npx maas --cacert ${ca}` : 'npx maas';
+  const grpcurl = ca ? `grpcurl -cacert ${ca}` : 'grpcurl -plaintext';
   out.write(
     [
       '',
-      'MaaS Mesh is up: every service reports SERVING.',
+      `MaaS Mesh is up: every service reports SERVING${ca ? ', over mutual TLS (CA ' + ca + ')' : ''}.`,
       ...specs.map((s) => `  ${s.name.padEnd(10)} ${s.address}${s.name === 'gateway' ? '   (public API: maas.v1.InferenceService, ModelService, JobService, MeshService)' : s.name === 'balancer' ? `   (policy ${o.policy})` : ''}`),
       '',
       'Try:',
-      '  npx maas models',
-      '  npx maas generate --model ngram --seed 7 "the meeting"',
-      '  npx maas job submit --mapper wordcount --dataset spam-assassin --watch',
+      `  ${maas} models`,
+      `  ${maas} generate --model ngram --seed 7 "the meeting"`,
+      `  ${maas} job submit --mapper wordcount --dataset spam-assassin --watch`,
       `  (a job's --input FILE is read from ${resolve(o.inputRoot ?? '.maas/input')}; --output goes to ${resolve(o.outputRoot ?? '.maas/output')}/<tenant>/)`,
-      `  grpcurl -plaintext -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
+      `  ${grpcurl} -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
       '',
       'Ctrl-C stops everything.',
       '',

@@ -10,6 +10,7 @@ import { MeshError, invalidField } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
+import { loadMeshTls } from '../../common/tls';
 import {
   AggregatorServiceDefinition,
   AggregatorServiceImplementation,
@@ -102,6 +103,7 @@ function toJobResult(result: ReduceResult): JobResult {
 
 /** Starts the aggregator: opens its store in config.dataDir, then serves. */
 export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>, log: Logger): Promise<RunningAggregator> {
+  const tls = loadMeshTls(config, 'aggregator');
   const protectedDirs = [config.dataDir, ...config.protectedDirs.split(',').map((d) => d.trim()).filter((d) => d !== '')];
   const outputs: OutputPlace = { root: await prepareRoot(config.outputRoot, protectedDirs, '--output-root'), protectedDirs: protectedDirs.map((d) => resolve(d)) };
   const store = new AggregatorStore(resolve(config.dataDir), { cachedJobs: config.cachedJobs, maxOutputBytes: config.maxOutputBytes });
@@ -168,6 +170,9 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
+    tls,
+    insecure: config.insecure,
+    healthPort: config.healthPort,
     services: [{ definition: AggregatorServiceDefinition, implementation }],
   }).catch((err: unknown) => {
     store.close();

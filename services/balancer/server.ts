@@ -7,13 +7,14 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Channel, ClientError, Status, createClient } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
-import { createMeshClient, openChannel } from '../../common/client';
+import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
+import { loadMeshTls } from '../../common/tls';
 import {
   BalancerServiceDefinition,
   JoinRequest,
@@ -89,6 +90,7 @@ export interface RunningBalancer extends StartedService {
 
 /** Starts the balancer. */
 export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log: Logger): Promise<RunningBalancer> {
+  const tls = loadMeshTls(config, 'balancer');
   const membership = new Membership<Model>();
   const policy = createPolicy(config.policy);
   // Per-model overrides; a mapper task routes by its 'mapper:' name and takes the default.
@@ -98,7 +100,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   function workerClient(member: Member<Model>) {
     let entry = workers.get(member.address);
     if (!entry) {
-      const channel = openChannel(member.address, config.maxMessageBytes);
+      // With TLS, the server at the address must be the worker that joined: its id, its certificate.
+      const channel = openMeshChannel(member.address, config.maxMessageBytes, tls, { worker: member.id });
       entry = { channel, client: createWorkerClient(channel) };
       workers.set(member.address, entry);
     }
@@ -149,7 +152,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
    * once, before its next load report would. Reconnects while the membership lasts.
    */
   async function watchHealth(member: Member<Model>, signal: AbortSignal): Promise<void> {
-    const channel = openChannel(member.address, 64 * 1024);
+    const channel = openMeshChannel(member.address, 64 * 1024, tls, { worker: member.id });
     const health = createClient(HealthDefinition, channel);
     try {
       while (!signal.aborted) {
@@ -238,7 +241,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     throw new MeshError('unavailable', `model "${model}" failed on ${MAX_ATTEMPTS} workers; last: ${failure?.worker} (${failure?.details})`);
   }
 
-  async function* join(requests: AsyncIterable<JoinRequest>, _context: MeshCallContext): AsyncGenerator<JoinResponse> {
+  async function* join(requests: AsyncIterable<JoinRequest>, context: MeshCallContext): AsyncGenerator<JoinResponse> {
     const messages = requests[Symbol.asyncIterator]();
     const first = await messages.next();
     if (first.done || first.value.message?.$case !== 'hello') {
@@ -246,6 +249,14 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     }
     const hello = first.value.message.hello;
     if (!hello.workerId) throw new MeshError('invalid_argument', 'hello.worker_id must not be empty');
+    // With TLS a worker joins only as the id its certificate names: no process can take another
+    // worker's place in the routing table.
+    if (context.caller && context.caller.workerId !== hello.workerId) {
+      throw new MeshError(
+        'permission_denied',
+        `Join as hello.worker_id "${hello.workerId.slice(0, 64)}" refused: the caller's certificate names ${context.caller.uri}`,
+      );
+    }
     if (!/^.+:\d{1,5}$/.test(hello.address)) throw new MeshError('invalid_argument', `hello.address must be host:port, given "${hello.address}"`);
     const member = membership.join(
       {
@@ -403,6 +414,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
+    tls,
+    insecure: config.insecure,
+    healthPort: config.healthPort,
     services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers } }],
   });
 

@@ -5,13 +5,14 @@
  */
 import { parseCallbackAllowlist } from '../../common/callback-target';
 import { parseWebhookSecret } from './jobs/callback';
-import { createMeshClient, openChannel } from '../../common/client';
+import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
+import { loadMeshTls } from '../../common/tls';
 import { endSpan, meshTracer } from '../../common/tracing';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
 import {
@@ -101,9 +102,10 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       `tenant "${tenant}" is over its request rate, its limit ${rate}/s with bursts of ${burst} (${limitSetting(limits, tenant, 'rate')}, ${limitSetting(limits, tenant, 'burst')}); retry in ${waitMs} ms`,
     );
   };
-  const channel = openChannel(config.balancer, config.maxMessageBytes);
+  const tls = loadMeshTls(config, 'scheduler');
+  const channel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
-  const aggregatorChannel = openChannel(config.aggregator, config.maxMessageBytes);
+  const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
   const store = new JobStore(resolve(config.dataDir));
@@ -149,6 +151,9 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: true,
+    tls,
+    insecure: config.insecure,
+    healthPort: config.healthPort,
     services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken) } }],
   });
   log.info('admission limits', {

@@ -1,5 +1,8 @@
 /** Settings of the worker service. */
 import { address, decimal, integer, text } from '../../common/config';
+import { tlsSchema } from '../../common/tls';
+
+const workerTls = tlsSchema('MAAS_WORKER', 'workers/{worker-id}');
 
 /** The worker's config schema: flag, environment variable and default of every setting. */
 export const workerSchema = {
@@ -19,4 +22,9 @@ export const workerSchema = {
   echoFailRate: decimal({ flag: '--echo-fail-rate', env: 'MAAS_WORKER_ECHO_FAIL_RATE', default: 0, min: 0, max: 1, doc: 'Share of echo calls that fail on purpose (for balancing benchmarks and tests).' }),
   drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: 30000, min: 0, max: 3600000, doc: 'On SIGTERM, how long running tasks may take to finish before they are cut.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_WORKER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
+  ...workerTls,
+  tlsCert: {
+    ...workerTls.tlsCert,
+    doc: 'This worker\'s certificate (PEM); {worker-id} is replaced by --worker-id. It names the worker\'s id (spiffe://maas.mesh/worker/<id>): with --worker-id empty the id is taken from it; a --worker-id that differs is refused.',
+  },
 };

@@ -6,7 +6,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { JoinRequest, LoadReport, WorkerHello } from '../../generated/maas/internal/v1/balancer';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
-import { createMeshClient, openChannel } from '../../common/client';
+import { createMeshClient, openMeshChannel } from '../../common/client';
+import { MeshTls } from '../../common/tls';
 import { Logger } from '../../common/log';
 
 /** A live membership: `reportNow` pushes a report at once; `leave` ends the stream. */
@@ -19,9 +20,12 @@ export interface Membership {
   readonly joined: Promise<void>;
 }
 
-/** Joins the balancer at `balancerAddress` and keeps the membership alive until `leave`. */
-export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: () => LoadReport, log: Logger): Membership {
-  const channel = openChannel(balancerAddress);
+/**
+ * Joins the balancer at `balancerAddress` (over mutual TLS with `tls`, plaintext without) and
+ * keeps the membership alive until `leave`.
+ */
+export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: () => LoadReport, log: Logger, tls?: MeshTls): Membership {
+  const channel = openMeshChannel(balancerAddress, undefined, tls, 'balancer');
   const client = createMeshClient(BalancerServiceDefinition, channel);
   const stop = new AbortController();
   let leaving = false;

@@ -17,7 +17,8 @@ import { meshTracer } from '../../common/tracing';
 import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
 import { MapTask, Task, TaskOutput } from '../../generated/maas/internal/v1/task';
 import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
-import { createMeshClient, openChannel } from '../../common/client';
+import { createMeshClient, openMeshChannel } from '../../common/client';
+import { loadMeshTls } from '../../common/tls';
 import { MAPPERS, MapContext, runMapTask } from './map';
 import { FinishReason, GenerateRequest, PredictRequest } from '../../generated/maas/v1/inference';
 import { Model as ModelMessage, ModelTask } from '../../generated/maas/v1/models';
@@ -69,7 +70,9 @@ export async function startWorker(
 ): Promise<RunningWorker> {
   const inputRoot = await prepareRoot(config.inputRoot, [config.cacheDir], '--input-root');
   const files = { root: inputRoot, maxBytes: config.maxInputBytes, maxLineBytes: config.maxLineBytes };
-  const id = config.workerId || `worker-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`;
+  const tls = loadWorkerTls(config);
+  // With TLS the id is the one the certificate names (a --worker-id that differs was refused).
+  const id = tls?.identity.workerId ?? (config.workerId || `worker-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`);
   const activity = new EventEmitter();
   const models = new Map<string, Model>();
   const running = new Map<string, AbortController>();
@@ -141,6 +144,9 @@ export async function startWorker(
     maxMessageBytes: config.maxMessageBytes,
     log,
     serving: false,
+    tls,
+    insecure: config.insecure,
+    healthPort: config.healthPort,
     services: [{ definition: WorkerServiceDefinition, implementation: { execute } }],
   });
   const address = config.advertiseAddress || server.address;
@@ -149,7 +155,7 @@ export async function startWorker(
   log.info('models loaded', { models: [...models.keys()].join(',') });
   server.setServing(true);
 
-  const aggregatorChannel = openChannel(config.aggregator, config.maxMessageBytes);
+  const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
 
   const membership: Membership = joinBalancer(
@@ -157,6 +163,7 @@ export async function startWorker(
     { workerId: id, address, models: [...models.values()].map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] },
     () => ({ inFlight: running.size, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting, latencyMs: latency.value ?? 0 }),
     log,
+    tls,
   );
 
   return {
@@ -193,6 +200,27 @@ export async function startWorker(
       for (const c of running.values()) c.abort();
     },
   };
+}
+
+/** Placeholder in the default --tls-cert and --tls-key paths, replaced by the worker id. */
+const WORKER_ID_PLACEHOLDER = '{worker-id}';
+
+/**
+ * The worker's certificate. The default paths name the worker id, so they need --worker-id; a
+ * certificate given by path brings its own id, and a --worker-id must agree with it.
+ */
+function loadWorkerTls(config: ConfigOf<typeof workerSchema>) {
+  if (!config.tls) return undefined;
+  const placeholder = [config.tlsCert, config.tlsKey].some((p) => p.includes(WORKER_ID_PLACEHOLDER));
+  if (placeholder && !config.workerId) {
+    throw new Error(`--tls needs --worker-id to find the default --tls-cert ${config.tlsCert}, or --tls-cert and --tls-key given as paths`);
+  }
+  const fill = (p: string) => p.split(WORKER_ID_PLACEHOLDER).join(config.workerId);
+  const tls = loadMeshTls({ ...config, tlsCert: fill(config.tlsCert), tlsKey: fill(config.tlsKey) }, 'worker')!;
+  if (config.workerId && tls.identity.workerId !== config.workerId) {
+    throw new Error(`--worker-id ${config.workerId} differs from the identity of --tls-cert, ${tls.identity.uri}: a worker may use only the id its certificate names`);
+  }
+  return tls;
 }
 
 /** The model a task names; undefined for a map task with a built-in mapper. */

@@ -7,15 +7,15 @@
 import { expect } from 'chai';
 import { ChildProcess, spawn } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
-import { readFileSync, readdirSync } from 'node:fs';
 import { IncomingMessage, Server, ServerResponse, createServer as createHttpServer } from 'node:http';
-import { AddressInfo, createServer as createNetServer } from 'node:net';
+import { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { Channel } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
 import { FinishReason, GenerateResponse, InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
 import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
+import { childPids, cmdlineOf, freePortRun, meshProcessesOn } from '../processes.js';
 
 /** The repository root (this file runs from dist/test/e2e). */
 const repoRoot = resolve(__dirname, '../../..');
@@ -125,64 +125,6 @@ class OtlpReceiver {
     this.server.closeAllConnections();
     await new Promise<void>((r) => this.server.close(() => r()));
   }
-}
-
-/** True when `port` can be bound on 127.0.0.1 right now. */
-async function isFree(port: number): Promise<boolean> {
-  const server = createNetServer();
-  return new Promise<boolean>((resolvePromise) => {
-    server.once('error', () => resolvePromise(false));
-    server.listen(port, '127.0.0.1', () => server.close(() => resolvePromise(true)));
-  });
-}
-
-/** A port N such that N..N+count-1 are all free on 127.0.0.1. */
-async function freePortRun(count: number): Promise<number> {
-  for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * (60000 - 20000 - count));
-    let ok = true;
-    for (let i = 0; i < count && ok; i++) ok = await isFree(base + i);
-    if (ok) return base;
-  }
-  throw new Error(`found no run of ${count} free ports in 20000-60000`);
-}
-
-/** Pids of the processes whose parent is `ppid` (from /proc). */
-function childPids(ppid: number): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      // Fields after the command name, which is in parentheses and may contain spaces.
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) === ppid) pids.push(Number(entry));
-    } catch {
-      // the process ended while we looked
-    }
-  }
-  return pids;
-}
-
-/** The command line of `pid`, or undefined when no such process exists. */
-function cmdlineOf(pid: number): string | undefined {
-  try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
-  } catch {
-    return undefined;
-  }
-}
-
-/** Processes (pid and command line) that run one of our mesh's entry points on one of `ports`. */
-function meshProcessesOn(ports: number[]): Array<{ pid: number; cmdline: string }> {
-  const found: Array<{ pid: number; cmdline: string }> = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const cmdline = cmdlineOf(Number(entry));
-    if (!cmdline || !cmdline.includes(resolve(repoRoot, 'dist'))) continue;
-    if (ports.some((p) => cmdline.includes(`--port ${p}`))) found.push({ pid: Number(entry), cmdline });
-  }
-  return found;
 }
 
 function exited(child: ChildProcess): boolean {
