@@ -7,5 +7,6 @@ export const aggregatorSchema = {
   port: integer({ flag: '--port', env: 'MAAS_AGGREGATOR_PORT', default: 50054, min: 0, max: 65535, doc: 'Port to bind; 0 picks a free one.' }),
   dataDir: text({ flag: '--data-dir', env: 'MAAS_AGGREGATOR_DATA_DIR', default: '.maas/aggregator', doc: 'Directory of the durable store of committed task outputs (SQLite, WAL), relative to the working directory; one aggregator per directory.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_AGGREGATOR_MAX_MESSAGE_BYTES', default: 64 * 1024 * 1024, min: 1024, max: 1 << 30, doc: "Largest gRPC message accepted or sent: a commit carries a whole shard's output." }),
+  maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_AGGREGATOR_MAX_CONCURRENT_STREAMS', default: 1024, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).' }),
   cachedJobs: integer({ flag: '--cached-jobs', env: 'MAAS_AGGREGATOR_CACHED_JOBS', default: 64, min: 1, max: 100000, doc: 'Jobs whose running result is kept in memory; others are rebuilt from the store when next used.' }),
 };

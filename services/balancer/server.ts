@@ -9,7 +9,7 @@ import { Channel, ClientError, Status, createClient } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 import { createMeshClient, openChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
-import { MeshError } from '../../common/errors';
+import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
@@ -194,12 +194,12 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       const member = pickWorker(model, tried, affinityKeyOf(task));
       if (!member) {
         if (failure && allFull) {
-          throw new MeshError('resource_exhausted', `every ready worker serving model "${model}" is at capacity; last: ${failure.details}`);
+          throw new MeshError('resource_exhausted', `every ready worker serving model ${quoteInput(model)} is at capacity; last: ${failure.details}`);
         }
         if (failure) {
-          throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model "${model}"`);
+          throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model ${quoteInput(model)}`);
         }
-        throw new MeshError('unavailable', `no ready worker serves model "${model}"`);
+        throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
       }
       tried.add(member.id);
       member.outstanding++;
@@ -235,7 +235,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         member.outstanding--;
       }
     }
-    throw new MeshError('unavailable', `model "${model}" failed on ${MAX_ATTEMPTS} workers; last: ${failure?.worker} (${failure?.details})`);
+    throw new MeshError('unavailable', `model ${quoteInput(model)} failed on ${MAX_ATTEMPTS} workers; last: ${failure?.worker} (${failure?.details})`);
   }
 
   async function* join(requests: AsyncIterable<JoinRequest>, _context: MeshCallContext): AsyncGenerator<JoinResponse> {
@@ -335,7 +335,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   async function hedgedPredict(task: Task, model: string, context: MeshCallContext): Promise<RouteResponse> {
     const key = affinityKeyOf(task);
     const first = pickWorker(model, new Set(), key);
-    if (!first) throw new MeshError('unavailable', `no ready worker serves model "${model}"`);
+    if (!first) throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
     retryBudget.recordRequest(Date.now());
     const calls = [callWorker(first, task, context)];
     let timer: NodeJS.Timeout | undefined;
@@ -355,7 +355,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       return await Promise.any(calls.map((c) => c.result));
     } catch (err) {
       const last = err instanceof AggregateError ? err.errors.at(-1) : err;
-      if (last instanceof ClientError) throw new MeshError('unavailable', `model "${model}" failed on ${calls.length} workers: ${last.details}`);
+      if (last instanceof ClientError) throw new MeshError('unavailable', `model ${quoteInput(model)} failed on ${calls.length} workers: ${last.details}`);
       throw last;
     } finally {
       // The loser (or a call still running after a failure) is cancelled: its answer is not needed.
@@ -401,6 +401,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     log,
     serving: true,
     services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers } }],

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { ClientError, Status } from 'nice-grpc';
 import { datasetSize } from '../../common/datasets';
-import { MeshError } from '../../common/errors';
+import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { scanRecords, RecordsError } from '../../common/records';
 import { AggregatorServiceDefinition, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
@@ -21,7 +21,7 @@ import { retryDelayMs } from './jobs/backoff';
 import { deliverCallback } from './jobs/callback';
 import { JobEventLog } from './jobs/event-log';
 import { splitIntoTasks, TaskRange } from './jobs/split';
-import { JobStore, StoredJob } from './jobs/store';
+import { InvalidPageTokenError, JobStore, StoredJob } from './jobs/store';
 
 /** Settings of the batch path. */
 export interface JobRunnerOptions {
@@ -139,7 +139,14 @@ export class JobRunner {
 
   /** The tenant's jobs, newest first. */
   list(tenant: string, pageSize: number, pageToken: string): { jobs: Job[]; nextPageToken: string } {
-    const page = this.store.listJobs(tenant, pageSize || 50, pageToken);
+    let page;
+    try {
+      page = this.store.listJobs(tenant, pageSize || 50, pageToken);
+    } catch (err) {
+      // A token this scheduler did not issue is the caller's mistake, not ours.
+      if (err instanceof InvalidPageTokenError) throw new MeshError('invalid_argument', err.message);
+      throw err;
+    }
     return { jobs: page.jobs.map((j) => ({ ...toJob(j), result: undefined })), nextPageToken: page.nextPageToken };
   }
 
@@ -170,7 +177,7 @@ export class JobRunner {
 
   private owned(tenant: string, id: string): StoredJob {
     const job = this.store.getJob(id);
-    if (!job || job.tenant !== tenant) throw new MeshError('not_found', `job "${id}" not found`);
+    if (!job || job.tenant !== tenant) throw new MeshError('not_found', `job ${quoteInput(id)} not found`);
     return job;
   }
 
@@ -408,7 +415,7 @@ async function countInput(spec: JobSpec): Promise<number> {
       try {
         return datasetSize(spec.input.dataset);
       } catch {
-        throw new MeshError('not_found', `dataset "${spec.input.dataset}" not found`);
+        throw new MeshError('not_found', `dataset ${quoteInput(spec.input.dataset)} not found`);
       }
     case 'file':
       try {

@@ -86,6 +86,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     log,
     serving: true,
     services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs) } }],
