@@ -20,6 +20,8 @@ export interface CallOutcome {
   elapsedMs: number;
   /** True when the client cancelled the call on purpose (an abandoned stream). */
   abandoned: boolean;
+  /** A unary call's response bytes. */
+  reply?: Uint8Array;
 }
 
 /** Options of one raw call. */
@@ -56,8 +58,8 @@ export class RawClient {
   unary(path: string, request: Uint8Array, o: RawCallOptions): Promise<CallOutcome> {
     const started = performance.now();
     return new Promise((resolve) => {
-      this.client.makeUnaryRequest(path, identity, identity, toBuffer(request), o.metadata ?? new Metadata(), { deadline: Date.now() + o.deadlineMs }, (err: ServiceError | null) => {
-        resolve(outcome(err, err ? 0 : 1, started, false));
+      this.client.makeUnaryRequest(path, identity, identity, toBuffer(request), o.metadata ?? new Metadata(), { deadline: Date.now() + o.deadlineMs }, (err: ServiceError | null, reply?: Buffer) => {
+        resolve({ ...outcome(err, err ? 0 : 1, started, false), reply });
       });
     });
   }

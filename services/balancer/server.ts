@@ -246,7 +246,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     }
     const hello = first.value.message.hello;
     if (!hello.workerId) throw new MeshError('invalid_argument', 'hello.worker_id must not be empty');
-    if (!/^.+:\d{1,5}$/.test(hello.address)) throw new MeshError('invalid_argument', `hello.address must be host:port, given "${hello.address}"`);
+    if (!/^.+:\d{1,5}$/.test(hello.address)) throw new MeshError('invalid_argument', `hello.address must be host:port, given ${quoteInput(hello.address)}`);
     const member = membership.join(
       {
         id: hello.workerId,

@@ -9,6 +9,9 @@ import { expect } from 'chai';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { MAX_MESSAGE_CHARS } from '../../common/errors';
 import { GetJobRequest } from '../../generated/maas/internal/v1/scheduler';
+import { MapTask } from '../../generated/maas/internal/v1/task';
+import { ExecuteRequest } from '../../generated/maas/internal/v1/worker';
+import { JobSpec } from '../../generated/maas/v1/jobs';
 import { GetRequest, ListRequest } from '../../generated/maas/v1/jobs';
 import { PredictRequest } from '../../generated/maas/v1/inference';
 import { RawClient } from '../raw-grpc';
@@ -94,6 +97,20 @@ describe('hostile input gets a precise answer', function () {
     expect(r.code).to.equal(Status.NOT_FOUND);
     expect(r.details).to.match(/^job "j{32}"\.\.\. \(1048576 characters\) not found$/);
     expect(r.details.length).to.be.at.most(MAX_MESSAGE_CHARS);
+  });
+
+  it('a worker refusing an unknown 50,000-character mapper quotes only its first characters (found by the fuzzer)', async () => {
+    const worker = new RawClient(mesh.workers[0].address);
+    try {
+      const mapper = 'é'.repeat(50_000);
+      const map = MapTask.fromPartial({ jobId: 'job-x', taskIndex: 0, attempt: 1, tasksTotal: 1, recordCount: 1, records: [{ text: 'a', label: '' }], spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper } }) });
+      const request = ExecuteRequest.encode({ task: { requestId: 'r', tenant: 't', request: { $case: 'map', map } } }).finish();
+      const r = await worker.serverStream('/maas.internal.v1.WorkerService/Execute', request, { deadlineMs: 5000 });
+      expect(r.code).to.equal(Status.INVALID_ARGUMENT);
+      expect(r.details).to.equal(`spec.mapper must be one of wordcount, given "${'é'.repeat(32)}"... (50000 characters)`);
+    } finally {
+      worker.close();
+    }
   });
 
   /** Runs `hostile` while 40 Predicts from another client share the gateway's connection to the scheduler; every Predict must succeed. */
