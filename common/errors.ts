@@ -54,9 +54,19 @@ export function quoteInput(value: string): string {
   return `${JSON.stringify(value.slice(0, MAX_QUOTED_CHARS - 8))}... (${value.length} characters)`;
 }
 
-/** The message cut to {@link MAX_MESSAGE_CHARS}, saying how long it was: the safety net for any message. */
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * The message cut to {@link MAX_MESSAGE_CHARS}, saying how long it was, with any lone UTF-16
+ * surrogate (half of a cut emoji) replaced by U+FFFD: the safety net for any message. grpc-js
+ * puts the message through encodeURI, which throws on a lone surrogate, and that throw, outside
+ * any handler, ends the process.
+ */
 export function boundMessage(message: string): string {
-  if (message.length <= MAX_MESSAGE_CHARS) return message;
-  const note = `... (message cut from ${message.length} characters)`;
-  return message.slice(0, MAX_MESSAGE_CHARS - note.length) + note;
+  let bounded = message;
+  if (message.length > MAX_MESSAGE_CHARS) {
+    const note = `... (message cut from ${message.length} characters)`;
+    bounded = message.slice(0, MAX_MESSAGE_CHARS - note.length) + note;
+  }
+  return bounded.replace(LONE_SURROGATE, '\uFFFD');
 }

@@ -7,7 +7,7 @@
 import { CallContext, ClientError, ServerError, ServerMiddleware, Status } from 'nice-grpc';
 import { isAbortError } from 'abort-controller-x';
 import { DEADLINE_HEADER } from './deadline';
-import { ErrorKind, MAX_MESSAGE_CHARS, MeshError, boundMessage } from './errors';
+import { ErrorKind, MeshError, boundMessage } from './errors';
 import { Logger } from './log';
 import { UnsafeIntegerRequest } from './wire-integers';
 
@@ -94,7 +94,7 @@ async function* refuseUnsafeIntegers<T>(requests: AsyncIterable<T>): AsyncIterab
  * grpc-message trailer, which HTTP/2 peers refuse, breaking a connection other calls share.
  */
 export function toServerError(err: unknown, deadlineExpired: boolean, path: string, log: Logger): ServerError {
-  if (err instanceof ServerError) return err.details.length > MAX_MESSAGE_CHARS ? new ServerError(err.code, boundMessage(err.details)) : err;
+  if (err instanceof ServerError) return boundMessage(err.details) !== err.details ? new ServerError(err.code, boundMessage(err.details)) : err;
   if (err instanceof MeshError) return new ServerError(statusOfKind[err.kind], boundMessage(err.message));
   if (deadlineExpired) return new ServerError(Status.DEADLINE_EXCEEDED, 'deadline exceeded');
   // A downstream service's status passes through unchanged: the caller learns why, not where.

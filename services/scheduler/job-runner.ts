@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import { ClientError, Status } from 'nice-grpc';
 import { datasetSize } from '../../common/datasets';
-import { MeshError, quoteInput } from '../../common/errors';
+import { MeshError, invalidField, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { scanRecords, RecordsError } from '../../common/records';
 import { AggregatorServiceDefinition, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
@@ -101,6 +101,8 @@ export class JobRunner {
     if (this.active.size >= this.options.maxActiveJobs) {
       throw new MeshError('resource_exhausted', `too many unfinished jobs: ${this.active.size} (max_active_jobs=${this.options.maxActiveJobs})`);
     }
+    // The gateway validates specs; a caller of this port may not have. Refuse what would break below.
+    if (spec.shardSize !== undefined && spec.shardSize < 1) throw invalidField('spec.shard_size', 'must be at least 1', spec.shardSize);
     const recordsTotal = await countInput(spec);
     if (recordsTotal === 0) throw new MeshError('invalid_argument', 'spec.input has no records');
     const tasks = splitIntoTasks(recordsTotal, spec.shardSize ?? 500);

@@ -33,7 +33,7 @@ import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/bala
 import { CancelJobRequest, SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler';
 import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
 import { InferenceServiceDefinition } from '../../generated/maas/v1/inference';
-import { JobServiceDefinition, JobSpec, SubmitRequest, SubmitResponse } from '../../generated/maas/v1/jobs';
+import { JobServiceDefinition, JobSpec, SubmitRequest } from '../../generated/maas/v1/jobs';
 import { MeshServiceDefinition } from '../../generated/maas/v1/mesh';
 import { ModelServiceDefinition } from '../../generated/maas/v1/models';
 import { CallOutcome, RAW_CHANNEL_OPTIONS, RawClient } from '../raw-grpc';
@@ -138,11 +138,15 @@ export interface FuzzOptions {
   deadlineMs?: number;
   /** How long memory may take to settle after the run. */
   settleMs?: number;
+  /** Inputs per method of the warm-up pass before memory is first read (default 200). */
+  warmUpInputs?: number;
   transports?: FuzzTransport[];
   /** Only methods whose name includes one of these (all when empty). */
   only?: string[];
   /** Progress lines. */
   log?: (line: string) => void;
+  /** The services' own log lines (warnings and errors), when given. */
+  serviceLog?: (line: string) => void;
 }
 
 /** Figures of one method under one transport. */
@@ -296,14 +300,14 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       model: 'spam-nb',
       startTimeoutMs: 180_000,
       signal: abort.signal,
-      log: () => undefined,
+      log: o.serviceLog ?? (() => undefined),
       onUnexpectedExit: (message) => {
         exits.push(message);
         log(message);
       },
       workers: 2,
       aggregator: true,
-      logLevel: 'silent',
+      logLevel: o.serviceLog ? 'warn' : 'silent',
       nodeFlags: ['--expose-gc'],
     });
     const processes: FuzzProcess[] = mesh.processes.map((p) => ({ ...p }));
@@ -328,7 +332,9 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
     const random = mulberry32(o.seed);
     const fuzzer = new MessageFuzzer(random, { dictionary, restricted: restrictedFields() });
 
-    // Warm-up: every method once with valid inputs, so lazily built state exists before memory is read.
+    // Warm-up, not counted: a job over a built-in dataset (which the scheduler and the workers
+    // then keep loaded), and a short fuzz pass of every method, so caches and lazily built state
+    // exist before memory is first read. Memory after the run is compared with this.
     const clients = new Map<string, RawClient>();
     const clientFor = (transport: FuzzTransport, p: FuzzProcess) => {
       const key = `${transport.name}|${p.name}`;
@@ -340,12 +346,11 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
       }
       return c;
     };
+    const datasetJob = SubmitRequest.encode({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'dataset', dataset: DATASET_NAMES[0] } }) }).finish();
+    await clientFor(transports[0], byName.get('gateway')!).unary('/maas.v1.JobService/Submit', datasetJob, { deadlineMs: 30_000 });
+    const warmUp = o.warmUpInputs ?? 200;
     for (const target of targets) {
-      for (let i = 0; i < 20; i++) {
-        const input = fuzzer.next(target.request, 'valid');
-        if (!safeToSend(target, input.bytes, workerIds)) continue;
-        await call(clientFor(transports[0], byName.get(target.processes[0])!), target, input, [input.bytes], deadlineMs, undefined);
-      }
+      await fuzzMethod(target, transports[0], warmUp, concurrency, deadlineMs, fuzzer, random, (i) => clientFor(transports[0], byName.get(target.processes[i % target.processes.length])!), workerIds);
     }
     await cancelUnfinishedJobs(mesh.dataDir, byName.get('scheduler')!.address);
     await sleep(3000);

@@ -2,11 +2,11 @@
  * `npm run fuzz`: the full fuzz run. Starts the mesh as processes, sends every method at least
  * 10,000 generated inputs, prints the table and writes it to docs/FUZZ.md.
  *
- *   npm run fuzz -- [--seed N] [--inputs N] [--only Method,...] [--concurrency N] [--deadline-ms N] [--no-write]
+ *   npm run fuzz -- [--seed N] [--inputs N] [--only Method,...] [--concurrency N] [--deadline-ms N] [--no-write] [--service-log FILE]
  *
  * Exits 1 when any check fails; the seed it prints replays the run.
  */
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { FuzzReport, formatReport, passed, runFuzz } from './harness';
@@ -46,6 +46,7 @@ async function main(): Promise<void> {
       concurrency: { type: 'string', default: '16' },
       'deadline-ms': { type: 'string', default: '3000' },
       'no-write': { type: 'boolean', default: false },
+      'service-log': { type: 'string' },
     },
   });
   const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
@@ -61,6 +62,7 @@ async function main(): Promise<void> {
     deadlineMs: Number(values['deadline-ms']),
     only: values.only?.split(',').filter(Boolean),
     log: (line) => process.stdout.write(`${line}\n`),
+    serviceLog: values['service-log'] ? (line) => appendFileSync(values['service-log']!, `${line}\n`) : undefined,
   });
   const table = formatReport(report);
   process.stdout.write(`\n${table}\n\n${passed(report) ? 'fuzz: every check passed' : 'fuzz: FAILED'} (seed ${seed})\n`);

@@ -8,7 +8,7 @@ import { connect } from 'node:http2';
 import { expect } from 'chai';
 import { BinaryWriter } from '@bufbuild/protobuf/wire';
 import { MAX_MESSAGE_CHARS } from '../../common/errors';
-import { GetJobRequest } from '../../generated/maas/internal/v1/scheduler';
+import { GetJobRequest, SubmitJobRequest } from '../../generated/maas/internal/v1/scheduler';
 import { MapTask } from '../../generated/maas/internal/v1/task';
 import { ExecuteRequest } from '../../generated/maas/internal/v1/worker';
 import { JobSpec } from '../../generated/maas/v1/jobs';
@@ -111,6 +111,13 @@ describe('hostile input gets a precise answer', function () {
     } finally {
       worker.close();
     }
+  });
+
+  it('the scheduler refuses a spec with shard_size 0 from a caller that skipped the gateway (was INTERNAL; found by the fuzzer)', async () => {
+    const spec = JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'inline', inline: { records: [{ text: 'a b', label: '' }] } }, shardSize: 0 });
+    const r = await scheduler.unary('/maas.internal.v1.SchedulerService/SubmitJob', SubmitJobRequest.encode({ tenant: 'anonymous', spec }).finish(), { deadlineMs: 5000 });
+    expect(r.code).to.equal(Status.INVALID_ARGUMENT);
+    expect(r.details).to.equal('spec.shard_size must be at least 1, given 0');
   });
 
   /** Runs `hostile` while 40 Predicts from another client share the gateway's connection to the scheduler; every Predict must succeed. */

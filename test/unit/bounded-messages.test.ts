@@ -21,6 +21,17 @@ describe('bounded error messages', () => {
     expect(cut).to.match(/\.\.\. \(message cut from 1048590 characters\)$/);
   });
 
+  it('a message cut inside an emoji carries no lone surrogate, so grpc-js can encode it (the fuzzer crashed the aggregator so)', () => {
+    for (const pad of ['', 'x']) {
+      const message = `reduce.positive_label ${pad}${'😀'.repeat(400)}`;
+      const mapped = toServerError(new MeshError('failed_precondition', message), false, '/x.Y/Z', silentLogger);
+      expect(() => encodeURI(mapped.details)).not.to.throw();
+      expect(mapped.details.length).to.be.at.most(MAX_MESSAGE_CHARS);
+    }
+    expect(boundMessage('a\uD83D b')).to.equal('a\uFFFD b');
+    expect(boundMessage('😀')).to.equal('😀');
+  });
+
   for (const [what, err] of [
     ['a MeshError', new MeshError('not_found', `job ${MB} not found`)],
     ['a ServerError', new ServerError(Status.NOT_FOUND, `job ${MB} not found`)],
