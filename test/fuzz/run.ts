@@ -43,7 +43,7 @@ async function main(): Promise<void> {
       seed: { type: 'string' },
       inputs: { type: 'string', default: '10000' },
       only: { type: 'string' },
-      concurrency: { type: 'string', default: '16' },
+      concurrency: { type: 'string', default: '32' },
       'deadline-ms': { type: 'string', default: '3000' },
       'no-write': { type: 'boolean', default: false },
       'service-log': { type: 'string' },
