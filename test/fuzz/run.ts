@@ -67,9 +67,10 @@ async function main(): Promise<void> {
   const table = formatReport(report);
   process.stdout.write(`\n${table}\n\n${passed(report) ? 'fuzz: every check passed' : 'fuzz: FAILED'} (seed ${seed})\n`);
   if (!values['no-write']) {
-    const args = process.argv.slice(2).filter((a) => a !== '--no-write');
+    const given = process.argv.slice(2).filter((a) => a !== '--no-write');
+    const args = values.seed !== undefined ? given : [...given, '--seed', String(seed)];
     const command = ['npm run fuzz', ...(args.length > 0 ? ['--', ...args] : [])].join(' ');
-    writeFileSync(resolve(__dirname, '../../../docs/FUZZ.md'), doc(report, `${command} (seed ${seed})`));
+    writeFileSync(resolve(__dirname, '../../../docs/FUZZ.md'), doc(report, command));
   }
   process.exitCode = passed(report) ? 0 : 1;
 }
