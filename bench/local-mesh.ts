@@ -55,6 +55,10 @@ export interface LocalMeshOptions {
   aggregator?: boolean;
   /** Extra command-line arguments per process name (e.g. the scheduler's --max-batch-tasks). */
   extraArgs?: Partial<Record<string, string[]>>;
+  /** Working directory of the children (default repoDir): relative paths a job names land there. */
+  cwd?: string;
+  /** Log level of the children (default warn). */
+  logLevel?: string;
 }
 
 /** A started mesh. */
@@ -169,7 +173,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
 
   const env = {
     ...process.env,
-    MAAS_LOG_LEVEL: 'warn',
+    MAAS_LOG_LEVEL: o.logLevel ?? 'warn',
     MAAS_WORKER_CACHE_DIR: resolve(o.repoDir, '.cache/models'),
     // The services stop by themselves if this process disappears without stopping them.
     MAAS_PARENT_PID: String(process.pid),
@@ -178,7 +182,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
     for (const { name, entry, args } of specs) {
       const flags = (o.nodeFlags ?? []).map((f) => f.replaceAll('{name}', name));
       const child = spawn(process.execPath, [...flags, resolve(o.distDir, entry), ...args], {
-        cwd: o.repoDir,
+        cwd: o.cwd ?? o.repoDir,
         env,
         // Own process group: a terminal's Ctrl-C reaches only the bench, which stops them in order.
         detached: true,

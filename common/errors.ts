@@ -33,9 +33,41 @@ export function invalidField(field: string, limit: string, given: unknown): Mesh
   return new MeshError('invalid_argument', `${field} ${limit}, given ${formatGiven(given)}`);
 }
 
-function formatGiven(given: unknown): string {
+/** Longest error message a caller is sent; longer ones are cut (see {@link boundMessage}). */
+export const MAX_MESSAGE_CHARS = 512;
+/** Most characters of one caller-given value an error message quotes. */
+export const MAX_QUOTED_CHARS = 40;
+
+/** How an error message shows a value the caller gave: short strings quoted, long ones described. */
+export function formatGiven(given: unknown): string {
   if (typeof given === 'string') {
-    return given.length > 40 ? `a string of ${given.length} characters` : JSON.stringify(given);
+    return given.length > MAX_QUOTED_CHARS ? `a string of ${given.length} characters` : JSON.stringify(given);
   }
   return String(given);
+}
+
+/**
+ * A caller-given name or id inside a message: quoted in full when short, else its first
+ * characters and its length, e.g. `"job-aaaa..." (1048576 characters)`.
+ */
+export function quoteInput(value: string): string {
+  if (value.length <= MAX_QUOTED_CHARS) return JSON.stringify(value);
+  return `${JSON.stringify(value.slice(0, MAX_QUOTED_CHARS - 8))}... (${value.length} characters)`;
+}
+
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/g;
+
+/**
+ * The message cut to {@link MAX_MESSAGE_CHARS}, saying how long it was, with any lone UTF-16
+ * surrogate (half of a cut emoji) replaced by U+FFFD: the safety net for any message. grpc-js
+ * puts the message through encodeURI, which throws on a lone surrogate, and that throw, outside
+ * any handler, ends the process.
+ */
+export function boundMessage(message: string): string {
+  let bounded = message;
+  if (message.length > MAX_MESSAGE_CHARS) {
+    const note = `... (message cut from ${message.length} characters)`;
+    bounded = message.slice(0, MAX_MESSAGE_CHARS - note.length) + note;
+  }
+  return bounded.replace(LONE_SURROGATE, '\uFFFD');
 }

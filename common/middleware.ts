@@ -7,10 +7,11 @@
 import { CallContext, ClientError, ServerError, ServerMiddleware, Status } from 'nice-grpc';
 import { isAbortError } from 'abort-controller-x';
 import { DEADLINE_HEADER } from './deadline';
-import { ErrorKind, MeshError } from './errors';
+import { ErrorKind, MeshError, boundMessage } from './errors';
 import { Logger } from './log';
 import { MeshIdentity, parseIdentityUri } from './mesh-identity';
 import { PEER_IDENTITY_HEADER } from './tls';
+import { UnsafeIntegerRequest } from './wire-integers';
 
 /** What our middleware adds to every handler's call context. */
 export interface MeshContextExt {
@@ -71,7 +72,8 @@ export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshCo
       if (expired) throw new MeshError('deadline_exceeded', 'deadline exceeded before the call started');
       const peerUri = context.metadata.get(PEER_IDENTITY_HEADER);
       const caller = peerUri ? parseIdentityUri(peerUri) : undefined;
-      return yield* call.next(call.request, { ...context, signal: controller.signal, deadline, caller });
+      const request = call.requestStream ? refuseUnsafeIntegers(call.request as AsyncIterable<unknown>) : refuseUnsafeInteger(call.request);
+      return yield* call.next(request as typeof call.request, { ...context, signal: controller.signal, deadline, caller });
     } catch (err) {
       throw toServerError(err, expired, call.method.path, log);
     } finally {
@@ -81,13 +83,32 @@ export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshCo
   };
 }
 
-/** Maps any thrown value to the ServerError the caller sees. */
+/** INVALID_ARGUMENT for a request whose 64-bit integer the generated code could not hold. */
+function unsafeIntegerError(request: UnsafeIntegerRequest): MeshError {
+  const value = request.value.length > 24 ? `${request.value.slice(0, 24)}...` : request.value;
+  return new MeshError('invalid_argument', `${request.field} must be from ${Number.MIN_SAFE_INTEGER} to ${Number.MAX_SAFE_INTEGER} (2^53 - 1), given ${value}`);
+}
+
+function refuseUnsafeInteger<T>(request: T): T {
+  if (request instanceof UnsafeIntegerRequest) throw unsafeIntegerError(request);
+  return request;
+}
+
+async function* refuseUnsafeIntegers<T>(requests: AsyncIterable<T>): AsyncIterable<T> {
+  for await (const request of requests) yield refuseUnsafeInteger(request);
+}
+
+/**
+ * Maps any thrown value to the ServerError the caller sees. Its message is bounded
+ * ({@link boundMessage}): a message that echoed a megabyte of caller input would travel in the
+ * grpc-message trailer, which HTTP/2 peers refuse, breaking a connection other calls share.
+ */
 export function toServerError(err: unknown, deadlineExpired: boolean, path: string, log: Logger): ServerError {
-  if (err instanceof ServerError) return err;
-  if (err instanceof MeshError) return new ServerError(statusOfKind[err.kind], err.message);
+  if (err instanceof ServerError) return boundMessage(err.details) !== err.details ? new ServerError(err.code, boundMessage(err.details)) : err;
+  if (err instanceof MeshError) return new ServerError(statusOfKind[err.kind], boundMessage(err.message));
   if (deadlineExpired) return new ServerError(Status.DEADLINE_EXCEEDED, 'deadline exceeded');
   // A downstream service's status passes through unchanged: the caller learns why, not where.
-  if (err instanceof ClientError) return new ServerError(err.code, err.details);
+  if (err instanceof ClientError) return new ServerError(err.code, boundMessage(err.details));
   if (isAbortError(err)) return new ServerError(Status.CANCELLED, 'call cancelled');
   log.error('unexpected error', { method: path, error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
   return new ServerError(Status.INTERNAL, 'internal error');

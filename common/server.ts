@@ -3,17 +3,17 @@
  * `grpc.health.v1` (Check and Watch) and server reflection (v1 and v1alpha) serving the
  * descriptors the proto compiler produced, so grpcurl works with no proto files at hand.
  */
-import { readFileSync } from 'node:fs';
-import { resolve } from 'node:path';
 import { CompatServiceDefinition, createServer } from 'nice-grpc';
 import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
 import { deadlineInterceptor } from './deadline';
 import { MeshTls, authorizationInterceptor, checkListenSecurity, isLoopbackHost, serverCredentials } from './tls';
+import { loadDescriptorSet } from './descriptors';
 import { Logger } from './log';
 import { deadlineAndErrorMiddleware } from './middleware';
 import { tracingEnabled } from './tracing';
+import { TsProtoDefinition, guardRequestDecoding } from './wire-integers';
 
 /** A service to serve: its generated definition and our implementation. */
 export interface ServiceRegistration {
@@ -31,6 +31,11 @@ export interface GrpcServerOptions {
   port: number;
   /** Largest message accepted or sent, in bytes. */
   maxMessageBytes: number;
+  /**
+   * Most calls one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS):
+   * what one caller can hold. A client past it waits for a stream to end.
+   */
+  maxConcurrentStreams: number;
   services: ServiceRegistration[];
   log: Logger;
   /** Health status reported from the start; a worker starts NOT_SERVING until its models load. */
@@ -82,14 +87,6 @@ const REFLECTION_V1ALPHA = Object.fromEntries(
   ]),
 ) as typeof ServerReflectionService;
 
-let descriptorSet: Uint8Array | undefined;
-
-/** The FileDescriptorSet written by `buf build` into generated/ (read once per process). */
-function loadDescriptorSet(): Uint8Array {
-  descriptorSet ??= new Uint8Array(readFileSync(resolve(__dirname, '../../generated/descriptors.binpb')));
-  return descriptorSet;
-}
-
 /** Starts a gRPC server with health, reflection and the mesh's middleware. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
   checkListenSecurity(options.host, options.tls !== undefined, options.insecure ?? false);
@@ -102,10 +99,13 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     interceptors: [authorizationInterceptor(options.tls !== undefined && !publicEdge), deadlineInterceptor],
     'grpc.max_receive_message_length': options.maxMessageBytes,
     'grpc.max_send_message_length': options.maxMessageBytes,
+    'grpc.max_concurrent_streams': options.maxConcurrentStreams,
   });
   // Telemetry first, so its span covers everything below; only when tracing is on.
   const server = (tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base).use(deadlineAndErrorMiddleware(options.log));
-  for (const s of options.services) server.add(s.definition, s.implementation);
+  // A 64-bit integer beyond 2^53 reaches the middleware as a marker (INVALID_ARGUMENT), not as
+  // an exception inside grpc-js's deserializer (INTERNAL).
+  for (const s of options.services) server.add(guardRequestDecoding(s.definition as unknown as TsProtoDefinition) as unknown as typeof s.definition, s.implementation);
 
   const health = HealthState();
   const names = options.services.map((s) => s.definition.fullName);

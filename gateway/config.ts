@@ -13,6 +13,7 @@ export const gatewaySchema = {
   scheduler: address({ flag: '--scheduler', env: 'MAAS_SCHEDULER_ADDRESS', default: '127.0.0.1:50052', doc: 'Address of the scheduler.' }),
   balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer (for the model catalog).' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_GATEWAY_MAX_MESSAGE_BYTES', default: 4 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.' }),
+  maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_GATEWAY_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: 1000000, doc: 'Most calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); more wait for one to end.' }),
   maxPromptChars: integer({ flag: '--max-prompt-chars', env: 'MAAS_GATEWAY_MAX_PROMPT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Generate prompt, in characters.' }),
   maxInputChars: integer({ flag: '--max-input-chars', env: 'MAAS_GATEWAY_MAX_INPUT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Predict input, in characters.' }),
   defaultDeadlineMs: integer({ flag: '--default-deadline-ms', env: 'MAAS_GATEWAY_DEFAULT_DEADLINE_MS', default: 60000, min: 1, max: 86400000, doc: 'Deadline of a call whose client set none.' }),

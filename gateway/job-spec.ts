@@ -4,7 +4,7 @@
  * know (a file's contents, a dataset's size) it checks itself.
  */
 import { CallbackAllowlist, checkCallbackUrl } from '../common/callback-target';
-import { invalidField, MeshError } from '../common/errors';
+import { invalidField, MeshError, quoteInput } from '../common/errors';
 import { validateGenerateRequest, validateModelName } from './validation';
 
 /** The fields of maas.v1.JobSpec that validation reads (the generated type fits). */
@@ -57,19 +57,31 @@ export const MAX_TIMEOUT_MS = 7 * 24 * 3600 * 1000;
 export const MAX_TOP_K = 1000;
 export const DEFAULT_TOP_K = 20;
 
+/** Longest name of a mapper, dataset or reducer; longest file path, callback URL and record label. */
+export const MAX_NAME_CHARS = 128;
+export const MAX_PATH_CHARS = 4096; // PATH_MAX on Linux
+export const MAX_URL_CHARS = 2048;
+export const MAX_LABEL_CHARS = 256;
+
+/** Refuses a string longer than `max`, before it is compared, looked up or forwarded. */
+function checkLength(field: string, value: string, max: number): void {
+  if (value.length > max) throw invalidField(field, `must be at most ${max} characters`, value);
+}
+
 /** Validates a spec and returns it with every default filled in. */
 export async function validateJobSpec<T extends JobSpecFields>(spec: T, context: JobSpecContext): Promise<T> {
   if (!spec.map) throw invalidField('spec.map', 'must set one of mapper or model', 'neither');
   let kind: 'words' | 'classify' | 'generate';
   if (spec.map.$case === 'mapper') {
+    checkLength('spec.mapper', spec.map.mapper, MAX_NAME_CHARS);
     if (!context.mappers.includes(spec.map.mapper)) {
-      throw new MeshError('not_found', `mapper "${spec.map.mapper}" not found; available: ${context.mappers.join(', ')}`);
+      throw new MeshError('not_found', `mapper ${quoteInput(spec.map.mapper)} not found; available: ${context.mappers.join(', ')}`);
     }
     kind = 'words';
   } else {
     const name = validateModelName('spec.model', spec.map.model);
     const tasks = await context.modelTasks(name);
-    if (!tasks) throw new MeshError('not_found', `model "${name}" not found`);
+    if (!tasks) throw new MeshError('not_found', `model ${quoteInput(name)} not found`);
     kind = tasks.includes('classify') ? 'classify' : 'generate';
   }
 
@@ -84,23 +96,30 @@ export async function validateJobSpec<T extends JobSpecFields>(spec: T, context:
       if (r.text.length > context.maxRecordChars) {
         throw invalidField(`spec.inline.records[${i}].text`, `must be at most ${context.maxRecordChars} characters`, r.text);
       }
+      checkLength(`spec.inline.records[${i}].label`, r.label, MAX_LABEL_CHARS);
     });
   } else if (spec.input.$case === 'file') {
     validatePath('spec.file', spec.input.file);
-  } else if (!context.datasets.includes(spec.input.dataset)) {
-    throw new MeshError('not_found', `dataset "${spec.input.dataset}" not found; available: ${context.datasets.join(', ')}`);
+  } else {
+    checkLength('spec.dataset', spec.input.dataset, MAX_NAME_CHARS);
+    if (!context.datasets.includes(spec.input.dataset)) {
+      throw new MeshError('not_found', `dataset ${quoteInput(spec.input.dataset)} not found; available: ${context.datasets.join(', ')}`);
+    }
   }
 
   if (spec.shardSize !== undefined && (spec.shardSize < 1 || spec.shardSize > MAX_SHARD_SIZE)) {
     throw invalidField('spec.shard_size', `must be from 1 to ${MAX_SHARD_SIZE}`, spec.shardSize);
   }
+  checkLength('spec.reducer', spec.reducer, MAX_NAME_CHARS);
+  checkLength('spec.callback_url', spec.callbackUrl, MAX_URL_CHARS);
+  checkLength('spec.output_file', spec.outputFile, MAX_PATH_CHARS);
   const reducer = spec.reducer === '' ? (kind === 'words' ? 'top_k' : 'collect') : spec.reducer;
   if (!(REDUCERS as readonly string[]).includes(reducer)) {
-    throw new MeshError('not_found', `reducer "${reducer}" not found; available: ${REDUCERS.join(', ')}`);
+    throw new MeshError('not_found', `reducer ${quoteInput(reducer)} not found; available: ${REDUCERS.join(', ')}`);
   }
   const suited = kind === 'words' ? WORD_REDUCERS : kind === 'classify' ? CLASSIFY_REDUCERS : GENERATE_REDUCERS;
   if (!suited.includes(reducer)) {
-    const what = kind === 'words' ? `mapper "${spec.map.$case === 'mapper' ? spec.map.mapper : ''}"` : `a ${kind === 'classify' ? 'classifier' : 'generative model'}`;
+    const what = kind === 'words' ? `mapper ${quoteInput(spec.map.$case === 'mapper' ? spec.map.mapper : '')}` : `a ${kind === 'classify' ? 'classifier' : 'generative model'}`;
     throw invalidField('spec.reducer', `must be one of ${suited.join(', ')} for ${what}`, reducer);
   }
   if (spec.topK > MAX_TOP_K) throw invalidField('spec.top_k', `must be <= ${MAX_TOP_K}`, spec.topK);
@@ -130,9 +149,6 @@ export async function validateJobSpec<T extends JobSpecFields>(spec: T, context:
     generate,
   };
 }
-
-/** Longest path of a job's file or output file, in characters (PATH_MAX on Linux). */
-export const MAX_PATH_CHARS = 4096;
 
 /**
  * What the edge can know of a path: not empty, no NUL, not absurdly long. Whether it stays inside

@@ -6,7 +6,7 @@
 import { randomUUID } from 'node:crypto';
 import { createMeshClient, openMeshChannel } from '../common/client';
 import { ConfigOf } from '../common/config';
-import { MeshError } from '../common/errors';
+import { MeshError, quoteInput } from '../common/errors';
 import { Logger } from '../common/log';
 import { MeshCallContext } from '../common/middleware';
 import { startGrpcServer } from '../common/server';
@@ -40,7 +40,7 @@ import { JobSpecContext, validateJobSpec } from './job-spec';
 import { parseCallbackAllowlist } from '../common/callback-target';
 import { ModelCatalog } from './catalog';
 import { gatewaySchema } from './config';
-import { validateGenerateRequest, validateModelName, validatePredictRequest } from './validation';
+import { validateGenerateRequest, validateJobId, validateModelName, validatePageToken, validatePredictRequest } from './validation';
 
 /** A running gateway. */
 export interface RunningGateway extends StartedService {
@@ -76,8 +76,8 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   const keyWatch = keyFile ? watchKeyFile(keyFile, reloadApiKeys) : undefined;
   const limits = { maxPromptChars: config.maxPromptChars, maxInputChars: config.maxInputChars };
   const tls = loadMeshTls(config, 'gateway');
-  const schedulerChannel = openMeshChannel(config.scheduler, undefined, tls, 'scheduler');
-  const balancerChannel = openMeshChannel(config.balancer, undefined, tls, 'balancer');
+  const schedulerChannel = openMeshChannel(config.scheduler, config.maxMessageBytes, tls, 'scheduler');
+  const balancerChannel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const scheduler = createMeshClient(SchedulerServiceDefinition, schedulerChannel);
   const balancer = createMeshClient(BalancerServiceDefinition, balancerChannel);
   const catalog = new ModelCatalog<Model>(async () => (await balancer.listModels({}, { deadline: Date.now() + 5000 })).models, config.catalogTtlMs);
@@ -87,11 +87,11 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     const model = await catalog.find(name);
     if (!model) {
       const known = (await catalog.list()).map((m) => m.name).join(', ') || 'none are ready';
-      throw new MeshError('not_found', `model "${name}" not found; available: ${known}`);
+      throw new MeshError('not_found', `model ${quoteInput(name)} not found; available: ${known}`);
     }
     if (!model.tasks.includes(task)) {
       const call = task === ModelTask.MODEL_TASK_GENERATE ? 'Generate' : 'Predict';
-      throw new MeshError('invalid_argument', `model "${name}" does not support ${call}; it supports: ${describeTasks(model)}`);
+      throw new MeshError('invalid_argument', `model ${quoteInput(name)} does not support ${call}; it supports: ${describeTasks(model)}`);
     }
     return model;
   }
@@ -124,7 +124,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
       if (response.output?.output?.$case === 'prediction') prediction ??= response.output.output.prediction;
     }
-    if (!prediction) throw new MeshError('unavailable', `model "${valid.model}" returned no prediction`);
+    if (!prediction) throw new MeshError('unavailable', `model ${quoteInput(valid.model)} returned no prediction`);
     return prediction;
   }
 
@@ -137,7 +137,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     auth.tenantOf(context.metadata.get('authorization'));
     const name = validateModelName('name', request.name);
     const model = await catalog.find(name);
-    if (!model) throw new MeshError('not_found', `model "${name}" not found`);
+    if (!model) throw new MeshError('not_found', `model ${quoteInput(name)} not found`);
     return { model };
   }
 
@@ -155,10 +155,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
 
   /** Calls to the scheduler's job methods: the caller's deadline if set, else the default. */
   const jobCall = (context: MeshCallContext) => ({ signal: context.signal, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs });
-  const requireJobId = (id: string) => {
-    if (id === '') throw new MeshError('invalid_argument', 'job_id is required, given ""');
-    return id;
-  };
+  const requireJobId = (id: string) => validateJobId('job_id', id);
 
   const jobService = {
     async submit(request: SubmitRequest, context: MeshCallContext): Promise<SubmitResponse> {
@@ -182,7 +179,8 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     async list(request: ListRequest, context: MeshCallContext): Promise<ListResponse> {
       const tenant = auth.tenantOf(context.metadata.get('authorization'));
       if (request.pageSize > 1000) throw new MeshError('invalid_argument', `page_size must be <= 1000, given ${request.pageSize}`);
-      return scheduler.listJobs({ tenant, pageSize: request.pageSize, pageToken: request.pageToken }, jobCall(context));
+      const pageToken = validatePageToken('page_token', request.pageToken);
+      return scheduler.listJobs({ tenant, pageSize: request.pageSize, pageToken }, jobCall(context));
     },
     async cancel(request: CancelRequest, context: MeshCallContext): Promise<CancelResponse> {
       const tenant = auth.tenantOf(context.metadata.get('authorization'));
@@ -194,6 +192,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     log,
     serving: true,
     // Public clients get TLS with the gateway's certificate and authenticate with API keys.

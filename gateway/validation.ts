@@ -50,6 +50,24 @@ function validateAffinityKey(key: string | undefined): void {
   if (key !== undefined && key.length > MAX_AFFINITY_KEY_CHARS) throw invalidField('affinity_key', `must be at most ${MAX_AFFINITY_KEY_CHARS} characters`, key);
 }
 
+/** Longest job id (the scheduler's ids are about 30 characters). */
+export const MAX_JOB_ID_CHARS = 128;
+/** Longest page token (the scheduler's tokens are under 100 characters). */
+export const MAX_PAGE_TOKEN_CHARS = 512;
+
+/** Checks a job id: required, at most {@link MAX_JOB_ID_CHARS} characters, so a huge id never travels. */
+export function validateJobId(field: string, id: string): string {
+  if (id === '') throw invalidField(field, 'is required', id);
+  if (id.length > MAX_JOB_ID_CHARS) throw invalidField(field, `must be at most ${MAX_JOB_ID_CHARS} characters`, id);
+  return id;
+}
+
+/** Checks a page token: empty (first page) or at most {@link MAX_PAGE_TOKEN_CHARS} characters. */
+export function validatePageToken(field: string, token: string): string {
+  if (token.length > MAX_PAGE_TOKEN_CHARS) throw invalidField(field, `must be at most ${MAX_PAGE_TOKEN_CHARS} characters`, token);
+  return token;
+}
+
 /** Longest model name. */
 export const MAX_MODEL_NAME_CHARS = 128;
 

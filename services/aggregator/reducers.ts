@@ -6,6 +6,7 @@
  * any order gives the same snapshot, to the bit. States are plain JSON values (no Map, no
  * BigInt, no class), so they can be persisted or sent as they are.
  */
+import { quoteInput } from '../../common/errors';
 
 /** The reducers, by name. */
 export const REDUCER_NAMES = ['sum', 'top_k', 'accuracy', 'collect', 'mean'] as const;
@@ -208,7 +209,7 @@ export function createReducer(spec: ReduceSpec): Reducer {
     case 'mean':
       return meanReducer(spec.meanOf);
     default:
-      throw new RangeError(`unknown reducer "${spec.reducer}"; known: ${REDUCER_NAMES.join(', ')}`);
+      throw new RangeError(`unknown reducer ${quoteInput(spec.reducer)}; known: ${REDUCER_NAMES.join(', ')}`);
   }
 }
 

@@ -60,8 +60,12 @@ function setFieldsOf(reduce: WireReduceSpec): Partial<ReduceSpec> {
   return Object.fromEntries(Object.entries(specOf(reduce)).filter(([, value]) => value !== '' && value !== 0));
 }
 
+/** Longest job id (the scheduler's are about 30 characters); messages quote ids in full. */
+const MAX_JOB_ID_CHARS = 128;
+
 function validJobId(jobId: string): string {
   if (jobId === '') throw invalidField('job_id', 'must not be empty', jobId);
+  if (jobId.length > MAX_JOB_ID_CHARS) throw invalidField('job_id', `must be at most ${MAX_JOB_ID_CHARS} characters`, jobId);
   return jobId;
 }
 
@@ -168,6 +172,7 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     log,
     serving: true,
     tls,

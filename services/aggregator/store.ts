@@ -27,7 +27,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
-import { MeshError } from '../../common/errors';
+import { MeshError, quoteInput } from '../../common/errors';
 import { outputBytes } from './output-file';
 import { CollectedOutput, ReduceResult, ReduceSpec, Reducer, ReducerState, ShardOutput, compareCollected, createReducer } from './reducers';
 
@@ -126,12 +126,17 @@ function specOf(spec: ReduceSpec): ReduceSpec {
  * FAILED_PRECONDITION when `given` differs from the spec the job was first committed with: a job
  * is reduced one way from its first task to its last.
  */
+/** A spec value in a message: a string as a short quoted prefix, a number as it is. */
+function quoteValue(value: unknown): string {
+  return typeof value === 'string' ? quoteInput(value) : String(value);
+}
+
 export function checkSameSpec(jobId: string, stored: ReduceSpec, given: ReduceSpec): void {
   for (const [key, name] of SPEC_FIELDS) {
     if (stored[key] !== given[key]) {
       throw new MeshError(
         'failed_precondition',
-        `job ${jobId} is reduced with reduce.${name} ${JSON.stringify(stored[key])}, this call gives ${JSON.stringify(given[key])}`,
+        `job ${jobId} is reduced with reduce.${name} ${quoteValue(stored[key])}, this call gives ${quoteValue(given[key])}`,
       );
     }
   }

@@ -9,7 +9,7 @@ import { Channel, ClientError, Status, createClient } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
-import { MeshError } from '../../common/errors';
+import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
@@ -197,12 +197,12 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       const member = pickWorker(model, tried, affinityKeyOf(task));
       if (!member) {
         if (failure && allFull) {
-          throw new MeshError('resource_exhausted', `every ready worker serving model "${model}" is at capacity; last: ${failure.details}`);
+          throw new MeshError('resource_exhausted', `every ready worker serving model ${quoteInput(model)} is at capacity; last: ${failure.details}`);
         }
         if (failure) {
-          throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model "${model}"`);
+          throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model ${quoteInput(model)}`);
         }
-        throw new MeshError('unavailable', `no ready worker serves model "${model}"`);
+        throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
       }
       tried.add(member.id);
       member.outstanding++;
@@ -238,7 +238,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         member.outstanding--;
       }
     }
-    throw new MeshError('unavailable', `model "${model}" failed on ${MAX_ATTEMPTS} workers; last: ${failure?.worker} (${failure?.details})`);
+    throw new MeshError('unavailable', `model ${quoteInput(model)} failed on ${MAX_ATTEMPTS} workers; last: ${failure?.worker} (${failure?.details})`);
   }
 
   async function* join(requests: AsyncIterable<JoinRequest>, context: MeshCallContext): AsyncGenerator<JoinResponse> {
@@ -254,10 +254,10 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     if (context.caller && context.caller.workerId !== hello.workerId) {
       throw new MeshError(
         'permission_denied',
-        `Join as hello.worker_id "${hello.workerId.slice(0, 64)}" refused: the caller's certificate names ${context.caller.uri}`,
+        `Join as hello.worker_id ${quoteInput(hello.workerId)} refused: the caller's certificate names ${context.caller.uri}`,
       );
     }
-    if (!/^.+:\d{1,5}$/.test(hello.address)) throw new MeshError('invalid_argument', `hello.address must be host:port, given "${hello.address}"`);
+    if (!/^.+:\d{1,5}$/.test(hello.address)) throw new MeshError('invalid_argument', `hello.address must be host:port, given ${quoteInput(hello.address)}`);
     const member = membership.join(
       {
         id: hello.workerId,
@@ -346,7 +346,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   async function hedgedPredict(task: Task, model: string, context: MeshCallContext): Promise<RouteResponse> {
     const key = affinityKeyOf(task);
     const first = pickWorker(model, new Set(), key);
-    if (!first) throw new MeshError('unavailable', `no ready worker serves model "${model}"`);
+    if (!first) throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
     retryBudget.recordRequest(Date.now());
     const calls = [callWorker(first, task, context)];
     let timer: NodeJS.Timeout | undefined;
@@ -366,7 +366,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       return await Promise.any(calls.map((c) => c.result));
     } catch (err) {
       const last = err instanceof AggregateError ? err.errors.at(-1) : err;
-      if (last instanceof ClientError) throw new MeshError('unavailable', `model "${model}" failed on ${calls.length} workers: ${last.details}`);
+      if (last instanceof ClientError) throw new MeshError('unavailable', `model ${quoteInput(model)} failed on ${calls.length} workers: ${last.details}`);
       throw last;
     } finally {
       // The loser (or a call still running after a failure) is cancelled: its answer is not needed.
@@ -412,6 +412,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     log,
     serving: true,
     tls,

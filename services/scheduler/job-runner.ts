@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ClientError, Status } from 'nice-grpc';
 import { datasetSize } from '../../common/datasets';
-import { invalidField, MeshError } from '../../common/errors';
+import { MeshError, invalidField, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { FILE_ACCESS_KINDS, FileAccessError, OutputPlace, checkOutputTarget } from '../../common/file-roots';
 import { InputFiles, RECORDS_ERROR_KINDS, RecordsError, scanRecords } from '../../common/records';
@@ -24,7 +24,7 @@ import { deliverCallback } from './jobs/callback';
 import { CallbackAllowlist, checkCallbackUrl } from '../../common/callback-target';
 import { JobEventLog } from './jobs/event-log';
 import { splitIntoTasks, TaskRange } from './jobs/split';
-import { JobStore, StoredJob } from './jobs/store';
+import { InvalidPageTokenError, JobStore, StoredJob } from './jobs/store';
 
 /** Settings of the batch path. */
 export interface JobRunnerOptions {
@@ -158,6 +158,8 @@ export class JobRunner {
       const checked = checkCallbackUrl(spec.callbackUrl, this.options.callbackAllow);
       if ('rule' in checked) throw invalidField('spec.callback_url', checked.rule, spec.callbackUrl);
     }
+    // The gateway validates specs; a caller of this port may not have. Refuse what would break below.
+    if (spec.shardSize !== undefined && spec.shardSize < 1) throw invalidField('spec.shard_size', 'must be at least 1', spec.shardSize);
     if (spec.outputFile !== '') await checkOutputFile(this.options.outputs, tenant, spec);
     const recordsTotal = await countInput(spec, this.options.files, signal);
     if (recordsTotal === 0) throw new MeshError('invalid_argument', 'spec.input has no records');
@@ -197,7 +199,14 @@ export class JobRunner {
 
   /** The tenant's jobs, newest first. */
   list(tenant: string, pageSize: number, pageToken: string): { jobs: Job[]; nextPageToken: string } {
-    const page = this.store.listJobs(tenant, pageSize || 50, pageToken);
+    let page;
+    try {
+      page = this.store.listJobs(tenant, pageSize || 50, pageToken);
+    } catch (err) {
+      // A token this scheduler did not issue is the caller's mistake, not ours.
+      if (err instanceof InvalidPageTokenError) throw new MeshError('invalid_argument', err.message);
+      throw err;
+    }
     return { jobs: page.jobs.map((j) => ({ ...toJob(j), result: undefined })), nextPageToken: page.nextPageToken };
   }
 
@@ -228,7 +237,7 @@ export class JobRunner {
 
   private owned(tenant: string, id: string): StoredJob {
     const job = this.store.getJob(id);
-    if (!job || job.tenant !== tenant) throw new MeshError('not_found', `job "${id}" not found`);
+    if (!job || job.tenant !== tenant) throw new MeshError('not_found', `job ${quoteInput(id)} not found`);
     return job;
   }
 
@@ -502,7 +511,7 @@ async function countInput(spec: JobSpec, files: InputFiles, signal: AbortSignal 
       try {
         return datasetSize(spec.input.dataset);
       } catch {
-        throw new MeshError('not_found', `dataset "${spec.input.dataset}" not found`);
+        throw new MeshError('not_found', `dataset ${quoteInput(spec.input.dataset)} not found`);
       }
     case 'file':
       try {

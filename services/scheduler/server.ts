@@ -149,6 +149,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     log,
     serving: true,
     tls,

@@ -7,7 +7,7 @@ import { setImmediate as yieldToEventLoop, setTimeout as sleep } from 'node:time
 import { Client, ClientError, Status } from 'nice-grpc';
 import { MeshCallOptions } from '../../common/client';
 import { UnknownDatasetError, loadDataset } from '../../common/datasets';
-import { MeshError } from '../../common/errors';
+import { MeshError, quoteInput } from '../../common/errors';
 import { InputFiles, RECORDS_ERROR_KINDS, RecordsError, readRecords } from '../../common/records';
 import { AggregatorServiceDefinition, CommitRequest, CommitResponse, ReduceSpec } from '../../generated/maas/internal/v1/aggregator';
 import { MapOutput, MapTask, MapTaskResult, RecordOutput } from '../../generated/maas/internal/v1/task';
@@ -136,10 +136,10 @@ export function mappingOf(spec: JobSpec, model: Model | undefined): Mapping {
   switch (spec.map?.$case) {
     case 'mapper':
       if (spec.map.mapper === 'wordcount') return { kind: 'wordcount' };
-      throw new MeshError('invalid_argument', `spec.mapper must be one of ${MAPPERS.join(', ')}, given ${JSON.stringify(spec.map.mapper)}`);
+      throw new MeshError('invalid_argument', `spec.mapper must be one of ${MAPPERS.join(', ')}, given ${quoteInput(spec.map.mapper)}`);
     case 'model': {
       if (!model || model.info.name !== spec.map.model) {
-        throw new MeshError('not_found', `model ${JSON.stringify(spec.map.model)} is not hosted on this worker`);
+        throw new MeshError('not_found', `model ${quoteInput(spec.map.model)} is not hosted on this worker`);
       }
       const call = modelCallOf(model);
       if (call === 'classify') return { kind: 'classify', model };

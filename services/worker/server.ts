@@ -9,7 +9,7 @@ import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { SpanStatusCode } from '@opentelemetry/api';
 import { ConfigOf } from '../../common/config';
-import { MeshError } from '../../common/errors';
+import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
@@ -87,7 +87,7 @@ export async function startWorker(
     if (draining) throw new MeshError('unavailable', `worker ${id} is draining`);
     const modelName = taskModel(task);
     const model = modelName === undefined ? undefined : models.get(modelName);
-    if (modelName !== undefined && !model) throw new MeshError('not_found', `model "${modelName}" is not hosted on worker ${id}`);
+    if (modelName !== undefined && !model) throw new MeshError('not_found', `model ${quoteInput(modelName)} is not hosted on worker ${id}`);
     const arrived = performance.now();
     if (!slots.tryAcquire()) {
       if (slots.queueFull) {
@@ -142,6 +142,7 @@ export async function startWorker(
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
+    maxConcurrentStreams: config.maxConcurrentStreams,
     log,
     serving: false,
     tls,
