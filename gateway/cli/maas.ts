@@ -73,9 +73,9 @@ common options:
 `;
 
 async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  const { values, positionals } = parseArgs({
-    args: rest,
+  // Options may come before or after the command (`maas --cacert ca.pem predict ...`).
+  const { values, positionals: words } = parseArgs({
+    args: argv,
     allowPositionals: true,
     options: {
       gateway: { type: 'string', default: process.env.MAAS_GATEWAY ?? '127.0.0.1:50051' },
@@ -126,6 +126,7 @@ async function main(argv: string[]): Promise<number> {
       help: { type: 'boolean', short: 'h' },
     },
   });
+  const [command, ...positionals] = words;
   if (!command || values.help || command === 'help') {
     process.stdout.write(USAGE);
     return command ? 0 : 2;

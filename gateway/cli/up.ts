@@ -204,9 +204,12 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
     }
     return 1;
   }
-  const gw = `${o.host}:${o.gatewayPort}`;
+  // Clients dial a wildcard bind on loopback (a name the gateway's certificate carries).
+  const dialHost = o.host === '0.0.0.0' || o.host === '::' ? '127.0.0.1' : o.host;
+  const gw = `${dialHost}:${o.gatewayPort}`;
   const ca = o.certsDir ? join(o.certsDir, 'ca.pem') : undefined;
-  const maas = ca ? `npx maas --cacert ${ca}` : 'npx maas';
+  const clientFlags = [gw === '127.0.0.1:50051' ? '' : ` --gateway ${gw}`, ca ? ` --cacert ${ca}` : ''].join('');
+  const maas = `npx maas${clientFlags}`;
   const grpcurl = ca ? `grpcurl -cacert ${ca}` : 'grpcurl -plaintext';
   out.write(
     [
@@ -215,11 +218,12 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
       ...specs.map((s) => `  ${s.name.padEnd(10)} ${s.address}${s.name === 'gateway' ? '   (public API: maas.v1.InferenceService, ModelService, JobService, MeshService)' : s.name === 'balancer' ? `   (policy ${o.policy})` : ''}`),
       '',
       'Try:',
+      ...(o.apiKeysFile ? ['  export MAAS_API_KEY=<a key of the key file>   (maas keys add prints one when it makes it)'] : []),
       `  ${maas} models`,
       `  ${maas} generate --model ngram --seed 7 "the meeting"`,
       `  ${maas} job submit --mapper wordcount --dataset spam-assassin --watch`,
       `  (a job's --input FILE is read from ${resolve(o.inputRoot ?? '.maas/input')}; --output goes to ${resolve(o.outputRoot ?? '.maas/output')}/<tenant>/)`,
-      `  ${grpcurl} -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
+      `  ${grpcurl}${o.apiKeysFile ? ' -H "authorization: Bearer $MAAS_API_KEY"' : ''} -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
       '',
       'Ctrl-C stops everything.',
       '',
