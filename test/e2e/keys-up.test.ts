@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { Metadata } from 'nice-grpc';
@@ -14,7 +14,7 @@ import { createMeshClient, openChannel } from '../../common/client';
 import { hashApiKey } from '../../gateway/auth';
 import { ModelServiceDefinition } from '../../generated/maas/v1/models';
 import { Status, grpcError } from '../support';
-import { freePort } from '../processes';
+import { childPids, freePort } from '../processes';
 
 const repoRoot = resolve(__dirname, '../../..');
 const maasCli = resolve(repoRoot, 'dist/gateway/cli/maas.js');
@@ -23,21 +23,6 @@ const ENV_KEY = 'env-key-Qx7-plaintext-secret';
 const FILE_KEY = 'file-key-Zr4-plaintext-secret';
 const CLI_KEY = 'cli-key-Mm2-plaintext-secret';
 
-/** Pids of the processes whose parent is `ppid` (from /proc). */
-function childPids(ppid: number): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-      if (Number(fields[1]) === ppid) pids.push(Number(entry));
-    } catch {
-      // the process ended while we looked
-    }
-  }
-  return pids;
-}
 
 describe('maas up: API keys reach only the gateway', function () {
   this.timeout(180_000);
