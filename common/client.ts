@@ -86,6 +86,18 @@ export function openMeshChannel(address: string, maxMessageBytes: number | undef
 }
 
 /**
+ * Closes a channel that may have been opened a moment ago. grpc-js (1.14) delivers the address of
+ * an IP target on the next turn of the event loop (setImmediate) even when the channel was closed
+ * in between; the closed channel then takes a reference on the shared subchannel and registers
+ * listeners on it that nothing removes, so the whole channel stays in memory for good. Closing on
+ * the next turn, after that delivery, lets the channel go. A service that opens a channel per peer
+ * (the balancer, per joined worker) closes it with this.
+ */
+export function closeChannel(channel: Channel): void {
+  setImmediate(() => channel.close());
+}
+
+/**
  * A channel of a tool (the CLI, tests) to a TLS server, trusting `ca`, presenting `client` if given,
  * checking the server's host name as usual. On loopback the name checked is "localhost".
  */

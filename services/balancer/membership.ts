@@ -141,6 +141,12 @@ export class Membership<M> {
     return [...this.members.values()].filter((m) => !m.draining && m.serving && m.models.has(model) && !exclude.has(m.id));
   }
 
+  /** Whether any member (ready or not) serves `model`. */
+  serves(model: string): boolean {
+    for (const m of this.members.values()) if (m.models.has(model)) return true;
+    return false;
+  }
+
   /** Every model served by a ready worker, with how many ready workers serve it, sorted by name. */
   models(): { name: string; description: M; readyWorkers: number }[] {
     const byName = new Map<string, { name: string; description: M; readyWorkers: number }>();

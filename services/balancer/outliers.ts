@@ -115,6 +115,11 @@ export class OutlierDetector {
     this.workers.delete(id);
   }
 
+  /** Number of workers tracked. */
+  get size(): number {
+    return this.workers.size;
+  }
+
   /** Records a request to `id` that succeeded at `now`. */
   recordSuccess(id: string, now: number): void {
     const w = this.record(id);

@@ -71,6 +71,13 @@ export interface Policy {
    * empty, the only candidate when there is one. Does not modify the list.
    */
   pick(key: string, candidates: readonly Candidate[], options?: PickOptions): Candidate | undefined;
+  /**
+   * Drops what the policy keeps for `key` (a model no worker serves any more), so state per model
+   * lasts only as long as the model is served. A later pick for the key starts afresh.
+   */
+  forget(key: string): void;
+  /** Number of keys the policy keeps state for, for tests and diagnostics. */
+  readonly keys: number;
 }
 
 /** Settings of the policies that have any; each is ignored by the others. */
@@ -177,6 +184,16 @@ class Cursors {
   advance(key: string, index: number, n: number): void {
     this.next.set(key, (index + 1) % n);
   }
+
+  /** Drops the cursor of `key`. */
+  forget(key: string): void {
+    this.next.delete(key);
+  }
+
+  /** Number of keys with a cursor. */
+  get size(): number {
+    return this.next.size;
+  }
 }
 
 class RoundRobinPolicy implements Policy {
@@ -185,6 +202,14 @@ class RoundRobinPolicy implements Policy {
 
   constructor(random: () => number) {
     this.cursors = new Cursors(random);
+  }
+
+  forget(key: string): void {
+    this.cursors.forget(key);
+  }
+
+  get keys(): number {
+    return this.cursors.size;
   }
 
   pick(key: string, candidates: readonly Candidate[]): Candidate | undefined {
@@ -201,6 +226,11 @@ class RandomPolicy implements Policy {
 
   constructor(private readonly random: () => number) {}
 
+  /** Keeps nothing per key. */
+  forget(): void {}
+
+  readonly keys = 0;
+
   pick(_key: string, candidates: readonly Candidate[]): Candidate | undefined {
     const n = candidates.length;
     if (n <= 1) return candidates[0];
@@ -214,6 +244,14 @@ class LeastOutstandingPolicy implements Policy {
 
   constructor(random: () => number) {
     this.cursors = new Cursors(random);
+  }
+
+  forget(key: string): void {
+    this.cursors.forget(key);
+  }
+
+  get keys(): number {
+    return this.cursors.size;
   }
 
   pick(key: string, candidates: readonly Candidate[]): Candidate | undefined {
@@ -236,6 +274,11 @@ class PowerOfTwoChoicesPolicy implements Policy {
   readonly name = 'p2c';
 
   constructor(private readonly random: () => number) {}
+
+  /** Keeps nothing per key. */
+  forget(): void {}
+
+  readonly keys = 0;
 
   pick(_key: string, candidates: readonly Candidate[]): Candidate | undefined {
     const n = candidates.length;
@@ -281,6 +324,11 @@ class PeakEwmaPolicy implements Policy {
       throw new RangeError(`latencyPriorMs must be a finite number >= 0, given ${latencyPriorMs}`);
     }
   }
+
+  /** Keeps nothing per key. */
+  forget(): void {}
+
+  readonly keys = 0;
 
   pick(_key: string, candidates: readonly Candidate[]): Candidate | undefined {
     const n = candidates.length;
@@ -333,6 +381,14 @@ class WeightedPolicy implements Policy {
   private readonly scores = new Map<string, Map<string, number>>();
 
   constructor(private readonly random: () => number) {}
+
+  forget(key: string): void {
+    this.scores.delete(key);
+  }
+
+  get keys(): number {
+    return this.scores.size;
+  }
 
   pick(key: string, candidates: readonly Candidate[]): Candidate | undefined {
     const n = candidates.length;
@@ -401,6 +457,11 @@ class ConsistentHashPolicy implements Policy {
     this.ring = new HashRing([], { virtualNodes });
     this.fallback = new PowerOfTwoChoicesPolicy(random);
   }
+
+  /** Keeps nothing per key: the ring is per worker, and prunes workers no pick has named for long. */
+  forget(): void {}
+
+  readonly keys = 0;
 
   pick(key: string, candidates: readonly Candidate[], options?: PickOptions): Candidate | undefined {
     const n = candidates.length;

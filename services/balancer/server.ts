@@ -7,7 +7,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Channel, ClientError, Status, createClient } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
-import { createMeshClient, openMeshChannel } from '../../common/client';
+import { closeChannel, createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
@@ -78,14 +78,59 @@ function affinityKeyOf(task: Task): string {
   }
 }
 
+/** The path of WorkerService/Execute, as a ClientError names it. */
+const WORKER_EXECUTE_PATH = '/maas.internal.v1.WorkerService/Execute';
+
 /** How many workers one task may be tried on. */
 const MAX_ATTEMPTS = 2;
+
+/** How much per-worker and per-model state the balancer holds: each returns to 0 when every worker has left. */
+export interface BalancerState {
+  members: number;
+  /** Open worker links: a channel and a health watch each. */
+  links: number;
+  /** Latency estimates, slow-start ramps, outlier records and ejections, by worker id. */
+  latency: number;
+  slowStart: number;
+  outliers: number;
+  ejected: number;
+  /** Models with routing state in the policies (cursors, weights). */
+  policyKeys: number;
+}
 
 /** A running balancer. */
 export interface RunningBalancer extends StartedService {
   readonly port: number;
   /** The current members, for tests and diagnostics. */
   readonly membership: Membership<Model>;
+  /** Sizes of what it holds per worker and per model, for tests and diagnostics. */
+  state(): BalancerState;
+}
+
+/**
+ * What the balancer holds for one member while it is a member: one channel to the worker (for its
+ * tasks and its health watch) and a signal that ends the membership. Closed exactly once.
+ */
+interface WorkerLink {
+  readonly client: ReturnType<typeof createWorkerClient>;
+  /** Aborted when the member leaves or is removed: its health watch stops and its join stream ends. */
+  readonly left: AbortSignal;
+  close(): void;
+}
+
+/** The next message of a join stream, or undefined once `left` is aborted. */
+async function nextUnlessLeft<T>(messages: AsyncIterator<T>, left: AbortSignal): Promise<IteratorResult<T> | undefined> {
+  if (left.aborted) return undefined;
+  let onLeft!: () => void;
+  const gone = new Promise<undefined>((resolve) => {
+    onLeft = () => resolve(undefined);
+    left.addEventListener('abort', onLeft, { once: true });
+  });
+  try {
+    return await Promise.race([messages.next(), gone]);
+  } finally {
+    left.removeEventListener('abort', onLeft);
+  }
 }
 
 /** Starts the balancer. */
@@ -95,18 +140,43 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   const policy = createPolicy(config.policy);
   // Per-model overrides; a mapper task routes by its 'mapper:' name and takes the default.
   const modelPolicies = new Map([...parseModelPolicies(config.modelPolicies)].map(([model, name]) => [model, createPolicy(name)]));
-  const workers = new Map<string, { channel: Channel; client: ReturnType<typeof createWorkerClient> }>();
+  const allPolicies = [policy, ...modelPolicies.values()];
+  /**
+   * One link per member, keyed by the member itself (not its address or id): two workers may
+   * advertise one address, and a worker that rejoins under its id gets a new link while its old
+   * stream winds down.
+   */
+  const links = new Map<Member<Model>, WorkerLink>();
+
+  /** Opens the link of a member that just joined: its channel, and the watch of its health. */
+  function openLink(member: Member<Model>): WorkerLink {
+    // With TLS, the server at the address must be the worker that joined: its id, its certificate.
+    const channel: Channel = openMeshChannel(member.address, config.maxMessageBytes, tls, { worker: member.id });
+    const left = new AbortController();
+    const link: WorkerLink = {
+      client: createWorkerClient(channel),
+      left: left.signal,
+      close() {
+        if (left.signal.aborted) return;
+        left.abort();
+        links.delete(member);
+        closeChannel(channel);
+      },
+    };
+    links.set(member, link);
+    void watchHealth(member, channel, left.signal);
+    return link;
+  }
 
   function workerClient(member: Member<Model>) {
-    let entry = workers.get(member.address);
-    if (!entry) {
-      // With TLS, the server at the address must be the worker that joined: its id, its certificate.
-      const channel = openMeshChannel(member.address, config.maxMessageBytes, tls, { worker: member.id });
-      entry = { channel, client: createWorkerClient(channel) };
-      workers.set(member.address, entry);
-    }
-    return entry.client;
+    const link = links.get(member);
+    // The member left between the pick and the call: as if its connection had failed.
+    if (!link) throw new ClientError(WORKER_EXECUTE_PATH, Status.UNAVAILABLE, `worker ${member.id} left`);
+    return link.client;
   }
+
+  /** True while `member` is the current member under its id (not one that left or was replaced). */
+  const isMember = (member: Member<Model>) => membership.get(member.id) === member;
 
   /** Per worker: peak-EWMA latency (for p2c_ewma) and the slow-start ramp after it joins. */
   const latency = new Map<string, PeakEwma>();
@@ -123,6 +193,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
 
   /** Counts a failure against a worker; ejects it when it is an outlier, ramping it back after. */
   function noteFailure(member: Member<Model>) {
+    // A worker that has left keeps no record: state by id would outlive it.
+    if (!isMember(member)) return;
     const reason = outliers.recordFailure(member.id, Date.now());
     if (!reason) return;
     const state = outliers.state(member.id, Date.now());
@@ -151,33 +223,32 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
    * Follows a member's gRPC health: NOT_SERVING (draining, failing) takes it out of rotation at
    * once, before its next load report would. Reconnects while the membership lasts.
    */
-  async function watchHealth(member: Member<Model>, signal: AbortSignal): Promise<void> {
-    const channel = openMeshChannel(member.address, 64 * 1024, tls, { worker: member.id });
+  async function watchHealth(member: Member<Model>, channel: Channel, signal: AbortSignal): Promise<void> {
     const health = createClient(HealthDefinition, channel);
-    try {
-      while (!signal.aborted) {
-        try {
-          for await (const { status } of health.watch({ service: '' }, { signal })) {
-            member.serving = status === HealthCheckResponse_ServingStatus.SERVING;
-          }
-        } catch {
-          // The stream broke (the worker is going or gone); its join stream decides membership.
+    while (!signal.aborted) {
+      try {
+        for await (const { status } of health.watch({ service: '' }, { signal })) {
+          member.serving = status === HealthCheckResponse_ServingStatus.SERVING;
         }
-        await sleep(config.reportIntervalMs, undefined, { signal }).catch(() => undefined);
+      } catch {
+        // The stream broke (the worker is going or gone); its join stream decides membership.
       }
-    } finally {
-      channel.close();
+      await sleep(config.reportIntervalMs, undefined, { signal }).catch(() => undefined);
     }
   }
 
+  /** Drops everything held for a member that is no longer one: its link, its state by id, and the routing state of models nobody serves now. */
   function forget(member: Member<Model>, why: string) {
+    links.get(member)?.close();
     latency.delete(member.id);
     slowStart.forget(member.id);
     outliers.remove(member.id);
     ejectedAt.delete(member.id);
+    for (const model of member.models.keys()) {
+      if (membership.serves(model)) continue;
+      for (const p of allPolicies) p.forget(model);
+    }
     log.info('worker left', { worker: member.id, address: member.address, why });
-    workers.get(member.address)?.channel.close();
-    workers.delete(member.address);
   }
 
   async function* route(request: RouteRequest, context: MeshCallContext): AsyncGenerator<RouteResponse> {
@@ -216,7 +287,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
           started = true;
           yield { output: response.output };
         }
-        outliers.recordSuccess(member.id, Date.now());
+        if (isMember(member)) outliers.recordSuccess(member.id, Date.now());
         return;
       } catch (err) {
         if (context.signal.aborted || !(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
@@ -271,8 +342,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       },
       Date.now(),
     );
-    const health = new AbortController();
-    void watchHealth(member, health.signal);
+    const link = openLink(member);
     latency.set(member.id, new PeakEwma({ now: Date.now, decayMs: config.ewmaDecayMs }));
     slowStart.begin(member.id, Date.now());
     outliers.add(member.id);
@@ -280,22 +350,25 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     let why = 'stream ended';
     try {
       yield { reportIntervalMs: config.reportIntervalMs };
+      const removed = () => {
+        why = 'expired';
+        return new MeshError('unavailable', `worker ${member.id} was removed: no load report for ${3 * config.reportIntervalMs} ms`);
+      };
       for (;;) {
-        const next = await messages.next();
+        // A member removed for silence is told so at once, not at its next report, which may never come.
+        const next = await nextUnlessLeft(messages, link.left);
+        if (next === undefined) throw removed();
         if (next.done) break;
         if (next.value.message?.$case !== 'report') continue;
-        const report = next.value.message.report;
-        if (!membership.report(member.id, report, Date.now())) {
-          why = 'expired';
-          throw new MeshError('unavailable', `worker ${member.id} was removed: no load report for ${3 * config.reportIntervalMs} ms`);
-        }
+        if (!membership.report(member.id, next.value.message.report, Date.now())) throw removed();
       }
     } catch (err) {
       why = `stream failed: ${(err as Error).message}`;
       throw err;
     } finally {
-      health.abort();
       if (membership.leave(member.id, member)) forget(member, why);
+      // Replaced by a rejoin under the same id, or removed for silence: the link goes all the same.
+      link.close();
     }
   }
 
@@ -319,7 +392,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       let output: RouteResponse['output'];
       for await (const response of workerClient(member).execute({ task }, { signal: controller.signal, deadline: context.deadline })) output ??= response.output;
       latency.get(member.id)?.observe(Date.now() - startedAt);
-      outliers.recordSuccess(member.id, Date.now());
+      if (isMember(member)) outliers.recordSuccess(member.id, Date.now());
       return { output };
     })();
     result
@@ -431,10 +504,19 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     port: server.port,
     address: server.address,
     membership,
+    state: () => ({
+      members: membership.size,
+      links: links.size,
+      latency: latency.size,
+      slowStart: slowStart.size,
+      outliers: outliers.size,
+      ejected: ejectedAt.size,
+      policyKeys: allPolicies.reduce((n, p) => n + p.keys, 0),
+    }),
     async shutdown() {
       clearInterval(sweeper);
       await server.shutdown(2000);
-      for (const w of workers.values()) w.channel.close();
+      for (const link of [...links.values()]) link.close();
     },
   };
 }

@@ -72,6 +72,11 @@ export class SlowStart {
     return this.weight(id, now) < 1;
   }
 
+  /** Number of workers ramping (or not yet asked about since their ramp ended). */
+  get size(): number {
+    return this.started.size;
+  }
+
   /** Forgets a worker that left. */
   forget(id: string): void {
     this.started.delete(id);

@@ -122,9 +122,16 @@ export class TokenBucket {
 /** Buckets this many tenants at most before the full ones are forgotten. */
 const PRUNE_AT = 10_000;
 
-/** One token bucket per tenant. */
+/**
+ * One token bucket per tenant. A full bucket says nothing a new one would not, so once the map
+ * holds {@link PRUNE_AT} tenants the full ones are forgotten; what stays is the tenants that sent
+ * requests within their last refill time. The next prune waits until the map has doubled, so a
+ * flood of tenants that all keep their buckets below full costs amortized O(1) per new tenant,
+ * not a scan of the map each.
+ */
 export class RateLimiter {
   private readonly buckets = new Map<string, TokenBucket>();
+  private pruneAt = PRUNE_AT;
 
   constructor(
     private readonly limitsOf: (tenant: string) => { rate: number; burst: number },
@@ -138,7 +145,10 @@ export class RateLimiter {
     const now = this.now();
     let bucket = this.buckets.get(tenant);
     if (!bucket) {
-      if (this.buckets.size >= PRUNE_AT) this.prune(now);
+      if (this.buckets.size >= this.pruneAt) {
+        this.prune(now);
+        this.pruneAt = Math.max(PRUNE_AT, 2 * this.buckets.size);
+      }
       bucket = new TokenBucket(now, burst);
       this.buckets.set(tenant, bucket);
     }

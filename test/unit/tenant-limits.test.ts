@@ -113,6 +113,20 @@ describe('tenant limits', () => {
       limiter.take('one-more');
       expect(limiter.size).to.equal(1);
     });
+
+    it('does not scan every bucket for each new tenant when a flood keeps all of them below full', () => {
+      let lookups = 0;
+      const limiter = new RateLimiter(() => {
+        lookups++;
+        return { rate: 1, burst: 1 };
+      }, () => 0);
+      // Each tenant takes its only token at time 0: no bucket is ever full again, none can be forgotten.
+      const tenants = 40_000;
+      for (let i = 0; i < tenants; i++) limiter.take(`t${i}`);
+      expect(limiter.size).to.equal(tenants);
+      // One lookup per take, plus one per bucket at each prune (10k, 20k): not one scan per tenant past 10k.
+      expect(lookups).to.be.below(3 * tenants);
+    });
   });
 
   describe('TenantCounter', () => {
