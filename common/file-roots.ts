@@ -68,6 +68,9 @@ export const MAX_PATH_CHARS = 4096;
 /** Most components a job's path may have: a deeper one would make as many nested folders for an output. */
 export const MAX_PATH_DEPTH = 32;
 
+/** Longest component of a job's path, in bytes (NAME_MAX on Linux and most file systems). */
+export const MAX_NAME_BYTES = 255;
+
 /** Longest part of a caller's path shown in a message. */
 const SHOWN_CHARS = 60;
 
@@ -95,9 +98,13 @@ export function pathInRoot(root: string, given: string, field: string): string {
   if (given.length > MAX_PATH_CHARS) {
     throw new FileAccessError('invalid', `${field} must be at most ${MAX_PATH_CHARS} characters, given ${given.length}: ${shownPath(given)}`);
   }
-  const depth = given.split('/').filter((part) => part !== '' && part !== '.').length;
-  if (depth > MAX_PATH_DEPTH) {
-    throw new FileAccessError('invalid', `${field} must have at most ${MAX_PATH_DEPTH} components, given ${depth}: ${shownPath(given)}`);
+  const parts = given.split('/').filter((part) => part !== '' && part !== '.');
+  if (parts.length > MAX_PATH_DEPTH) {
+    throw new FileAccessError('invalid', `${field} must have at most ${MAX_PATH_DEPTH} components, given ${parts.length}: ${shownPath(given)}`);
+  }
+  // Checked here, not left to the open: an output path is checked at submit, long before it is written.
+  if (parts.some((part) => Buffer.byteLength(part) > MAX_NAME_BYTES)) {
+    throw new FileAccessError('invalid', `${field} must have no component longer than ${MAX_NAME_BYTES} bytes, given ${shownPath(given)}`);
   }
   const base = resolve(root);
   const target = isAbsolute(given) ? resolve(given) : resolve(base, given);
