@@ -844,13 +844,15 @@ export function isRefusal(outcome: CallOutcome, input: FuzzInput, expected: stat
   if (outcome.abandoned && outcome.code === status.CANCELLED) return true;
   if (outcome.code === status.DEADLINE_EXCEEDED) return true;
   if (expected !== status.UNAUTHENTICATED) return false;
-  // Refused while decoding, before the handler: bytes that do not parse, or a 64-bit integer past 2^53.
+  // Refused before the handler: bytes that do not parse, a 64-bit integer past 2^53 (the
+  // decoder), a message over the gateway's size limit (grpc-js, at the edge).
   if (outcome.code === status.INTERNAL) return !input.wellFormed && outcome.details === GRPC_PARSE_ERROR;
+  if (outcome.code === status.RESOURCE_EXHAUSTED) return outcome.details.startsWith('Received message larger than max');
   return outcome.code === status.INVALID_ARGUMENT && DECODE_REFUSAL.test(outcome.details);
 }
 
-/** The message of a 64-bit integer the decoder refuses (common/wire-integers.ts). */
-const DECODE_REFUSAL = /must be from -9007199254740991 to 9007199254740991 \(2\^53 - 1\), given -?\d+$/;
+/** The message of a 64-bit integer the decoder refuses (common/middleware.ts, common/wire-integers.ts). */
+const DECODE_REFUSAL = /must be from -9007199254740991 to 9007199254740991 \(2\^53 - 1\), given /;
 
 function call(client: RawClient, target: FuzzTarget, input: FuzzInput, messages: Uint8Array[], options: RawCallOptions): Promise<CallOutcome> {
   switch (target.kind) {
