@@ -12,9 +12,14 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { createMeshClient, openChannel } from '../common/client';
+import { Metadata } from 'nice-grpc';
+import { readFileSync } from 'node:fs';
+import { MeshCertificates } from '../common/certs';
+import { createMeshClient, openChannel, openMeshChannel, openTlsChannel } from '../common/client';
 import { forEachLine } from '../common/lines';
-import { waitForServing } from '../gateway/cli/up';
+import { PeerExpectation } from '../common/mesh-identity';
+import { MeshTls } from '../common/tls';
+import { operatorTls, waitForServing } from '../gateway/cli/up';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { ModelServiceDefinition } from '../generated/maas/v1/models';
 
@@ -59,6 +64,13 @@ export interface LocalMeshOptions {
   cwd?: string;
   /** Log level of the children (default warn). */
   logLevel?: string;
+  /**
+   * Mutual TLS with these certificates (createMeshCertificates, with a certificate for each worker
+   * id: bench-worker, bench-worker-2, ...), as `maas up --tls` runs it; plaintext when unset.
+   */
+  certs?: MeshCertificates;
+  /** An API key the gateway accepts, when it is started with keys (for the readiness check). */
+  apiKey?: string;
 }
 
 /** A started mesh. */
@@ -115,17 +127,19 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
   const outputRoot = ['--output-root', join(dataDir, 'output')];
   const workerSpec = (name: string, port: number, id: string) => ({
     name,
+    identity: { worker: id } as PeerExpectation,
     address: at(port),
     entry: 'services/worker/main.js',
     args: [...host, '--port', String(port), '--balancer', addresses.balancer, ...toAggregator, '--worker-id', id, ...inputRoot],
   });
   // In start order; stopped in the reverse order (edge first).
-  const specs: { name: string; address: string; entry: string; args: string[] }[] = [
-    { name: 'balancer', address: addresses.balancer, entry: 'services/balancer/main.js', args: [...host, '--port', String(balancerPort)] },
+  const specs: { name: string; identity: PeerExpectation; address: string; entry: string; args: string[] }[] = [
+    { name: 'balancer', identity: 'balancer', address: addresses.balancer, entry: 'services/balancer/main.js', args: [...host, '--port', String(balancerPort)] },
     ...(o.aggregator
       ? [
           {
             name: 'aggregator',
+            identity: 'aggregator' as PeerExpectation,
             address: aggregatorAddress,
             entry: 'services/aggregator/main.js',
             args: [...host, '--port', String(aggregatorPort), '--data-dir', join(dataDir, 'aggregator'), ...outputRoot],
@@ -136,18 +150,29 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
     ...moreWorkerPorts.map((port, i) => workerSpec(`worker-${i + 2}`, port, `bench-worker-${i + 2}`)),
     {
       name: 'scheduler',
+      identity: 'scheduler',
       address: addresses.scheduler,
       entry: 'services/scheduler/main.js',
       args: [...host, '--port', String(schedulerPort), '--balancer', addresses.balancer, ...toAggregator, '--data-dir', join(dataDir, 'scheduler'), ...inputRoot, ...outputRoot],
     },
     {
       name: 'gateway',
+      identity: 'gateway',
       address: addresses.gateway,
       entry: 'gateway/main.js',
       args: [...host, '--port', String(gatewayPort), '--scheduler', addresses.scheduler, '--balancer', addresses.balancer],
     },
   ];
-  for (const spec of specs) spec.args.push(...(o.extraArgs?.[spec.name] ?? []));
+  for (const spec of specs) {
+    if (o.certs) {
+      const files = o.certs.certs[typeof spec.identity === 'string' ? spec.identity : `workers/${spec.identity.worker}`];
+      if (!files) throw new Error(`no certificate for ${spec.name} in ${o.certs.dir}`);
+      spec.args.push('--tls', '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', o.certs.ca);
+    }
+    spec.args.push(...(o.extraArgs?.[spec.name] ?? []));
+  }
+  // With TLS, readiness is checked as the operator (a client-only mesh identity), as `maas up --tls` does.
+  const operator = o.certs ? operatorTls(o.certs.dir) : undefined;
 
   const children = new Map<string, ChildProcess>();
   const recent = new Map<string, string[]>();
@@ -205,10 +230,10 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
       });
     }
     const deadline = Date.now() + o.startTimeoutMs;
-    await Promise.all(specs.map((spec) => waitForServing(spec.address, deadline, o.signal)));
-    await waitForModel(addresses.gateway, o.model, deadline, o.signal);
+    await Promise.all(specs.map((spec) => waitForServing(spec.address, deadline, o.signal, operator && { client: operator, expected: spec.identity })));
+    await waitForModel(addresses.gateway, o.model, deadline, o.signal, o.certs && readFileSync(o.certs.ca), o.apiKey);
     // Every worker must have joined the balancer, not only the first one to be listed.
-    if (workers > 1) await waitForWorkers(addresses.balancer, o.model, workers, deadline, o.signal);
+    if (workers > 1) await waitForWorkers(addresses.balancer, o.model, workers, deadline, o.signal, operator);
   } catch (err) {
     await stop(2000);
     throw err;
@@ -219,15 +244,16 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
 }
 
 /** Polls the gateway's ModelService.ListModels until `model` is listed. */
-async function waitForModel(gateway: string, model: string, deadline: number, signal: AbortSignal): Promise<void> {
-  const channel = openChannel(gateway);
+async function waitForModel(gateway: string, model: string, deadline: number, signal: AbortSignal, ca?: Buffer, apiKey?: string): Promise<void> {
+  const channel = ca ? openTlsChannel(gateway, ca) : openChannel(gateway);
+  const metadata = Metadata(apiKey ? { authorization: `Bearer ${apiKey}` } : {});
   const models = createMeshClient(ModelServiceDefinition, channel);
   let last = 'no answer yet';
   try {
     while (Date.now() < deadline) {
       signal.throwIfAborted();
       try {
-        const listed = (await models.listModels({}, { signal, deadline: Math.min(deadline, Date.now() + 5000) })).models;
+        const listed = (await models.listModels({}, { metadata, signal, deadline: Math.min(deadline, Date.now() + 5000) })).models;
         if (listed.some((m) => m.name === model)) return;
         last = `listed: ${listed.map((m) => m.name).join(', ') || 'nothing'}`;
       } catch (err) {
@@ -243,8 +269,8 @@ async function waitForModel(gateway: string, model: string, deadline: number, si
 }
 
 /** Polls the balancer's ListModels until `count` ready workers serve `model`. */
-export async function waitForWorkers(balancer: string, model: string, count: number, deadline: number, signal: AbortSignal): Promise<void> {
-  const channel = openChannel(balancer);
+export async function waitForWorkers(balancer: string, model: string, count: number, deadline: number, signal: AbortSignal, operator?: MeshTls): Promise<void> {
+  const channel = operator ? openMeshChannel(balancer, undefined, operator, 'balancer') : openChannel(balancer);
   const client = createMeshClient(BalancerServiceDefinition, channel);
   let last = 'no answer yet';
   try {

@@ -63,6 +63,14 @@ export class FileAccessError extends Error {
   }
 }
 
+/** Longest path a job may name, in characters (PATH_MAX on Linux); the gateway checks the same. */
+export const MAX_PATH_CHARS = 4096;
+/** Most components a job's path may have: a deeper one would make as many nested folders for an output. */
+export const MAX_PATH_DEPTH = 32;
+
+/** Longest component of a job's path, in bytes (NAME_MAX on Linux and most file systems). */
+export const MAX_NAME_BYTES = 255;
+
 /** Longest part of a caller's path shown in a message. */
 const SHOWN_CHARS = 60;
 
@@ -86,6 +94,17 @@ export function isInside(root: string, path: string): boolean {
 export function pathInRoot(root: string, given: string, field: string): string {
   if (given.trim() === '' || given.includes('\0')) {
     throw new FileAccessError('invalid', `${field} must be a path relative to its root, without NUL characters, given ${shownPath(given)}`);
+  }
+  if (given.length > MAX_PATH_CHARS) {
+    throw new FileAccessError('invalid', `${field} must be at most ${MAX_PATH_CHARS} characters, given ${given.length}: ${shownPath(given)}`);
+  }
+  const parts = given.split('/').filter((part) => part !== '' && part !== '.');
+  if (parts.length > MAX_PATH_DEPTH) {
+    throw new FileAccessError('invalid', `${field} must have at most ${MAX_PATH_DEPTH} components, given ${parts.length}: ${shownPath(given)}`);
+  }
+  // Checked here, not left to the open: an output path is checked at submit, long before it is written.
+  if (parts.some((part) => Buffer.byteLength(part) > MAX_NAME_BYTES)) {
+    throw new FileAccessError('invalid', `${field} must have no component longer than ${MAX_NAME_BYTES} bytes, given ${shownPath(given)}`);
   }
   const base = resolve(root);
   const target = isAbsolute(given) ? resolve(given) : resolve(base, given);
@@ -127,6 +146,8 @@ function fromErrno(error: unknown, field: string, given: string, verb: 'read' | 
   const code = (error as NodeJS.ErrnoException).code;
   if (code === 'ENOENT' || code === 'ENOTDIR') return new FileAccessError('not_found', `${field} ${shownPath(given)} does not exist`);
   if (code === 'ELOOP') return outside(field, given);
+  // A component longer than the file system allows (255 bytes on most): the path is malformed.
+  if (code === 'ENAMETOOLONG') return new FileAccessError('invalid', `${field} ${shownPath(given)} has a component longer than the file system allows (ENAMETOOLONG)`);
   const reason = code === 'EACCES' || code === 'EPERM' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : (code ?? 'error');
   return new FileAccessError('unreadable', `${field} ${shownPath(given)} cannot be ${verb} (${reason})`);
 }

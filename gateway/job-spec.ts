@@ -5,6 +5,7 @@
  */
 import { CallbackAllowlist, checkCallbackUrl } from '../common/callback-target';
 import { invalidField, MeshError, quoteInput } from '../common/errors';
+import { MAX_PATH_CHARS } from '../common/file-roots';
 import { validateGenerateRequest, validateModelName } from './validation';
 
 /** The fields of maas.v1.JobSpec that validation reads (the generated type fits). */
@@ -59,7 +60,7 @@ export const DEFAULT_TOP_K = 20;
 
 /** Longest name of a mapper, dataset or reducer; longest file path, callback URL and record label. */
 export const MAX_NAME_CHARS = 128;
-export const MAX_PATH_CHARS = 4096; // PATH_MAX on Linux
+export { MAX_PATH_CHARS };
 export const MAX_URL_CHARS = 2048;
 export const MAX_LABEL_CHARS = 256;
 

@@ -34,6 +34,8 @@ export interface RawCallOptions {
    * first one arrives ('after-first').
    */
   abandon?: 'before' | 'after-first';
+  /** Sees every response message of a stream (a unary call's reply is in the outcome). */
+  inspect?: (message: Buffer) => void;
 }
 
 /** Channel options of a raw client: large messages allowed both ways, so the server's limits are what is tested. */
@@ -103,8 +105,9 @@ function readResponses(call: ClientReadableStream<Buffer> | ClientDuplexStream<B
   let messages = 0;
   let abandoned = false;
   return new Promise((resolve) => {
-    call.on('data', () => {
+    call.on('data', (message: Buffer) => {
       messages++;
+      o.inspect?.(message);
       if (o.abandon === 'after-first' && messages === 1) {
         abandoned = true;
         call.cancel();

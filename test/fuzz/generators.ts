@@ -20,7 +20,9 @@ export type Strategy =
   | 'truncated'
   | 'mutated'
   | 'random-bytes'
-  | 'empty';
+  | 'empty'
+  /** A valid job but for one hostile file, output file or callback URL (made by the harness, not picked here). */
+  | 'hostile-job';
 
 export const STRATEGIES: readonly Strategy[] = ['valid', 'extreme-numbers', 'hostile-strings', 'unknown-fields', 'wrong-wire-type', 'truncated', 'mutated', 'random-bytes', 'empty'];
 
@@ -149,6 +151,7 @@ export class MessageFuzzer {
       case 'random-bytes':
         return damaged(this.dice.bytes(this.dice.chance(0.1) ? this.dice.range(256, 4096) : this.dice.range(1, 64)));
       case 'empty':
+      case 'hostile-job':
         return wellFormed(new Uint8Array(0));
     }
   }

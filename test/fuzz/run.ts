@@ -1,17 +1,20 @@
 /**
- * `npm run fuzz`: the full fuzz run. Starts the mesh as processes, sends every method at least
- * 10,000 generated inputs, prints the table and writes it to docs/FUZZ.md.
+ * `npm run fuzz`: the full fuzz run. Starts the mesh as processes, in plaintext and then with
+ * mutual TLS, sends every method at least 10,000 generated inputs per transport whose inputs reach
+ * the handlers (and --refused-inputs per transport the mesh must turn away), prints the tables and
+ * writes them to docs/FUZZ.md.
  *
- *   npm run fuzz -- [--seed N] [--inputs N] [--only Method,...] [--concurrency N] [--deadline-ms N] [--no-write] [--service-log FILE]
+ *   npm run fuzz -- [--mode plaintext|tls|both] [--seed N] [--inputs N] [--refused-inputs N] [--only Method,...]
+ *                   [--concurrency N] [--deadline-ms N] [--no-write] [--service-log FILE]
  *
  * Exits 1 when any check fails; the seed it prints replays the run.
  */
 import { appendFileSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import { FuzzReport, formatReport, passed, runFuzz } from './harness';
+import { FuzzMode, FuzzReport, formatReport, passed, runFuzz } from './harness';
 
-function doc(report: FuzzReport, command: string): string {
+function doc(reports: FuzzReport[], command: string): string {
   return [
     '# Fuzzing the mesh',
     '',
@@ -21,19 +24,38 @@ function doc(report: FuzzReport, command: string): string {
     'extreme (2^53 and beyond, negative, NaN, infinities, unknown enum values) and hostile values',
     '(invalid UTF-8, NUL and control characters, strings up to a megabyte), unknown fields, wrong wire',
     'types, truncated and mutated encodings, random bytes, empty messages; streams abandoned before or',
-    'after their first response. A crash is a service process that exited; a hang, a call that ended',
-    'more than 1 s after its deadline; a wrong code, UNKNOWN or INTERNAL (grpc-js\'s own "Error',
-    'deserializing request" passes only for bytes that are not a well-formed message); an echo, an',
-    'error message over 512 characters or quoting 64 characters of a long input string. Memory is',
-    "each process's VmRSS after a warm-up and after the run (once the jobs the fuzz submitted are",
-    'cancelled and it has settled); it must end within 20% of where it started.',
+    'after their first response. Job files and output files get hostile paths (absolute paths outside',
+    'the roots, `..` climbs, the stores, /dev/zero, /dev/urandom, /proc/self/environ, symlinks out of',
+    'the roots, NUL, very long), callback URLs hostile addresses (loopback in every spelling, pointing',
+    'at a listener on 127.0.0.1; `localhost`; 169.254.169.254; private, shared, link-local,',
+    'multicast, broadcast and unspecified addresses; other schemes). Hosts are only literal addresses',
+    'and `localhost`, so the fuzz never resolves a name or leaves the machine.',
+    '',
+    'The mesh runs twice: in plaintext (as on loopback by default), and with mutual TLS as',
+    '`maas up --tls` runs it (certificates made in the run\'s temporary folder, an API key at the',
+    'gateway). Over TLS each method is fuzzed once per kind of caller: public methods with the API',
+    'key, and without one (every call must get UNAUTHENTICATED); internal methods as the identity',
+    'METHOD_POLICY allows (the inputs reach the handlers; a worker method as a worker id that is not a',
+    'real worker\'s), as a wrong identity (a valid mesh certificate the policy does not allow: every',
+    'call must get PERMISSION_DENIED) and with no client certificate (the handshake is refused: every',
+    'call must get UNAVAILABLE).',
+    '',
+    'A crash is a service process that exited; a hang, a call that ended more than 1 s after its',
+    'deadline; a wrong code, UNKNOWN or INTERNAL (grpc-js\'s own "Error deserializing request" passes',
+    'only for bytes that are not a well-formed message), or for a caller that must be turned away any',
+    'status but its refusal (a deadline, or a stream the client abandoned, aside); an echo, an error',
+    'message over 512 characters or quoting 64 characters of a long input string; "hostile accepted",',
+    'a Submit or SubmitJob with a hostile file, output file or literal-address callback URL that got',
+    'OK. After the run: the canary word of a file outside the roots must appear in no reply, store or',
+    'output; no file outside the stores and the output root may be created or changed; the callback',
+    'listener must have received nothing and the store must record no delivered callback; the real',
+    'workers must still be in the balancer\'s routing table. Memory is each process\'s VmRSS after a',
+    'warm-up and after the run (once the jobs the fuzz submitted are cancelled and it has settled);',
+    'it must end within 20% of where it started.',
     '',
     `Command: \`${command}\``,
     '',
-    formatReport(report),
-    '',
-    `Result: ${passed(report) ? 'every check passed' : 'FAILED'}.`,
-    '',
+    ...reports.flatMap((r) => [`## ${r.mode === 'tls' ? 'Mutual TLS' : 'Plaintext'}`, '', formatReport(r), '', `Result: ${passed(r) ? 'every check passed' : 'FAILED'}.`, '']),
   ].join('\n');
 }
 
@@ -41,7 +63,9 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       seed: { type: 'string' },
+      mode: { type: 'string', default: 'both' },
       inputs: { type: 'string', default: '10000' },
+      'refused-inputs': { type: 'string' },
       only: { type: 'string' },
       concurrency: { type: 'string', default: '32' },
       'deadline-ms': { type: 'string', default: '3000' },
@@ -51,28 +75,37 @@ async function main(): Promise<void> {
   });
   const seed = values.seed !== undefined ? Number(values.seed) : Math.floor(Math.random() * 2 ** 31);
   const inputs = Number(values.inputs);
-  for (const [name, n] of [['--seed', seed], ['--inputs', inputs], ['--concurrency', Number(values.concurrency)], ['--deadline-ms', Number(values['deadline-ms'])]] as const) {
+  const refused = values['refused-inputs'] !== undefined ? Number(values['refused-inputs']) : inputs;
+  const modes: FuzzMode[] = values.mode === 'both' ? ['plaintext', 'tls'] : values.mode === 'plaintext' || values.mode === 'tls' ? [values.mode] : [];
+  if (modes.length === 0) throw new Error('--mode must be plaintext, tls or both');
+  for (const [name, n] of [['--seed', seed], ['--inputs', inputs], ['--refused-inputs', refused], ['--concurrency', Number(values.concurrency)], ['--deadline-ms', Number(values['deadline-ms'])]] as const) {
     if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${name} must be a non-negative integer`);
   }
   process.stdout.write(`fuzz: seed ${seed} (replay with --seed ${seed})\n`);
-  const report = await runFuzz({
-    seed,
-    inputsPerMethod: inputs,
-    concurrency: Number(values.concurrency),
-    deadlineMs: Number(values['deadline-ms']),
-    only: values.only?.split(',').filter(Boolean),
-    log: (line) => process.stdout.write(`${line}\n`),
-    serviceLog: values['service-log'] ? (line) => appendFileSync(values['service-log']!, `${line}\n`) : undefined,
-  });
-  const table = formatReport(report);
-  process.stdout.write(`\n${table}\n\n${passed(report) ? 'fuzz: every check passed' : 'fuzz: FAILED'} (seed ${seed})\n`);
+  const reports: FuzzReport[] = [];
+  for (const mode of modes) {
+    const report = await runFuzz({
+      seed,
+      mode,
+      inputsPerMethod: inputs,
+      refusedInputsPerMethod: refused,
+      concurrency: Number(values.concurrency),
+      deadlineMs: Number(values['deadline-ms']),
+      only: values.only?.split(',').filter(Boolean),
+      log: (line) => process.stdout.write(`${line}\n`),
+      serviceLog: values['service-log'] ? (line) => appendFileSync(values['service-log']!, `[${mode}] ${line}\n`) : undefined,
+    });
+    reports.push(report);
+    process.stdout.write(`\n${formatReport(report)}\n\n${passed(report) ? `fuzz (${mode}): every check passed` : `fuzz (${mode}): FAILED`} (seed ${seed})\n\n`);
+  }
+  const ok = reports.every(passed);
   if (!values['no-write']) {
     const given = process.argv.slice(2).filter((a) => a !== '--no-write');
     const args = values.seed !== undefined ? given : [...given, '--seed', String(seed)];
     const command = ['npm run fuzz', ...(args.length > 0 ? ['--', ...args] : [])].join(' ');
-    writeFileSync(resolve(__dirname, '../../../docs/FUZZ.md'), doc(report, command));
+    writeFileSync(resolve(__dirname, '../../../docs/FUZZ.md'), doc(reports, command));
   }
-  process.exitCode = passed(report) ? 0 : 1;
+  process.exitCode = ok ? 0 : 1;
 }
 
 main().catch((err) => {

@@ -133,6 +133,13 @@ describe('job files stay inside their roots (common/file-roots)', () => {
       await refused(openInputFile(root, 'in.txt\0.png', limits), 'invalid', 'spec.file');
     });
 
+    it('refuses a path longer than 4096 characters, one deeper than 32 components, and a component the file system cannot hold (found by the fuzzer: ENAMETOOLONG was FAILED_PRECONDITION)', async () => {
+      await refused(openInputFile(root, `${'a/'.repeat(2100)}x`, limits), 'invalid', 'spec.file');
+      await refused(openInputFile(root, `${'a/'.repeat(40)}x`, limits), 'invalid', 'spec.file');
+      const error = await refused(openInputFile(root, 'x'.repeat(300), limits), 'invalid', 'spec.file');
+      expect(error.message).to.include('255 bytes').and.not.to.include(root);
+    });
+
     it('says not_found for a missing file, showing the path only as given', async () => {
       const error = await refused(openInputFile(root, 'sub/none.txt', limits), 'not_found', 'spec.file');
       expect(error.message).to.equal('spec.file "sub/none.txt" does not exist');
@@ -213,6 +220,16 @@ describe('job files stay inside their roots (common/file-roots)', () => {
       expect(readFileSync(join(outRoot, 'acme', 'runs', 'one.jsonl'), 'utf8')).to.equal('a\nb\n');
       await write('acme', join(outRoot, 'acme', 'abs.jsonl'), ['c\n']);
       expect(readFileSync(join(outRoot, 'acme', 'abs.jsonl'), 'utf8')).to.equal('c\n');
+    });
+
+    it('refuses an output path deeper than 32 components before making any folder (found by the fuzzer: 2,000 nested folders made at once), and a component over 255 bytes at the check', async () => {
+      const deep = `${'d/'.repeat(2000)}y.jsonl`;
+      await refused(write('acme', deep, ['a\n']), 'invalid', 'spec.output_file');
+      await refused(checkOutputTarget(place, 'acme', `${'e/'.repeat(33)}y.jsonl`, 'spec.output_file', false), 'invalid', 'spec.output_file');
+      // A name the file system cannot hold is refused by the check at submit, not only at the write (found by the fuzzer: accepted, then the job failed).
+      await refused(checkOutputTarget(place, 'acme', 'y'.repeat(300), 'spec.output_file', false), 'invalid', 'spec.output_file');
+      expect(existsSync(join(outRoot, 'acme', 'd'))).to.equal(false);
+      expect(existsSync(join(outRoot, 'acme', 'e'))).to.equal(false);
     });
 
     it('never replaces an existing file unless asked; the same content again is a no-op (a retried Finalize)', async () => {
