@@ -7,9 +7,9 @@
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { isIP } from 'node:net';
 import { PeerCertificate, checkServerIdentity } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
+import { classifyAddress } from './callback-target';
 import { boolean, integer, text } from './config';
 import {
   MeshIdentity,
@@ -126,10 +126,8 @@ export function loadMeshTls(config: TlsConfig, service: MeshService): MeshTls | 
 /** True for an address that only this machine can reach. */
 export function isLoopbackHost(host: string): boolean {
   const h = host.replace(/^\[(.*)\]$/, '$1').toLowerCase();
-  if (h === 'localhost') return true;
-  if (isIP(h) === 4) return h.startsWith('127.');
-  if (isIP(h) === 6) return h === '::1' || /^::ffff:127\./.test(h);
-  return false;
+  // The same address rules as callbacks: 127/8, ::1 and their IPv4-mapped forms.
+  return h === 'localhost' || classifyAddress(h) === 'loopback';
 }
 
 /**
