@@ -247,3 +247,52 @@ export function meshProcessesOn(ports: number[]): Array<{ pid: number; cmdline: 
   }
   return found;
 }
+
+/** `maas up` run as a child process by an end-to-end test, its output gathered. */
+export interface MaasUp {
+  readonly child: ChildProcess;
+  /** Everything it printed so far, stdout and stderr together. */
+  readonly output: string;
+  /** Resolves with its exit code and signal. */
+  readonly exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves once it prints that the mesh is up; rejects, with its output, if it exits first or after `timeoutMs`. */
+  ready(timeoutMs: number): Promise<void>;
+}
+
+/** Starts `node dist/gateway/cli/maas.js up ...args` in the repository with exactly `env`. */
+export function spawnMaasUp(args: string[], env: NodeJS.ProcessEnv): MaasUp {
+  const child = spawn(process.execPath, [resolve(DIST, 'gateway/cli/maas.js'), 'up', ...args], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (output += d));
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => (output += d));
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  return {
+    child,
+    get output() {
+      return output;
+    },
+    exit,
+    ready(timeoutMs) {
+      return new Promise<void>((resolveUp, reject) => {
+        const finish = (err?: Error) => {
+          clearTimeout(timer);
+          child.stdout!.off('data', check);
+          child.off('exit', onExit);
+          child.off('error', onError);
+          if (err) reject(new Error(`${err.message}\n--- output of maas up ---\n${output}`));
+          else resolveUp();
+        };
+        const check = () => {
+          if (output.includes('MaaS Mesh is up')) finish();
+        };
+        const onExit = (code: number | null, signal: string | null) => finish(new Error(`maas up exited (${signal ?? `code ${code}`}) before the mesh was up`));
+        const onError = (err: Error) => finish(new Error(`maas up could not start: ${err.message}`));
+        const timer = setTimeout(() => finish(new Error(`maas up was not up within ${timeoutMs} ms`)), timeoutMs);
+        child.stdout!.on('data', check);
+        child.once('exit', onExit);
+        child.once('error', onError);
+        check();
+      });
+    },
+  };
+}

@@ -5,7 +5,7 @@
  * only the gateway's may hold a key or the key file's path. The keys work through the gateway.
  */
 import { expect } from 'chai';
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -14,10 +14,9 @@ import { createMeshClient, openChannel } from '../../common/client';
 import { hashApiKey } from '../../gateway/auth';
 import { ModelServiceDefinition } from '../../generated/maas/v1/models';
 import { Status, grpcError } from '../support';
-import { childPids, freePort } from '../processes';
+import { childPids, freePort, spawnMaasUp } from '../processes';
 
 const repoRoot = resolve(__dirname, '../../..');
-const maasCli = resolve(repoRoot, 'dist/gateway/cli/maas.js');
 
 const ENV_KEY = 'env-key-Qx7-plaintext-secret';
 const FILE_KEY = 'file-key-Zr4-plaintext-secret';
@@ -29,7 +28,6 @@ describe('maas up: API keys reach only the gateway', function () {
   let up: ChildProcess | undefined;
   let dir: string;
   let keyFile: string;
-  let output = '';
   let gatewayPort = 0;
   const killOnExit = () => up?.kill('SIGKILL');
 
@@ -50,26 +48,11 @@ describe('maas up: API keys reach only the gateway', function () {
       MAAS_API_KEY: CLI_KEY,
       SOME_CLOUD_SECRET: 'unrelated-secret-of-the-shell',
     });
-    const args = ['up', '--host', '127.0.0.1', '--workers', '1', '--api-keys-file', keyFile];
+    const args = ['--host', '127.0.0.1', '--workers', '1', '--api-keys-file', keyFile];
     args.push('--gateway-port', String(gatewayPort), '--scheduler-port', String(scheduler), '--balancer-port', String(balancer), '--aggregator-port', String(aggregator), '--worker-base-port', String(worker));
-    const child = spawn(process.execPath, [maasCli, ...args], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    up = child;
-    child.stdout!.setEncoding('utf8').on('data', (d: string) => (output += d));
-    child.stderr!.setEncoding('utf8').on('data', (d: string) => (output += d));
-    await new Promise<void>((resolveUp, reject) => {
-      const timer = setTimeout(() => reject(new Error(`maas up was not up within 150 s\n${output}`)), 150_000);
-      const check = () => {
-        if (!output.includes('MaaS Mesh is up')) return;
-        clearTimeout(timer);
-        child.stdout!.off('data', check);
-        resolveUp();
-      };
-      child.stdout!.on('data', check);
-      child.once('exit', (code, signal) => {
-        clearTimeout(timer);
-        reject(new Error(`maas up exited (${signal ?? code})\n${output}`));
-      });
-    });
+    const run = spawnMaasUp(args, env);
+    up = run.child;
+    await run.ready(150_000);
   });
 
   after(async () => {

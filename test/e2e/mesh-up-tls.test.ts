@@ -5,7 +5,7 @@
  * certificate passes the checks any TLS client (grpcurl -cacert) makes; every internal port
  * refuses plaintext. SIGINT stops everything.
  */
-import { ChildProcess, execFile, spawn } from 'node:child_process';
+import { ChildProcess, execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -16,7 +16,7 @@ import { Channel, Metadata } from 'nice-grpc';
 import { createMeshClient, openChannel, openTlsChannel } from '../../common/client';
 import { HealthDefinition } from '../../generated/grpc/health/v1/health';
 import { InferenceServiceDefinition } from '../../generated/maas/v1/inference';
-import { REPO_ROOT, childPids, freePortRun, meshProcessesOn } from '../processes';
+import { MaasUp, REPO_ROOT, childPids, freePortRun, meshProcessesOn, spawnMaasUp } from '../processes';
 import { Status, grpcError } from '../support';
 
 const maasCli = resolve(REPO_ROOT, 'dist/gateway/cli/maas.js');
@@ -29,7 +29,7 @@ describe('maas up --tls: the whole mesh over mutual TLS', function () {
   let certsDir: string;
   let up: ChildProcess | undefined;
   let upExit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  let output = '';
+  let run: MaasUp | undefined;
   let gatewayPort = 0;
   let ports: number[] = [];
   const channels: Channel[] = [];
@@ -50,32 +50,10 @@ describe('maas up --tls: the whole mesh over mutual TLS', function () {
     env.MAAS_SCHEDULER_DATA_DIR = join(dir, 'scheduler');
     env.MAAS_AGGREGATOR_DATA_DIR = join(dir, 'aggregator');
 
-    const child = spawn(process.execPath, [maasCli, 'up', '--tls', '--certs-dir', certsDir, '--gateway-port', String(gatewayPort), '--workers', String(WORKERS)], {
-      cwd: REPO_ROOT,
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    up = child;
-    upExit = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
-    child.stdout!.setEncoding('utf8');
-    child.stderr!.setEncoding('utf8');
-    child.stdout!.on('data', (d: string) => (output += d));
-    child.stderr!.on('data', (d: string) => (output += d));
-    const deadline = Date.now() + 120_000;
-    while (!output.includes('MaaS Mesh is up')) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`maas up --tls exited before the mesh was up\n${output}`);
-      if (Date.now() > deadline) throw new Error(`maas up --tls was not up within 120 s\n${output}`);
-      // The next output, or a second, whichever is first (the loop checks exit and deadline).
-      await new Promise<void>((r) => {
-        const timer = setTimeout(done, 1000);
-        function done() {
-          clearTimeout(timer);
-          child.stdout!.off('data', done);
-          r();
-        }
-        child.stdout!.once('data', done);
-      });
-    }
+    run = spawnMaasUp(['--tls', '--certs-dir', certsDir, '--gateway-port', String(gatewayPort), '--workers', String(WORKERS)], env);
+    up = run.child;
+    upExit = run.exit;
+    await run.ready(120_000);
   });
 
   after(async function () {
@@ -86,7 +64,7 @@ describe('maas up --tls: the whole mesh over mutual TLS', function () {
       if (up && up.exitCode === null && up.signalCode === null) {
         up.kill('SIGINT');
         const result = await upExit;
-        expect(result.code, `exit of maas up after SIGINT\n${output}`).to.equal(0);
+        expect(result.code, `exit of maas up after SIGINT\n${run?.output}`).to.equal(0);
       }
       const strays = meshProcessesOn(ports);
       for (const s of strays) process.kill(s.pid, 'SIGKILL');
@@ -98,7 +76,7 @@ describe('maas up --tls: the whole mesh over mutual TLS', function () {
   });
 
   it('created the CA and the certificates, keys readable by the owner only, and says the mesh is on TLS', () => {
-    expect(output).to.include('over mutual TLS');
+    expect(run!.output).to.include('over mutual TLS');
     for (const name of ['ca', 'gateway', 'scheduler', 'balancer', 'aggregator', 'operator', 'workers/worker-1']) {
       expect(statSync(join(certsDir, `${name}-key.pem`)).mode & 0o777, `${name}-key.pem`).to.equal(0o600);
     }

@@ -5,7 +5,7 @@
  * every hop, and check that Ctrl-C (SIGINT) on `maas up` leaves no service process behind.
  */
 import { expect } from 'chai';
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess } from 'node:child_process';
 import { EventEmitter, once } from 'node:events';
 import { IncomingMessage, Server, ServerResponse, createServer as createHttpServer } from 'node:http';
 import { AddressInfo } from 'node:net';
@@ -15,11 +15,10 @@ import { Channel } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
 import { FinishReason, GenerateResponse, InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
 import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
-import { childPids, cmdlineOf, freePortRun, meshProcessesOn } from '../processes.js';
+import { MaasUp, childPids, cmdlineOf, freePortRun, meshProcessesOn, spawnMaasUp } from '../processes.js';
 
 /** The repository root (this file runs from dist/test/e2e). */
 const repoRoot = resolve(__dirname, '../../..');
-const maasCli = resolve(repoRoot, 'dist/gateway/cli/maas.js');
 const WORKERS = 2;
 /** gateway, scheduler, balancer, aggregator and the workers take N, N+1, N+2, N+3, N+4.. */
 const PORTS_NEEDED = 4 + WORKERS;
@@ -135,7 +134,7 @@ describe('maas up: the whole mesh as separate processes', function () {
   let receiver: OtlpReceiver;
   let up: ChildProcess | undefined;
   let upExit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  let output = '';
+  let run: MaasUp | undefined;
   let gatewayPort = 0;
   let ports: number[] = [];
   let servicePids: number[] = [];
@@ -161,39 +160,11 @@ describe('maas up: the whole mesh as separate processes', function () {
     env.OTEL_EXPORTER_OTLP_ENDPOINT = `http://127.0.0.1:${receiver.port}`;
     env.MAAS_WORKER_CACHE_DIR = resolve(repoRoot, '.cache/models');
 
-    const child = spawn(process.execPath, [maasCli, 'up', '--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--workers', String(WORKERS)], {
-      cwd: repoRoot,
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--workers', String(WORKERS)], env);
+    const child = run.child;
     up = child;
-    upExit = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
-    child.stdout!.setEncoding('utf8');
-    child.stderr!.setEncoding('utf8');
-    child.stderr!.on('data', (d: string) => (output += d));
-
-    await new Promise<void>((resolvePromise, reject) => {
-      const timer = setTimeout(() => done(new Error('maas up did not print "MaaS Mesh is up" within 120 s')), 120_000);
-      const onData = (d: string) => {
-        output += d;
-        if (output.includes('MaaS Mesh is up')) done();
-      };
-      const onExit = (code: number | null, signal: string | null) => done(new Error(`maas up exited (${signal ?? `code ${code}`}) before the mesh was up`));
-      const done = (err?: Error) => {
-        clearTimeout(timer);
-        child.off('exit', onExit);
-        child.off('error', onError);
-        child.stdout!.off('data', onData);
-        if (err) reject(new Error(`${err.message}\n--- output of maas up ---\n${output}`));
-        else resolvePromise();
-      };
-      const onError = (err: Error) => done(new Error(`maas up could not start: ${err.message}`));
-      child.stdout!.on('data', onData);
-      child.once('exit', onExit);
-      child.once('error', onError);
-    });
-    // Keep collecting output for failure messages.
-    child.stdout!.on('data', (d: string) => (output += d));
+    upExit = run.exit;
+    await run.ready(120_000);
 
     servicePids = childPids(child.pid!);
     expect(servicePids, `service processes of maas up (pid ${child.pid})`).to.have.lengthOf(PORTS_NEEDED);
@@ -241,7 +212,7 @@ describe('maas up: the whole mesh as separate processes', function () {
       process.off('exit', killOnExit);
       await receiver?.close();
     }
-    expect(problems, `shutdown of the mesh\n--- output of maas up ---\n${output}`).to.deep.equal([]);
+    expect(problems, `shutdown of the mesh\n--- output of maas up ---\n${run?.output}`).to.deep.equal([]);
   });
 
   it('lists the three built-in models through a generated client', async function () {
