@@ -307,5 +307,9 @@ function modelMessage(model: Model): ModelMessage {
     labels: model.info.labels,
     metadata: model.info.metadata,
     readyWorkers: 1,
+    platform: 'maas_builtin',
+    inputs: [],
+    outputs: [],
+    maxBatchSize: 0,
   };
 }

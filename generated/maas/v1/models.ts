@@ -20,6 +20,11 @@ export enum ModelTask {
   MODEL_TASK_GENERATE = 1,
   /** MODEL_TASK_CLASSIFY - The model supports InferenceService.Predict. */
   MODEL_TASK_CLASSIFY = 2,
+  /**
+   * MODEL_TASK_INFER - The model takes and returns tensors: inference.GRPCInferenceService.ModelInfer (the KServe v2
+   * protocol) and `maas infer`.
+   */
+  MODEL_TASK_INFER = 3,
   UNRECOGNIZED = -1,
 }
 
@@ -34,6 +39,9 @@ export function modelTaskFromJSON(object: any): ModelTask {
     case 2:
     case "MODEL_TASK_CLASSIFY":
       return ModelTask.MODEL_TASK_CLASSIFY;
+    case 3:
+    case "MODEL_TASK_INFER":
+      return ModelTask.MODEL_TASK_INFER;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -49,10 +57,28 @@ export function modelTaskToJSON(object: ModelTask): string {
       return "MODEL_TASK_GENERATE";
     case ModelTask.MODEL_TASK_CLASSIFY:
       return "MODEL_TASK_CLASSIFY";
+    case ModelTask.MODEL_TASK_INFER:
+      return "MODEL_TASK_INFER";
     case ModelTask.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
   }
+}
+
+/** TensorSpec describes one input or output tensor of a model. */
+export interface TensorSpec {
+  /** The tensor's name. */
+  name: string;
+  /**
+   * The data type, as the KServe v2 protocol names it: BOOL, UINT8, UINT16, UINT32, UINT64, INT8,
+   * INT16, INT32, INT64, FP16, FP32, FP64 or BYTES.
+   */
+  datatype: string;
+  /**
+   * The shape; -1 marks a dimension of any size. For a model with max_batch_size > 0 the first
+   * dimension is the batch dimension (-1).
+   */
+  shape: number[];
 }
 
 /** Model describes a model served by the mesh. */
@@ -71,6 +97,14 @@ export interface Model {
   metadata: { [key: string]: string };
   /** Number of workers that serve the model and are ready now. */
   readyWorkers: number;
+  /** The runtime that runs it: "maas_builtin" or "onnxruntime_onnx". */
+  platform: string;
+  /** Input tensors, for models that support MODEL_TASK_INFER. */
+  inputs: TensorSpec[];
+  /** Output tensors, for models that support MODEL_TASK_INFER. */
+  outputs: TensorSpec[];
+  /** Largest batch the model runs at once along its first dimension; 0 when it does not batch. */
+  maxBatchSize: number;
 }
 
 export interface Model_MetadataEntry {
@@ -82,7 +116,10 @@ export interface Model_MetadataEntry {
 export interface ListModelsRequest {
 }
 
-/** ListModelsResponse lists the models, sorted by name. */
+/**
+ * ListModelsResponse lists the models, sorted by name, then version (a model served in several
+ * versions appears once per version).
+ */
 export interface ListModelsResponse {
   /** The models. */
   models: Model[];
@@ -100,8 +137,135 @@ export interface GetModelResponse {
   model?: Model | undefined;
 }
 
+function createBaseTensorSpec(): TensorSpec {
+  return { name: "", datatype: "", shape: [] };
+}
+
+export const TensorSpec: MessageFns<TensorSpec> = {
+  encode(message: TensorSpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.datatype !== "") {
+      writer.uint32(18).string(message.datatype);
+    }
+    if (message.shape.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.shape) {
+        writer.int64(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TensorSpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTensorSpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.datatype = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.shape.push(longToNumber(reader.int64()));
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.shape.push(longToNumber(reader.int64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TensorSpec {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      datatype: isSet(object.datatype) ? globalThis.String(object.datatype) : "",
+      shape: globalThis.Array.isArray(object?.shape) ? object.shape.map((e: any) => globalThis.Number(e)) : [],
+    };
+  },
+
+  toJSON(message: TensorSpec): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.datatype !== "") {
+      obj.datatype = message.datatype;
+    }
+    if (message.shape?.length) {
+      obj.shape = message.shape.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TensorSpec>): TensorSpec {
+    return TensorSpec.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TensorSpec>): TensorSpec {
+    const message = createBaseTensorSpec();
+    message.name = object.name ?? "";
+    message.datatype = object.datatype ?? "";
+    message.shape = object.shape?.map((e) => e) || [];
+    return message;
+  },
+};
+
 function createBaseModel(): Model {
-  return { name: "", version: "", description: "", tasks: [], labels: [], metadata: {}, readyWorkers: 0 };
+  return {
+    name: "",
+    version: "",
+    description: "",
+    tasks: [],
+    labels: [],
+    metadata: {},
+    readyWorkers: 0,
+    platform: "",
+    inputs: [],
+    outputs: [],
+    maxBatchSize: 0,
+  };
 }
 
 export const Model: MessageFns<Model> = {
@@ -130,6 +294,18 @@ export const Model: MessageFns<Model> = {
     });
     if (message.readyWorkers !== 0) {
       writer.uint32(56).uint32(message.readyWorkers);
+    }
+    if (message.platform !== "") {
+      writer.uint32(66).string(message.platform);
+    }
+    for (const v of message.inputs) {
+      TensorSpec.encode(v!, writer.uint32(74).fork()).join();
+    }
+    for (const v of message.outputs) {
+      TensorSpec.encode(v!, writer.uint32(82).fork()).join();
+    }
+    if (message.maxBatchSize !== 0) {
+      writer.uint32(88).uint32(message.maxBatchSize);
     }
     return writer;
   },
@@ -216,6 +392,38 @@ export const Model: MessageFns<Model> = {
             message.readyWorkers = reader.uint32();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.platform = reader.string();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.inputs.push(TensorSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.outputs.push(TensorSpec.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.maxBatchSize = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -254,6 +462,14 @@ export const Model: MessageFns<Model> = {
         : isSet(object.ready_workers)
         ? globalThis.Number(object.ready_workers)
         : 0,
+      platform: isSet(object.platform) ? globalThis.String(object.platform) : "",
+      inputs: globalThis.Array.isArray(object?.inputs) ? object.inputs.map((e: any) => TensorSpec.fromJSON(e)) : [],
+      outputs: globalThis.Array.isArray(object?.outputs) ? object.outputs.map((e: any) => TensorSpec.fromJSON(e)) : [],
+      maxBatchSize: isSet(object.maxBatchSize)
+        ? globalThis.Number(object.maxBatchSize)
+        : isSet(object.max_batch_size)
+        ? globalThis.Number(object.max_batch_size)
+        : 0,
     };
   },
 
@@ -286,6 +502,18 @@ export const Model: MessageFns<Model> = {
     if (message.readyWorkers !== 0) {
       obj.readyWorkers = Math.round(message.readyWorkers);
     }
+    if (message.platform !== "") {
+      obj.platform = message.platform;
+    }
+    if (message.inputs?.length) {
+      obj.inputs = message.inputs.map((e) => TensorSpec.toJSON(e));
+    }
+    if (message.outputs?.length) {
+      obj.outputs = message.outputs.map((e) => TensorSpec.toJSON(e));
+    }
+    if (message.maxBatchSize !== 0) {
+      obj.maxBatchSize = Math.round(message.maxBatchSize);
+    }
     return obj;
   },
 
@@ -309,6 +537,10 @@ export const Model: MessageFns<Model> = {
       {},
     );
     message.readyWorkers = object.readyWorkers ?? 0;
+    message.platform = object.platform ?? "";
+    message.inputs = object.inputs?.map((e) => TensorSpec.fromPartial(e)) || [];
+    message.outputs = object.outputs?.map((e) => TensorSpec.fromPartial(e)) || [];
+    message.maxBatchSize = object.maxBatchSize ?? 0;
     return message;
   },
 };
@@ -715,6 +947,17 @@ export type DeepPartial<T> = T extends Builtin ? T
   : T extends { $case: string } ? { [K in keyof Omit<T, "$case">]?: DeepPartial<T[K]> } & { $case: T["$case"] }
   : T extends {} ? { [K in keyof T]?: DeepPartial<T[K]> }
   : Partial<T>;
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isObject(value: any): boolean {
   return typeof value === "object" && value !== null;

@@ -7,6 +7,10 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
+import {
+  RepositoryIndexRequest as RepositoryIndexRequest1,
+  RepositoryIndexResponse as RepositoryIndexResponse2,
+} from "../../../inference/grpc_service";
 import { WorkerInfo } from "../../v1/mesh";
 import { Model } from "../../v1/models";
 import { Task, TaskOutput } from "./task";
@@ -14,6 +18,18 @@ import { Task, TaskOutput } from "./task";
 export const protobufPackage = "maas.internal.v1";
 
 export const protobufFileName = "maas/internal/v1/balancer.proto";
+
+/** RepositoryIndexRequest wraps the public request. */
+export interface RepositoryIndexRequest {
+  /** The public request. */
+  request?: RepositoryIndexRequest1 | undefined;
+}
+
+/** RepositoryIndexResponse wraps the merged answer. */
+export interface RepositoryIndexResponse {
+  /** The answer: a model version is READY when at least one worker has it loaded. */
+  response?: RepositoryIndexResponse2 | undefined;
+}
 
 /** ListWorkersRequest has no fields. */
 export interface ListWorkersRequest {
@@ -49,7 +65,40 @@ export interface JoinRequest {
     | //
     /** Periodic load report. */
     { $case: "report"; report: LoadReport }
+    | //
+    /** The worker's models changed (a model was loaded, reloaded or unloaded): the full new set. */
+    { $case: "models"; models: ModelsUpdate }
     | undefined;
+}
+
+/** BalancerServiceLoadModelRequest names a model to load on every worker. */
+export interface BalancerServiceLoadModelRequest {
+  /** The model's name (its folder in the repository). */
+  modelName: string;
+}
+
+/** BalancerServiceLoadModelResponse acknowledges a load. */
+export interface BalancerServiceLoadModelResponse {
+  /** The workers that loaded it. */
+  workerIds: string[];
+}
+
+/** BalancerServiceUnloadModelRequest names a model to unload from every worker. */
+export interface BalancerServiceUnloadModelRequest {
+  /** The model's name. */
+  modelName: string;
+}
+
+/** BalancerServiceUnloadModelResponse acknowledges an unload. */
+export interface BalancerServiceUnloadModelResponse {
+  /** The workers that unloaded it. */
+  workerIds: string[];
+}
+
+/** ModelsUpdate replaces the set of models a worker serves. */
+export interface ModelsUpdate {
+  /** The models the worker serves now, all loaded and ready. */
+  models: Model[];
 }
 
 /** WorkerHello introduces a worker to the balancer. */
@@ -104,6 +153,144 @@ export interface ListModelsResponse {
   /** The models, with ready_workers counting the ready workers that serve each. */
   models: Model[];
 }
+
+function createBaseRepositoryIndexRequest(): RepositoryIndexRequest {
+  return { request: undefined };
+}
+
+export const RepositoryIndexRequest: MessageFns<RepositoryIndexRequest> = {
+  encode(message: RepositoryIndexRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      RepositoryIndexRequest1.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RepositoryIndexRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRepositoryIndexRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = RepositoryIndexRequest1.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RepositoryIndexRequest {
+    return { request: isSet(object.request) ? RepositoryIndexRequest1.fromJSON(object.request) : undefined };
+  },
+
+  toJSON(message: RepositoryIndexRequest): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = RepositoryIndexRequest1.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RepositoryIndexRequest>): RepositoryIndexRequest {
+    return RepositoryIndexRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RepositoryIndexRequest>): RepositoryIndexRequest {
+    const message = createBaseRepositoryIndexRequest();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? RepositoryIndexRequest1.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseRepositoryIndexResponse(): RepositoryIndexResponse {
+  return { response: undefined };
+}
+
+export const RepositoryIndexResponse: MessageFns<RepositoryIndexResponse> = {
+  encode(message: RepositoryIndexResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.response !== undefined) {
+      RepositoryIndexResponse2.encode(message.response, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RepositoryIndexResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRepositoryIndexResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.response = RepositoryIndexResponse2.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RepositoryIndexResponse {
+    return { response: isSet(object.response) ? RepositoryIndexResponse2.fromJSON(object.response) : undefined };
+  },
+
+  toJSON(message: RepositoryIndexResponse): unknown {
+    const obj: any = {};
+    if (message.response !== undefined) {
+      obj.response = RepositoryIndexResponse2.toJSON(message.response);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RepositoryIndexResponse>): RepositoryIndexResponse {
+    return RepositoryIndexResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RepositoryIndexResponse>): RepositoryIndexResponse {
+    const message = createBaseRepositoryIndexResponse();
+    message.response = (object.response !== undefined && object.response !== null)
+      ? RepositoryIndexResponse2.fromPartial(object.response)
+      : undefined;
+    return message;
+  },
+};
 
 function createBaseListWorkersRequest(): ListWorkersRequest {
   return {};
@@ -391,6 +578,9 @@ export const JoinRequest: MessageFns<JoinRequest> = {
       case "report":
         LoadReport.encode(message.message.report, writer.uint32(18).fork()).join();
         break;
+      case "models":
+        ModelsUpdate.encode(message.message.models, writer.uint32(26).fork()).join();
+        break;
     }
     return writer;
   },
@@ -424,6 +614,14 @@ export const JoinRequest: MessageFns<JoinRequest> = {
             message.message = { $case: "report", report: LoadReport.decode(reader, reader.uint32()) };
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = { $case: "models", models: ModelsUpdate.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -442,6 +640,8 @@ export const JoinRequest: MessageFns<JoinRequest> = {
         ? { $case: "hello", hello: WorkerHello.fromJSON(object.hello) }
         : isSet(object.report)
         ? { $case: "report", report: LoadReport.fromJSON(object.report) }
+        : isSet(object.models)
+        ? { $case: "models", models: ModelsUpdate.fromJSON(object.models) }
         : undefined,
     };
   },
@@ -452,6 +652,8 @@ export const JoinRequest: MessageFns<JoinRequest> = {
       obj.hello = WorkerHello.toJSON(message.message.hello);
     } else if (message.message?.$case === "report") {
       obj.report = LoadReport.toJSON(message.message.report);
+    } else if (message.message?.$case === "models") {
+      obj.models = ModelsUpdate.toJSON(message.message.models);
     }
     return obj;
   },
@@ -474,7 +676,372 @@ export const JoinRequest: MessageFns<JoinRequest> = {
         }
         break;
       }
+      case "models": {
+        if (object.message?.models !== undefined && object.message?.models !== null) {
+          message.message = { $case: "models", models: ModelsUpdate.fromPartial(object.message.models) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseBalancerServiceLoadModelRequest(): BalancerServiceLoadModelRequest {
+  return { modelName: "" };
+}
+
+export const BalancerServiceLoadModelRequest: MessageFns<BalancerServiceLoadModelRequest> = {
+  encode(message: BalancerServiceLoadModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.modelName !== "") {
+      writer.uint32(10).string(message.modelName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BalancerServiceLoadModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBalancerServiceLoadModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.modelName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BalancerServiceLoadModelRequest {
+    return {
+      modelName: isSet(object.modelName)
+        ? globalThis.String(object.modelName)
+        : isSet(object.model_name)
+        ? globalThis.String(object.model_name)
+        : "",
+    };
+  },
+
+  toJSON(message: BalancerServiceLoadModelRequest): unknown {
+    const obj: any = {};
+    if (message.modelName !== "") {
+      obj.modelName = message.modelName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BalancerServiceLoadModelRequest>): BalancerServiceLoadModelRequest {
+    return BalancerServiceLoadModelRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BalancerServiceLoadModelRequest>): BalancerServiceLoadModelRequest {
+    const message = createBaseBalancerServiceLoadModelRequest();
+    message.modelName = object.modelName ?? "";
+    return message;
+  },
+};
+
+function createBaseBalancerServiceLoadModelResponse(): BalancerServiceLoadModelResponse {
+  return { workerIds: [] };
+}
+
+export const BalancerServiceLoadModelResponse: MessageFns<BalancerServiceLoadModelResponse> = {
+  encode(message: BalancerServiceLoadModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.workerIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BalancerServiceLoadModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBalancerServiceLoadModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workerIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BalancerServiceLoadModelResponse {
+    return {
+      workerIds: globalThis.Array.isArray(object?.workerIds)
+        ? object.workerIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.worker_ids)
+        ? object.worker_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: BalancerServiceLoadModelResponse): unknown {
+    const obj: any = {};
+    if (message.workerIds?.length) {
+      obj.workerIds = message.workerIds;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BalancerServiceLoadModelResponse>): BalancerServiceLoadModelResponse {
+    return BalancerServiceLoadModelResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BalancerServiceLoadModelResponse>): BalancerServiceLoadModelResponse {
+    const message = createBaseBalancerServiceLoadModelResponse();
+    message.workerIds = object.workerIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseBalancerServiceUnloadModelRequest(): BalancerServiceUnloadModelRequest {
+  return { modelName: "" };
+}
+
+export const BalancerServiceUnloadModelRequest: MessageFns<BalancerServiceUnloadModelRequest> = {
+  encode(message: BalancerServiceUnloadModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.modelName !== "") {
+      writer.uint32(10).string(message.modelName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BalancerServiceUnloadModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBalancerServiceUnloadModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.modelName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BalancerServiceUnloadModelRequest {
+    return {
+      modelName: isSet(object.modelName)
+        ? globalThis.String(object.modelName)
+        : isSet(object.model_name)
+        ? globalThis.String(object.model_name)
+        : "",
+    };
+  },
+
+  toJSON(message: BalancerServiceUnloadModelRequest): unknown {
+    const obj: any = {};
+    if (message.modelName !== "") {
+      obj.modelName = message.modelName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BalancerServiceUnloadModelRequest>): BalancerServiceUnloadModelRequest {
+    return BalancerServiceUnloadModelRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BalancerServiceUnloadModelRequest>): BalancerServiceUnloadModelRequest {
+    const message = createBaseBalancerServiceUnloadModelRequest();
+    message.modelName = object.modelName ?? "";
+    return message;
+  },
+};
+
+function createBaseBalancerServiceUnloadModelResponse(): BalancerServiceUnloadModelResponse {
+  return { workerIds: [] };
+}
+
+export const BalancerServiceUnloadModelResponse: MessageFns<BalancerServiceUnloadModelResponse> = {
+  encode(message: BalancerServiceUnloadModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.workerIds) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BalancerServiceUnloadModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBalancerServiceUnloadModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workerIds.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BalancerServiceUnloadModelResponse {
+    return {
+      workerIds: globalThis.Array.isArray(object?.workerIds)
+        ? object.workerIds.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.worker_ids)
+        ? object.worker_ids.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: BalancerServiceUnloadModelResponse): unknown {
+    const obj: any = {};
+    if (message.workerIds?.length) {
+      obj.workerIds = message.workerIds;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BalancerServiceUnloadModelResponse>): BalancerServiceUnloadModelResponse {
+    return BalancerServiceUnloadModelResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BalancerServiceUnloadModelResponse>): BalancerServiceUnloadModelResponse {
+    const message = createBaseBalancerServiceUnloadModelResponse();
+    message.workerIds = object.workerIds?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseModelsUpdate(): ModelsUpdate {
+  return { models: [] };
+}
+
+export const ModelsUpdate: MessageFns<ModelsUpdate> = {
+  encode(message: ModelsUpdate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.models) {
+      Model.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ModelsUpdate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseModelsUpdate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.models.push(Model.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ModelsUpdate {
+    return { models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => Model.fromJSON(e)) : [] };
+  },
+
+  toJSON(message: ModelsUpdate): unknown {
+    const obj: any = {};
+    if (message.models?.length) {
+      obj.models = message.models.map((e) => Model.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ModelsUpdate>): ModelsUpdate {
+    return ModelsUpdate.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ModelsUpdate>): ModelsUpdate {
+    const message = createBaseModelsUpdate();
+    message.models = object.models?.map((e) => Model.fromPartial(e)) || [];
     return message;
   },
 };
@@ -1022,6 +1589,36 @@ export const BalancerServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /** RepositoryIndex merges the repository indexes of every member worker. */
+    repositoryIndex: {
+      name: "RepositoryIndex",
+      requestType: RepositoryIndexRequest as typeof RepositoryIndexRequest,
+      requestStream: false,
+      responseType: RepositoryIndexResponse as typeof RepositoryIndexResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * LoadModel loads (or reloads) a model on every member worker and answers once each has
+     * advertised it; fails naming the workers that could not.
+     */
+    loadModel: {
+      name: "LoadModel",
+      requestType: BalancerServiceLoadModelRequest as typeof BalancerServiceLoadModelRequest,
+      requestStream: false,
+      responseType: BalancerServiceLoadModelResponse as typeof BalancerServiceLoadModelResponse,
+      responseStream: false,
+      options: {},
+    },
+    /** UnloadModel unloads a model from every member worker. */
+    unloadModel: {
+      name: "UnloadModel",
+      requestType: BalancerServiceUnloadModelRequest as typeof BalancerServiceUnloadModelRequest,
+      requestStream: false,
+      responseType: BalancerServiceUnloadModelResponse as typeof BalancerServiceUnloadModelResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -1054,6 +1651,24 @@ export interface BalancerServiceImplementation<CallContextExt = {}> {
     request: ListWorkersRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<ListWorkersResponse>>;
+  /** RepositoryIndex merges the repository indexes of every member worker. */
+  repositoryIndex(
+    request: RepositoryIndexRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<RepositoryIndexResponse>>;
+  /**
+   * LoadModel loads (or reloads) a model on every member worker and answers once each has
+   * advertised it; fails naming the workers that could not.
+   */
+  loadModel(
+    request: BalancerServiceLoadModelRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<BalancerServiceLoadModelResponse>>;
+  /** UnloadModel unloads a model from every member worker. */
+  unloadModel(
+    request: BalancerServiceUnloadModelRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<BalancerServiceUnloadModelResponse>>;
 }
 
 export interface BalancerServiceClient<CallOptionsExt = {}> {
@@ -1082,6 +1697,24 @@ export interface BalancerServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ListWorkersRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<ListWorkersResponse>;
+  /** RepositoryIndex merges the repository indexes of every member worker. */
+  repositoryIndex(
+    request: DeepPartial<RepositoryIndexRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<RepositoryIndexResponse>;
+  /**
+   * LoadModel loads (or reloads) a model on every member worker and answers once each has
+   * advertised it; fails naming the workers that could not.
+   */
+  loadModel(
+    request: DeepPartial<BalancerServiceLoadModelRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<BalancerServiceLoadModelResponse>;
+  /** UnloadModel unloads a model from every member worker. */
+  unloadModel(
+    request: DeepPartial<BalancerServiceUnloadModelRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<BalancerServiceUnloadModelResponse>;
 }
 
 function floatToJson(value: number | null | undefined): number | string | null | undefined {

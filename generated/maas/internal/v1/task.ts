@@ -6,6 +6,7 @@
 
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
+import { ModelInferRequest, ModelInferResponse } from "../../../inference/grpc_service";
 import { GenerateRequest, GenerateResponse, PredictRequest, PredictResponse } from "../../v1/inference";
 import { JobResult, JobSpec, Record } from "../../v1/jobs";
 
@@ -33,6 +34,12 @@ export interface Task {
     | //
     /** One shard of a batch job. */
     { $case: "map"; map: MapTask }
+    | //
+    /**
+     * A tensor inference (KServe v2 ModelInfer), validated by the gateway against the model's
+     * metadata; model_version is always set (the gateway resolves an empty one to the newest).
+     */
+    { $case: "infer"; infer: ModelInferRequest }
     | undefined;
 }
 
@@ -117,6 +124,9 @@ export interface TaskOutput {
     | //
     /** The outcome of a map task, sent once its output is committed. */
     { $case: "mapResult"; mapResult: MapTaskResult }
+    | //
+    /** The answer to an infer task. */
+    { $case: "inferResponse"; inferResponse: ModelInferResponse }
     | undefined;
 }
 
@@ -141,6 +151,9 @@ export const Task: MessageFns<Task> = {
         break;
       case "map":
         MapTask.encode(message.request.map, writer.uint32(98).fork()).join();
+        break;
+      case "infer":
+        ModelInferRequest.encode(message.request.infer, writer.uint32(106).fork()).join();
         break;
     }
     return writer;
@@ -199,6 +212,14 @@ export const Task: MessageFns<Task> = {
             message.request = { $case: "map", map: MapTask.decode(reader, reader.uint32()) };
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.request = { $case: "infer", infer: ModelInferRequest.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -225,6 +246,8 @@ export const Task: MessageFns<Task> = {
         ? { $case: "predict", predict: PredictRequest.fromJSON(object.predict) }
         : isSet(object.map)
         ? { $case: "map", map: MapTask.fromJSON(object.map) }
+        : isSet(object.infer)
+        ? { $case: "infer", infer: ModelInferRequest.fromJSON(object.infer) }
         : undefined,
     };
   },
@@ -243,6 +266,8 @@ export const Task: MessageFns<Task> = {
       obj.predict = PredictRequest.toJSON(message.request.predict);
     } else if (message.request?.$case === "map") {
       obj.map = MapTask.toJSON(message.request.map);
+    } else if (message.request?.$case === "infer") {
+      obj.infer = ModelInferRequest.toJSON(message.request.infer);
     }
     return obj;
   },
@@ -270,6 +295,12 @@ export const Task: MessageFns<Task> = {
       case "map": {
         if (object.request?.map !== undefined && object.request?.map !== null) {
           message.request = { $case: "map", map: MapTask.fromPartial(object.request.map) };
+        }
+        break;
+      }
+      case "infer": {
+        if (object.request?.infer !== undefined && object.request?.infer !== null) {
+          message.request = { $case: "infer", infer: ModelInferRequest.fromPartial(object.request.infer) };
         }
         break;
       }
@@ -1000,6 +1031,9 @@ export const TaskOutput: MessageFns<TaskOutput> = {
       case "mapResult":
         MapTaskResult.encode(message.output.mapResult, writer.uint32(98).fork()).join();
         break;
+      case "inferResponse":
+        ModelInferResponse.encode(message.output.inferResponse, writer.uint32(106).fork()).join();
+        break;
     }
     return writer;
   },
@@ -1049,6 +1083,17 @@ export const TaskOutput: MessageFns<TaskOutput> = {
             message.output = { $case: "mapResult", mapResult: MapTaskResult.decode(reader, reader.uint32()) };
             continue;
           }
+          case 13: {
+            if (tag !== 106) {
+              break;
+            }
+
+            message.output = {
+              $case: "inferResponse",
+              inferResponse: ModelInferResponse.decode(reader, reader.uint32()),
+            };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1076,6 +1121,10 @@ export const TaskOutput: MessageFns<TaskOutput> = {
         ? { $case: "mapResult", mapResult: MapTaskResult.fromJSON(object.mapResult) }
         : isSet(object.map_result)
         ? { $case: "mapResult", mapResult: MapTaskResult.fromJSON(object.map_result) }
+        : isSet(object.inferResponse)
+        ? { $case: "inferResponse", inferResponse: ModelInferResponse.fromJSON(object.inferResponse) }
+        : isSet(object.infer_response)
+        ? { $case: "inferResponse", inferResponse: ModelInferResponse.fromJSON(object.infer_response) }
         : undefined,
     };
   },
@@ -1091,6 +1140,8 @@ export const TaskOutput: MessageFns<TaskOutput> = {
       obj.prediction = PredictResponse.toJSON(message.output.prediction);
     } else if (message.output?.$case === "mapResult") {
       obj.mapResult = MapTaskResult.toJSON(message.output.mapResult);
+    } else if (message.output?.$case === "inferResponse") {
+      obj.inferResponse = ModelInferResponse.toJSON(message.output.inferResponse);
     }
     return obj;
   },
@@ -1117,6 +1168,15 @@ export const TaskOutput: MessageFns<TaskOutput> = {
       case "mapResult": {
         if (object.output?.mapResult !== undefined && object.output?.mapResult !== null) {
           message.output = { $case: "mapResult", mapResult: MapTaskResult.fromPartial(object.output.mapResult) };
+        }
+        break;
+      }
+      case "inferResponse": {
+        if (object.output?.inferResponse !== undefined && object.output?.inferResponse !== null) {
+          message.output = {
+            $case: "inferResponse",
+            inferResponse: ModelInferResponse.fromPartial(object.output.inferResponse),
+          };
         }
         break;
       }

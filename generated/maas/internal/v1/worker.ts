@@ -7,11 +7,44 @@
 /* eslint-disable */
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
+import { RepositoryIndexRequest, RepositoryIndexResponse } from "../../../inference/grpc_service";
 import { Task, TaskOutput } from "./task";
 
 export const protobufPackage = "maas.internal.v1";
 
 export const protobufFileName = "maas/internal/v1/worker.proto";
+
+/** WorkerServiceRepositoryIndexRequest asks for the repository's contents. */
+export interface WorkerServiceRepositoryIndexRequest {
+  /** The public request. */
+  request?: RepositoryIndexRequest | undefined;
+}
+
+/** WorkerServiceRepositoryIndexResponse lists them. */
+export interface WorkerServiceRepositoryIndexResponse {
+  /** The answer. */
+  response?: RepositoryIndexResponse | undefined;
+}
+
+/** LoadModelRequest names a model folder of the repository. */
+export interface LoadModelRequest {
+  /** The model's name (its folder in the repository). */
+  modelName: string;
+}
+
+/** LoadModelResponse acknowledges a load. */
+export interface LoadModelResponse {
+}
+
+/** UnloadModelRequest names a model. */
+export interface UnloadModelRequest {
+  /** The model's name. */
+  modelName: string;
+}
+
+/** UnloadModelResponse acknowledges an unload. */
+export interface UnloadModelResponse {
+}
 
 /** ExecuteRequest carries the task to run. */
 export interface ExecuteRequest {
@@ -24,6 +57,394 @@ export interface ExecuteResponse {
   /** The output. */
   output?: TaskOutput | undefined;
 }
+
+function createBaseWorkerServiceRepositoryIndexRequest(): WorkerServiceRepositoryIndexRequest {
+  return { request: undefined };
+}
+
+export const WorkerServiceRepositoryIndexRequest: MessageFns<WorkerServiceRepositoryIndexRequest> = {
+  encode(message: WorkerServiceRepositoryIndexRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.request !== undefined) {
+      RepositoryIndexRequest.encode(message.request, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkerServiceRepositoryIndexRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkerServiceRepositoryIndexRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.request = RepositoryIndexRequest.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkerServiceRepositoryIndexRequest {
+    return { request: isSet(object.request) ? RepositoryIndexRequest.fromJSON(object.request) : undefined };
+  },
+
+  toJSON(message: WorkerServiceRepositoryIndexRequest): unknown {
+    const obj: any = {};
+    if (message.request !== undefined) {
+      obj.request = RepositoryIndexRequest.toJSON(message.request);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WorkerServiceRepositoryIndexRequest>): WorkerServiceRepositoryIndexRequest {
+    return WorkerServiceRepositoryIndexRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WorkerServiceRepositoryIndexRequest>): WorkerServiceRepositoryIndexRequest {
+    const message = createBaseWorkerServiceRepositoryIndexRequest();
+    message.request = (object.request !== undefined && object.request !== null)
+      ? RepositoryIndexRequest.fromPartial(object.request)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWorkerServiceRepositoryIndexResponse(): WorkerServiceRepositoryIndexResponse {
+  return { response: undefined };
+}
+
+export const WorkerServiceRepositoryIndexResponse: MessageFns<WorkerServiceRepositoryIndexResponse> = {
+  encode(message: WorkerServiceRepositoryIndexResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.response !== undefined) {
+      RepositoryIndexResponse.encode(message.response, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkerServiceRepositoryIndexResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkerServiceRepositoryIndexResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.response = RepositoryIndexResponse.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkerServiceRepositoryIndexResponse {
+    return { response: isSet(object.response) ? RepositoryIndexResponse.fromJSON(object.response) : undefined };
+  },
+
+  toJSON(message: WorkerServiceRepositoryIndexResponse): unknown {
+    const obj: any = {};
+    if (message.response !== undefined) {
+      obj.response = RepositoryIndexResponse.toJSON(message.response);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<WorkerServiceRepositoryIndexResponse>): WorkerServiceRepositoryIndexResponse {
+    return WorkerServiceRepositoryIndexResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<WorkerServiceRepositoryIndexResponse>): WorkerServiceRepositoryIndexResponse {
+    const message = createBaseWorkerServiceRepositoryIndexResponse();
+    message.response = (object.response !== undefined && object.response !== null)
+      ? RepositoryIndexResponse.fromPartial(object.response)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseLoadModelRequest(): LoadModelRequest {
+  return { modelName: "" };
+}
+
+export const LoadModelRequest: MessageFns<LoadModelRequest> = {
+  encode(message: LoadModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.modelName !== "") {
+      writer.uint32(10).string(message.modelName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LoadModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoadModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.modelName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): LoadModelRequest {
+    return {
+      modelName: isSet(object.modelName)
+        ? globalThis.String(object.modelName)
+        : isSet(object.model_name)
+        ? globalThis.String(object.model_name)
+        : "",
+    };
+  },
+
+  toJSON(message: LoadModelRequest): unknown {
+    const obj: any = {};
+    if (message.modelName !== "") {
+      obj.modelName = message.modelName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<LoadModelRequest>): LoadModelRequest {
+    return LoadModelRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<LoadModelRequest>): LoadModelRequest {
+    const message = createBaseLoadModelRequest();
+    message.modelName = object.modelName ?? "";
+    return message;
+  },
+};
+
+function createBaseLoadModelResponse(): LoadModelResponse {
+  return {};
+}
+
+export const LoadModelResponse: MessageFns<LoadModelResponse> = {
+  encode(_: LoadModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): LoadModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseLoadModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): LoadModelResponse {
+    return {};
+  },
+
+  toJSON(_: LoadModelResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<LoadModelResponse>): LoadModelResponse {
+    return LoadModelResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<LoadModelResponse>): LoadModelResponse {
+    const message = createBaseLoadModelResponse();
+    return message;
+  },
+};
+
+function createBaseUnloadModelRequest(): UnloadModelRequest {
+  return { modelName: "" };
+}
+
+export const UnloadModelRequest: MessageFns<UnloadModelRequest> = {
+  encode(message: UnloadModelRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.modelName !== "") {
+      writer.uint32(10).string(message.modelName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnloadModelRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnloadModelRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.modelName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): UnloadModelRequest {
+    return {
+      modelName: isSet(object.modelName)
+        ? globalThis.String(object.modelName)
+        : isSet(object.model_name)
+        ? globalThis.String(object.model_name)
+        : "",
+    };
+  },
+
+  toJSON(message: UnloadModelRequest): unknown {
+    const obj: any = {};
+    if (message.modelName !== "") {
+      obj.modelName = message.modelName;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<UnloadModelRequest>): UnloadModelRequest {
+    return UnloadModelRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<UnloadModelRequest>): UnloadModelRequest {
+    const message = createBaseUnloadModelRequest();
+    message.modelName = object.modelName ?? "";
+    return message;
+  },
+};
+
+function createBaseUnloadModelResponse(): UnloadModelResponse {
+  return {};
+}
+
+export const UnloadModelResponse: MessageFns<UnloadModelResponse> = {
+  encode(_: UnloadModelResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): UnloadModelResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseUnloadModelResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): UnloadModelResponse {
+    return {};
+  },
+
+  toJSON(_: UnloadModelResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<UnloadModelResponse>): UnloadModelResponse {
+    return UnloadModelResponse.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<UnloadModelResponse>): UnloadModelResponse {
+    const message = createBaseUnloadModelResponse();
+    return message;
+  },
+};
 
 function createBaseExecuteRequest(): ExecuteRequest {
   return { task: undefined };
@@ -180,6 +601,37 @@ export const WorkerServiceDefinition = {
       responseStream: true,
       options: {},
     },
+    /** RepositoryIndex lists the models of this worker's model repository, loaded or not. */
+    repositoryIndex: {
+      name: "RepositoryIndex",
+      requestType: WorkerServiceRepositoryIndexRequest as typeof WorkerServiceRepositoryIndexRequest,
+      requestStream: false,
+      responseType: WorkerServiceRepositoryIndexResponse as typeof WorkerServiceRepositoryIndexResponse,
+      responseStream: false,
+      options: {},
+    },
+    /**
+     * LoadModel loads (or reloads) one model of the repository, then advertises the worker's new
+     * set of models on its Join stream before it answers. Errors: NOT_FOUND (no such folder),
+     * INVALID_ARGUMENT / FAILED_PRECONDITION (the model's files or config do not load).
+     */
+    loadModel: {
+      name: "LoadModel",
+      requestType: LoadModelRequest as typeof LoadModelRequest,
+      requestStream: false,
+      responseType: LoadModelResponse as typeof LoadModelResponse,
+      responseStream: false,
+      options: {},
+    },
+    /** UnloadModel stops routing to a model, lets its calls in flight finish, then frees it. */
+    unloadModel: {
+      name: "UnloadModel",
+      requestType: UnloadModelRequest as typeof UnloadModelRequest,
+      requestStream: false,
+      responseType: UnloadModelResponse as typeof UnloadModelResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -193,6 +645,22 @@ export interface WorkerServiceImplementation<CallContextExt = {}> {
     request: ExecuteRequest,
     context: CallContext & CallContextExt,
   ): ServerStreamingMethodResult<DeepPartial<ExecuteResponse>>;
+  /** RepositoryIndex lists the models of this worker's model repository, loaded or not. */
+  repositoryIndex(
+    request: WorkerServiceRepositoryIndexRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<WorkerServiceRepositoryIndexResponse>>;
+  /**
+   * LoadModel loads (or reloads) one model of the repository, then advertises the worker's new
+   * set of models on its Join stream before it answers. Errors: NOT_FOUND (no such folder),
+   * INVALID_ARGUMENT / FAILED_PRECONDITION (the model's files or config do not load).
+   */
+  loadModel(request: LoadModelRequest, context: CallContext & CallContextExt): Promise<DeepPartial<LoadModelResponse>>;
+  /** UnloadModel stops routing to a model, lets its calls in flight finish, then frees it. */
+  unloadModel(
+    request: UnloadModelRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<UnloadModelResponse>>;
 }
 
 export interface WorkerServiceClient<CallOptionsExt = {}> {
@@ -202,6 +670,22 @@ export interface WorkerServiceClient<CallOptionsExt = {}> {
    * model does not support the task), RESOURCE_EXHAUSTED (at capacity), UNAVAILABLE (draining).
    */
   execute(request: DeepPartial<ExecuteRequest>, options?: CallOptions & CallOptionsExt): AsyncIterable<ExecuteResponse>;
+  /** RepositoryIndex lists the models of this worker's model repository, loaded or not. */
+  repositoryIndex(
+    request: DeepPartial<WorkerServiceRepositoryIndexRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<WorkerServiceRepositoryIndexResponse>;
+  /**
+   * LoadModel loads (or reloads) one model of the repository, then advertises the worker's new
+   * set of models on its Join stream before it answers. Errors: NOT_FOUND (no such folder),
+   * INVALID_ARGUMENT / FAILED_PRECONDITION (the model's files or config do not load).
+   */
+  loadModel(request: DeepPartial<LoadModelRequest>, options?: CallOptions & CallOptionsExt): Promise<LoadModelResponse>;
+  /** UnloadModel stops routing to a model, lets its calls in flight finish, then frees it. */
+  unloadModel(
+    request: DeepPartial<UnloadModelRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<UnloadModelResponse>;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
