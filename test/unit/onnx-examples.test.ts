@@ -1,3 +1,5 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
@@ -145,6 +147,25 @@ describe('example ONNX models', function () {
         expect(files).to.deep.equal(['mlp', 'mlp/1', 'mlp/1/model.onnx', 'mlp/config.json', 'spam-onnx', 'spam-onnx/1', 'spam-onnx/1/model.onnx', 'spam-onnx/config.json']);
         expect((await readFile(join(out, 'mlp/1/model.onnx'))).equals(Buffer.from(models[1].onnx))).to.equal(true);
         expect(JSON.parse(await readFile(join(out, 'spam-onnx/config.json'), 'utf8'))).to.deep.equal(models[0].config);
+      } finally {
+        await rm(out, { recursive: true, force: true });
+      }
+    });
+
+    it('`maas models make-examples --out DIR` writes the same files', async () => {
+      const out = await mkdtemp(join(tmpdir(), 'maas-examples-cli-'));
+      try {
+        const cli = join(__dirname, '../../gateway/cli/maas.js');
+        const child = spawn(process.execPath, [cli, 'models', 'make-examples', '--out', out], { stdio: ['ignore', 'pipe', 'pipe'] });
+        let output = '';
+        child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+        child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+        const [code] = (await once(child, 'exit')) as [number | null];
+        expect(code, output).to.equal(0);
+        for (const model of models) {
+          expect((await readFile(join(out, model.name, '1', 'model.onnx'))).equals(Buffer.from(model.onnx)), model.name).to.equal(true);
+          expect(JSON.parse(await readFile(join(out, model.name, 'config.json'), 'utf8'))).to.deep.equal(model.config);
+        }
       } finally {
         await rm(out, { recursive: true, force: true });
       }
