@@ -102,12 +102,20 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   '/maas.internal.v1.BalancerService/Join': ['worker'],
   '/maas.internal.v1.BalancerService/ListModels': ['gateway', 'operator'],
   '/maas.internal.v1.BalancerService/ListWorkers': ['gateway', 'operator'],
+  // The model repository: the gateway relays KServe v2 repository calls; operators call directly.
+  '/maas.internal.v1.BalancerService/RepositoryIndex': ['gateway', 'operator'],
+  '/maas.internal.v1.BalancerService/LoadModel': ['gateway', 'operator'],
+  '/maas.internal.v1.BalancerService/UnloadModel': ['gateway', 'operator'],
   // Map outputs come from workers; the scheduler reduces and forgets jobs.
   '/maas.internal.v1.AggregatorService/Commit': ['worker'],
   '/maas.internal.v1.AggregatorService/Finalize': ['scheduler'],
   '/maas.internal.v1.AggregatorService/Forget': ['scheduler'],
   // Tasks run on a worker only when the balancer sends them.
   '/maas.internal.v1.WorkerService/Execute': ['balancer'],
+  // Repository calls reach a worker only through the balancer's fan-out.
+  '/maas.internal.v1.WorkerService/RepositoryIndex': ['balancer'],
+  '/maas.internal.v1.WorkerService/LoadModel': ['balancer'],
+  '/maas.internal.v1.WorkerService/UnloadModel': ['balancer'],
   // Health (the balancer follows workers' health; tools and probes check it) and reflection
   // (only descriptors, no data) are open to every certificate the mesh CA signed.
   '/grpc.health.v1.Health/Check': 'any mesh identity',
