@@ -102,7 +102,8 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   '/maas.internal.v1.BalancerService/Join': ['worker'],
   '/maas.internal.v1.BalancerService/ListModels': ['gateway', 'operator'],
   '/maas.internal.v1.BalancerService/ListWorkers': ['gateway', 'operator'],
-  // The model repository: the gateway relays KServe v2 repository calls; operators call directly.
+  // The model repository: the gateway (KServe repository extension) and operators load, unload
+  // and list models; the balancer fans each call out to its workers, and only it calls them.
   '/maas.internal.v1.BalancerService/RepositoryIndex': ['gateway', 'operator'],
   '/maas.internal.v1.BalancerService/LoadModel': ['gateway', 'operator'],
   '/maas.internal.v1.BalancerService/UnloadModel': ['gateway', 'operator'],
@@ -112,7 +113,6 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   '/maas.internal.v1.AggregatorService/Forget': ['scheduler'],
   // Tasks run on a worker only when the balancer sends them.
   '/maas.internal.v1.WorkerService/Execute': ['balancer'],
-  // Repository calls reach a worker only through the balancer's fan-out.
   '/maas.internal.v1.WorkerService/RepositoryIndex': ['balancer'],
   '/maas.internal.v1.WorkerService/LoadModel': ['balancer'],
   '/maas.internal.v1.WorkerService/UnloadModel': ['balancer'],
