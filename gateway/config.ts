@@ -20,6 +20,19 @@ export const gatewaySchema = {
   maxInlineRecords: integer({ flag: '--max-inline-records', env: 'MAAS_GATEWAY_MAX_INLINE_RECORDS', default: 10000, min: 1, max: 10000000, doc: 'Most records a job may carry inline (larger inputs go in a file).' }),
   catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached.' }),
   callbackAllow: callbackAllowSetting(),
+  maxTensorElements: integer({ flag: '--max-tensor-elements', env: 'MAAS_GATEWAY_MAX_TENSOR_ELEMENTS', default: 1 << 20, min: 1, max: 1 << 30, doc: 'Most elements one input tensor of a KServe v2 ModelInfer call may have (the product of its shape); larger ones get INVALID_ARGUMENT.' }),
+  repositoryTenants: {
+    flag: '--repository-tenants',
+    env: 'MAAS_GATEWAY_REPOSITORY_TENANTS',
+    default: ['anonymous'] as string[],
+    doc: 'Comma-separated tenants that may load and unload models of the model repository (KServe v2 RepositoryModelLoad/Unload); others get PERMISSION_DENIED. The default lets every caller of a gateway without API keys (tenant "anonymous") do it.',
+    parse: (raw: string): string[] => {
+      const tenants = raw.split(',').map((t) => t.trim()).filter((t) => t !== '');
+      for (const t of tenants) if (!/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/.test(t)) throw new Error(`a tenant name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}, given ${JSON.stringify(t.slice(0, 40))}`);
+      return tenants;
+    },
+    show: (v: string[]) => (v.length === 0 ? '(nobody)' : v.join(',')),
+  },
   apiKeys: {
     flag: '--api-keys',
     env: 'MAAS_GATEWAY_API_KEYS',

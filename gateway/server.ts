@@ -41,6 +41,8 @@ import { parseCallbackAllowlist } from '../common/callback-target';
 import { ModelCatalog } from './catalog';
 import { gatewaySchema } from './config';
 import { validateGenerateRequest, validateJobId, validateModelName, validatePageToken, validatePredictRequest } from './validation';
+import { GRPCInferenceServiceDefinition } from '../generated/inference/grpc_service';
+import { describeTasks, kserveService } from './kserve';
 
 /** A running gateway. */
 export interface RunningGateway extends StartedService {
@@ -149,7 +151,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     maxRecordChars: config.maxInputChars,
     async modelTasks(name) {
       const model = await catalog.find(name);
-      return model?.tasks.map((t) => (t === ModelTask.MODEL_TASK_GENERATE ? ('generate' as const) : ('classify' as const)));
+      return model?.tasks.flatMap((t) => (t === ModelTask.MODEL_TASK_GENERATE ? ['generate' as const] : t === ModelTask.MODEL_TASK_CLASSIFY ? ['classify' as const] : []));
     },
   };
 
@@ -203,6 +205,19 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     services: [
       { definition: InferenceServiceDefinition, implementation: { generate, predict } },
       { definition: ModelServiceDefinition, implementation: { listModels, getModel } },
+      {
+        definition: GRPCInferenceServiceDefinition,
+        implementation: kserveService({
+          catalog,
+          scheduler,
+          balancer,
+          tenantOf: (context) => auth.tenantOf(context.metadata.get('authorization')),
+          newTask,
+          limits: { maxTensorElements: config.maxTensorElements },
+          repositoryTenants: config.repositoryTenants,
+          defaultDeadlineMs: config.defaultDeadlineMs,
+        }),
+      },
       { definition: JobServiceDefinition, implementation: jobService },
       {
         definition: MeshServiceDefinition,
@@ -226,8 +241,4 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
       balancerChannel.close();
     },
   };
-}
-
-function describeTasks(model: Model): string {
-  return model.tasks.map((t) => (t === ModelTask.MODEL_TASK_GENERATE ? 'Generate' : 'Predict')).join(', ') || 'nothing';
 }

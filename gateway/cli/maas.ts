@@ -11,7 +11,9 @@ import { createMeshCertificates } from '../../common/certs';
 import { MeshCallOptions, createMeshClient, openChannel, openTlsChannel } from '../../common/client';
 import { DEFAULT_CERTS_DIR } from '../../common/tls';
 import { FinishReason, InferenceServiceDefinition } from '../../generated/maas/v1/inference';
-import { ModelServiceDefinition, ModelTask } from '../../generated/maas/v1/models';
+import { ModelServiceDefinition, ModelTask, TensorSpec } from '../../generated/maas/v1/models';
+import { GRPCInferenceServiceDefinition, ModelInferRequest } from '../../generated/inference/grpc_service';
+import { inputsFromJson, outputsToJson, parseInputJson } from './infer-input';
 import { JobServiceDefinition } from '../../generated/maas/v1/jobs';
 import { MeshServiceDefinition, WorkerState } from '../../generated/maas/v1/mesh';
 import { formatJob, formatJobRow, specFromOptions, UsageError, watchJob } from './jobs';
@@ -48,7 +50,8 @@ commands:
       --san NAME              extra DNS name or IP in every service certificate (repeatable)
       --days N                validity of the service certificates (default 365)
       --force                 new CA and new certificates even where files exist
-  models                      list the models with their metadata
+  models                      list the models with their metadata; tensor models with their
+                              platform, version, inputs and outputs (name, data type, shape)
   models make-examples        write the example models (spam-onnx: spam-nb exported to ONNX; mlp:
                               a perceptron for benchmarks) into a model repository folder
       --out DIR               the repository (default $MAAS_MODEL_REPOSITORY or ${DEFAULT_MODEL_REPOSITORY})
@@ -56,6 +59,14 @@ commands:
   generate --model M PROMPT   stream generated tokens
       --max-tokens N  --temperature T  --seed S  --stop SEQ (repeatable)
   predict --model M INPUT     classify one input: label and class probabilities
+  infer MODEL --input JSON    run a tensor model (KServe v2 ModelInfer) and print its outputs as
+                              JSON. JSON maps input names to nested arrays, e.g.
+                              '{"x": [[5.1, 3.5, 1.4, 0.2]]}' (shape from the nesting, data type
+                              from the model), or to {"datatype", "shape", "data"}; strings are
+                              BYTES. Outputs print as {"name": {"datatype", "shape", "data"}}.
+      --file F                read the JSON from file F instead of --input
+      --version V             the model version (default: the newest served)
+      --priority low|normal|high   sent as the request parameter "priority"
   job submit (--mapper M | --model M) (--dataset D | --input FILE | --record TEXT...) [--watch]
       --reducer sum|top_k|accuracy|collect|mean  --shard-size N  --top-k K  --max-attempts N
       --job-timeout-ms N  --priority low|normal|high  --callback-url URL
@@ -127,6 +138,7 @@ async function main(argv: string[]): Promise<number> {
       'api-keys-file': { type: 'string' },
       tenant: { type: 'string' },
       file: { type: 'string' },
+      version: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -215,9 +227,13 @@ async function main(argv: string[]): Promise<number> {
         const { models: list } = await models.listModels({}, options);
         if (list.length === 0) process.stdout.write('no models are ready\n');
         for (const m of list) {
-          const tasks = m.tasks.map((t) => (t === ModelTask.MODEL_TASK_GENERATE ? 'generate' : 'predict')).join(', ');
-          process.stdout.write(`${m.name}  (v${m.version}; ${tasks}; ${m.readyWorkers} ready worker${m.readyWorkers === 1 ? '' : 's'})\n  ${m.description}\n`);
+          const tasks = m.tasks.map((t) => TASK_NAMES[t] ?? String(t)).join(', ');
+          const platform = m.platform ? `${m.platform}; ` : '';
+          process.stdout.write(`${m.name}  (v${m.version}; ${platform}${tasks}; ${m.readyWorkers} ready worker${m.readyWorkers === 1 ? '' : 's'})\n  ${m.description}\n`);
           if (m.labels.length) process.stdout.write(`  labels: ${m.labels.join(', ')}\n`);
+          if (m.inputs.length) process.stdout.write(`  inputs: ${m.inputs.map(tensorText).join(', ')}\n`);
+          if (m.outputs.length) process.stdout.write(`  outputs: ${m.outputs.map(tensorText).join(', ')}\n`);
+          if (m.maxBatchSize > 0) process.stdout.write(`  max_batch_size: ${m.maxBatchSize}\n`);
           for (const [k, v] of Object.entries(m.metadata).sort()) process.stdout.write(`  ${k}: ${v}\n`);
           process.stdout.write('\n');
         }
@@ -254,6 +270,31 @@ async function main(argv: string[]): Promise<number> {
           process.stdout.write(`  ${label.padEnd(8)} ${p.toFixed(4)}\n`);
         }
         if (r.text && r.text !== r.label) process.stdout.write(`text: ${r.text}\n`);
+        return 0;
+      }
+      case 'infer': {
+        const model = requirePositional(positionals.slice(0, 1), 'MODEL');
+        if (values.input === undefined && values.file === undefined) throw new UsageError('maas infer needs --input JSON or --file F');
+        let text = values.input;
+        if (values.file !== undefined) {
+          try {
+            text = readFileSync(values.file, 'utf8');
+          } catch (err) {
+            throw new UsageError(`--file ${values.file} cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+          }
+        }
+        const kserve = createMeshClient(GRPCInferenceServiceDefinition, channel);
+        const version = values.version ?? '';
+        const metadataOfModel = await kserve.modelMetadata({ name: model, version }, options);
+        const request = ModelInferRequest.fromPartial({
+          modelName: model,
+          modelVersion: version,
+          inputs: inputsFromJson(parseInputJson(text!), metadataOfModel.inputs),
+          parameters: values.priority ? { priority: { parameterChoice: { $case: 'stringParam', stringParam: values.priority } } } : {},
+        });
+        const response = await kserve.modelInfer(request, options);
+        process.stderr.write(`[${response.modelName} v${response.modelVersion}]\n`);
+        process.stdout.write(`${JSON.stringify(outputsToJson(response))}\n`);
         return 0;
       }
       case 'workers': {
@@ -342,6 +383,18 @@ async function jobCommand(
     default:
       throw new UsageError(`maas job needs one of submit, watch, get, list, cancel${sub ? `, given "${sub}"` : ''}`);
   }
+}
+
+/** How `maas models` names the calls a model takes. */
+const TASK_NAMES: Record<number, string> = {
+  [ModelTask.MODEL_TASK_GENERATE]: 'generate',
+  [ModelTask.MODEL_TASK_CLASSIFY]: 'predict',
+  [ModelTask.MODEL_TASK_INFER]: 'infer',
+};
+
+/** `x FP32 [-1, 4]`. */
+function tensorText(t: TensorSpec): string {
+  return `${t.name} ${t.datatype} [${t.shape.join(', ')}]`;
 }
 
 function requireModel(model: string | undefined): string {

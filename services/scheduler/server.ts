@@ -37,6 +37,7 @@ import { JobRunner } from './job-runner';
 import { JobStore } from './jobs/store';
 import { Task } from '../../generated/maas/internal/v1/task';
 import { Priority as ProtoPriority } from '../../generated/maas/v1/inference';
+import { inferPriorityOf } from '../../common/infer-parameters';
 import { schedulerSchema } from './config';
 import { AdmissionQueue, DeadlineInQueueError, Permit, Priority, QueueFullError, TenantLimitError } from './queue';
 import { RateLimiter, TenantCounter, TenantLimits, TenantLimitValues } from './tenant-limits';
@@ -186,7 +187,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
 /** Waits for a slot, inside a queue-wait span; maps the queue's refusals to mesh errors. */
 async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext, limits: TenantLimits): Promise<Permit> {
   const priority = priorityOf(task);
-  const span = meshTracer().startSpan('scheduler.queue_wait', { attributes: { 'maas.priority': priority, 'maas.request_id': task.requestId } });
+  const span = meshTracer().startSpan('scheduler.queue_wait', { attributes: { 'maas.priority': priority, 'maas.request_id': task.requestId, ...taskAttributes(task) } });
   try {
     const permit = await queue.admitOrReject({ priority, tenant: task.tenant, deadline: context.deadline, signal: context.signal });
     span.setAttribute('maas.waited_ms', permit.waitedMs);
@@ -207,11 +208,40 @@ async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext
   }
 }
 
-function priorityOf(task: Task): Priority {
-  const p = task.request?.$case === 'generate' ? task.request.generate.priority : task.request?.$case === 'predict' ? task.request.predict.priority : undefined;
+/** A task's priority: the maas.v1 field, or an infer task's `priority` parameter; normal for map tasks. */
+export function priorityOf(task: Task): Priority {
+  switch (task.request?.$case) {
+    case 'generate':
+      return fromProtoPriority(task.request.generate.priority);
+    case 'predict':
+      return fromProtoPriority(task.request.predict.priority);
+    case 'infer':
+      return inferPriorityOf(task.request.infer.parameters);
+    default:
+      return 'normal';
+  }
+}
+
+function fromProtoPriority(p: ProtoPriority): Priority {
   if (p === ProtoPriority.PRIORITY_HIGH) return 'high';
   if (p === ProtoPriority.PRIORITY_LOW) return 'low';
   return 'normal';
+}
+
+/** Trace attributes naming what a task runs: its kind, model and (for an infer task) version. */
+function taskAttributes(task: Task): Record<string, string> {
+  switch (task.request?.$case) {
+    case 'generate':
+      return { 'maas.task': 'generate', 'maas.model': task.request.generate.model };
+    case 'predict':
+      return { 'maas.task': 'predict', 'maas.model': task.request.predict.model };
+    case 'infer':
+      return { 'maas.task': 'infer', 'maas.model': task.request.infer.modelName, 'maas.model_version': task.request.infer.modelVersion };
+    case 'map':
+      return { 'maas.task': 'map' };
+    default:
+      return {};
+  }
 }
 
 

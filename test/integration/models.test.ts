@@ -60,6 +60,6 @@ describe('built-in models through the mesh', function () {
   it('refuses Generate on a classifier with INVALID_ARGUMENT saying what it supports', async () => {
     const err = await grpcError(collect(mesh.inference.generate(ngram({ model: 'spam-nb' }))));
     expect(err.code).to.equal(Status.INVALID_ARGUMENT);
-    expect(err.details).to.equal('model "spam-nb" does not support Generate; it supports: Predict');
+    expect(err.details).to.equal('model "spam-nb" does not support Generate; it supports: Predict, ModelInfer');
   });
 });

@@ -44,7 +44,7 @@ describe('server reflection', function () {
     it(`lists the gateway's services over ${version}`, async () => {
       const r = await reflect(mesh.gateway.address, version, new ServerReflectionRequest().setListServices('*'));
       const names = r.getListServicesResponse()!.getServiceList().map((s) => s.getName());
-      expect(names).to.include.members(['maas.v1.InferenceService', 'maas.v1.ModelService', 'grpc.health.v1.Health']);
+      expect(names).to.include.members(['maas.v1.InferenceService', 'maas.v1.ModelService', 'inference.GRPCInferenceService', 'grpc.health.v1.Health']);
     });
   }
 

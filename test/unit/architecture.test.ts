@@ -45,6 +45,8 @@ const domainModules = [
   'services/balancer/sliding-window.ts',
   'gateway/validation.ts',
   'gateway/catalog.ts',
+  'gateway/infer-request.ts',
+  'common/infer-parameters.ts',
   'gateway/auth.ts',
   'gateway/job-spec.ts',
   'services/aggregator/reducers.ts',

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { type CatalogEntry, ModelCatalog } from '../../gateway/catalog.js';
+import { type CatalogEntry, ModelCatalog, compareVersionsNewestFirst } from '../../gateway/catalog.js';
 
 /** A stand-in for the balancer's model list: counts fetches and serves whatever `models` holds. */
 class FakeBalancer {
@@ -142,5 +142,21 @@ describe('ModelCatalog', () => {
     balancer.failWith = new Error('balancer unavailable');
     await catalog.find('nope').catch(() => undefined);
     expect([names(await catalog.list()), balancer.calls]).to.deep.equal([['echo', 'ngram'], 2]);
+  });
+
+  it('keeps every version of a model: versions() lists them newest first (10 above 9), find() answers the newest', async () => {
+    balancer.models = [{ name: 'mlp', version: '9' }, { name: 'mlp', version: '10' }, { name: 'mlp', version: '2' }, { name: 'echo', version: '1' }];
+    expect((await catalog.versions('mlp')).map((m) => m.version)).to.deep.equal(['10', '9', '2']);
+    expect((await catalog.find('mlp'))?.version).to.equal('10');
+    expect((await catalog.list()).length).to.equal(4);
+  });
+
+  it('find() passes over a newest version that has no ready worker', async () => {
+    balancer.models = [{ name: 'mlp', version: '1', readyWorkers: 2 }, { name: 'mlp', version: '2', readyWorkers: 0 }];
+    expect((await catalog.find('mlp'))?.version).to.equal('1');
+  });
+
+  it('orders integer versions by value, above any other version string', () => {
+    expect(['a', '3', '20', 'b', '100'].sort(compareVersionsNewestFirst)).to.deep.equal(['100', '20', '3', 'b', 'a']);
   });
 });
