@@ -311,5 +311,6 @@ function modelMessage(model: Model): ModelMessage {
     inputs: [],
     outputs: [],
     maxBatchSize: 0,
+    contextLength: 0,
   };
 }

@@ -11,7 +11,7 @@ import { ModelRuntime } from '../../services/worker/models/runtime';
 import { mulberry32 } from '../../common/random';
 import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
 
-const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", ...o });
+const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", messages: [], ...o });
 
 /** Counts the tasks each worker starts. */
 function countStarts(workers: RunningWorker[]): Map<string, number> {

@@ -3,7 +3,7 @@ import { expect } from 'chai';
 import { FinishReason, GenerateRequest } from '../../generated/maas/v1/inference';
 import { Status, TestMesh, collect, grpcError, startMesh } from '../support';
 
-const ngram = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'ngram', prompt: 'the meeting', maxTokens: 16, stop: [], priority: 0, affinityKey: "", ...o });
+const ngram = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'ngram', prompt: 'the meeting', maxTokens: 16, stop: [], priority: 0, affinityKey: "", messages: [], ...o });
 const text = async (mesh: TestMesh, r: GenerateRequest) => (await collect(mesh.inference.generate(r))).map((c) => c.text).join('');
 
 describe('built-in models through the mesh', function () {

@@ -166,7 +166,7 @@ describe('mutual TLS between the services', function () {
       const client = createMeshClient(BalancerServiceDefinition, channelTo(mesh.balancer.address, { kind: 'mesh', name: caller }));
       const abort = new AbortController();
       async function* messages(): AsyncGenerator<JoinRequest> {
-        yield { message: { $case: 'hello', hello: { workerId, address: '127.0.0.1:1', models: [{ name: 'echo', version: '1', description: '', tasks: [], labels: [], metadata: {}, readyWorkers: 1, platform: '', inputs: [], outputs: [], maxBatchSize: 0 }], capacity: 1000, mappers: [] } } };
+        yield { message: { $case: 'hello', hello: { workerId, address: '127.0.0.1:1', models: [{ name: 'echo', version: '1', description: '', tasks: [], labels: [], metadata: {}, readyWorkers: 1, platform: '', inputs: [], outputs: [], maxBatchSize: 0, contextLength: 0 }], capacity: 1000, mappers: [] } } };
         await new Promise((r) => abort.signal.addEventListener('abort', r));
       }
       try {

@@ -5,7 +5,7 @@ import { FinishReason, GenerateRequest, Priority } from '../../generated/maas/v1
 import { TaskEnd } from '../../services/worker/server';
 import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
 
-const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", ...o });
+const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", messages: [], ...o });
 
 describe('online inference through the mesh', function () {
   this.timeout(20000);

@@ -16,7 +16,7 @@ import {
 const limits: RequestLimits = { maxPromptChars: 100, maxInputChars: 50 };
 
 function generate(overrides: Partial<GenerateRequest> = {}): GenerateRequest {
-  return { model: 'echo', prompt: 'hello', maxTokens: 0, stop: [], priority: Priority.PRIORITY_UNSPECIFIED, affinityKey: '', ...overrides };
+  return { model: 'echo', prompt: 'hello', maxTokens: 0, stop: [], priority: Priority.PRIORITY_UNSPECIFIED, affinityKey: '', messages: [], ...overrides };
 }
 
 function predict(overrides: Partial<PredictRequest> = {}): PredictRequest {

@@ -154,6 +154,25 @@ export interface GenerateRequest {
    * stays within bounds; other policies ignore it.
    */
   affinityKey: string;
+  /**
+   * A conversation to continue, for models that support MODEL_TASK_CHAT: the model renders it with
+   * the chat template its file carries and generates the assistant's next turn. When set, `prompt`
+   * must be empty. At most 256 messages.
+   */
+  messages: ChatMessage[];
+  /**
+   * Nucleus sampling: sample only from the most likely tokens whose probabilities add up to top_p,
+   * from 0 (exclusive) to 1. Unset means 1 (no cut).
+   */
+  topP?: number | undefined;
+}
+
+/** ChatMessage is one turn of a conversation. */
+export interface ChatMessage {
+  /** Who speaks: "system", "user" or "assistant". */
+  role: string;
+  /** What they say. Required for user turns. */
+  content: string;
 }
 
 /** GenerateResponse is one chunk of a generated stream. */
@@ -173,7 +192,7 @@ export interface GenerateResponse {
 
 /** Usage counts the tokens of one call. */
 export interface Usage {
-  /** Words (whitespace-separated) in the prompt. */
+  /** Tokens in the prompt, as the model's tokenizer counts them (the built-in models count words). */
   promptTokens: number;
   /** Tokens generated. */
   completionTokens: number;
@@ -221,6 +240,8 @@ function createBaseGenerateRequest(): GenerateRequest {
     stop: [],
     priority: 0,
     affinityKey: "",
+    messages: [],
+    topP: undefined,
   };
 }
 
@@ -249,6 +270,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     }
     if (message.affinityKey !== "") {
       writer.uint32(66).string(message.affinityKey);
+    }
+    for (const v of message.messages) {
+      ChatMessage.encode(v!, writer.uint32(74).fork()).join();
+    }
+    if (message.topP !== undefined) {
+      writer.uint32(85).float(message.topP);
     }
     return writer;
   },
@@ -330,6 +357,22 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
             message.affinityKey = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.messages.push(ChatMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 10: {
+            if (tag !== 85) {
+              break;
+            }
+
+            message.topP = reader.float();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -360,6 +403,14 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
         : isSet(object.affinity_key)
         ? globalThis.String(object.affinity_key)
         : "",
+      messages: globalThis.Array.isArray(object?.messages)
+        ? object.messages.map((e: any) => ChatMessage.fromJSON(e))
+        : [],
+      topP: isSet(object.topP)
+        ? globalThis.Number(object.topP)
+        : isSet(object.top_p)
+        ? globalThis.Number(object.top_p)
+        : undefined,
     };
   },
 
@@ -389,6 +440,12 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     if (message.affinityKey !== "") {
       obj.affinityKey = message.affinityKey;
     }
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => ChatMessage.toJSON(e));
+    }
+    if (message.topP !== undefined) {
+      obj.topP = floatToJson(message.topP);
+    }
     return obj;
   },
 
@@ -405,6 +462,93 @@ export const GenerateRequest: MessageFns<GenerateRequest> = {
     message.stop = object.stop?.map((e) => e) || [];
     message.priority = object.priority ?? 0;
     message.affinityKey = object.affinityKey ?? "";
+    message.messages = object.messages?.map((e) => ChatMessage.fromPartial(e)) || [];
+    message.topP = object.topP ?? undefined;
+    return message;
+  },
+};
+
+function createBaseChatMessage(): ChatMessage {
+  return { role: "", content: "" };
+}
+
+export const ChatMessage: MessageFns<ChatMessage> = {
+  encode(message: ChatMessage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.role !== "") {
+      writer.uint32(10).string(message.role);
+    }
+    if (message.content !== "") {
+      writer.uint32(18).string(message.content);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ChatMessage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseChatMessage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.role = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.content = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ChatMessage {
+    return {
+      role: isSet(object.role) ? globalThis.String(object.role) : "",
+      content: isSet(object.content) ? globalThis.String(object.content) : "",
+    };
+  },
+
+  toJSON(message: ChatMessage): unknown {
+    const obj: any = {};
+    if (message.role !== "") {
+      obj.role = message.role;
+    }
+    if (message.content !== "") {
+      obj.content = message.content;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ChatMessage>): ChatMessage {
+    return ChatMessage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ChatMessage>): ChatMessage {
+    const message = createBaseChatMessage();
+    message.role = object.role ?? "";
+    message.content = object.content ?? "";
     return message;
   },
 };

@@ -25,6 +25,8 @@ export enum ModelTask {
    * protocol) and `maas infer`.
    */
   MODEL_TASK_INFER = 3,
+  /** MODEL_TASK_CHAT - The model continues conversations (GenerateRequest.messages) with its chat template. */
+  MODEL_TASK_CHAT = 4,
   UNRECOGNIZED = -1,
 }
 
@@ -42,6 +44,9 @@ export function modelTaskFromJSON(object: any): ModelTask {
     case 3:
     case "MODEL_TASK_INFER":
       return ModelTask.MODEL_TASK_INFER;
+    case 4:
+    case "MODEL_TASK_CHAT":
+      return ModelTask.MODEL_TASK_CHAT;
     case -1:
     case "UNRECOGNIZED":
     default:
@@ -59,6 +64,8 @@ export function modelTaskToJSON(object: ModelTask): string {
       return "MODEL_TASK_CLASSIFY";
     case ModelTask.MODEL_TASK_INFER:
       return "MODEL_TASK_INFER";
+    case ModelTask.MODEL_TASK_CHAT:
+      return "MODEL_TASK_CHAT";
     case ModelTask.UNRECOGNIZED:
     default:
       return "UNRECOGNIZED";
@@ -97,7 +104,10 @@ export interface Model {
   metadata: { [key: string]: string };
   /** Number of workers that serve the model and are ready now. */
   readyWorkers: number;
-  /** The runtime that runs it: "maas_builtin" or "onnxruntime_onnx". */
+  /**
+   * The runtime that runs it: "maas_builtin", "onnxruntime_onnx", "llama_cpp" (GGUF files) or
+   * "openai_upstream" (an external OpenAI-compatible engine the worker fronts).
+   */
   platform: string;
   /** Input tensors, for models that support MODEL_TASK_INFER. */
   inputs: TensorSpec[];
@@ -105,6 +115,8 @@ export interface Model {
   outputs: TensorSpec[];
   /** Largest batch the model runs at once along its first dimension; 0 when it does not batch. */
   maxBatchSize: number;
+  /** Longest prompt plus output the model takes, in tokens; 0 when it has no fixed limit. */
+  contextLength: number;
 }
 
 export interface Model_MetadataEntry {
@@ -265,6 +277,7 @@ function createBaseModel(): Model {
     inputs: [],
     outputs: [],
     maxBatchSize: 0,
+    contextLength: 0,
   };
 }
 
@@ -306,6 +319,9 @@ export const Model: MessageFns<Model> = {
     }
     if (message.maxBatchSize !== 0) {
       writer.uint32(88).uint32(message.maxBatchSize);
+    }
+    if (message.contextLength !== 0) {
+      writer.uint32(96).uint32(message.contextLength);
     }
     return writer;
   },
@@ -424,6 +440,14 @@ export const Model: MessageFns<Model> = {
             message.maxBatchSize = reader.uint32();
             continue;
           }
+          case 12: {
+            if (tag !== 96) {
+              break;
+            }
+
+            message.contextLength = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -470,6 +494,11 @@ export const Model: MessageFns<Model> = {
         : isSet(object.max_batch_size)
         ? globalThis.Number(object.max_batch_size)
         : 0,
+      contextLength: isSet(object.contextLength)
+        ? globalThis.Number(object.contextLength)
+        : isSet(object.context_length)
+        ? globalThis.Number(object.context_length)
+        : 0,
     };
   },
 
@@ -514,6 +543,9 @@ export const Model: MessageFns<Model> = {
     if (message.maxBatchSize !== 0) {
       obj.maxBatchSize = Math.round(message.maxBatchSize);
     }
+    if (message.contextLength !== 0) {
+      obj.contextLength = Math.round(message.contextLength);
+    }
     return obj;
   },
 
@@ -541,6 +573,7 @@ export const Model: MessageFns<Model> = {
     message.inputs = object.inputs?.map((e) => TensorSpec.fromPartial(e)) || [];
     message.outputs = object.outputs?.map((e) => TensorSpec.fromPartial(e)) || [];
     message.maxBatchSize = object.maxBatchSize ?? 0;
+    message.contextLength = object.contextLength ?? 0;
     return message;
   },
 };
