@@ -102,12 +102,20 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   '/maas.internal.v1.BalancerService/Join': ['worker'],
   '/maas.internal.v1.BalancerService/ListModels': ['gateway', 'operator'],
   '/maas.internal.v1.BalancerService/ListWorkers': ['gateway', 'operator'],
+  // The model repository: the gateway (KServe repository extension) and operators load, unload
+  // and list models; the balancer fans each call out to its workers, and only it calls them.
+  '/maas.internal.v1.BalancerService/RepositoryIndex': ['gateway', 'operator'],
+  '/maas.internal.v1.BalancerService/LoadModel': ['gateway', 'operator'],
+  '/maas.internal.v1.BalancerService/UnloadModel': ['gateway', 'operator'],
   // Map outputs come from workers; the scheduler reduces and forgets jobs.
   '/maas.internal.v1.AggregatorService/Commit': ['worker'],
   '/maas.internal.v1.AggregatorService/Finalize': ['scheduler'],
   '/maas.internal.v1.AggregatorService/Forget': ['scheduler'],
   // Tasks run on a worker only when the balancer sends them.
   '/maas.internal.v1.WorkerService/Execute': ['balancer'],
+  '/maas.internal.v1.WorkerService/RepositoryIndex': ['balancer'],
+  '/maas.internal.v1.WorkerService/LoadModel': ['balancer'],
+  '/maas.internal.v1.WorkerService/UnloadModel': ['balancer'],
   // Health (the balancer follows workers' health; tools and probes check it) and reflection
   // (only descriptors, no data) are open to every certificate the mesh CA signed.
   '/grpc.health.v1.Health/Check': 'any mesh identity',
