@@ -16,6 +16,7 @@ import { JobServiceDefinition } from '../../generated/maas/v1/jobs';
 import { MeshServiceDefinition, WorkerState } from '../../generated/maas/v1/mesh';
 import { formatJob, formatJobRow, specFromOptions, UsageError, watchJob } from './jobs';
 import { keysCommand } from './keys';
+import { DEFAULT_MODEL_REPOSITORY, makeExamplesCommand } from './make-examples';
 import { up } from './up';
 
 const USAGE = `usage: maas <command> [options]
@@ -50,6 +51,9 @@ commands:
       --days N                validity of the service certificates (default 365)
       --force                 new CA and new certificates even where files exist
   models                      list the models with their metadata
+  models make-examples        write the example models (spam-onnx: spam-nb exported to ONNX; mlp:
+                              a perceptron for benchmarks) into a model repository folder
+      --out DIR               the repository (default $MAAS_MODEL_REPOSITORY or ${DEFAULT_MODEL_REPOSITORY})
   workers                     the balancer's view of its workers: state, load, latency, ejections
   generate --model M PROMPT   stream generated tokens
       --max-tokens N  --temperature T  --seed S  --stop SEQ (repeatable)
@@ -86,7 +90,7 @@ async function main(argv: string[]): Promise<number> {
       tls: { type: 'boolean' },
       'certs-dir': { type: 'string', default: DEFAULT_CERTS_DIR },
       insecure: { type: 'boolean' },
-      out: { type: 'string', default: DEFAULT_CERTS_DIR },
+      out: { type: 'string' },
       'worker-ids': { type: 'string' },
       san: { type: 'string', multiple: true },
       days: { type: 'string', default: '365' },
@@ -162,6 +166,10 @@ async function main(argv: string[]): Promise<number> {
     });
   }
 
+  if (command === 'models' && positionals[0] === 'make-examples') {
+    return makeExamplesCommand(values.out ?? (process.env.MAAS_MODEL_REPOSITORY || DEFAULT_MODEL_REPOSITORY));
+  }
+
   if (command === 'keys') return keysCommand(positionals[0], values.tenant, values.file, process.stdout);
 
   if (command === 'certs') {
@@ -170,7 +178,7 @@ async function main(argv: string[]): Promise<number> {
       : Array.from({ length: num('workers', values.workers)! }, (_, i) => `worker-${i + 1}`);
     let made;
     try {
-      made = await createMeshCertificates(values.out!, { workers, hosts: values.san ?? [], validityDays: num('days', values.days), force: values.force });
+      made = await createMeshCertificates(values.out ?? DEFAULT_CERTS_DIR, { workers, hosts: values.san ?? [], validityDays: num('days', values.days), force: values.force });
     } catch (err) {
       throw new UsageError((err as Error).message);
     }

@@ -48,6 +48,7 @@ const domainModules = [
   'gateway/auth.ts',
   'gateway/job-spec.ts',
   'services/aggregator/reducers.ts',
+  'services/worker/batcher.ts',
   ...sourcesUnder('services/scheduler/jobs'),
   ...sourcesUnder('services/worker/models'),
 ];

@@ -153,7 +153,7 @@ function spamNbCacheSpec(corpus: () => CorpusSplit): CacheSpec<SpamNbCache> {
     key,
     train() {
       const { train, test } = corpus();
-      const model = NaiveBayes.train(train, DEFAULT_NB_PARAMS);
+      const model = trainSpamNb(train);
       return { key, model: model.toJSON(), evaluation: model.evaluate(test) };
     },
     describe: ({ evaluation: e }) =>
@@ -169,6 +169,11 @@ function ngramCacheSpec(corpus: () => CorpusSplit): CacheSpec<NGramCache> {
     train: () => ({ key, model: NGramModel.train(corpus().train.map((record) => record.body), DEFAULT_NGRAM_PARAMS).toJSON() }),
     describe: ({ model }) => `vocabulary ${model.vocab.length}, training tokens ${model.trainingTokens}`,
   };
+}
+
+/** Trains spam-nb's classifier on the training split (also used to export it to ONNX). */
+export function trainSpamNb(train: CorpusSplit['train']): NaiveBayes {
+  return NaiveBayes.train(train, DEFAULT_NB_PARAMS);
 }
 
 /** The spam-nb model: classifies a message (subject and body, or any text) as spam or ham. */

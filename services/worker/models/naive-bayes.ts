@@ -65,6 +65,18 @@ export interface NaiveBayesJSON {
   trainSize: number;
 }
 
+/** What {@link NaiveBayes.parameters} returns. */
+export interface NaiveBayesParameters {
+  /** Class names, in the order of the per-class arrays. */
+  labels: string[];
+  /** Vocabulary; index i is the feature of every per-token array. */
+  vocab: string[];
+  /** log P(class c). */
+  logPriors: number[];
+  /** logLikelihoods[c][i] = log P(token i | class c), smoothed. */
+  logLikelihoods: Float64Array[];
+}
+
 /** A multinomial Naive Bayes classifier; create with {@link NaiveBayes.train} or {@link NaiveBayes.fromJSON}. */
 export class NaiveBayes {
   private readonly index: Map<string, number>;
@@ -156,6 +168,20 @@ export class NaiveBayes {
       f1: precision + recall === 0 ? 0 : (2 * precision * recall) / (precision + recall),
       testSize: testRecords.length,
       trainSize: this.state.trainSize,
+    };
+  }
+
+  /**
+   * The fitted parameters the predictions are made of, for export to other runtimes (ONNX):
+   * a text's score for class c is logPriors[c] plus logLikelihoods[c][i] for every occurrence of
+   * vocabulary token i among its tokens; other tokens add nothing.
+   */
+  parameters(): NaiveBayesParameters {
+    return {
+      labels: [...this.state.labels],
+      vocab: [...this.state.vocab],
+      logPriors: [...this.logPriors],
+      logLikelihoods: this.logLikelihoods.map((row) => Float64Array.from(row)),
     };
   }
 
