@@ -8,7 +8,7 @@ import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
-import { SpanStatusCode } from '@opentelemetry/api';
+import { SpanContext, SpanStatusCode } from '@opentelemetry/api';
 import { ConfigOf } from '../../common/config';
 import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
@@ -166,7 +166,7 @@ export async function startWorker(
       const outputs =
         task.request?.$case === 'map'
           ? runMap(task.request.map, { models, aggregator, signal: controller.signal, deadline: context.deadline, files })
-          : runTask(model!, task, controller.signal, context.deadline);
+          : runTask(model!, task, controller.signal, context.deadline, span.spanContext());
       for await (const output of outputs) {
         if (chunks === 0) latency.add(performance.now() - arrived);
         chunks++;
@@ -258,7 +258,7 @@ export async function startWorker(
       repositoryState.set(name, { state: 'LOADING', reason: '' });
       try {
         const plan = await planModel(repositoryRoot, name);
-        const loaded = await loadOnnxModel(plan, { intraOpThreads: config.onnxIntraOpThreads });
+        const loaded = await loadOnnxModel(plan, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
         const retired = models.replace(name, loaded);
         repositoryState.set(name, { state: 'READY', reason: '' });
         log.info('model loaded', { model: name, versions: loaded.map((m) => m.info.version).join(',') });
@@ -408,13 +408,13 @@ async function* runMap(task: MapTask, context: MapContext): AsyncGenerator<TaskO
 }
 
 /** Runs one task on its model and yields its outputs (without the worker id). */
-async function* runTask(model: Model, task: Task, signal: AbortSignal, deadline: number | undefined): AsyncGenerator<TaskOutput['output']> {
+async function* runTask(model: Model, task: Task, signal: AbortSignal, deadline: number | undefined, spanContext: SpanContext): AsyncGenerator<TaskOutput['output']> {
   if (task.request?.$case === 'generate') {
     yield* runGenerate(model, task.request.generate, signal);
   } else if (task.request?.$case === 'predict') {
     yield await runPredict(model, task.request.predict, signal);
   } else if (task.request?.$case === 'infer') {
-    yield { $case: 'inferResponse', inferResponse: await runInfer(model, task.request.infer, signal, deadline) };
+    yield { $case: 'inferResponse', inferResponse: await runInfer(model, task.request.infer, signal, deadline, spanContext) };
   }
 }
 
@@ -428,8 +428,8 @@ function checkInfer(model: Model, request: ModelInferRequest): void {
 }
 
 /** Runs a checked infer task; answers raw when the request was raw (or an output is FP16). */
-async function runInfer(model: Model, request: ModelInferRequest, signal: AbortSignal, deadline: number | undefined): Promise<ModelInferResponse> {
-  const outputs = await model.infer!({ inputs: decodeInputs(request), outputs: request.outputs.map((o) => o.name), deadline }, signal);
+async function runInfer(model: Model, request: ModelInferRequest, signal: AbortSignal, deadline: number | undefined, spanContext: SpanContext): Promise<ModelInferResponse> {
+  const outputs = await model.infer!({ inputs: decodeInputs(request), outputs: request.outputs.map((o) => o.name), deadline, spanContext }, signal);
   const encoded = encodeOutputs(outputs, request.rawInputContents.length > 0);
   return { modelName: model.info.name, modelVersion: model.info.version, id: request.id, parameters: {}, outputs: encoded.outputs, rawOutputContents: encoded.rawOutputContents };
 }

@@ -6,6 +6,7 @@
  * No gRPC here: the worker's server adapts these models to the wire.
  */
 import type * as Ort from 'onnxruntime-node';
+import { DynamicBatcher, type TensorMap } from '../batcher.js';
 import { normalizeText } from '../../../common/corpus/spam-assassin.js';
 import { MeshError, quoteInput } from '../../../common/errors.js';
 import { type DataType, type Tensor, type TensorData, type TensorSpecLike, elementCount } from '../../../common/tensors.js';
@@ -26,27 +27,12 @@ export interface OrtTensorLike {
 /** Named ONNX Runtime tensors: a run's feeds or its results. */
 export type OrtTensors = Readonly<Record<string, OrtTensorLike>>;
 
-/** One run, as the batcher (or a direct run) receives it. */
-export interface RunRequest {
-  model: string;
-  version: string;
-  inputs: OrtTensors;
-  signal: AbortSignal;
-  deadline?: number;
-}
-
-/**
- * How a model version's runs are executed: directly on its session, or through the worker's
- * dynamic batcher (which stacks requests and calls `run` once per batch).
- */
-export type RunVia = (request: RunRequest, run: (inputs: OrtTensors) => Promise<OrtTensors>, config: ModelConfig) => Promise<OrtTensors>;
-
 /** Options of {@link loadOnnxModel}. */
 export interface OnnxOptions {
   /** Intra-op threads when the model's config does not set parameters.intra_op_threads. */
   intraOpThreads: number;
-  /** How runs execute; default: straight on the session. */
-  runVia?: RunVia;
+  /** Most requests that may wait in one model version's dynamic batcher (the worker's slots bound it anyway). */
+  maxBatchQueue: number;
 }
 
 const ORT_TO_DATATYPE: Record<string, DataType> = {
@@ -186,14 +172,26 @@ function onnxModel(parts: OnnxModelParts): Model {
   const { ort, session, name, version, config, inputs, outputs, options } = parts;
   const textInput = classifierInput(parts);
   const tasks: ModelTask[] = textInput ? ['infer', 'classify'] : ['infer'];
-  const runOnSession = async (feeds: OrtTensors) => (await session.run(feeds as Ort.InferenceSession.FeedsType)) as OrtTensors;
-  const runVia: RunVia = options.runVia ?? ((request, run) => run(request.inputs));
+  const runOnSession = async (feeds: OrtTensors): Promise<OrtTensors> => {
+    // Stacked inputs are plain {type, dims, data} objects; ONNX Runtime takes only its Tensors.
+    const tensors: Record<string, Ort.Tensor> = {};
+    for (const [k, t] of Object.entries(feeds)) tensors[k] = t instanceof ort.Tensor ? t : new ort.Tensor(t.type as 'float32', t.data as Float32Array, [...t.dims]);
+    return (await session.run(tensors)) as OrtTensors;
+  };
+  // With dynamic_batching, calls close together run as one batch (services/worker/batcher.ts);
+  // the batcher belongs to this session, so a reload's new session batches apart from the old.
+  const batching = config.dynamicBatching;
+  const batcher = batching && new DynamicBatcher({ run: (batch) => runOnSession(batch.inputs) as Promise<TensorMap>, maxQueuedRequests: options.maxBatchQueue });
+  const policy = batching && { maxBatchSize: config.maxBatchSize, maxQueueDelayMs: batching.maxQueueDelayMs, preferredBatchSizes: batching.preferredBatchSizes };
 
   async function infer(call: InferCall, signal: AbortSignal): Promise<Tensor[]> {
     signal.throwIfAborted();
     const feeds: Record<string, Ort.Tensor> = {};
     for (const t of call.inputs) feeds[t.name] = toOrtTensor(ort, t);
-    const results = await runVia({ model: name, version, inputs: feeds, signal, deadline: call.deadline }, runOnSession, config);
+    const results: OrtTensors =
+      batcher && policy
+        ? await batcher.submit({ model: name, version, inputs: feeds as TensorMap, policy, signal, deadline: call.deadline, spanContext: call.spanContext })
+        : await runOnSession(feeds);
     signal.throwIfAborted();
     const wanted = call.outputs.length > 0 ? call.outputs : outputs.map((o) => o.name);
     return wanted.map((o) => {
@@ -213,7 +211,7 @@ function onnxModel(parts: OnnxModelParts): Model {
       metadata: {
         runtime: `onnxruntime-node ${ort.env.versions.common ?? ''}`.trim(),
         intra_op_threads: String(config.intraOpThreads ?? options.intraOpThreads),
-        dynamic_batching: config.dynamicBatching ? `max_queue_delay_ms=${config.dynamicBatching.maxQueueDelayMs}` : 'off',
+        dynamic_batching: batching ? `max_queue_delay_ms=${batching.maxQueueDelayMs}` + (batching.preferredBatchSizes.length ? ` preferred_batch_size=${batching.preferredBatchSizes.join(',')}` : '') : 'off',
       },
       platform: ONNX_PLATFORM,
       inputs,
@@ -222,6 +220,7 @@ function onnxModel(parts: OnnxModelParts): Model {
     },
     infer,
     release: () => session.release(),
+    ...(batcher && { batchStats: () => ({ batches: batcher.stats.batches, rows: batcher.stats.rows }) }),
   };
   if (textInput) {
     model.predict = (text, signal) => classify(text, signal, textInput, model, infer, config);

@@ -6,6 +6,7 @@
  * server adapts these types to the wire.
  */
 
+import type { SpanContext } from '@opentelemetry/api';
 import type { Tensor, TensorSpecLike } from '../../../common/tensors';
 
 /**
@@ -46,6 +47,8 @@ export interface InferCall {
   outputs: string[];
   /** Absolute deadline (epoch ms), if any. */
   deadline?: number;
+  /** The span of the call, linked from a batch run's span when the call is batched. */
+  spanContext?: SpanContext;
 }
 
 /** Parameters of one generate call. */
@@ -96,6 +99,8 @@ export interface Model {
   predict?(input: string, signal: AbortSignal): Promise<Prediction>;
   /** Runs one tensor inference; rejects with the signal's reason or an AbortError once signal aborts. */
   infer?(call: InferCall, signal: AbortSignal): Promise<Tensor[]>;
+  /** Dynamic batching counters (batches run, rows run), for a model that batches. */
+  batchStats?(): { batches: number; rows: number };
   /** Frees what the model holds (an ONNX Runtime session); called once no call uses it. */
   release?(): Promise<void>;
 }
