@@ -60,6 +60,34 @@ export function keywordModel(keyword = 'win'): Uint8Array {
   });
 }
 
+/** The ONNX element type of each protocol data type. */
+export const ONNX_TYPES = {
+  BOOL: onnx.TensorProto.DataType.BOOL,
+  UINT8: onnx.TensorProto.DataType.UINT8,
+  UINT16: onnx.TensorProto.DataType.UINT16,
+  UINT32: onnx.TensorProto.DataType.UINT32,
+  UINT64: onnx.TensorProto.DataType.UINT64,
+  INT8: onnx.TensorProto.DataType.INT8,
+  INT16: onnx.TensorProto.DataType.INT16,
+  INT32: onnx.TensorProto.DataType.INT32,
+  INT64: onnx.TensorProto.DataType.INT64,
+  FP16: onnx.TensorProto.DataType.FLOAT16,
+  FP32: onnx.TensorProto.DataType.FLOAT,
+  FP64: onnx.TensorProto.DataType.DOUBLE,
+  BYTES: onnx.TensorProto.DataType.STRING,
+} as const;
+
+/** For every data type T (of `only`, default all): input `in_T` [-1] passed through Identity to output `out_T`. */
+export function identityModel(only?: readonly string[]): Uint8Array {
+  const types = Object.entries(ONNX_TYPES).filter(([t]) => !only || only.includes(t));
+  return model({
+    name: 'identity',
+    node: types.map(([t]) => ({ opType: 'Identity', input: [`in_${t}`], output: [`out_${t}`] })),
+    input: types.map(([t, e]) => valueInfo(`in_${t}`, e, ['n'])),
+    output: types.map(([t, e]) => valueInfo(`out_${t}`, e, ['n'])),
+  });
+}
+
 /** Writes `<root>/<name>/<version>/model.onnx` (and config.json when given). */
 export function writeModel(root: string, name: string, version: number, bytes: Uint8Array, config?: object): void {
   mkdirSync(join(root, name, String(version)), { recursive: true });

@@ -22,7 +22,8 @@ import { RunningBalancer, startBalancer } from '../../services/balancer/server';
 import { workerSchema } from '../../services/worker/config';
 import { createBuiltinRuntime } from '../../services/worker/models/builtin';
 import { RunningWorker, startWorker } from '../../services/worker/server';
-import { addModel, keywordModel, writeModel } from '../onnx-fixtures';
+import { DATATYPES, contentsField, encodeOutputs } from '../../common/tensors';
+import { addModel, identityModel, keywordModel, writeModel } from '../onnx-fixtures';
 import { MODEL_CACHE_DIR, Status, collect, grpcError, until } from '../support';
 
 function contents(fields: Partial<InferTensorContents> = {}): InferTensorContents {
@@ -68,8 +69,11 @@ describe('ONNX models on the worker', function () {
     writeModel(repo, 'kw', 1, keywordModel('win'), {
       labels: ['ham', 'spam'],
       input: [{ name: 'tokens', data_type: 'TYPE_STRING', dims: [-1, -1] }],
-      parameters: { text_input: 'tokens', text_tokenizer: 'words_lowercase' },
+      parameters: { text_input: 'tokens', text_tokenizer: 'words_lowercase', intra_op_threads: 2 },
     });
+    writeModel(repo, 'identity', 1, identityModel());
+    // FP16 travels only raw, so the typed round trip uses a model without it.
+    writeModel(repo, 'identity-typed', 1, identityModel(DATATYPES.filter((dt) => dt !== 'FP16')));
     writeModel(repo, 'broken', 1, Buffer.from('not an onnx file'));
     balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, reportIntervalMs: 200 }, silentLogger);
     const config = { ...parseConfig(workerSchema, [], {}), port: 0, balancer: balancer.address, aggregator: '127.0.0.1:1', workerId: 'w1', modelRepository: repo, inputRoot: join(repo, '..', `${repo.split('/').pop()}-input`), cacheDir: MODEL_CACHE_DIR };
@@ -101,6 +105,9 @@ describe('ONNX models on the worker', function () {
     const kw = models.find((m) => m.name === 'kw')!;
     expect(kw.tasks).to.deep.equal([ModelTask.MODEL_TASK_INFER, ModelTask.MODEL_TASK_CLASSIFY]);
     expect(kw.labels).to.deep.equal(['ham', 'spam']);
+    // Intra-op threads: the worker's flag, unless the model's config says otherwise.
+    expect(add[0].metadata.intra_op_threads).to.equal('1');
+    expect(kw.metadata.intra_op_threads).to.equal('2');
     const spam = models.find((m) => m.name === 'spam-nb')!;
     expect(spam.platform).to.equal('maas_builtin');
     expect(spam.inputs).to.deep.equal([{ name: 'text', datatype: 'BYTES', shape: [-1] }]);
@@ -126,6 +133,43 @@ describe('ONNX models on the worker', function () {
     expect(r.outputs[0].contents).to.equal(undefined);
     const y = new Float32Array(new Uint8Array(r.rawOutputContents[0]).buffer);
     expect(Array.from(y)).to.deep.equal([2, 4, 6]);
+  });
+
+  it('carries every data type through ONNX Runtime unchanged, typed and raw', async () => {
+    const samples: Record<string, number[] | bigint[] | boolean[] | Buffer[]> = {
+      BOOL: [true, false, true],
+      UINT8: [0, 7, 255],
+      UINT16: [0, 9, 65535],
+      UINT32: [0, 11, 4294967295],
+      UINT64: [0n, 12n, 2n ** 60n],
+      INT8: [-128, 0, 127],
+      INT16: [-32768, 3, 32767],
+      INT32: [-2147483648, 5, 2147483647],
+      INT64: [-(2n ** 62n), 0n, 2n ** 62n],
+      FP16: [0x3c00, 0xc000, 0x7bff], // 1, -2, 65504 as IEEE half bits
+      FP32: [1.5, -2.25, 2 ** 100],
+      FP64: [Math.PI, -1e300, 5e-324],
+      BYTES: [Buffer.from('héllo'), Buffer.alloc(0), Buffer.from('x')],
+    };
+    const arrays: Record<string, ArrayLike<unknown>> = {
+      BOOL: Uint8Array.from([1, 0, 1]), UINT8: Uint8Array.from(samples.UINT8 as number[]), UINT16: Uint16Array.from(samples.UINT16 as number[]),
+      UINT32: Uint32Array.from(samples.UINT32 as number[]), UINT64: BigUint64Array.from(samples.UINT64 as bigint[]), INT8: Int8Array.from(samples.INT8 as number[]),
+      INT16: Int16Array.from(samples.INT16 as number[]), INT32: Int32Array.from(samples.INT32 as number[]), INT64: BigInt64Array.from(samples.INT64 as bigint[]),
+      FP16: Uint16Array.from(samples.FP16 as number[]), FP32: Float32Array.from(samples.FP32 as number[]), FP64: Float64Array.from(samples.FP64 as number[]), BYTES: samples.BYTES as Buffer[],
+    };
+    const tensors = DATATYPES.map((dt) => ({ name: `in_${dt}`, datatype: dt, shape: [3], data: arrays[dt] as never }));
+    const raw = encodeOutputs(tensors, true);
+    const rawAnswer = await infer({ modelName: 'identity', modelVersion: '', id: '', parameters: {}, inputs: tensors.map((t) => ({ name: t.name, datatype: t.datatype, shape: [3], parameters: {} })), outputs: [], rawInputContents: raw.rawOutputContents });
+    expect(rawAnswer.outputs.map((o) => o.name)).to.deep.equal(DATATYPES.map((dt) => `out_${dt}`));
+    expect(rawAnswer.outputs.map((o) => o.datatype)).to.deep.equal([...DATATYPES]);
+    rawAnswer.rawOutputContents.forEach((bytes, i) => expect(bytes, DATATYPES[i]).to.deep.equal(raw.rawOutputContents[i]));
+    // Typed: every type but FP16 (raw only) in its contents field; INT64/UINT64 within 2^53.
+    const typedTypes = DATATYPES.filter((dt) => dt !== 'FP16');
+    const typedValues = (dt: string) => (dt === 'INT64' ? [-(2 ** 50), 0, 2 ** 50] : dt === 'UINT64' ? [0, 12, 2 ** 52] : samples[dt]);
+    const inputs = typedTypes.map((dt) => ({ name: `in_${dt}`, datatype: dt, shape: [3], parameters: {}, contents: contents({ [contentsField(dt)!]: typedValues(dt) }) }));
+    const typedAnswer = await infer({ modelName: 'identity-typed', modelVersion: '', id: '', parameters: {}, inputs, outputs: typedTypes.map((dt) => ({ name: `out_${dt}`, parameters: {} })), rawInputContents: [] });
+    expect(typedAnswer.rawOutputContents).to.deep.equal([]);
+    typedAnswer.outputs.forEach((o, i) => expect(o.contents![contentsField(typedTypes[i])!], typedTypes[i]).to.deep.equal(typedValues(typedTypes[i])));
   });
 
   it('serves the built-in spam-nb through the tensor protocol: labels and probabilities per text', async () => {
