@@ -9,7 +9,7 @@
  * delivered, the real workers still routed, health afterwards, memory back within 20%.
  */
 import { expect } from 'chai';
-import { FuzzMode, FuzzReport, MEMORY_TOLERANCE, describedServices, formatReport, fuzzTargets, runFuzz } from '../fuzz/harness.js';
+import { FuzzMode, FuzzReport, MEMORY_TOLERANCE, describedServices, formatReport, fuzzTargets, isPublicService, runFuzz } from '../fuzz/harness.js';
 
 /** Fixed, so a failure here replays with `npm run fuzz -- --mode <mode> --seed 20261130 --inputs 80 --refused-inputs 20`. */
 const SEED = 20261130;
@@ -25,11 +25,11 @@ for (const mode of ['plaintext', 'tls'] as FuzzMode[]) {
       report = await runFuzz({ seed: SEED, mode, inputsPerMethod: INPUTS_PER_METHOD, refusedInputsPerMethod: REFUSED_INPUTS_PER_METHOD, warmUpInputs: 60, concurrency: 32, deadlineMs: 2000, settleMs: 20_000 });
     });
 
-    it('covers every method of every maas.* service, under every transport of the mode', () => {
-      expect(describedServices().length).to.equal(8);
+    it('covers every method of every maas.* and inference.* service, under every transport of the mode', () => {
+      expect(describedServices().length).to.equal(9);
       expect(report.uncovered).to.deep.equal([]);
       const targets = fuzzTargets();
-      const publicCount = targets.filter((t) => t.name.startsWith('maas.v1.')).length;
+      const publicCount = targets.filter((t) => isPublicService(t.name)).length;
       const transports = [...new Set(report.methods.map((m) => m.transport))].sort();
       if (mode === 'plaintext') {
         expect(transports).to.deep.equal(['plaintext']);

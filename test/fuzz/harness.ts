@@ -44,6 +44,7 @@ import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/ag
 import { BalancerServiceDefinition, ListWorkersRequest, ListWorkersResponse } from '../../generated/maas/internal/v1/balancer';
 import { CancelJobRequest, SchedulerServiceDefinition, SubmitJobRequest } from '../../generated/maas/internal/v1/scheduler';
 import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+import { GRPCInferenceServiceDefinition } from '../../generated/inference/grpc_service';
 import { InferenceServiceDefinition } from '../../generated/maas/v1/inference';
 import { JobServiceDefinition, JobSpec, SubmitRequest } from '../../generated/maas/v1/jobs';
 import { MeshServiceDefinition } from '../../generated/maas/v1/mesh';
@@ -98,7 +99,10 @@ export const PLAINTEXT: FuzzTransport = {
   connect: () => ({ label: 'plaintext', credentials: credentials.createInsecure(), options: RAW_CHANNEL_OPTIONS }),
 };
 
-const isPublic = (target: FuzzTarget) => target.name.startsWith('maas.v1.');
+const isPublic = (target: FuzzTarget) => isPublicService(target.name);
+
+/** The gateway's public services: maas.v1 and the KServe v2 protocol (package inference). */
+export const isPublicService = (name: string) => name.startsWith('maas.v1.') || name.startsWith('inference.');
 
 /** Certificate names (as createMeshCertificates names them) of the callers the harness can be. */
 const CALLERS: { cert: string; service: MeshService }[] = [
@@ -176,6 +180,7 @@ const SERVICES = [
   { definition: ModelServiceDefinition, processes: ['gateway'] },
   { definition: JobServiceDefinition, processes: ['gateway'] },
   { definition: MeshServiceDefinition, processes: ['gateway'] },
+  { definition: GRPCInferenceServiceDefinition, processes: ['gateway'] },
   { definition: SchedulerServiceDefinition, processes: ['scheduler'] },
   { definition: BalancerServiceDefinition, processes: ['balancer'] },
   { definition: WorkerServiceDefinition, processes: ['worker', 'worker-2'] },
@@ -203,10 +208,10 @@ export function fuzzTargets(): FuzzTarget[] {
   });
 }
 
-/** Every maas.* service in the descriptors: the harness must cover each one. */
+/** Every maas.* and inference.* service in the descriptors: the harness must cover each one. */
 export function describedServices(): string[] {
   const names: string[] = [];
-  for (const type of meshRegistry()) if (type.kind === 'service' && type.typeName.startsWith('maas.')) names.push(type.typeName);
+  for (const type of meshRegistry()) if (type.kind === 'service' && (type.typeName.startsWith('maas.') || type.typeName.startsWith('inference.'))) names.push(type.typeName);
   return names.sort();
 }
 
