@@ -5,6 +5,11 @@
  * (continuous batching: a call joins or leaves between two decode steps). A call that finds every
  * sequence busy waits in line for one. A cancelled call leaves at once; its sequence stops after
  * the decode step in progress and is cleared before the next call takes it.
+ *
+ * Clearing a sequence needs the context's lock, which node-llama-cpp's decode loop holds for as
+ * long as any sequence has tokens queued: under steady load it would never come. So while a
+ * sequence is being cleared, the running calls hold back their next token for one step, the loop
+ * lets go, the clear runs (a few ms), and they go on.
  */
 import { randomInt } from 'node:crypto';
 import type { Llama, LlamaContext, LlamaContextSequence, LlamaModel, ChatWrapper, ChatHistoryItem, Token } from 'node-llama-cpp';
@@ -103,6 +108,8 @@ export class LlamaCppModel implements Model {
   private readonly free: LlamaContextSequence[] = [];
   private readonly waiting: Waiter[] = [];
   private busy = 0;
+  /** Clears in progress: running calls wait for them before asking for their next token. */
+  private readonly clearing = new Set<Promise<void>>();
 
   constructor(
     options: GgufModelOptions,
@@ -176,6 +183,7 @@ export class LlamaCppModel implements Model {
     const usage = () => ({ promptTokens: prompt.length, completionTokens: generated.length });
     try {
       while (generated.length < params.maxTokens) {
+        if (this.clearing.size > 0) await untilAborted(Promise.all(this.clearing), signal);
         const next = await untilAborted(iterator.next(), signal);
         if (next.done) {
           finishReason = 'end';
@@ -236,14 +244,21 @@ export class LlamaCppModel implements Model {
 
   private async returnSequence(sequence: LlamaContextSequence, iterator: AsyncIterator<Token>): Promise<void> {
     try {
+      // Evaluation stops after the decode step in progress, if any.
       await iterator.return?.();
-      await sequence.clearHistory();
     } finally {
       this.busy--;
-      const next = this.waiting.shift();
-      if (next) next.admit(sequence);
-      else this.free.push(sequence);
     }
+    const clear = sequence.clearHistory().then(
+      () => undefined,
+      () => undefined,
+    );
+    this.clearing.add(clear);
+    await clear;
+    this.clearing.delete(clear);
+    const next = this.waiting.shift();
+    if (next) next.admit(sequence);
+    else this.free.push(sequence);
   }
 }
 
