@@ -34,7 +34,7 @@ export interface LlamaShape {
  */
 export const LLAMA_SHAPES = {
   tiny: { embedding: 64, layers: 2, heads: 4, kvHeads: 2, feedForward: 160, contextLength: 2048, vocabulary: 4096, type: GgmlType.F32 },
-  bench: { embedding: 512, layers: 8, heads: 8, kvHeads: 4, feedForward: 1408, contextLength: 4096, vocabulary: 8192, type: GgmlType.F16 },
+  bench: { embedding: 256, layers: 4, heads: 4, kvHeads: 2, feedForward: 704, contextLength: 4096, vocabulary: 8192, type: GgmlType.F16 },
 } as const satisfies Record<string, LlamaShape>;
 
 /** Names of the presets. */
