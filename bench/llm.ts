@@ -8,6 +8,7 @@
  *
  * The HTTP SSE path (the OpenAI-compatible edge) is not measured here yet.
  */
+import { setMaxListeners } from 'node:events';
 import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -84,6 +85,7 @@ async function measure(target: string, stream: Stream, concurrency: number, dura
   const timings: CallTiming[] = [];
   let errors = 0;
   const signal = new AbortController().signal;
+  setMaxListeners(concurrency + 10, signal);
   const started = performance.now();
   const end = started + durationMs;
   await Promise.all(
