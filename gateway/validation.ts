@@ -14,7 +14,15 @@ export interface GenerateFields {
   temperature?: number | undefined;
   stop: string[];
   priority: number;
+  /** A conversation (models with MODEL_TASK_CHAT); prompt must then be empty. */
+  messages?: { role: string; content: string }[];
+  topP?: number | undefined;
 }
+
+/** Most messages in one chat request. */
+export const MAX_CHAT_MESSAGES = 256;
+/** The roles a chat message may have. */
+export const CHAT_ROLES = ['system', 'user', 'assistant'] as const;
 
 /** The fields of maas.v1.PredictRequest that validation reads (the generated type fits). */
 export interface PredictFields {
@@ -92,9 +100,24 @@ function validatePriority(field: string, priority: number): number {
 export function validateGenerateRequest<T extends GenerateFields>(request: T, limits: RequestLimits): T {
   const model = validateModelName('model', request.model);
   validateAffinityKey(request.affinityKey);
-  if (request.prompt === '') throw invalidField('prompt', 'is required', request.prompt);
-  if (request.prompt.length > limits.maxPromptChars) {
-    throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, request.prompt);
+  const messages = request.messages ?? [];
+  if (messages.length > 0) {
+    if (request.prompt !== '') throw invalidField('prompt', 'must be empty when messages are set', request.prompt);
+    if (messages.length > MAX_CHAT_MESSAGES) throw invalidField('messages', `must have at most ${MAX_CHAT_MESSAGES} messages`, messages.length);
+    let chars = 0;
+    messages.forEach((m, i) => {
+      if (!(CHAT_ROLES as readonly string[]).includes(m.role)) throw invalidField(`messages[${i}].role`, `must be one of ${CHAT_ROLES.join(', ')}`, m.role);
+      chars += m.content.length;
+    });
+    if (chars > limits.maxPromptChars) throw invalidField('messages', `must have at most ${limits.maxPromptChars} characters of content in all`, chars);
+  } else {
+    if (request.prompt === '') throw invalidField('prompt', 'is required', request.prompt);
+    if (request.prompt.length > limits.maxPromptChars) {
+      throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, request.prompt);
+    }
+  }
+  if (request.topP !== undefined && !(Number.isFinite(request.topP) && request.topP > 0 && request.topP <= 1)) {
+    throw invalidField('top_p', 'must be greater than 0 and at most 1', request.topP);
   }
   if (request.maxTokens > MAX_TOKENS_LIMIT) throw invalidField('max_tokens', `must be <= ${MAX_TOKENS_LIMIT}`, request.maxTokens);
   const temperature = request.temperature ?? 1;

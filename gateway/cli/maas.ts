@@ -55,8 +55,11 @@ commands:
   models                      list the models with their metadata; tensor models with their
                               platform, version, inputs and outputs (name, data type, shape)
   models make-examples        write the example models (spam-onnx: spam-nb exported to ONNX; mlp:
-                              a perceptron for benchmarks) into a model repository folder
+                              a perceptron for benchmarks; tiny-llama: a small Llama GGUF model
+                              with a Spam Assassin vocabulary) into a model repository folder
       --out DIR               the repository (default $MAAS_MODEL_REPOSITORY or ${DEFAULT_MODEL_REPOSITORY})
+      --llama-size tiny|bench tiny-llama's size: tiny (2 layers, loads in well under a second)
+                              or bench (4 layers, width 256, F16; for bench:llm)
   workers                     the balancer's view of its workers: state, load, latency, ejections
   generate --model M PROMPT   stream generated tokens
       --max-tokens N  --temperature T  --seed S  --stop SEQ (repeatable)
@@ -102,6 +105,7 @@ async function main(argv: string[]): Promise<number> {
       'certs-dir': { type: 'string', default: DEFAULT_CERTS_DIR },
       insecure: { type: 'boolean' },
       out: { type: 'string' },
+      'llama-size': { type: 'string', default: 'tiny' },
       'worker-ids': { type: 'string' },
       san: { type: 'string', multiple: true },
       days: { type: 'string', default: '365' },
@@ -179,7 +183,7 @@ async function main(argv: string[]): Promise<number> {
   }
 
   if (command === 'models' && positionals[0] === 'make-examples') {
-    return makeExamplesCommand(values.out ?? (process.env.MAAS_MODEL_REPOSITORY || DEFAULT_MODEL_REPOSITORY));
+    return makeExamplesCommand(values.out ?? (process.env.MAAS_MODEL_REPOSITORY || DEFAULT_MODEL_REPOSITORY), values['llama-size']!);
   }
 
   if (command === 'keys') return keysCommand(positionals[0], values.tenant, values.file, process.stdout);

@@ -11,10 +11,10 @@ import { resolve } from 'node:path';
 export const DEFAULT_MODEL_REPOSITORY = '.maas/models';
 
 /** Runs the generator into `out`; resolves with its exit code (its output goes to ours). */
-export function makeExamplesCommand(out: string): Promise<number> {
+export function makeExamplesCommand(out: string, llamaSize = 'tiny'): Promise<number> {
   const entry = resolve(__dirname, '../../services/worker/make-examples.js');
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [entry, '--out', resolve(out)], { stdio: 'inherit' });
+    const child = spawn(process.execPath, [entry, '--out', resolve(out), '--llama-size', llamaSize], { stdio: 'inherit' });
     child.once('error', fail);
     child.once('exit', (code, signal) => done(code ?? (signal ? 1 : 0)));
   });

@@ -1,6 +1,7 @@
 /**
  * The model repository, laid out as Triton lays it out: `<root>/<model>/<version>/model.onnx`
- * (a version is a positive integer folder) plus an optional `<root>/<model>/config.json`. This
+ * (a version is a positive integer folder; a GGUF model has one `*.gguf` file there instead) plus
+ * an optional `<root>/<model>/config.json`. This
  * module reads the folder and parses and validates config.json; it imports no gRPC and no
  * runtime (the ONNX runtime turns a {@link ModelConfig} into sessions).
  */
@@ -8,8 +9,10 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DATATYPES, type DataType } from '../../common/tensors';
 
-/** The file a version folder must hold. */
+/** The file a version folder of an ONNX model holds. */
 export const MODEL_FILE = 'model.onnx';
+/** The extension of the file a version folder of a GGUF model holds (any one name). */
+export const GGUF_EXTENSION = '.gguf';
 /** The optional per-model settings file. */
 export const CONFIG_FILE = 'config.json';
 /** Model folder names: what a model name may be in the mesh (no ':' so it never clashes with a mapper). */
@@ -56,6 +59,12 @@ export interface ModelConfig {
   /** For a classifier: the input that text goes into, and how text becomes it. */
   textInput?: string;
   textTokenizer?: 'words_lowercase';
+  /** For a GGUF model: calls served at once (sequences of its context); undefined: the default. */
+  sequences?: number;
+  /** For a GGUF model: tokens of prompt plus output per call; undefined: the default (capped by the file's own). */
+  contextLength?: number;
+  /** For a GGUF model: CPU threads; undefined: the default. */
+  threads?: number;
 }
 
 /** Data type names config.json accepts: the protocol's (FP32) and Triton's (TYPE_FP32, TYPE_STRING). */
@@ -69,7 +78,11 @@ function parseDataType(value: unknown, field: string): DataType {
 }
 
 const TOP_LEVEL_FIELDS = new Set(['name', 'platform', 'backend', 'description', 'max_batch_size', 'input', 'output', 'dynamic_batching', 'labels', 'version_policy', 'parameters']);
-const PARAMETERS = new Set(['intra_op_threads', 'text_input', 'text_tokenizer']);
+const PARAMETERS = new Set(['intra_op_threads', 'text_input', 'text_tokenizer', 'sequences', 'context_length', 'threads']);
+/** Most sequences (concurrent calls) one GGUF model's context may have. */
+export const MAX_SEQUENCES = 256;
+/** Longest context a GGUF model may be given, in tokens. */
+export const MAX_CONTEXT_LENGTH = 1 << 20;
 /** Most threads a model may ask ONNX Runtime for. */
 export const MAX_INTRA_OP_THREADS = 256;
 /** Longest queue delay dynamic batching accepts, in microseconds (10 s). */
@@ -164,8 +177,8 @@ function parseConfig(text: string | undefined, model: string): ModelConfig {
   if (unknown.length > 0) throw invalid(`unknown field ${describe(unknown[0])}; the fields are ${[...TOP_LEVEL_FIELDS].join(', ')}`);
   if (raw.name !== undefined && raw.name !== model) throw invalid(`name must be the folder's name ${JSON.stringify(model)}, given ${describe(raw.name)}`);
   for (const key of ['platform', 'backend'] as const) {
-    const ok = key === 'platform' ? ['onnxruntime_onnx'] : ['onnxruntime'];
-    if (raw[key] !== undefined && !ok.includes(raw[key] as string)) throw invalid(`${key} must be ${JSON.stringify(ok[0])}, given ${describe(raw[key])}`);
+    const ok = key === 'platform' ? ['onnxruntime_onnx', 'llama_cpp'] : ['onnxruntime', 'llama_cpp'];
+    if (raw[key] !== undefined && !ok.includes(raw[key] as string)) throw invalid(`${key} must be ${ok.map((o) => JSON.stringify(o)).join(' or ')}, given ${describe(raw[key])}`);
   }
   if (raw.description !== undefined && typeof raw.description !== 'string') throw invalid(`description must be a string, given ${describe(raw.description)}`);
   const maxBatchSize = raw.max_batch_size === undefined ? 0 : integerIn(raw.max_batch_size, 'max_batch_size', 0, 1 << 20);
@@ -212,6 +225,13 @@ function parseConfig(text: string | undefined, model: string): ModelConfig {
       if (typeof v !== 'string' || v === '') throw invalid(`parameters.text_input must be an input's name, given ${describe(v)}`);
       config.textInput = v;
     }
+    const count = (key: string, min: number, max: number) => {
+      const v = value(p[key]);
+      return integerIn(typeof v === 'string' ? Number(v) : v, `parameters.${key}`, min, max);
+    };
+    if (p.sequences !== undefined) config.sequences = count('sequences', 1, MAX_SEQUENCES);
+    if (p.context_length !== undefined) config.contextLength = count('context_length', 16, MAX_CONTEXT_LENGTH);
+    if (p.threads !== undefined) config.threads = count('threads', 0, MAX_INTRA_OP_THREADS);
     if (p.text_tokenizer !== undefined) {
       const v = value(p.text_tokenizer);
       if (v !== 'words_lowercase') throw invalid(`parameters.text_tokenizer must be "words_lowercase", given ${describe(v)}`);
@@ -232,7 +252,7 @@ export function selectVersions(available: readonly number[], policy: VersionPoli
 /** A model folder of the repository as found on disk. */
 export interface RepositoryEntry {
   name: string;
-  /** Version folders holding a model.onnx, ascending. */
+  /** Version folders holding a model.onnx or a *.gguf file, ascending. */
   versions: number[];
 }
 
@@ -249,23 +269,38 @@ export async function scanRepository(root: string): Promise<RepositoryEntry[]> {
   return entries;
 }
 
-/** The version folders of a model folder that hold a model.onnx, ascending. */
+/** The version folders of a model folder that hold a model.onnx or a *.gguf file, ascending. */
 export async function modelVersions(dir: string): Promise<number[]> {
   const found: number[] = [];
   for (const d of await readdir(dir, { withFileTypes: true })) {
     if (!d.isDirectory() || !/^[1-9][0-9]{0,14}$/.test(d.name)) continue;
-    const file = await stat(join(dir, d.name, MODEL_FILE)).catch(() => undefined);
-    if (file?.isFile()) found.push(Number(d.name));
+    if ((await versionFiles(join(dir, d.name))).length > 0) found.push(Number(d.name));
   }
   return found.sort((a, b) => a - b);
+}
+
+/** The model files of a version folder: model.onnx and the *.gguf files, sorted. */
+async function versionFiles(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  return entries
+    .filter((e) => (e.isFile() || e.isSymbolicLink()) && (e.name === MODEL_FILE || e.name.toLowerCase().endsWith(GGUF_EXTENSION)))
+    .map((e) => e.name)
+    .sort();
+}
+
+/** The format of a model file, by its name. */
+export function modelFormat(file: string): 'onnx' | 'gguf' {
+  return file.toLowerCase().endsWith(GGUF_EXTENSION) ? 'gguf' : 'onnx';
 }
 
 /** What loading a model needs from the repository: its config and the files of the versions to serve. */
 export interface ModelPlan {
   name: string;
   config: ModelConfig;
-  /** Version number and model.onnx path of each version to serve, ascending. */
+  /** Version number and model file path (model.onnx or the *.gguf) of each version to serve, ascending. */
   versions: { version: number; file: string }[];
+  /** The format of every version's file: one model is all ONNX or all GGUF. */
+  format: 'onnx' | 'gguf';
 }
 
 /**
@@ -284,10 +319,20 @@ export async function planModel(root: string, name: string): Promise<ModelPlan> 
   });
   const config = parseModelConfig(text, name);
   const available = await modelVersions(dir);
-  if (available.length === 0) throw invalid(`model ${JSON.stringify(name)} has no version folder <n>/${MODEL_FILE}`);
+  if (available.length === 0) throw invalid(`model ${JSON.stringify(name)} has no version folder <n>/${MODEL_FILE} or <n>/*${GGUF_EXTENSION}`);
   const versions = selectVersions(available, config.versionPolicy);
   if (versions.length === 0) {
     throw invalid(`model ${JSON.stringify(name)}: version_policy selects none of the versions present (${available.join(', ')})`);
   }
-  return { name, config, versions: versions.map((version) => ({ version, file: join(dir, String(version), MODEL_FILE) })) };
+  const files: { version: number; file: string }[] = [];
+  for (const version of versions) {
+    const names = await versionFiles(join(dir, String(version)));
+    if (names.length > 1) {
+      throw invalid(`model ${JSON.stringify(name)} version ${version} holds ${names.length} model files (${names.map((n) => JSON.stringify(n.slice(0, 40))).join(', ')}); keep one model.onnx or one *${GGUF_EXTENSION}`);
+    }
+    files.push({ version, file: join(dir, String(version), names[0]) });
+  }
+  const formats = new Set(files.map((f) => modelFormat(f.file)));
+  if (formats.size > 1) throw invalid(`model ${JSON.stringify(name)} mixes model.onnx and *${GGUF_EXTENSION} versions; one model folder holds one format`);
+  return { name, config, versions: files, format: [...formats][0] };
 }

@@ -30,6 +30,7 @@ import { ModelInferRequest, ModelInferResponse, RepositoryIndexResponse_ModelInd
 import { checkInferRequest, decodeInputs, encodeOutputs } from '../../common/tensors';
 import { ModelTable } from './model-table';
 import { loadOnnxModel } from './models/onnx';
+import { LLAMA_DEFAULTS, loadLlamaModels } from './models/llama';
 import { MODEL_NAME_PATTERN, RepositoryError, planModel, scanRepository } from './repository';
 import { MapTask, Task, TaskOutput } from '../../generated/maas/internal/v1/task';
 import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
@@ -222,7 +223,11 @@ export async function startWorker(
   membership = joinBalancer(
     config.balancer,
     () => ({ workerId: id, address, models: models.all().map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] }),
-    () => ({ inFlight: running.size, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting, latencyMs: latency.value ?? 0 }),
+    () => {
+      // A task holding a worker slot but waiting for a model's place (a llama.cpp sequence) is queued, not in flight.
+      const waitingInModels = models.all().reduce((sum, m) => sum + (m.load?.().waiting ?? 0), 0);
+      return { inFlight: running.size - waitingInModels, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting + waitingInModels, latencyMs: latency.value ?? 0 };
+    },
     log,
     tls,
   );
@@ -258,7 +263,14 @@ export async function startWorker(
       repositoryState.set(name, { state: 'LOADING', reason: '' });
       try {
         const plan = await planModel(repositoryRoot, name);
-        const loaded = await loadOnnxModel(plan, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
+        const loaded =
+          plan.format === 'gguf'
+            ? await loadLlamaModels(plan, {
+                sequences: plan.config.sequences ?? LLAMA_DEFAULTS.sequences,
+                contextLength: plan.config.contextLength ?? LLAMA_DEFAULTS.contextLength,
+                threads: plan.config.threads ?? LLAMA_DEFAULTS.threads,
+              })
+            : await loadOnnxModel(plan, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
         const retired = models.replace(name, loaded);
         repositoryState.set(name, { state: 'READY', reason: '' });
         log.info('model loaded', { model: name, versions: loaded.map((m) => m.info.version).join(',') });
@@ -314,7 +326,7 @@ export async function startWorker(
               name: entry.name,
               version,
               state: state && state.state !== 'READY' ? state.state : 'UNAVAILABLE',
-              reason: state?.reason || (version === '' ? 'no version folder <n>/model.onnx' : loaded.size > 0 ? 'not selected by version_policy' : 'not loaded'),
+              reason: state?.reason || (version === '' ? 'no version folder <n>/model.onnx or <n>/*.gguf' : loaded.size > 0 ? 'not selected by version_policy' : 'not loaded'),
             };
         if (!readyOnly || ready) index.push(row);
       }
@@ -451,7 +463,12 @@ async function* runGenerate(model: Model, request: GenerateRequest, signal: Abor
     temperature: request.temperature ?? 1,
     seed: request.seed,
     stop: request.stop,
+    messages: request.messages.length > 0 ? request.messages.map((m) => ({ role: m.role, content: m.content })) : undefined,
+    topP: request.topP,
   };
+  if (params.messages && !model.info.tasks.includes('chat')) {
+    throw new MeshError('failed_precondition', `model "${model.info.name}" does not take chat messages; it supports: ${supported(model)}`);
+  }
   let index = 0;
   let generated = 0;
   for await (const chunk of model.generate(params, signal)) {
@@ -463,7 +480,7 @@ async function* runGenerate(model: Model, request: GenerateRequest, signal: Abor
         text: chunk.text,
         index: index++,
         finishReason: last ? finishReasonToProto[chunk.finishReason!] : FinishReason.FINISH_REASON_UNSPECIFIED,
-        usage: last ? { promptTokens: countWords(request.prompt), completionTokens: generated } : undefined,
+        usage: last ? (chunk.usage ?? { promptTokens: countWords(request.prompt), completionTokens: generated }) : undefined,
       },
     };
     if (last) return;
@@ -478,11 +495,12 @@ async function runPredict(model: Model, request: PredictRequest, signal: AbortSi
   return { $case: 'prediction', prediction: { model: model.info.name, label: p.label, probabilities: p.probabilities, text: p.text } };
 }
 
-const TASK_CALLS: Record<Model['info']['tasks'][number], string> = { generate: 'Generate', classify: 'Predict', infer: 'ModelInfer' };
+const TASK_CALLS: Record<Model['info']['tasks'][number], string> = { generate: 'Generate', classify: 'Predict', infer: 'ModelInfer', chat: 'Generate with messages' };
 const TASK_PROTO: Record<Model['info']['tasks'][number], ModelTask> = {
   generate: ModelTask.MODEL_TASK_GENERATE,
   classify: ModelTask.MODEL_TASK_CLASSIFY,
   infer: ModelTask.MODEL_TASK_INFER,
+  chat: ModelTask.MODEL_TASK_CHAT,
 };
 
 function supported(model: Model): string {

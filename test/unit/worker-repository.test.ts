@@ -55,7 +55,10 @@ describe('model repository', () => {
       ['a repeated label', { labels: ['a', 'a'] }, 'config.json of model "m": labels must not repeat a label'],
       ['a version policy of two kinds', { version_policy: { all: {}, latest: {} } }, 'config.json of model "m": version_policy must be one of'],
       ['num_versions 0', { version_policy: { latest: { num_versions: 0 } } }, 'config.json of model "m": version_policy.latest.num_versions must be an integer from 1 to 1000, given 0'],
-      ['an unknown parameter', { parameters: { threads: 2 } }, 'config.json of model "m": parameters has unknown key "threads"'],
+      ['an unknown parameter', { parameters: { beams: 2 } }, 'config.json of model "m": parameters has unknown key "beams"'],
+      ['zero sequences', { parameters: { sequences: 0 } }, 'config.json of model "m": parameters.sequences must be an integer from 1 to 256, given 0'],
+      ['a context length too long', { parameters: { context_length: 1 << 21 } }, 'config.json of model "m": parameters.context_length must be an integer from 16 to 1048576, given 2097152'],
+      ['negative threads', { parameters: { threads: -1 } }, 'config.json of model "m": parameters.threads must be an integer from 0 to 256, given -1'],
       ['too many threads', { parameters: { intra_op_threads: 1000 } }, 'config.json of model "m": parameters.intra_op_threads must be an integer from 1 to 256, given 1000'],
       ['an unknown tokenizer', { parameters: { text_tokenizer: 'bpe' } }, 'config.json of model "m": parameters.text_tokenizer must be "words_lowercase", given "bpe"'],
       ['a name that is not the folder', { name: 'other' }, 'config.json of model "m": name must be the folder\'s name "m", given "other"'],
@@ -117,11 +120,32 @@ describe('model repository', () => {
         return err.message;
       };
       expect(await message('a', 'invalid')).to.equal('model "a": version_policy selects none of the versions present (1, 2)');
-      expect(await message('b', 'invalid')).to.equal('model "b" has no version folder <n>/model.onnx');
+      expect(await message('b', 'invalid')).to.equal('model "b" has no version folder <n>/model.onnx or <n>/*.gguf');
       expect(await message('zz', 'not_found')).to.equal('model "zz" is not a folder of the model repository');
       expect(await message('../a', 'not_found')).to.match(/^model "..\/a" is not a folder of the model repository/);
       file('a/config.json', '{}');
       expect((await plan('a')).versions.map((v) => v.version)).to.deep.equal([2]);
+    });
+
+    it('plans a GGUF model from any one *.gguf per version; refuses two files in a version and mixed formats', async () => {
+      file('g/1/Llama-3.2-1B-Q4_K_M.gguf');
+      file('g/2/other.GGUF');
+      file('g/config.json', JSON.stringify({ version_policy: { all: {} }, parameters: { sequences: 8, context_length: 4096, threads: 2 } }));
+      const plan = await planModel(root, 'g');
+      expect(plan.format).to.equal('gguf');
+      expect(plan.versions.map((v) => [v.version, v.file.slice(root.length)])).to.deep.equal([
+        [1, join('/g', '1', 'Llama-3.2-1B-Q4_K_M.gguf')],
+        [2, join('/g', '2', 'other.GGUF')],
+      ]);
+      expect([plan.config.sequences, plan.config.contextLength, plan.config.threads]).to.deep.equal([8, 4096, 2]);
+      file('g/2/second.gguf');
+      const two = await planModel(root, 'g').then(() => expect.fail('planned'), (e: RepositoryError) => e);
+      expect(two.message).to.match(/^model "g" version 2 holds 2 model files \("other.GGUF", "second.gguf"\)/);
+      file('m/1/model.onnx');
+      file('m/2/model.gguf');
+      file('m/config.json', JSON.stringify({ version_policy: { all: {} } }));
+      const mixed = await planModel(root, 'm').then(() => expect.fail('planned'), (e: RepositoryError) => e);
+      expect(mixed.message).to.equal('model "m" mixes model.onnx and *.gguf versions; one model folder holds one format');
     });
   });
 });
