@@ -35,6 +35,8 @@ commands:
       --input-root DIR        where jobs' input files are read from (default .maas/input)
       --output-root DIR       where collect writes output files, a folder per tenant
                               (default .maas/output)
+      --model-repository DIR  the workers' model repository (default $MAAS_MODEL_REPOSITORY
+                              or .maas/models)
       --api-keys-file F       API key file for the gateway (only the gateway is given it)
   keys add --tenant T --file F
                               make a new API key for tenant T, append its hash to key file F
@@ -120,6 +122,7 @@ async function main(argv: string[]): Promise<number> {
       policy: { type: 'string', default: 'p2c' },
       'input-root': { type: 'string', default: '.maas/input' },
       'output-root': { type: 'string', default: '.maas/output' },
+      'model-repository': { type: 'string' },
       mapper: { type: 'string' },
       dataset: { type: 'string' },
       input: { type: 'string' },
@@ -168,6 +171,7 @@ async function main(argv: string[]): Promise<number> {
       apiKeysFile: values['api-keys-file'],
       inputRoot: values['input-root']!,
       outputRoot: values['output-root']!,
+      modelRepository: values['model-repository'] ?? process.env.MAAS_MODEL_REPOSITORY,
       startTimeoutMs: 300_000,
       certsDir: values.tls ? values['certs-dir'] : undefined,
       insecure: values.insecure,

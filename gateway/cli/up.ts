@@ -41,6 +41,8 @@ export interface UpOptions {
   inputRoot?: string;
   /** Where the collect reducer writes, a folder per tenant (aggregator; the scheduler checks at submit). */
   outputRoot?: string;
+  /** The workers' model repository (default .maas/models); relative to the working directory. */
+  modelRepository?: string;
   startTimeoutMs: number;
   /** Mutual TLS with the certificates in this folder (created where missing); plaintext when unset. */
   certsDir?: string;
@@ -52,7 +54,7 @@ export interface UpOptions {
 export type ServiceKind = 'gateway' | 'scheduler' | 'balancer' | 'aggregator' | 'worker';
 
 /** Variables every service may need: the platform's, Node's, tracing and logging. */
-const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES|MAAS_CALLBACK_ALLOW)$/;
+const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES|MAAS_CALLBACK_ALLOW|MAAS_MODEL_REPOSITORY|MAAS_ONNX_INTRA_OP_THREADS)$/;
 
 /**
  * The environment of one child: the shared variables above and the service's own settings
@@ -78,6 +80,7 @@ export function meshProcesses(o: UpOptions): ProcessSpec[] {
   // One absolute value for every service, so that they all agree whatever their working directory.
   const inputRoot = ['--input-root', resolve(o.inputRoot ?? '.maas/input')];
   const outputRoot = ['--output-root', resolve(o.outputRoot ?? '.maas/output')];
+  const modelRepository = ['--model-repository', resolve(o.modelRepository ?? '.maas/models')];
   const specs: ProcessSpec[] = [
     { name: 'balancer', service: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer, identity: 'balancer' },
     { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort), ...outputRoot], address: aggregator, identity: 'aggregator' },
@@ -85,7 +88,7 @@ export function meshProcesses(o: UpOptions): ProcessSpec[] {
   for (let i = 0; i < o.workers; i++) {
     const port = o.workerBasePort + i;
     const id = `worker-${i + 1}`;
-    specs.push({ name: id, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', id, ...inputRoot], address: at(port), identity: { worker: id } });
+    specs.push({ name: id, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', id, ...inputRoot, ...modelRepository], address: at(port), identity: { worker: id } });
   }
   specs.push(
     { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator, ...inputRoot, ...outputRoot], address: at(o.schedulerPort), identity: 'scheduler' },

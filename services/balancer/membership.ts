@@ -7,14 +7,42 @@ import { Candidate } from './policy';
 /** A model as a worker describes it; `M` is the wire type, opaque here. */
 export interface MemberModel<M> {
   name: string;
+  /** The version served; '' when the model has no versions (a mapper). */
+  version?: string;
   description: M;
+}
+
+/** Versions sort by number when both are numbers, else as strings. */
+export function compareVersions(a: string, b: string): number {
+  const na = Number(a);
+  const nb = Number(b);
+  return a !== '' && b !== '' && Number.isFinite(na) && Number.isFinite(nb) ? na - nb : a.localeCompare(b);
+}
+
+/** Name -> version -> description, from a worker's list. */
+function byVersion<M>(models: readonly MemberModel<M>[]): Map<string, Map<string, M>> {
+  const out = new Map<string, Map<string, M>>();
+  for (const m of models) {
+    const versions = out.get(m.name) ?? new Map<string, M>();
+    versions.set(m.version ?? '', m.description);
+    out.set(m.name, versions);
+  }
+  return out;
+}
+
+/** Name -> description of its newest version. */
+function newest<M>(versions: ReadonlyMap<string, ReadonlyMap<string, M>>): Map<string, M> {
+  return new Map([...versions].map(([name, vs]) => [name, vs.get([...vs.keys()].sort(compareVersions).at(-1)!)!]));
 }
 
 /** A worker that has joined. */
 export interface Member<M> extends Candidate {
   readonly id: string;
   readonly address: string;
-  readonly models: ReadonlyMap<string, M>;
+  /** The models it serves, by name (the description of the newest version). */
+  models: ReadonlyMap<string, M>;
+  /** The models it serves, by name then version. */
+  modelVersions: ReadonlyMap<string, ReadonlyMap<string, M>>;
   readonly capacity: number;
   /** Requests this balancer has in flight to the worker. */
   outstanding: number;
@@ -79,10 +107,12 @@ export class Membership<M> {
 
   /** Adds (or replaces) a worker. */
   join(worker: { id: string; address: string; models: MemberModel<M>[]; capacity: number }, now: number): Member<M> {
+    const modelVersions = byVersion(worker.models);
     const member: Member<M> = {
       id: worker.id,
       address: worker.address,
-      models: new Map(worker.models.map((m) => [m.name, m.description])),
+      models: newest(modelVersions),
+      modelVersions,
       capacity: worker.capacity,
       outstanding: this.members.get(worker.id)?.outstanding ?? 0,
       reportedInFlight: 0,
@@ -108,6 +138,20 @@ export class Membership<M> {
     m.draining = report.draining;
     m.lastSeen = now;
     return true;
+  }
+
+  /**
+   * Replaces the models a member serves (after a load or unload on the worker); returns the names
+   * it no longer serves, or undefined when the worker is no longer a member.
+   */
+  updateModels(id: string, models: MemberModel<M>[], now: number): string[] | undefined {
+    const m = this.members.get(id);
+    if (!m) return undefined;
+    const before = [...m.models.keys()];
+    m.modelVersions = byVersion(models);
+    m.models = newest(m.modelVersions);
+    m.lastSeen = now;
+    return before.filter((name) => !m.models.has(name));
   }
 
   /** Removes a worker; returns it if it was a member. */
@@ -136,9 +180,14 @@ export class Membership<M> {
     return this.members.get(id);
   }
 
-  /** Ready (not draining) workers that serve `model`, minus `exclude`, in join order. */
-  candidatesFor(model: string, exclude: ReadonlySet<string> = new Set()): Member<M>[] {
-    return [...this.members.values()].filter((m) => !m.draining && m.serving && m.models.has(model) && !exclude.has(m.id));
+  /**
+   * Ready (not draining) workers that serve `model` (at `version`, when given), minus `exclude`,
+   * in join order.
+   */
+  candidatesFor(model: string, exclude: ReadonlySet<string> = new Set(), version?: string): Member<M>[] {
+    return [...this.members.values()].filter(
+      (m) => !m.draining && m.serving && m.models.has(model) && (!version || m.modelVersions.get(model)?.has(version)) && !exclude.has(m.id),
+    );
   }
 
   /** Whether any member (ready or not) serves `model`. */
@@ -147,18 +196,24 @@ export class Membership<M> {
     return false;
   }
 
-  /** Every model served by a ready worker, with how many ready workers serve it, sorted by name. */
-  models(): { name: string; description: M; readyWorkers: number }[] {
-    const byName = new Map<string, { name: string; description: M; readyWorkers: number }>();
+  /**
+   * Every model version served by a ready worker, with how many ready workers serve it, sorted by
+   * name then version.
+   */
+  models(): { name: string; version: string; description: M; readyWorkers: number }[] {
+    const byKey = new Map<string, { name: string; version: string; description: M; readyWorkers: number }>();
     for (const m of this.members.values()) {
       if (m.draining) continue;
-      for (const [name, description] of m.models) {
-        const entry = byName.get(name) ?? { name, description, readyWorkers: 0 };
-        entry.readyWorkers++;
-        byName.set(name, entry);
+      for (const [name, versions] of m.modelVersions) {
+        for (const [version, description] of versions) {
+          const key = `${name}\u0000${version}`;
+          const entry = byKey.get(key) ?? { name, version, description, readyWorkers: 0 };
+          entry.readyWorkers++;
+          byKey.set(key, entry);
+        }
       }
     }
-    return [...byName.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return [...byKey.values()].sort((a, b) => a.name.localeCompare(b.name) || compareVersions(a.version, b.version));
   }
 
   /** Number of members. */

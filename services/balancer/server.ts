@@ -4,12 +4,13 @@
  * before its first output is replaced once by another; after the first output there is no retry,
  * so no output is ever duplicated.
  */
+import { EventEmitter } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Channel, ClientError, Status, createClient } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 import { closeChannel, createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
-import { MeshError, quoteInput } from '../../common/errors';
+import { ErrorKind, MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
@@ -17,19 +18,26 @@ import { StartedService } from '../../common/service-main';
 import { loadMeshTls } from '../../common/tls';
 import {
   BalancerServiceDefinition,
+  BalancerServiceLoadModelRequest,
+  BalancerServiceLoadModelResponse,
+  BalancerServiceUnloadModelRequest,
+  BalancerServiceUnloadModelResponse,
   JoinRequest,
   JoinResponse,
   ListModelsResponse,
   ListWorkersResponse,
+  RepositoryIndexRequest,
+  RepositoryIndexResponse,
   RouteRequest,
   RouteResponse,
 } from '../../generated/maas/internal/v1/balancer';
+import { RepositoryIndexResponse_ModelIndex } from '../../generated/inference/grpc_service';
 import { Task } from '../../generated/maas/internal/v1/task';
 import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
 import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema, parseModelPolicies } from './config';
-import { candidateOf, Member, Membership } from './membership';
+import { candidateOf, compareVersions, Member, Membership } from './membership';
 import { PeakEwma } from './ewma';
 import { OutlierDetector } from './outliers';
 import { RetryBudget } from './retry-budget';
@@ -58,10 +66,37 @@ function routingKey(task: Task): string {
       const spec = task.request.map.spec;
       return spec?.map?.$case === 'model' ? spec.map.model : `${MAPPER_PREFIX}${spec?.map?.$case === 'mapper' ? spec.map.mapper : ''}`;
     }
+    case 'infer':
+      return task.request.infer.modelName;
     default:
       throw new MeshError('invalid_argument', 'task.request must be set');
   }
 }
+
+/** The version a task must run on: an infer task's model_version; undefined (any) for the others. */
+function versionOf(task: Task): string | undefined {
+  return task.request?.$case === 'infer' && task.request.infer.modelVersion !== '' ? task.request.infer.modelVersion : undefined;
+}
+
+/** How messages name what a task routes to: `model "m"` or `model "m" version "2"`. */
+function routeLabel(model: string, version: string | undefined): string {
+  return version === undefined ? `model ${quoteInput(model)}` : `model ${quoteInput(model)} version ${quoteInput(version)}`;
+}
+
+/** The error kind of a worker's status, for fan-out calls that fail. */
+const KIND_OF_STATUS: Partial<Record<Status, ErrorKind>> = {
+  [Status.INVALID_ARGUMENT]: 'invalid_argument',
+  [Status.NOT_FOUND]: 'not_found',
+  [Status.FAILED_PRECONDITION]: 'failed_precondition',
+  [Status.RESOURCE_EXHAUSTED]: 'resource_exhausted',
+  [Status.DEADLINE_EXCEEDED]: 'deadline_exceeded',
+  [Status.CANCELLED]: 'cancelled',
+  [Status.PERMISSION_DENIED]: 'permission_denied',
+  [Status.UNAUTHENTICATED]: 'unauthenticated',
+};
+
+/** How long LoadModel/UnloadModel wait for the workers' ModelsUpdate after they answered. */
+const ADVERTISE_WAIT_MS = 5000;
 
 /** The task's affinity key, for consistent_hash; '' when it has none. */
 function affinityKeyOf(task: Task): string {
@@ -73,6 +108,10 @@ function affinityKeyOf(task: Task): string {
     case 'map':
       // Tasks of one job spread over the workers; the job id would pin them all to one.
       return '';
+    case 'infer': {
+      const p = task.request.infer.parameters['affinity_key']?.parameterChoice;
+      return p?.$case === 'stringParam' ? p.stringParam : '';
+    }
     default:
       return '';
   }
@@ -205,7 +244,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   const ejectedAt = new Map<string, number>();
 
   /** The worker for a task under the policy, among ready workers that serve `model`, minus `tried`. */
-  function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string): Member<Model> | undefined {
+  function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string, version?: string): Member<Model> | undefined {
     const now = Date.now();
     for (const [id, until] of ejectedAt) {
       if (until <= now && !outliers.isEjected(id, now)) {
@@ -213,7 +252,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         slowStart.begin(id, now);
       }
     }
-    const members = membership.candidatesFor(model, tried).filter((m) => !outliers.isEjected(m.id, now));
+    const members = membership.candidatesFor(model, tried, version).filter((m) => !outliers.isEjected(m.id, now));
     const candidates = members.map((m) => candidateOf(m, latency.get(m.id)?.value, slowStart.weight(m.id, now)));
     const picked = (modelPolicies.get(model) ?? policy).pick(model, candidates, { affinityKey });
     return picked && members.find((m) => m.id === picked.id);
@@ -255,6 +294,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     const model = routingKey(task);
+    const version = versionOf(task);
     if (config.hedgeDelayMs > 0 && task.request.$case === 'predict') {
       yield await hedgedPredict(task, model, context);
       return;
@@ -265,15 +305,16 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     // the client should hear RESOURCE_EXHAUSTED (back off), not UNAVAILABLE.
     let allFull = true;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const member = pickWorker(model, tried, affinityKeyOf(task));
+      const member = pickWorker(model, tried, affinityKeyOf(task), version);
       if (!member) {
+        const label = routeLabel(model, version);
         if (failure && allFull) {
-          throw new MeshError('resource_exhausted', `every ready worker serving model ${quoteInput(model)} is at capacity; last: ${failure.details}`);
+          throw new MeshError('resource_exhausted', `every ready worker serving ${label} is at capacity; last: ${failure.details}`);
         }
         if (failure) {
-          throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves model ${quoteInput(model)}`);
+          throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves ${label}`);
         }
-        throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
+        throw new MeshError('unavailable', `no ready worker serves ${label}`);
       }
       tried.add(member.id);
       member.outstanding++;
@@ -334,11 +375,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         id: hello.workerId,
         address: hello.address,
         capacity: hello.capacity,
-        models: [
-          ...hello.models.map((m) => ({ name: m.name, description: m })),
-          // Mappers route like models, under a name no model can have (model names allow no ':').
-          ...hello.mappers.map((name) => ({ name: `${MAPPER_PREFIX}${name}`, description: Model.fromPartial({ name }) })),
-        ],
+        models: memberModels(hello.models, hello.mappers),
       },
       Date.now(),
     );
@@ -359,8 +396,18 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         const next = await nextUnlessLeft(messages, link.left);
         if (next === undefined) throw removed();
         if (next.done) break;
-        if (next.value.message?.$case !== 'report') continue;
-        if (!membership.report(member.id, next.value.message.report, Date.now())) throw removed();
+        const message = next.value.message;
+        if (message?.$case === 'models') {
+          if (!isMember(member)) throw removed();
+          const gone = membership.updateModels(member.id, memberModels(message.models.models, hello.mappers), Date.now());
+          if (gone === undefined) throw removed();
+          for (const name of gone) if (!membership.serves(name)) for (const p of allPolicies) p.forget(name);
+          log.info('worker models changed', { worker: member.id, models: [...member.models.keys()].join(',') });
+          modelEvents.emit('changed');
+          continue;
+        }
+        if (message?.$case !== 'report') continue;
+        if (!membership.report(member.id, message.report, Date.now())) throw removed();
       }
     } catch (err) {
       why = `stream failed: ${(err as Error).message}`;
@@ -370,6 +417,108 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       // Replaced by a rejoin under the same id, or removed for silence: the link goes all the same.
       link.close();
     }
+  }
+
+  /** What a member serves: its models by name and version, and its mappers under `mapper:<name>`. */
+  function memberModels(models: Model[], mappers: string[]) {
+    return [
+      ...models.map((m) => ({ name: m.name, version: m.version, description: m })),
+      // Mappers route like models, under a name no model can have (model names allow no ':').
+      ...mappers.map((name) => ({ name: `${MAPPER_PREFIX}${name}`, description: Model.fromPartial({ name }) })),
+    ];
+  }
+
+  /** Emits 'changed' whenever a member's models change (ModelsUpdate). */
+  const modelEvents = new EventEmitter();
+  modelEvents.setMaxListeners(0);
+
+  /** Resolves once `done()` holds, re-checked on each ModelsUpdate; false after ADVERTISE_WAIT_MS. */
+  async function modelsSettle(done: () => boolean, signal: AbortSignal): Promise<boolean> {
+    if (done()) return true;
+    return new Promise<boolean>((resolve) => {
+      const finish = (ok: boolean) => {
+        clearTimeout(timer);
+        modelEvents.off('changed', check);
+        signal.removeEventListener('abort', abort);
+        resolve(ok);
+      };
+      const check = () => done() && finish(true);
+      const abort = () => finish(false);
+      const timer = setTimeout(() => finish(done()), ADVERTISE_WAIT_MS);
+      modelEvents.on('changed', check);
+      signal.addEventListener('abort', abort, { once: true });
+    });
+  }
+
+  /**
+   * Calls `call` on every member that is not draining; answers with the ids that succeeded, or
+   * fails naming those that did not. When every member fails with one status, that status is the
+   * answer's (NOT_FOUND from all: no worker has the model).
+   */
+  async function fanOut(what: string, model: string, context: MeshCallContext, call: (member: Member<Model>) => Promise<unknown>, ignoreNotFound = false): Promise<Member<Model>[]> {
+    const members = membership.all().filter((m) => !m.draining);
+    if (members.length === 0) throw new MeshError('unavailable', `no worker is a member: cannot ${what} model ${quoteInput(model)}`);
+    const results = await Promise.allSettled(members.map((m) => call(m)));
+    const ok: Member<Model>[] = [];
+    const failed: { member: Member<Model>; code: Status; details: string }[] = [];
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled') ok.push(members[i]);
+      else {
+        const err = r.reason;
+        const code = err instanceof ClientError ? err.code : Status.UNKNOWN;
+        if (ignoreNotFound && code === Status.NOT_FOUND) return;
+        failed.push({ member: members[i], code, details: err instanceof ClientError ? err.details : String(err) });
+      }
+    });
+    if (context.signal.aborted) throw new MeshError('cancelled', `${what} of model ${quoteInput(model)} was cancelled`);
+    if (ignoreNotFound && ok.length === 0 && failed.length === 0) throw new MeshError('not_found', `model ${quoteInput(model)} is not loaded on any worker`);
+    if (failed.length > 0) {
+      const codes = new Set(failed.map((f) => f.code));
+      const kind = (codes.size === 1 && KIND_OF_STATUS[failed[0].code]) || 'unavailable';
+      const list = failed.map((f) => `${f.member.id} (${Status[f.code]}: ${f.details})`).join('; ');
+      throw new MeshError(kind, `${what} of model ${quoteInput(model)} failed on ${failed.length} of ${members.length} workers: ${list}`);
+    }
+    return ok;
+  }
+
+  async function loadModel(request: BalancerServiceLoadModelRequest, context: MeshCallContext): Promise<BalancerServiceLoadModelResponse> {
+    const name = request.modelName;
+    if (name === '') throw new MeshError('invalid_argument', 'model_name must not be empty');
+    const loaded = await fanOut('load', name, context, (m) => workerClient(m).loadModel({ modelName: name }, { signal: context.signal, deadline: context.deadline }));
+    // Each worker advertised before it answered; the update may still be on its way on the Join stream.
+    await modelsSettle(() => loaded.every((m) => !isMember(m) || m.models.has(name)), context.signal);
+    return { workerIds: loaded.map((m) => m.id).sort() };
+  }
+
+  async function unloadModel(request: BalancerServiceUnloadModelRequest, context: MeshCallContext): Promise<BalancerServiceUnloadModelResponse> {
+    const name = request.modelName;
+    if (name === '') throw new MeshError('invalid_argument', 'model_name must not be empty');
+    const unloaded = await fanOut('unload', name, context, (m) => workerClient(m).unloadModel({ modelName: name }, { signal: context.signal, deadline: context.deadline }), true);
+    await modelsSettle(() => unloaded.every((m) => !isMember(m) || !m.models.has(name)), context.signal);
+    return { workerIds: unloaded.map((m) => m.id).sort() };
+  }
+
+  /** Merges the workers' indexes: a model version is READY when one worker has it loaded. */
+  async function repositoryIndex(request: RepositoryIndexRequest, context: MeshCallContext): Promise<RepositoryIndexResponse> {
+    const members = membership.all().filter((m) => !m.draining);
+    const answers = await Promise.allSettled(
+      members.map((m) => workerClient(m).repositoryIndex({ request: request.request }, { signal: context.signal, deadline: context.deadline })),
+    );
+    const merged = new Map<string, RepositoryIndexResponse_ModelIndex>();
+    for (const a of answers) {
+      if (a.status !== 'fulfilled') continue;
+      for (const row of a.value.response?.models ?? []) {
+        const key = `${row.name}\u0000${row.version}`;
+        const seen = merged.get(key);
+        if (!seen || (seen.state !== 'READY' && row.state === 'READY')) merged.set(key, row);
+      }
+    }
+    if (members.length > 0 && answers.every((a) => a.status === 'rejected')) {
+      const first = answers[0] as PromiseRejectedResult;
+      throw new MeshError('unavailable', `no worker answered RepositoryIndex: ${first.reason instanceof ClientError ? first.reason.details : String(first.reason)}`);
+    }
+    const models = [...merged.values()].sort((a, b) => a.name.localeCompare(b.name) || compareVersions(a.version, b.version));
+    return { response: { models } };
   }
 
   async function listModels(): Promise<ListModelsResponse> {
@@ -491,7 +640,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     tls,
     insecure: config.insecure,
     healthPort: config.healthPort,
-    services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers } }],
+    services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
   });
 
   const sweeper = setInterval(() => {

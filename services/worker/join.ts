@@ -13,6 +13,12 @@ import { Logger } from '../../common/log';
 /** A live membership: `reportNow` pushes a report at once; `leave` ends the stream. */
 export interface Membership {
   reportNow(): void;
+  /**
+   * Sends the worker's current models (from the hello function) as a ModelsUpdate; resolves once
+   * the message has been handed to the stream (or at once when no stream is open: the next hello
+   * carries them).
+   */
+  updateModels(): Promise<void>;
   leave(): Promise<void>;
   /** Drops the stream at once without a goodbye (for crash tests). */
   abandon(): void;
@@ -22,9 +28,10 @@ export interface Membership {
 
 /**
  * Joins the balancer at `balancerAddress` (over mutual TLS with `tls`, plaintext without) and
- * keeps the membership alive until `leave`.
+ * keeps the membership alive until `leave`. `hello` is called for each (re)join, so a new stream
+ * advertises the models the worker serves now.
  */
-export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: () => LoadReport, log: Logger, tls?: MeshTls): Membership {
+export function joinBalancer(balancerAddress: string, hello: () => WorkerHello, load: () => LoadReport, log: Logger, tls?: MeshTls): Membership {
   const channel = openMeshChannel(balancerAddress, undefined, tls, 'balancer');
   const client = createMeshClient(BalancerServiceDefinition, channel);
   const stop = new AbortController();
@@ -34,9 +41,34 @@ export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: 
   let markJoined!: () => void;
   const joined = new Promise<void>((r) => (markJoined = r));
 
+  /** Callers of updateModels waiting for their update to be sent. */
+  let updateWaiters: (() => void)[] = [];
+  let streamOpen = false;
+
   async function* messages(): AsyncGenerator<JoinRequest> {
-    yield { message: { $case: 'hello', hello } };
+    // The hello carries the current models: updates asked for before it are in it.
+    const helloNow = hello();
+    const sent = updateWaiters;
+    updateWaiters = [];
+    streamOpen = true;
+    try {
+      yield { message: { $case: 'hello', hello: helloNow } };
+      for (const w of sent) w();
+      yield* afterHello();
+    } finally {
+      streamOpen = false;
+    }
+  }
+
+  async function* afterHello(): AsyncGenerator<JoinRequest> {
     while (!leaving) {
+      if (updateWaiters.length > 0) {
+        const waiting = updateWaiters;
+        updateWaiters = [];
+        yield { message: { $case: 'models', models: { models: hello().models } } };
+        for (const w of waiting) w();
+        continue;
+      }
       await new Promise<void>((resolve) => {
         const timer = setTimeout(resolve, intervalMs);
         wake = () => {
@@ -45,6 +77,7 @@ export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: 
         };
       });
       wake = undefined;
+      if (updateWaiters.length > 0) continue;
       yield { message: { $case: 'report', report: load() } };
     }
     // Returning half-closes the stream: the balancer removes the worker and ends its side.
@@ -77,6 +110,13 @@ export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: 
   return {
     joined,
     reportNow: () => wake?.(),
+    updateModels() {
+      if (leaving) return Promise.resolve();
+      const done = new Promise<void>((resolve) => updateWaiters.push(resolve));
+      // With no stream open the next hello carries the models; it resolves the waiter then.
+      if (streamOpen) wake?.();
+      return done;
+    },
     abandon() {
       leaving = true;
       stop.abort();
@@ -84,6 +124,7 @@ export function joinBalancer(balancerAddress: string, hello: WorkerHello, load: 
     },
     async leave() {
       leaving = true;
+      for (const w of updateWaiters.splice(0)) w();
       wake?.();
       // A balancer that does not answer the half-close within a second is not waited for.
       const timer = setTimeout(() => stop.abort(), 1000);

@@ -22,7 +22,7 @@ export const MAPPERS: readonly string[] = MAPPER_NAMES;
 /** What a map task needs from the worker. */
 export interface MapContext {
   /** The worker's models, by name. */
-  models: ReadonlyMap<string, Model>;
+  models: Pick<ReadonlyMap<string, Model>, 'get'>;
   /** Client of the aggregator. */
   aggregator: Client<typeof AggregatorServiceDefinition, MeshCallOptions>;
   /** Aborts when the task is cancelled. */

@@ -5,16 +5,32 @@
  */
 import { prepareRoot } from '../../common/file-roots';
 import { EventEmitter } from 'node:events';
+import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { resolve } from 'node:path';
-import { SpanStatusCode } from '@opentelemetry/api';
+import { SpanContext, SpanStatusCode } from '@opentelemetry/api';
 import { ConfigOf } from '../../common/config';
 import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
 import { meshTracer } from '../../common/tracing';
-import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+import {
+  ExecuteRequest,
+  ExecuteResponse,
+  LoadModelRequest,
+  LoadModelResponse,
+  UnloadModelRequest,
+  UnloadModelResponse,
+  WorkerServiceDefinition,
+  WorkerServiceRepositoryIndexRequest,
+  WorkerServiceRepositoryIndexResponse,
+} from '../../generated/maas/internal/v1/worker';
+import { ModelInferRequest, ModelInferResponse, RepositoryIndexResponse_ModelIndex } from '../../generated/inference/grpc_service';
+import { checkInferRequest, decodeInputs, encodeOutputs } from '../../common/tensors';
+import { ModelTable } from './model-table';
+import { loadOnnxModel } from './models/onnx';
+import { MODEL_NAME_PATTERN, RepositoryError, planModel, scanRepository } from './repository';
 import { MapTask, Task, TaskOutput } from '../../generated/maas/internal/v1/task';
 import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
 import { createMeshClient, openMeshChannel } from '../../common/client';
@@ -47,11 +63,16 @@ export interface RunningWorker {
   inFlight(): number;
   /** Resolves once the balancer has accepted the worker. */
   readonly joined: Promise<void>;
+  /** The models served now, by name and version. */
+  readonly models: ModelTable;
   /** Graceful stop: take no new work, finish what runs (up to the drain timeout), leave, exit. */
   shutdown(): Promise<void>;
   /** Abrupt stop, as if the process died: connections are cut, nothing is finished. Tests use it. */
   crash(): void;
 }
+
+/** How long a load or unload waits for its ModelsUpdate to be sent to the balancer. */
+const ADVERTISE_WAIT_MS = 5000;
 
 /** Defaults applied when a request leaves a field unset (the gateway normally fills them). */
 const DEFAULT_MAX_TOKENS = 64;
@@ -74,7 +95,17 @@ export async function startWorker(
   // With TLS the id is the one the certificate names (a --worker-id that differs was refused).
   const id = tls?.identity.workerId ?? (config.workerId || `worker-${hostname()}-${process.pid}-${Math.random().toString(36).slice(2, 6)}`);
   const activity = new EventEmitter();
-  const models = new Map<string, Model>();
+  const models = new ModelTable();
+  /** Set once the worker joins (after its models are loaded): load/unload advertise through it. */
+  let membership: Membership | undefined;
+  const repositoryRoot = resolve(config.modelRepository);
+  await mkdir(repositoryRoot, { recursive: true });
+  /** Names of the runtime's own models: the repository cannot load or unload them. */
+  const builtinNames = new Set<string>();
+  /** What happened to each repository model the worker tried to load: for RepositoryIndex. */
+  const repositoryState = new Map<string, { state: 'LOADING' | 'READY' | 'UNAVAILABLE' | 'UNLOADING'; reason: string }>();
+  /** Loads and unloads of one model run one at a time, in call order. */
+  const modelLocks = new Map<string, Promise<unknown>>();
   const running = new Map<string, AbortController>();
   const slots = new SlotQueue(config.concurrency, config.maxQueued);
   const latency = new MovingAverage(LATENCY_SMOOTHING);
@@ -86,8 +117,28 @@ export async function startWorker(
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     if (draining) throw new MeshError('unavailable', `worker ${id} is draining`);
     const modelName = taskModel(task);
-    const model = modelName === undefined ? undefined : models.get(modelName);
-    if (modelName !== undefined && !model) throw new MeshError('not_found', `model ${quoteInput(modelName)} is not hosted on worker ${id}`);
+    const version = task.request.$case === 'infer' ? task.request.infer.modelVersion : undefined;
+    const lease = modelName === undefined ? undefined : models.acquire(modelName, version);
+    if (modelName !== undefined && !lease) throw notHosted(modelName, version);
+    try {
+      yield* executeTask(task, lease?.model, context);
+    } finally {
+      lease?.release();
+    }
+  }
+
+  function notHosted(name: string, version: string | undefined): MeshError {
+    const versions = models.versions(name);
+    if (version && versions.length > 0) {
+      return new MeshError('not_found', `model ${quoteInput(name)} version ${quoteInput(version)} is not hosted on worker ${id}; its versions here: ${versions.join(', ')}`);
+    }
+    return new MeshError('not_found', `model ${quoteInput(name)} is not hosted on worker ${id}`);
+  }
+
+  async function* executeTask(task: Task, model: Model | undefined, context: MeshCallContext): AsyncGenerator<ExecuteResponse> {
+    const modelName = model?.info.name;
+    // Bad input is refused before it takes a slot.
+    if (task.request?.$case === 'infer') checkInfer(model!, task.request.infer);
     const arrived = performance.now();
     if (!slots.tryAcquire()) {
       if (slots.queueFull) {
@@ -113,9 +164,9 @@ export async function startWorker(
     let outcome: TaskEnd['outcome'] = 'ok';
     try {
       const outputs =
-        task.request.$case === 'map'
+        task.request?.$case === 'map'
           ? runMap(task.request.map, { models, aggregator, signal: controller.signal, deadline: context.deadline, files })
-          : runTask(model!, task, controller.signal);
+          : runTask(model!, task, controller.signal, context.deadline, span.spanContext());
       for await (const output of outputs) {
         if (chunks === 0) latency.add(performance.now() - arrived);
         chunks++;
@@ -148,30 +199,141 @@ export async function startWorker(
     tls,
     insecure: config.insecure,
     healthPort: config.healthPort,
-    services: [{ definition: WorkerServiceDefinition, implementation: { execute } }],
+    services: [{ definition: WorkerServiceDefinition, implementation: { execute, repositoryIndex, loadModel, unloadModel } }],
   });
   const address = config.advertiseAddress || server.address;
 
-  for (const model of await runtime.load()) models.set(model.info.name, model);
-  log.info('models loaded', { models: [...models.keys()].join(',') });
+  const builtin = await runtime.load();
+  for (const model of builtin) builtinNames.add(model.info.name);
+  for (const [name, group] of groupByName(builtin)) void models.replace(name, group);
+  for (const entry of await scanRepository(repositoryRoot)) {
+    if (builtinNames.has(entry.name)) {
+      log.warn('repository model skipped: the name is a built-in model', { model: entry.name });
+      continue;
+    }
+    await loadRepositoryModel(entry.name).catch((err: Error) => log.warn('repository model not loaded', { model: entry.name, error: err.message }));
+  }
+  log.info('models loaded', { models: models.all().map((m) => `${m.info.name}@${m.info.version}`).join(',') });
   server.setServing(true);
 
   const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
 
-  const membership: Membership = joinBalancer(
+  membership = joinBalancer(
     config.balancer,
-    { workerId: id, address, models: [...models.values()].map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] },
+    () => ({ workerId: id, address, models: models.all().map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] }),
     () => ({ inFlight: running.size, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting, latencyMs: latency.value ?? 0 }),
     log,
     tls,
   );
+
+  /** Runs `work` after every earlier load or unload of `name` has settled. */
+  function serialized<T>(name: string, work: () => Promise<T>): Promise<T> {
+    const before = modelLocks.get(name) ?? Promise.resolve();
+    const run = before.catch(() => undefined).then(work);
+    const tail = run.catch(() => undefined);
+    modelLocks.set(name, tail);
+    void tail.then(() => {
+      if (modelLocks.get(name) === tail) modelLocks.delete(name);
+    });
+    return run;
+  }
+
+  /** Tells the balancer the worker's models now, waiting (up to a bound) until the update is sent. */
+  async function advertise(): Promise<void> {
+    if (!membership) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([membership.updateModels(), new Promise((r) => (timer = setTimeout(r, ADVERTISE_WAIT_MS)))]);
+    clearTimeout(timer);
+  }
+
+  /**
+   * Loads (or reloads) a repository model: the new sessions are made while the old ones serve,
+   * then swapped in at once; the old ones are released once their calls in flight end.
+   */
+  function loadRepositoryModel(name: string): Promise<void> {
+    if (builtinNames.has(name)) return Promise.reject(new MeshError('failed_precondition', `model ${quoteInput(name)} is a built-in model of worker ${id}; it cannot be loaded from the repository`));
+    return serialized(name, async () => {
+      const previous = repositoryState.get(name);
+      repositoryState.set(name, { state: 'LOADING', reason: '' });
+      try {
+        const plan = await planModel(repositoryRoot, name);
+        const loaded = await loadOnnxModel(plan, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
+        const retired = models.replace(name, loaded);
+        repositoryState.set(name, { state: 'READY', reason: '' });
+        log.info('model loaded', { model: name, versions: loaded.map((m) => m.info.version).join(',') });
+        await advertise();
+        void retired.catch((err: Error) => log.warn('releasing a replaced model failed', { model: name, error: err.message }));
+      } catch (err) {
+        // A failed reload leaves the versions that were serving in place.
+        if (models.has(name)) repositoryState.set(name, previous ?? { state: 'READY', reason: '' });
+        else repositoryState.set(name, { state: 'UNAVAILABLE', reason: err instanceof Error ? err.message : String(err) });
+        if (err instanceof RepositoryError) throw new MeshError(err.kind === 'not_found' ? 'not_found' : 'failed_precondition', err.message);
+        throw err;
+      }
+    });
+  }
+
+  async function loadModel(request: LoadModelRequest): Promise<LoadModelResponse> {
+    checkModelName(request.modelName);
+    await loadRepositoryModel(request.modelName);
+    return {};
+  }
+
+  async function unloadModel(request: UnloadModelRequest): Promise<UnloadModelResponse> {
+    const name = request.modelName;
+    checkModelName(name);
+    if (builtinNames.has(name)) throw new MeshError('failed_precondition', `model ${quoteInput(name)} is a built-in model of worker ${id}; it cannot be unloaded`);
+    await serialized(name, async () => {
+      if (!models.has(name)) throw new MeshError('not_found', `model ${quoteInput(name)} is not loaded on worker ${id}`);
+      repositoryState.set(name, { state: 'UNLOADING', reason: '' });
+      // Routing stops first; calls in flight finish before the sessions are freed.
+      const drained = models.remove(name);
+      await advertise();
+      await drained;
+      repositoryState.set(name, { state: 'UNAVAILABLE', reason: 'unloaded' });
+      log.info('model unloaded', { model: name });
+    });
+    return {};
+  }
+
+  async function repositoryIndex(request: WorkerServiceRepositoryIndexRequest): Promise<WorkerServiceRepositoryIndexResponse> {
+    const readyOnly = request.request?.ready ?? false;
+    const index: RepositoryIndexResponse_ModelIndex[] = [];
+    for (const entry of await scanRepository(repositoryRoot)) {
+      if (builtinNames.has(entry.name)) continue;
+      const loaded = new Set(models.versions(entry.name));
+      const state = repositoryState.get(entry.name);
+      const versions = new Set([...entry.versions.map(String), ...loaded]);
+      if (versions.size === 0) versions.add('');
+      for (const version of [...versions].sort((a, b) => Number(a) - Number(b))) {
+        const ready = loaded.has(version);
+        const row = ready
+          ? { name: entry.name, version, state: 'READY', reason: '' }
+          : {
+              name: entry.name,
+              version,
+              state: state && state.state !== 'READY' ? state.state : 'UNAVAILABLE',
+              reason: state?.reason || (version === '' ? 'no version folder <n>/model.onnx' : loaded.size > 0 ? 'not selected by version_policy' : 'not loaded'),
+            };
+        if (!readyOnly || ready) index.push(row);
+      }
+    }
+    return { response: { models: index } };
+  }
+
+  function checkModelName(name: string) {
+    if (!MODEL_NAME_PATTERN.test(name)) {
+      throw new MeshError('invalid_argument', `model_name must match ${MODEL_NAME_PATTERN}, given ${quoteInput(name)}`);
+    }
+  }
 
   return {
     id,
     address,
     activity,
     joined: membership.joined,
+    models,
     inFlight: () => running.size,
     async shutdown() {
       draining = true;
@@ -233,6 +395,8 @@ function taskModel(task: Task): string | undefined {
       return task.request.predict.model;
     case 'map':
       return task.request.map.spec?.map?.$case === 'model' ? task.request.map.spec.map.model : undefined;
+    case 'infer':
+      return task.request.infer.modelName;
     default:
       return undefined;
   }
@@ -244,12 +408,37 @@ async function* runMap(task: MapTask, context: MapContext): AsyncGenerator<TaskO
 }
 
 /** Runs one task on its model and yields its outputs (without the worker id). */
-async function* runTask(model: Model, task: Task, signal: AbortSignal): AsyncGenerator<TaskOutput['output']> {
+async function* runTask(model: Model, task: Task, signal: AbortSignal, deadline: number | undefined, spanContext: SpanContext): AsyncGenerator<TaskOutput['output']> {
   if (task.request?.$case === 'generate') {
     yield* runGenerate(model, task.request.generate, signal);
   } else if (task.request?.$case === 'predict') {
     yield await runPredict(model, task.request.predict, signal);
+  } else if (task.request?.$case === 'infer') {
+    yield { $case: 'inferResponse', inferResponse: await runInfer(model, task.request.infer, signal, deadline, spanContext) };
   }
+}
+
+/** Refuses an infer task the model cannot take: INVALID_ARGUMENT naming the tensor (common/tensors). */
+function checkInfer(model: Model, request: ModelInferRequest): void {
+  const info = model.info;
+  if (!model.infer || !info.inputs || !info.outputs) {
+    throw new MeshError('failed_precondition', `model "${info.name}" does not take tensors (ModelInfer); it supports: ${supported(model)}`);
+  }
+  checkInferRequest(request, { name: info.name, inputs: info.inputs, outputs: info.outputs, maxBatchSize: info.maxBatchSize ?? 0 });
+}
+
+/** Runs a checked infer task; answers raw when the request was raw (or an output is FP16). */
+async function runInfer(model: Model, request: ModelInferRequest, signal: AbortSignal, deadline: number | undefined, spanContext: SpanContext): Promise<ModelInferResponse> {
+  const outputs = await model.infer!({ inputs: decodeInputs(request), outputs: request.outputs.map((o) => o.name), deadline, spanContext }, signal);
+  const encoded = encodeOutputs(outputs, request.rawInputContents.length > 0);
+  return { modelName: model.info.name, modelVersion: model.info.version, id: request.id, parameters: {}, outputs: encoded.outputs, rawOutputContents: encoded.rawOutputContents };
+}
+
+/** Models grouped by name (a runtime may return several versions of one). */
+function groupByName(list: readonly Model[]): Map<string, Model[]> {
+  const groups = new Map<string, Model[]>();
+  for (const m of list) groups.set(m.info.name, [...(groups.get(m.info.name) ?? []), m]);
+  return groups;
 }
 
 async function* runGenerate(model: Model, request: GenerateRequest, signal: AbortSignal): AsyncGenerator<TaskOutput['output']> {
@@ -289,8 +478,15 @@ async function runPredict(model: Model, request: PredictRequest, signal: AbortSi
   return { $case: 'prediction', prediction: { model: model.info.name, label: p.label, probabilities: p.probabilities, text: p.text } };
 }
 
+const TASK_CALLS: Record<Model['info']['tasks'][number], string> = { generate: 'Generate', classify: 'Predict', infer: 'ModelInfer' };
+const TASK_PROTO: Record<Model['info']['tasks'][number], ModelTask> = {
+  generate: ModelTask.MODEL_TASK_GENERATE,
+  classify: ModelTask.MODEL_TASK_CLASSIFY,
+  infer: ModelTask.MODEL_TASK_INFER,
+};
+
 function supported(model: Model): string {
-  return model.info.tasks.map((t) => (t === 'generate' ? 'Generate' : 'Predict')).join(', ');
+  return model.info.tasks.map((t) => TASK_CALLS[t]).join(', ');
 }
 
 function countWords(text: string): number {
@@ -303,14 +499,14 @@ function modelMessage(model: Model): ModelMessage {
     name: model.info.name,
     version: model.info.version,
     description: model.info.description,
-    tasks: model.info.tasks.map((t) => (t === 'generate' ? ModelTask.MODEL_TASK_GENERATE : ModelTask.MODEL_TASK_CLASSIFY)),
+    tasks: model.info.tasks.map((t) => TASK_PROTO[t]),
     labels: model.info.labels,
     metadata: model.info.metadata,
     readyWorkers: 1,
-    platform: 'maas_builtin',
-    inputs: [],
-    outputs: [],
-    maxBatchSize: 0,
+    platform: model.info.platform ?? 'maas_builtin',
+    inputs: (model.info.inputs ?? []).map((t) => ({ name: t.name, datatype: t.datatype, shape: [...t.shape] })),
+    outputs: (model.info.outputs ?? []).map((t) => ({ name: t.name, datatype: t.datatype, shape: [...t.shape] })),
+    maxBatchSize: model.info.maxBatchSize ?? 0,
     contextLength: 0,
   };
 }

@@ -185,7 +185,7 @@ function spamNbModel(cache: SpamNbCache): Model {
       name: 'spam-nb',
       version: SPAM_NB_VERSION,
       description: 'Multinomial Naive Bayes spam classifier trained on the Spam Assassin public mail corpus.',
-      tasks: ['classify'],
+      tasks: ['classify', 'infer'],
       labels: classifier.labels,
       metadata: {
         dataset: DATASET_NAME,
@@ -202,12 +202,31 @@ function spamNbModel(cache: SpamNbCache): Model {
         alpha: String(DEFAULT_NB_PARAMS.alpha),
         cache_key: cache.key,
       },
+      // Through the tensor protocol: one text per element in, a label and a probability row out.
+      platform: 'maas_builtin',
+      inputs: [{ name: 'text', datatype: 'BYTES', shape: [-1] }],
+      outputs: [
+        { name: 'label', datatype: 'BYTES', shape: [-1] },
+        { name: 'probabilities', datatype: 'FP64', shape: [-1, classifier.labels.length] },
+      ],
+      maxBatchSize: 0,
     },
     async predict(input, signal) {
       signal.throwIfAborted();
       // The same cleaning as training, so HTML input is read as its text.
       const { label, probabilities } = classifier.predict(normalizeText(input));
       return { label, probabilities, text: '' };
+    },
+    async infer(call, signal) {
+      signal.throwIfAborted();
+      const texts = call.inputs[0].data as Buffer[];
+      const labels = classifier.labels;
+      const predictions = texts.map((t) => classifier.predict(normalizeText(t.toString('utf8'))));
+      const all = [
+        { name: 'label', datatype: 'BYTES' as const, shape: [texts.length], data: predictions.map((p) => Buffer.from(p.label, 'utf8')) },
+        { name: 'probabilities', datatype: 'FP64' as const, shape: [texts.length, labels.length], data: Float64Array.from(predictions.flatMap((p) => labels.map((l) => p.probabilities[l]))) },
+      ];
+      return call.outputs.length === 0 ? all : call.outputs.map((name) => all.find((t) => t.name === name)!);
     },
   };
 }

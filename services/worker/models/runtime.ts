@@ -6,8 +6,14 @@
  * server adapts these types to the wire.
  */
 
-/** A kind of call a model supports: `generate` streams tokens, `classify` answers Predict. */
-export type ModelTask = 'generate' | 'classify';
+import type { SpanContext } from '@opentelemetry/api';
+import type { Tensor, TensorSpecLike } from '../../../common/tensors';
+
+/**
+ * A kind of call a model supports: `generate` streams tokens, `classify` answers Predict, `infer`
+ * takes and returns tensors (the KServe v2 protocol's ModelInfer).
+ */
+export type ModelTask = 'generate' | 'classify' | 'infer';
 
 /** What a model tells the mesh about itself (listed by the worker, advertised to the balancer). */
 export interface ModelInfo {
@@ -23,6 +29,26 @@ export interface ModelInfo {
   labels: string[];
   /** Free-form facts about the model (dataset, held-out metrics, sizes), as strings. */
   metadata: Record<string, string>;
+  /** The runtime that runs it: `maas_builtin` (default) or `onnxruntime_onnx`. */
+  platform?: string;
+  /** Input tensors, for a model that supports `infer` (-1: a dimension of any size). */
+  inputs?: TensorSpecLike[];
+  /** Output tensors, for a model that supports `infer`. */
+  outputs?: TensorSpecLike[];
+  /** > 0: the first dimension of every tensor is the batch, at most this large; 0 when it does not batch. */
+  maxBatchSize?: number;
+}
+
+/** One tensor inference: inputs already checked against the model's specs. */
+export interface InferCall {
+  /** The inputs, one per model input. */
+  inputs: Tensor[];
+  /** Names of the outputs to return; empty means all, in the model's order. */
+  outputs: string[];
+  /** Absolute deadline (epoch ms), if any. */
+  deadline?: number;
+  /** The span of the call, linked from a batch run's span when the call is batched. */
+  spanContext?: SpanContext;
 }
 
 /** Parameters of one generate call. */
@@ -71,6 +97,12 @@ export interface Model {
   generate?(params: GenerateParams, signal: AbortSignal): AsyncIterable<GeneratedChunk>;
   /** Classifies one input; rejects with the signal's reason or an AbortError once signal aborts. */
   predict?(input: string, signal: AbortSignal): Promise<Prediction>;
+  /** Runs one tensor inference; rejects with the signal's reason or an AbortError once signal aborts. */
+  infer?(call: InferCall, signal: AbortSignal): Promise<Tensor[]>;
+  /** Dynamic batching counters (batches run, rows run), for a model that batches. */
+  batchStats?(): { batches: number; rows: number };
+  /** Frees what the model holds (an ONNX Runtime session); called once no call uses it. */
+  release?(): Promise<void>;
 }
 
 /** A source of models: the worker calls load() once at start and serves what it returns. */
