@@ -222,7 +222,11 @@ export async function startWorker(
   membership = joinBalancer(
     config.balancer,
     () => ({ workerId: id, address, models: models.all().map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] }),
-    () => ({ inFlight: running.size, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting, latencyMs: latency.value ?? 0 }),
+    () => {
+      // A task holding a worker slot but waiting for a model's place (a llama.cpp sequence) is queued, not in flight.
+      const waitingInModels = models.all().reduce((sum, m) => sum + (m.load?.().waiting ?? 0), 0);
+      return { inFlight: running.size - waitingInModels, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting + waitingInModels, latencyMs: latency.value ?? 0 };
+    },
     log,
     tls,
   );
@@ -451,7 +455,12 @@ async function* runGenerate(model: Model, request: GenerateRequest, signal: Abor
     temperature: request.temperature ?? 1,
     seed: request.seed,
     stop: request.stop,
+    messages: request.messages.length > 0 ? request.messages.map((m) => ({ role: m.role, content: m.content })) : undefined,
+    topP: request.topP,
   };
+  if (params.messages && !model.info.tasks.includes('chat')) {
+    throw new MeshError('failed_precondition', `model "${model.info.name}" does not take chat messages; it supports: ${supported(model)}`);
+  }
   let index = 0;
   let generated = 0;
   for await (const chunk of model.generate(params, signal)) {
@@ -463,7 +472,7 @@ async function* runGenerate(model: Model, request: GenerateRequest, signal: Abor
         text: chunk.text,
         index: index++,
         finishReason: last ? finishReasonToProto[chunk.finishReason!] : FinishReason.FINISH_REASON_UNSPECIFIED,
-        usage: last ? { promptTokens: countWords(request.prompt), completionTokens: generated } : undefined,
+        usage: last ? (chunk.usage ?? { promptTokens: countWords(request.prompt), completionTokens: generated }) : undefined,
       },
     };
     if (last) return;
@@ -478,11 +487,12 @@ async function runPredict(model: Model, request: PredictRequest, signal: AbortSi
   return { $case: 'prediction', prediction: { model: model.info.name, label: p.label, probabilities: p.probabilities, text: p.text } };
 }
 
-const TASK_CALLS: Record<Model['info']['tasks'][number], string> = { generate: 'Generate', classify: 'Predict', infer: 'ModelInfer' };
+const TASK_CALLS: Record<Model['info']['tasks'][number], string> = { generate: 'Generate', classify: 'Predict', infer: 'ModelInfer', chat: 'Generate with messages' };
 const TASK_PROTO: Record<Model['info']['tasks'][number], ModelTask> = {
   generate: ModelTask.MODEL_TASK_GENERATE,
   classify: ModelTask.MODEL_TASK_CLASSIFY,
   infer: ModelTask.MODEL_TASK_INFER,
+  chat: ModelTask.MODEL_TASK_CHAT,
 };
 
 function supported(model: Model): string {
@@ -507,6 +517,6 @@ function modelMessage(model: Model): ModelMessage {
     inputs: (model.info.inputs ?? []).map((t) => ({ name: t.name, datatype: t.datatype, shape: [...t.shape] })),
     outputs: (model.info.outputs ?? []).map((t) => ({ name: t.name, datatype: t.datatype, shape: [...t.shape] })),
     maxBatchSize: model.info.maxBatchSize ?? 0,
-    contextLength: 0,
+    contextLength: model.info.contextLength ?? 0,
   };
 }

@@ -11,9 +11,10 @@ import type { Tensor, TensorSpecLike } from '../../../common/tensors';
 
 /**
  * A kind of call a model supports: `generate` streams tokens, `classify` answers Predict, `infer`
- * takes and returns tensors (the KServe v2 protocol's ModelInfer).
+ * takes and returns tensors (the KServe v2 protocol's ModelInfer), `chat` continues a
+ * conversation (GenerateParams.messages) with the model's chat template.
  */
-export type ModelTask = 'generate' | 'classify' | 'infer';
+export type ModelTask = 'generate' | 'classify' | 'infer' | 'chat';
 
 /** What a model tells the mesh about itself (listed by the worker, advertised to the balancer). */
 export interface ModelInfo {
@@ -37,6 +38,8 @@ export interface ModelInfo {
   outputs?: TensorSpecLike[];
   /** > 0: the first dimension of every tensor is the batch, at most this large; 0 when it does not batch. */
   maxBatchSize?: number;
+  /** Longest prompt plus output the model takes, in its tokens; absent or 0 when it has no fixed limit. */
+  contextLength?: number;
 }
 
 /** One tensor inference: inputs already checked against the model's specs. */
@@ -63,6 +66,17 @@ export interface GenerateParams {
   seed?: number;
   /** Output stops before the first occurrence of any of these strings; they are never emitted. */
   stop: string[];
+  /** A conversation to continue (a model with the `chat` task); `prompt` is then empty. */
+  messages?: ChatMessage[];
+  /** Nucleus sampling: sample only from the most likely tokens whose probabilities add up to this, in (0, 1]; absent: 1. */
+  topP?: number;
+}
+
+/** One turn of a conversation. */
+export interface ChatMessage {
+  /** `system`, `user` or `assistant`. */
+  role: string;
+  content: string;
 }
 
 /**
@@ -77,6 +91,8 @@ export interface GeneratedChunk {
   text: string;
   /** Set on the last chunk only: why the generation ended. */
   finishReason?: FinishReason;
+  /** On the last chunk, from a model that counts its own tokens; otherwise the worker counts words and chunks. */
+  usage?: { promptTokens: number; completionTokens: number };
 }
 
 /** The answer of a classify (Predict) call. */
@@ -101,6 +117,11 @@ export interface Model {
   infer?(call: InferCall, signal: AbortSignal): Promise<Tensor[]>;
   /** Dynamic batching counters (batches run, rows run), for a model that batches. */
   batchStats?(): { batches: number; rows: number };
+  /**
+   * For a model that serves a fixed number of calls at once (a llama.cpp context's sequences):
+   * calls being served, calls waiting in line for a place, and how many places there are.
+   */
+  load?(): { busy: number; waiting: number; capacity: number };
   /** Frees what the model holds (an ONNX Runtime session); called once no call uses it. */
   release?(): Promise<void>;
 }
