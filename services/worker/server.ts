@@ -30,6 +30,7 @@ import { ModelInferRequest, ModelInferResponse, RepositoryIndexResponse_ModelInd
 import { checkInferRequest, decodeInputs, encodeOutputs } from '../../common/tensors';
 import { ModelTable } from './model-table';
 import { loadOnnxModel } from './models/onnx';
+import { createUpstreamRuntime } from './models/upstream';
 import { MODEL_NAME_PATTERN, RepositoryError, planModel, scanRepository } from './repository';
 import { MapTask, Task, TaskOutput } from '../../generated/maas/internal/v1/task';
 import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
@@ -204,8 +205,12 @@ export async function startWorker(
   const address = config.advertiseAddress || server.address;
 
   const builtin = await runtime.load();
-  for (const model of builtin) builtinNames.add(model.info.name);
-  for (const [name, group] of groupByName(builtin)) void models.replace(name, group);
+  const upstream = await createUpstreamRuntime(config.upstreams, { apiKey: config.upstreamApiKey, connectTimeoutMs: config.upstreamConnectTimeoutMs }).load();
+  for (const model of upstream) {
+    if (builtin.some((m) => m.info.name === model.info.name)) throw new Error(`--upstream ${model.info.name}: that name is a built-in model; choose another`);
+  }
+  for (const model of [...builtin, ...upstream]) builtinNames.add(model.info.name);
+  for (const [name, group] of groupByName([...builtin, ...upstream])) void models.replace(name, group);
   for (const entry of await scanRepository(repositoryRoot)) {
     if (builtinNames.has(entry.name)) {
       log.warn('repository model skipped: the name is a built-in model', { model: entry.name });
