@@ -10,7 +10,7 @@ describe('worker --upstream (upstream engines)', () => {
       { name: 'llm', urls: ['http://10.0.0.1:8000/v1', 'http://10.0.0.2:8000/v1'], engineModel: 'meta/llama-3' },
       { name: 'small', urls: ['https://e.example/v1'], engineModel: 'small' },
     ]);
-    const fromEnv = parseConfig(workerSchema, [], { MAAS_UPSTREAMS: 'llm=http://10.0.0.1:8000/v1#meta/llama-3, llm=http://10.0.0.2:8000/v1#meta/llama-3,small=https://e.example/v1' });
+    const fromEnv = parseConfig(workerSchema, [], { MAAS_WORKER_UPSTREAMS: 'llm=http://10.0.0.1:8000/v1#meta/llama-3, llm=http://10.0.0.2:8000/v1#meta/llama-3,small=https://e.example/v1' });
     expect(fromEnv.upstreams).to.deep.equal(fromFlags.upstreams);
   });
 

@@ -34,7 +34,7 @@ const MAX_EVENT_CHARS = 1 << 20;
 
 /**
  * Parses `name=url[#engine-model]` entries, comma-separated (the `--upstream` flag, repeatable, and
- * `MAAS_UPSTREAMS`). The same name more than once adds replicas. The engine model defaults to the
+ * `MAAS_WORKER_UPSTREAMS`). The same name more than once adds replicas. The engine model defaults to the
  * name. Throws an Error naming the entry by position, never echoing a URL (it may carry a secret).
  */
 export function parseUpstreams(raw: string): UpstreamSpec[] {
