@@ -2,7 +2,7 @@
  * The KServe v2 protocol at the gateway (inference.GRPCInferenceService), through a real mesh:
  * server and model metadata, and every bad ModelInfer input refused at the edge with the exact
  * status and a message naming the field. The tensor model here is advertised by a worker that
- * joins the real balancer with only a hello (its address answers nothing): each call below is
+ * joins the real balancer with a hello and load reports (its address answers nothing): each call below is
  * refused by the gateway before the scheduler, so none reaches it.
  */
 import { expect } from 'chai';
@@ -35,7 +35,15 @@ async function advertise(balancerAddress: string, workerId: string, models: Mode
   const abort = new AbortController();
   async function* messages(): AsyncGenerator<JoinRequest> {
     yield { message: { $case: 'hello', hello: { workerId, address: '127.0.0.1:1', models, capacity: 1, mappers: [] } } };
-    await new Promise((r) => abort.signal.addEventListener('abort', r));
+    // Load reports keep it a member: the balancer removes a worker silent for three intervals.
+    while (!abort.signal.aborted) {
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, 200);
+        abort.signal.addEventListener('abort', () => (clearTimeout(timer), r()), { once: true });
+      });
+      if (abort.signal.aborted) return;
+      yield { message: { $case: 'report', report: { inFlight: 0, capacity: 1, completed: 0, draining: false, queueDepth: 0, latencyMs: 0 } } };
+    }
   }
   (async () => {
     for await (const _ of client.join(messages(), { signal: abort.signal })) void _;

@@ -45,3 +45,18 @@ describe('maas up: the environment of each service', () => {
     expect(childEnv('scheduler', shell, 1).MAAS_SCHEDULER_TENANT_RATE).to.equal('5');
   });
 });
+
+describe('maas up: the model repository', () => {
+  it('passes one absolute --model-repository to every worker, and lets the ONNX settings through', async () => {
+    const { meshProcesses } = await import('../../gateway/cli/up.js');
+    const specs = meshProcesses({ host: '127.0.0.1', gatewayPort: 1, httpPort: 8080, schedulerPort: 2, balancerPort: 3, aggregatorPort: 4, workerBasePort: 5, workers: 2, policy: 'p2c', startTimeoutMs: 1, modelRepository: 'repo' });
+    const workers = specs.filter((s) => s.service === 'worker');
+    expect(workers).to.have.length(2);
+    for (const w of workers) {
+      const at = w.args.indexOf('--model-repository');
+      expect(w.args[at + 1]).to.equal(`${process.cwd()}/repo`);
+    }
+    const env = childEnv('worker', { MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_GATEWAY_API_KEYS: 'x' }, 1);
+    expect(env).to.deep.equal({ MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_PARENT_PID: '1' });
+  });
+});

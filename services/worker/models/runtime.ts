@@ -38,7 +38,7 @@ export interface ModelInfo {
   outputs?: TensorSpecLike[];
   /** > 0: the first dimension of every tensor is the batch, at most this large; 0 when it does not batch. */
   maxBatchSize?: number;
-  /** Longest prompt plus output the model takes, in its tokens; absent or 0 when it has no fixed limit. */
+  /** Longest prompt plus output, in tokens, for a generative model with a fixed context; 0 or absent when none. */
   contextLength?: number;
 }
 

@@ -34,9 +34,14 @@ describe('builtin runtime (real Spam Assassin corpus)', () => {
     return found;
   };
 
-  it('loads spam-nb (classify only), ngram (generate only) and echo (both)', () => {
+  it('loads spam-nb (classify, and infer through its tensor adapter), ngram (generate only) and echo (both)', () => {
     expect([...models.keys()]).to.deep.equal(['spam-nb', 'ngram', 'echo']);
-    expect(model('spam-nb').info.tasks).to.deep.equal(['classify']);
+    expect(model('spam-nb').info.tasks).to.deep.equal(['classify', 'infer']);
+    expect(model('spam-nb').info.inputs).to.deep.equal([{ name: 'text', datatype: 'BYTES', shape: [-1] }]);
+    expect(model('spam-nb').info.outputs).to.deep.equal([
+      { name: 'label', datatype: 'BYTES', shape: [-1] },
+      { name: 'probabilities', datatype: 'FP64', shape: [-1, 2] },
+    ]);
     expect(model('spam-nb').generate).to.equal(undefined);
     expect(model('ngram').info.tasks).to.deep.equal(['generate']);
     expect(model('ngram').predict).to.equal(undefined);
