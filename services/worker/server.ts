@@ -5,9 +5,9 @@
  */
 import { prepareRoot } from '../../common/file-roots';
 import { EventEmitter } from 'node:events';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { SpanContext, SpanStatusCode } from '@opentelemetry/api';
 import { ConfigOf } from '../../common/config';
 import { MeshError, quoteInput } from '../../common/errors';
@@ -30,7 +30,7 @@ import { ModelInferRequest, ModelInferResponse, RepositoryIndexResponse_ModelInd
 import { checkInferRequest, decodeInputs, encodeOutputs } from '../../common/tensors';
 import { ModelTable } from './model-table';
 import { loadOnnxModel } from './models/onnx';
-import { createUpstreamRuntime } from './models/upstream';
+import { createUpstreamModel, createUpstreamRuntime, upstreamFromConfig } from './models/upstream';
 import { MODEL_NAME_PATTERN, RepositoryError, planModel, scanRepository } from './repository';
 import { MapTask, Task, TaskOutput } from '../../generated/maas/internal/v1/task';
 import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
@@ -100,6 +100,7 @@ export async function startWorker(
   /** Set once the worker joins (after its models are loaded): load/unload advertise through it. */
   let membership: Membership | undefined;
   const repositoryRoot = resolve(config.modelRepository);
+  const upstreamOptions = { apiKey: config.upstreamApiKey, connectTimeoutMs: config.upstreamConnectTimeoutMs };
   await mkdir(repositoryRoot, { recursive: true });
   /** Names of the runtime's own models: the repository cannot load or unload them. */
   const builtinNames = new Set<string>();
@@ -205,7 +206,7 @@ export async function startWorker(
   const address = config.advertiseAddress || server.address;
 
   const builtin = await runtime.load();
-  const upstream = await createUpstreamRuntime(config.upstreams, { apiKey: config.upstreamApiKey, connectTimeoutMs: config.upstreamConnectTimeoutMs }).load();
+  const upstream = await createUpstreamRuntime(config.upstreams, upstreamOptions).load();
   for (const model of upstream) {
     if (builtin.some((m) => m.info.name === model.info.name)) throw new Error(`--upstream ${model.info.name}: that name is a built-in model; choose another`);
   }
@@ -266,8 +267,10 @@ export async function startWorker(
       const previous = repositoryState.get(name);
       repositoryState.set(name, { state: 'LOADING', reason: '' });
       try {
-        const plan = await planModel(repositoryRoot, name);
-        const loaded = await loadOnnxModel(plan, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
+        const upstream = await readUpstreamConfig(repositoryRoot, name);
+        const loaded = upstream
+          ? [createUpstreamModel(upstream, upstreamOptions)]
+          : await loadOnnxModel(await planModel(repositoryRoot, name), { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
         const retired = models.replace(name, loaded);
         repositoryState.set(name, { state: 'READY', reason: '' });
         log.info('model loaded', { model: name, versions: loaded.map((m) => m.info.version).join(',') });
@@ -524,4 +527,25 @@ function modelMessage(model: Model): ModelMessage {
     maxBatchSize: model.info.maxBatchSize ?? 0,
     contextLength: model.info.contextLength ?? 0,
   };
+}
+
+/**
+ * The upstream spec of repository model `name` when its config.json says platform openai_upstream;
+ * undefined otherwise (then the folder is planned as a model file). RepositoryError naming the field.
+ */
+async function readUpstreamConfig(root: string, name: string): Promise<ReturnType<typeof upstreamFromConfig>> {
+  if (!MODEL_NAME_PATTERN.test(name)) return undefined;
+  const text = await readFile(join(root, name, 'config.json'), 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return undefined; // planModel reports the bad JSON
+  }
+  try {
+    return upstreamFromConfig(parsed, name);
+  } catch (err) {
+    throw new RepositoryError('invalid', `config.json of model ${JSON.stringify(name)}: ${(err as Error).message}`);
+  }
 }

@@ -4,6 +4,9 @@
  * second gateway of B run as its own process, which the last test kills with SIGKILL mid-stream.
  */
 import { expect } from 'chai';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import OpenAI from 'openai';
 import { ClientError } from 'nice-grpc';
 import { GenerateRequest, GenerateResponse } from '../../generated/maas/v1/inference';
@@ -24,6 +27,7 @@ describe('upstream engines: a worker fronting another mesh\'s OpenAI API', funct
   let front: TestMesh;
   const group = new ProcessGroup();
   let replica1: ServiceProcess;
+  const repository = mkdtempSync(join(tmpdir(), 'maas-upstream-repo-'));
 
   before(async () => {
     engine = await startMesh({ workers: [{ echoDelayMs: 40 }] });
@@ -36,12 +40,16 @@ describe('upstream engines: a worker fronting another mesh\'s OpenAI API', funct
     });
     await replica1.start();
     const upstreams = parseUpstreams(`remote-echo=http://127.0.0.1:${httpPort}/v1#echo,remote-echo=http://127.0.0.1:${engine.gateway.httpPort}/v1#echo`);
-    front = await startMesh({ worker: { upstreams, upstreamConnectTimeoutMs: 5000 } });
+    // The same engine named in the model repository instead of a flag: no version folder.
+    mkdirSync(join(repository, 'repo-echo'));
+    writeFileSync(join(repository, 'repo-echo', 'config.json'), JSON.stringify({ platform: 'openai_upstream', description: 'echo of mesh B', upstream: { urls: [`http://127.0.0.1:${engine.gateway.httpPort}/v1`], model: 'echo' } }));
+    front = await startMesh({ worker: { upstreams, upstreamConnectTimeoutMs: 5000, modelRepository: repository } });
   });
   after(async () => {
     await front?.stop();
     await group.dispose();
     await engine?.stop();
+    rmSync(repository, { recursive: true, force: true });
   });
 
   it('lists the upstream model with its platform, for Generate and chat', async () => {
@@ -50,6 +58,13 @@ describe('upstream engines: a worker fronting another mesh\'s OpenAI API', funct
     expect(remote, 'remote-echo is listed').to.not.equal(undefined);
     expect(remote!.platform).to.equal('openai_upstream');
     expect(remote!.metadata).to.include({ engine_model: 'echo', replicas: '2' });
+  });
+
+  it('serves an upstream model declared in the model repository (config.json, platform openai_upstream)', async () => {
+    const { models } = await front.models.listModels({});
+    expect(models.find((m) => m.name === 'repo-echo')).to.include({ platform: 'openai_upstream', description: 'echo of mesh B' });
+    const chunks = await collect(front.inference.generate({ ...request('from the repository', 10), model: 'repo-echo' }));
+    expect(chunks.map((c) => c.text).join('')).to.equal('from the repository');
   });
 
   it('forwards a streamed Generate and passes the engine\'s usage on', async () => {

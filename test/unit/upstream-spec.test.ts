@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { parseConfig } from '../../common/config.js';
 import { workerSchema } from '../../services/worker/config.js';
-import { parseUpstreams } from '../../services/worker/models/upstream.js';
+import { parseUpstreams, upstreamFromConfig } from '../../services/worker/models/upstream.js';
 
 describe('worker --upstream (upstream engines)', () => {
   it('repeats: the same name adds replicas, #model names the engine model, env and flags take the same form', () => {
@@ -33,5 +33,23 @@ describe('worker --upstream (upstream engines)', () => {
 
   it('parses an empty value to no upstreams', () => {
     expect(parseUpstreams('')).to.deep.equal([]);
+  });
+
+  it('reads a repository config.json of platform openai_upstream, refusing bad fields by name', () => {
+    expect(upstreamFromConfig({ platform: 'onnxruntime_onnx' }, 'm')).to.equal(undefined);
+    expect(upstreamFromConfig({ platform: 'openai_upstream', upstream: { urls: ['http://a:1/v1/', 'http://b:1/v1'], model: 'llama3:8b' } }, 'm')).to.deep.equal({ name: 'm', urls: ['http://a:1/v1', 'http://b:1/v1'], engineModel: 'llama3:8b', description: undefined });
+    const refusal = (config: unknown) => {
+      try {
+        upstreamFromConfig(config, 'm');
+      } catch (err) {
+        return (err as Error).message;
+      }
+      throw new Error('accepted');
+    };
+    expect(refusal({ platform: 'openai_upstream' })).to.include('upstream must be an object');
+    expect(refusal({ platform: 'openai_upstream', upstream: { urls: [] } })).to.equal('upstream.urls must be an array of 1 to 64 engine URLs');
+    expect(refusal({ platform: 'openai_upstream', upstream: { urls: ['http://a/v1', 'file:///etc/passwd'] } })).to.equal('upstream.urls[1]: the engine URL must be http or https, given file:');
+    expect(refusal({ platform: 'openai_upstream', upstream: { urls: ['http://a/v1'], key: 'x' } })).to.equal('upstream has unknown key "key"; the keys are urls, model');
+    expect(refusal({ platform: 'openai_upstream', input: [], upstream: { urls: ['http://a/v1'] } })).to.include('unknown field "input"');
   });
 });

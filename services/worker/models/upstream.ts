@@ -49,14 +49,7 @@ export function parseUpstreams(raw: string): UpstreamSpec[] {
       if (eq <= 0) throw new Error(`${where}: expected name=url[#engine-model]`);
       const name = entry.slice(0, eq);
       if (!MODEL_NAME.test(name)) throw new Error(`${where}: the model name must be 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-      let url: URL;
-      try {
-        url = new URL(entry.slice(eq + 1));
-      } catch {
-        throw new Error(`${where} (${name}): the engine URL does not parse; expected e.g. http://127.0.0.1:8000/v1`);
-      }
-      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`${where} (${name}): the engine URL must be http or https, given ${url.protocol}`);
-      if (url.username || url.password) throw new Error(`${where} (${name}): put no credentials in the engine URL; use --upstream-api-key`);
+      const url = parseEngineUrl(entry.slice(eq + 1), `${where} (${name})`);
       const engineModel = decodeURIComponent(url.hash.slice(1)) || name;
       url.hash = '';
       const base = url.toString().replace(/\/+$/, '');
@@ -66,6 +59,50 @@ export function parseUpstreams(raw: string): UpstreamSpec[] {
       else if (!spec.urls.includes(base)) spec.urls.push(base);
     });
   return [...byName.values()];
+}
+
+/** An engine's base URL: http or https, no credentials. Throws an Error starting with `where`, never echoing the URL. */
+function parseEngineUrl(raw: string, where: string): URL {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new Error(`${where}: the engine URL does not parse; expected e.g. http://127.0.0.1:8000/v1`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`${where}: the engine URL must be http or https, given ${url.protocol}`);
+  if (url.username || url.password) throw new Error(`${where}: put no credentials in the engine URL; use --upstream-api-key`);
+  return url;
+}
+
+/** Most replicas one upstream model may list. */
+export const MAX_REPLICAS = 64;
+
+/**
+ * The upstream spec of a model repository's config.json when its platform is `openai_upstream`
+ * (`{"platform": "openai_upstream", "upstream": {"urls": [...], "model": "..."}, "description": "..."}`,
+ * no version folder needed); undefined for any other platform. Throws an Error naming the field.
+ */
+export function upstreamFromConfig(config: unknown, name: string): (UpstreamSpec & { description?: string }) | undefined {
+  if (typeof config !== 'object' || config === null || Array.isArray(config)) return undefined;
+  const raw = config as Record<string, unknown>;
+  if (raw.platform !== 'openai_upstream') return undefined;
+  const unknown = Object.keys(raw).find((k) => !['name', 'platform', 'description', 'upstream'].includes(k));
+  if (unknown) throw new Error(`unknown field ${JSON.stringify(unknown.slice(0, 40))} for platform openai_upstream; the fields are name, platform, description, upstream`);
+  if (raw.description !== undefined && typeof raw.description !== 'string') throw new Error('description must be a string');
+  const upstream = raw.upstream;
+  if (typeof upstream !== 'object' || upstream === null || Array.isArray(upstream)) throw new Error('upstream must be an object {"urls": [...], "model": "..."} for platform openai_upstream');
+  const { urls, model, ...rest } = upstream as Record<string, unknown>;
+  const extra = Object.keys(rest)[0];
+  if (extra !== undefined) throw new Error(`upstream has unknown key ${JSON.stringify(extra.slice(0, 40))}; the keys are urls, model`);
+  if (!Array.isArray(urls) || urls.length === 0 || urls.length > MAX_REPLICAS) throw new Error(`upstream.urls must be an array of 1 to ${MAX_REPLICAS} engine URLs`);
+  if (model !== undefined && (typeof model !== 'string' || model === '' || model.length > 256)) throw new Error('upstream.model must be a string of 1 to 256 characters');
+  const bases = urls.map((u, i) => {
+    if (typeof u !== 'string') throw new Error(`upstream.urls[${i}] must be a string`);
+    const url = parseEngineUrl(u, `upstream.urls[${i}]`);
+    url.hash = '';
+    return url.toString().replace(/\/+$/, '');
+  });
+  return { name, urls: [...new Set(bases)], engineModel: (model as string | undefined) ?? name, description: raw.description as string | undefined };
 }
 
 /** Options of the upstream runtime. */
@@ -105,7 +142,7 @@ export function createUpstreamModel(spec: UpstreamSpec, options: UpstreamOptions
   const info: ModelInfo = {
     name: spec.name,
     version: '1',
-    description: `Served by an OpenAI-compatible engine (${replicas.length} replica${replicas.length === 1 ? '' : 's'}) as "${spec.engineModel}".`,
+    description: (spec as { description?: string }).description || `Served by an OpenAI-compatible engine (${replicas.length} replica${replicas.length === 1 ? '' : 's'}) as "${spec.engineModel}".`,
     tasks: ['generate', 'chat'],
     labels: [],
     metadata: { engine_model: spec.engineModel, replicas: String(replicas.length) },
