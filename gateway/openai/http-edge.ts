@@ -191,7 +191,13 @@ async function serve(options: OpenAiEdgeOptions, req: IncomingMessage, res: Serv
       const data = (await options.listModels()).filter((m) => generates(m) && !seen.has(m.name) && seen.add(m.name)).map((m) => modelObject(m.name));
       sendJson(res, 200, { object: 'list', data });
     } else {
-      const model = await options.findModel(decodeURIComponent(path.slice('/v1/models/'.length)));
+      let name: string;
+      try {
+        name = decodeURIComponent(path.slice('/v1/models/'.length));
+      } catch {
+        throw new InvalidParam('model', 'must be a model name (the path does not decode)', { toString: () => 'a malformed %-escape' });
+      }
+      const model = await options.findModel(name);
       if (!generates(model)) throw new MeshError('not_found', `model "${model.name}" does not generate text; it is not served by this API`);
       sendJson(res, 200, modelObject(model.name));
     }

@@ -349,7 +349,9 @@ describe('maas up: the whole mesh as separate processes', function () {
     const inTrace = await receiver.waitFor(
       (spans) => {
         const mine = spans.filter((s) => s.traceId === traceId);
-        return mine.some((s) => s.service === 'maas-worker' && s.name === 'model.execute') ? mine : undefined;
+        // Each process flushes its own batches: wait for the first hop and the last.
+        const complete = mine.some((s) => s.service === 'maas-worker' && s.name === 'model.execute') && mine.some((s) => s.service === 'maas-gateway' && s.kind === KIND_SERVER);
+        return complete ? mine : undefined;
       },
       15_000,
       describe,

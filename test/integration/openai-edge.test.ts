@@ -176,6 +176,8 @@ describe('OpenAI-compatible HTTP API (openai SDK)', function () {
     it('405 for a wrong method and 404 for an unknown path', async () => {
       expect((await raw(port, 'GET', '/v1/completions', {})).status).to.equal(405);
       expect((await raw(port, 'GET', '/v2/nothing', {})).status).to.equal(404);
+      const malformed = await raw(port, 'GET', '/v1/models/%E0%A4%A', {});
+      expect([malformed.status, JSON.parse(malformed.text).error.param]).to.deep.equal([400, 'model']);
     });
   });
 
