@@ -18,6 +18,8 @@ export interface Setting<T> {
   parse(raw: string): T;
   /** How the default is shown. */
   show(value: T): string;
+  /** The flag may be given more than once: the values are joined with commas, as the variable writes them. */
+  readonly repeatable?: boolean;
 }
 
 /** A service's config schema: setting name -> setting. */
@@ -137,7 +139,8 @@ export function parseConfig<S extends Schema>(schema: S, argv: readonly string[]
     if (eq >= 0) value = arg.slice(eq + 1);
     else if (i + 1 < argv.length && !argv[i + 1].startsWith('--')) value = argv[++i];
     else value = '';
-    fromFlags.set(entry[0], value);
+    const earlier = fromFlags.get(entry[0]);
+    fromFlags.set(entry[0], entry[1].repeatable && earlier !== undefined ? `${earlier},${value}` : value);
   }
   const out: Record<string, unknown> = {};
   for (const [key, setting] of Object.entries(schema)) {

@@ -10,6 +10,8 @@ const gatewayTls = tlsSchema('MAAS_GATEWAY', 'gateway');
 export const gatewaySchema = {
   host: text({ flag: '--host', env: 'MAAS_GATEWAY_HOST', default: '127.0.0.1', doc: 'Interface to bind; 0.0.0.0 to accept calls from other machines.' }),
   port: integer({ flag: '--port', env: 'MAAS_GATEWAY_PORT', default: 50051, min: 0, max: 65535, doc: 'Port of the public API; 0 picks a free one.' }),
+  httpPort: integer({ flag: '--http-port', env: 'MAAS_GATEWAY_HTTP_PORT', default: 8080, min: -1, max: 65535, doc: 'Port of the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) on --host; 0 picks a free one, -1 turns it off.' }),
+  httpMaxBodyBytes: integer({ flag: '--http-max-body-bytes', env: 'MAAS_GATEWAY_HTTP_MAX_BODY_BYTES', default: 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest HTTP request body, in bytes; a larger one gets 413 before it is read.' }),
   scheduler: address({ flag: '--scheduler', env: 'MAAS_SCHEDULER_ADDRESS', default: '127.0.0.1:50052', doc: 'Address of the scheduler.' }),
   balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer (for the model catalog).' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_GATEWAY_MAX_MESSAGE_BYTES', default: 4 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.' }),

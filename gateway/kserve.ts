@@ -186,6 +186,7 @@ export function describeTasks(model: Pick<Model, 'tasks'>): string {
     [ModelTask.MODEL_TASK_GENERATE]: 'Generate',
     [ModelTask.MODEL_TASK_CLASSIFY]: 'Predict',
     [ModelTask.MODEL_TASK_INFER]: 'ModelInfer',
+    [ModelTask.MODEL_TASK_CHAT]: 'Generate with messages',
   };
   return model.tasks.map((t) => names[t] ?? String(t)).join(', ') || 'nothing';
 }

@@ -43,10 +43,13 @@ import { gatewaySchema } from './config';
 import { validateGenerateRequest, validateJobId, validateModelName, validatePageToken, validatePredictRequest } from './validation';
 import { GRPCInferenceServiceDefinition } from '../generated/inference/grpc_service';
 import { describeTasks, kserveService } from './kserve';
+import { startOpenAiEdge } from './openai/http-edge';
 
 /** A running gateway. */
 export interface RunningGateway extends StartedService {
   readonly port: number;
+  /** Port of the OpenAI-compatible HTTP API; undefined when it is off (--http-port -1). */
+  readonly httpPort: number | undefined;
   /**
    * Reads the API key file again and, if it parses, replaces the keys in use; otherwise keeps them
    * and logs why (by line number). Returns whether the new keys took effect. Also runs on its own
@@ -84,14 +87,21 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   const balancer = createMeshClient(BalancerServiceDefinition, balancerChannel);
   const catalog = new ModelCatalog<Model>(async () => (await balancer.listModels({}, { deadline: Date.now() + 5000 })).models, config.catalogTtlMs);
 
-  /** The model, or NOT_FOUND naming the models that exist; INVALID_ARGUMENT if it cannot do `task`. */
-  async function requireModel(name: string, task: ModelTask): Promise<Model> {
+  /** The model, or NOT_FOUND naming the models that exist. */
+  async function findModel(name: string): Promise<Model> {
     const model = await catalog.find(name);
     if (!model) {
-      const known = (await catalog.list()).map((m) => m.name).join(', ') || 'none are ready';
+      const known = [...new Set((await catalog.list()).map((m) => m.name))].join(', ') || 'none are ready';
       throw new MeshError('not_found', `model ${quoteInput(name)} not found; available: ${known}`);
     }
+    return model;
+  }
+
+  /** The model, or NOT_FOUND naming the models that exist; INVALID_ARGUMENT if it cannot do `task`. */
+  async function requireModel(name: string, task: ModelTask): Promise<Model> {
+    const model = await findModel(name);
     if (!model.tasks.includes(task)) {
+      if (task === ModelTask.MODEL_TASK_CHAT) throw new MeshError('invalid_argument', `messages need a model with a chat template; model ${quoteInput(name)} supports: ${describeTasks(model)} (send a prompt instead)`);
       const call = task === ModelTask.MODEL_TASK_GENERATE ? 'Generate' : 'Predict';
       throw new MeshError('invalid_argument', `model ${quoteInput(name)} does not support ${call}; it supports: ${describeTasks(model)}`);
     }
@@ -108,7 +118,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   async function* generate(request: GenerateRequest, context: MeshCallContext): AsyncGenerator<GenerateResponse> {
     auth.tenantOf(context.metadata.get('authorization'));
     const valid = validateGenerateRequest(request, limits);
-    await requireModel(valid.model, ModelTask.MODEL_TASK_GENERATE);
+    await requireModel(valid.model, valid.messages.length > 0 ? ModelTask.MODEL_TASK_CHAT : ModelTask.MODEL_TASK_GENERATE);
     const { task, deadline } = newTask(context, { $case: 'generate', generate: valid });
     for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
       if (response.output?.output?.$case === 'chunk') yield response.output.output.chunk;
@@ -230,13 +240,36 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
       },
     ],
   });
+  const http =
+    config.httpPort < 0
+      ? undefined
+      : await startOpenAiEdge({
+          host: config.host,
+          port: config.httpPort,
+          tls: tls && { cert: tls.cert, key: tls.key },
+          insecure: config.insecure,
+          maxBodyBytes: config.httpMaxBodyBytes,
+          maxPromptChars: config.maxPromptChars,
+          defaultDeadlineMs: config.defaultDeadlineMs,
+          tenantOf: (authorization) => auth.tenantOf(authorization),
+          listModels: () => catalog.list(),
+          findModel,
+          validate: (request) => validateGenerateRequest(request, limits),
+          schedule: (task, options) => scheduler.schedule({ task }, options),
+          log,
+        }).catch(async (err: unknown) => {
+          await server.shutdown(0);
+          throw new Error(`the OpenAI-compatible HTTP API could not listen on ${config.host}:${config.httpPort} (--http-port): ${(err as Error).message}`);
+        });
+  if (http) log.info('OpenAI-compatible HTTP API listening', { host: config.host, port: http.port });
   return {
     port: server.port,
     address: server.address,
+    httpPort: http?.port,
     reloadApiKeys,
     async shutdown() {
       keyWatch?.close();
-      await server.shutdown(5000);
+      await Promise.all([server.shutdown(5000), http?.close(5000)]);
       schedulerChannel.close();
       balancerChannel.close();
     },

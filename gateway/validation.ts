@@ -14,15 +14,16 @@ export interface GenerateFields {
   temperature?: number | undefined;
   stop: string[];
   priority: number;
-  /** A conversation (models with MODEL_TASK_CHAT); prompt must then be empty. */
-  messages?: { role: string; content: string }[];
+  /** A conversation (models with MODEL_TASK_CHAT); when set, prompt is empty. */
+  messages?: Array<{ role: string; content: string }>;
+  /** Nucleus sampling, in (0, 1]; unset means 1. */
   topP?: number | undefined;
 }
 
-/** Most messages in one chat request. */
-export const MAX_CHAT_MESSAGES = 256;
+/** Most messages in one GenerateRequest. */
+export const MAX_MESSAGES = 256;
 /** The roles a chat message may have. */
-export const CHAT_ROLES = ['system', 'user', 'assistant'] as const;
+export const MESSAGE_ROLES = ['system', 'user', 'assistant'];
 
 /** The fields of maas.v1.PredictRequest that validation reads (the generated type fits). */
 export interface PredictFields {
@@ -102,21 +103,22 @@ export function validateGenerateRequest<T extends GenerateFields>(request: T, li
   validateAffinityKey(request.affinityKey);
   const messages = request.messages ?? [];
   if (messages.length > 0) {
-    if (request.prompt !== '') throw invalidField('prompt', 'must be empty when messages are set', request.prompt);
-    if (messages.length > MAX_CHAT_MESSAGES) throw invalidField('messages', `must have at most ${MAX_CHAT_MESSAGES} messages`, messages.length);
-    let chars = 0;
+    if (request.prompt !== '') throw invalidField('prompt', 'must be empty when messages are given', request.prompt);
+    if (messages.length > MAX_MESSAGES) throw invalidField('messages', `must have at most ${MAX_MESSAGES} messages`, messages.length);
+    let total = 0;
     messages.forEach((m, i) => {
-      if (!(CHAT_ROLES as readonly string[]).includes(m.role)) throw invalidField(`messages[${i}].role`, `must be one of ${CHAT_ROLES.join(', ')}`, m.role);
-      chars += m.content.length;
+      if (!MESSAGE_ROLES.includes(m.role)) throw invalidField(`messages[${i}].role`, `must be one of ${MESSAGE_ROLES.join(', ')}`, m.role);
+      if (m.role === 'user' && m.content === '') throw invalidField(`messages[${i}].content`, 'is required for a user message', m.content);
+      total += m.content.length;
+      if (total > limits.maxPromptChars) throw invalidField('messages', `must have at most ${limits.maxPromptChars} characters of content in all`, `${total} by messages[${i}]`);
     });
-    if (chars > limits.maxPromptChars) throw invalidField('messages', `must have at most ${limits.maxPromptChars} characters of content in all`, chars);
   } else {
     if (request.prompt === '') throw invalidField('prompt', 'is required', request.prompt);
     if (request.prompt.length > limits.maxPromptChars) {
       throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, request.prompt);
     }
   }
-  if (request.topP !== undefined && !(Number.isFinite(request.topP) && request.topP > 0 && request.topP <= 1)) {
+  if (request.topP !== undefined && (!Number.isFinite(request.topP) || request.topP <= 0 || request.topP > 1)) {
     throw invalidField('top_p', 'must be greater than 0 and at most 1', request.topP);
   }
   if (request.maxTokens > MAX_TOKENS_LIMIT) throw invalidField('max_tokens', `must be <= ${MAX_TOKENS_LIMIT}`, request.maxTokens);

@@ -261,7 +261,9 @@ export interface MaasUp {
 
 /** Starts `node dist/gateway/cli/maas.js up ...args` in the repository with exactly `env`. */
 export function spawnMaasUp(args: string[], env: NodeJS.ProcessEnv): MaasUp {
-  const child = spawn(process.execPath, [resolve(DIST, 'gateway/cli/maas.js'), 'up', ...args], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // The HTTP API's default port (8080) may be taken on a shared machine: off unless a test asks.
+  const http = args.some((a) => a.startsWith('--http-port')) ? [] : ['--http-port=-1'];
+  const child = spawn(process.execPath, [resolve(DIST, 'gateway/cli/maas.js'), 'up', ...args, ...http], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (output += d));
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (output += d));

@@ -202,7 +202,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
     silentLogger,
   );
   const gateway = await startGateway(
-    { ...gatewayDefaults(), port: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...tls('gateway'), ...options.gateway },
+    { ...gatewayDefaults(), port: 0, httpPort: 0, scheduler: scheduler.address, balancer: balancer.address, catalogTtlMs: 0, ...tls('gateway'), ...options.gateway },
     silentLogger,
   );
   const mesh = new TestMesh(balancer, aggregator, scheduler, gateway, dataDir, options.tls);

@@ -29,6 +29,8 @@ commands:
       --gateway-port N        public API port (default 50051); scheduler N+1, balancer N+2,
                               aggregator N+3, workers from N+4 (or --scheduler-port, --balancer-port,
                               --aggregator-port, --worker-base-port)
+      --http-port N           the gateway's OpenAI-compatible HTTP API (default 8080; -1 off,
+                              written --http-port=-1)
       --workers N             number of worker processes (default 2)
       --policy P              balancing policy: round_robin, random, least_outstanding, p2c,
                               p2c_ewma, weighted, consistent_hash (default p2c)
@@ -118,6 +120,7 @@ async function main(argv: string[]): Promise<number> {
       stop: { type: 'string', multiple: true },
       host: { type: 'string', default: '127.0.0.1' },
       'gateway-port': { type: 'string', default: '50051' },
+      'http-port': { type: 'string', default: '8080' },
       'scheduler-port': { type: 'string' },
       'balancer-port': { type: 'string' },
       'aggregator-port': { type: 'string' },
@@ -166,6 +169,7 @@ async function main(argv: string[]): Promise<number> {
     return up({
       host: values.host!,
       gatewayPort,
+      httpPort: num('http-port', values['http-port'])!,
       schedulerPort: num('scheduler-port', values['scheduler-port']) ?? gatewayPort + 1,
       balancerPort: num('balancer-port', values['balancer-port']) ?? gatewayPort + 2,
       aggregatorPort: num('aggregator-port', values['aggregator-port']) ?? gatewayPort + 3,

@@ -29,6 +29,8 @@ interface ProcessSpec {
 export interface UpOptions {
   host: string;
   gatewayPort: number;
+  /** The gateway's OpenAI-compatible HTTP port; -1: off. */
+  httpPort: number;
   schedulerPort: number;
   balancerPort: number;
   aggregatorPort: number;
@@ -92,7 +94,7 @@ export function meshProcesses(o: UpOptions): ProcessSpec[] {
   }
   specs.push(
     { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator, ...inputRoot, ...outputRoot], address: at(o.schedulerPort), identity: 'scheduler' },
-    { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : [])], address: at(o.gatewayPort), identity: 'gateway' },
+    { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--http-port', String(o.httpPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : [])], address: at(o.gatewayPort), identity: 'gateway' },
   );
   for (const spec of specs) {
     if (o.certsDir) {
@@ -219,11 +221,13 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
       '',
       `MaaS Mesh is up: every service reports SERVING${ca ? ', over mutual TLS (CA ' + ca + ')' : ''}.`,
       ...specs.map((s) => `  ${s.name.padEnd(10)} ${s.address}${s.name === 'gateway' ? '   (public API: maas.v1.InferenceService, ModelService, JobService, MeshService)' : s.name === 'balancer' ? `   (policy ${o.policy})` : ''}`),
+      ...(o.httpPort >= 0 ? [`  ${'openai'.padEnd(10)} ${ca ? 'https' : 'http'}://${dialHost}:${o.httpPort}/v1   (OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions)`] : []),
       '',
       'Try:',
       ...(o.apiKeysFile ? ['  export MAAS_API_KEY=<a key of the key file>   (maas keys add prints one when it makes it)'] : []),
       `  ${maas} models`,
       `  ${maas} generate --model ngram --seed 7 "the meeting"`,
+      ...(o.httpPort >= 0 ? [`  curl -N ${ca ? `--cacert ${ca} https` : 'http'}://${dialHost}:${o.httpPort}/v1/chat/completions${o.apiKeysFile ? ' -H "Authorization: Bearer $MAAS_API_KEY"' : ''} -H 'content-type: application/json' -d '{"model":"ngram","messages":[{"role":"user","content":"the meeting"}],"stream":true}'`] : []),
       `  ${maas} job submit --mapper wordcount --dataset spam-assassin --watch`,
       `  (a job's --input FILE is read from ${resolve(o.inputRoot ?? '.maas/input')}; --output goes to ${resolve(o.outputRoot ?? '.maas/output')}/<tenant>/)`,
       `  ${grpcurl}${o.apiKeysFile ? ' -H "authorization: Bearer $MAAS_API_KEY"' : ''} -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,

@@ -1,6 +1,7 @@
 /** Settings of the worker service. */
 import { address, decimal, integer, text } from '../../common/config';
 import { tlsSchema } from '../../common/tls';
+import { UpstreamSpec, parseUpstreams } from './models/upstream';
 
 const workerTls = tlsSchema('MAAS_WORKER', 'workers/{worker-id}');
 
@@ -22,6 +23,24 @@ export const workerSchema = {
   echoFailRate: decimal({ flag: '--echo-fail-rate', env: 'MAAS_WORKER_ECHO_FAIL_RATE', default: 0, min: 0, max: 1, doc: 'Share of echo calls that fail on purpose (for balancing benchmarks and tests).' }),
   modelRepository: text({ flag: '--model-repository', env: 'MAAS_MODEL_REPOSITORY', default: '.maas/models', doc: 'The model repository: `<model>/<version>/model.onnx` (or one `*.gguf`) plus an optional `<model>/config.json` (see "Model repository" in the README). Created if missing; every model in it is loaded at start.' }),
   onnxIntraOpThreads: integer({ flag: '--onnx-intra-op-threads', env: 'MAAS_ONNX_INTRA_OP_THREADS', default: 1, min: 1, max: 256, doc: "ONNX Runtime threads per model run (intra-op); a model's config.json parameters.intra_op_threads overrides it." }),
+  upstreams: {
+    flag: '--upstream',
+    env: 'MAAS_WORKER_UPSTREAMS',
+    default: [] as UpstreamSpec[],
+    repeatable: true,
+    doc: 'A model served by an external OpenAI-compatible engine: `name=url[#engine-model]`, url the engine\'s OpenAI base URL (e.g. http://127.0.0.1:8000/v1); repeat the flag (or separate with commas) for more models, and give one name several urls for replicas. The engine model defaults to the name.',
+    parse: (raw: string): UpstreamSpec[] => parseUpstreams(raw),
+    show: (v: UpstreamSpec[]) => (v.length === 0 ? '(none)' : v.map((u) => `${u.name} (${u.urls.length})`).join(',')),
+  },
+  upstreamApiKey: {
+    flag: '--upstream-api-key',
+    env: 'MAAS_WORKER_UPSTREAM_API_KEY',
+    default: '',
+    doc: 'Sent as `Authorization: Bearer` to every upstream engine; prefer the environment to the flag, which `ps` shows. Empty: none.',
+    parse: (raw: string): string => raw.trim(),
+    show: (v: string) => (v === '' ? '(empty)' : '(set)'),
+  },
+  upstreamConnectTimeoutMs: integer({ flag: '--upstream-connect-timeout-ms', env: 'MAAS_WORKER_UPSTREAM_CONNECT_TIMEOUT_MS', default: 10000, min: 1, max: 600000, doc: 'How long an upstream engine may take to answer a call\'s headers before the call moves to another replica (the call\'s own deadline still bounds it all).' }),
   drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: 30000, min: 0, max: 3600000, doc: 'On SIGTERM, how long running tasks may take to finish before they are cut.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_WORKER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_WORKER_MAX_CONCURRENT_STREAMS', default: 1024, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); keep it above --concurrency plus --max-queued.' }),

@@ -5,9 +5,9 @@
  */
 import { prepareRoot } from '../../common/file-roots';
 import { EventEmitter } from 'node:events';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { resolve } from 'node:path';
+import { join, resolve } from 'node:path';
 import { SpanContext, SpanStatusCode } from '@opentelemetry/api';
 import { ConfigOf } from '../../common/config';
 import { MeshError, quoteInput } from '../../common/errors';
@@ -31,6 +31,7 @@ import { checkInferRequest, decodeInputs, encodeOutputs } from '../../common/ten
 import { ModelTable } from './model-table';
 import { loadOnnxModel } from './models/onnx';
 import { LLAMA_DEFAULTS, loadLlamaModels } from './models/llama';
+import { createUpstreamModel, createUpstreamRuntime, upstreamFromConfig } from './models/upstream';
 import { MODEL_NAME_PATTERN, RepositoryError, planModel, scanRepository } from './repository';
 import { MapTask, Task, TaskOutput } from '../../generated/maas/internal/v1/task';
 import { AggregatorServiceDefinition } from '../../generated/maas/internal/v1/aggregator';
@@ -100,6 +101,7 @@ export async function startWorker(
   /** Set once the worker joins (after its models are loaded): load/unload advertise through it. */
   let membership: Membership | undefined;
   const repositoryRoot = resolve(config.modelRepository);
+  const upstreamOptions = { apiKey: config.upstreamApiKey, connectTimeoutMs: config.upstreamConnectTimeoutMs };
   await mkdir(repositoryRoot, { recursive: true });
   /** Names of the runtime's own models: the repository cannot load or unload them. */
   const builtinNames = new Set<string>();
@@ -205,8 +207,12 @@ export async function startWorker(
   const address = config.advertiseAddress || server.address;
 
   const builtin = await runtime.load();
-  for (const model of builtin) builtinNames.add(model.info.name);
-  for (const [name, group] of groupByName(builtin)) void models.replace(name, group);
+  const upstream = await createUpstreamRuntime(config.upstreams, upstreamOptions).load();
+  for (const model of upstream) {
+    if (builtin.some((m) => m.info.name === model.info.name)) throw new Error(`--upstream ${model.info.name}: that name is a built-in model; choose another`);
+  }
+  for (const model of [...builtin, ...upstream]) builtinNames.add(model.info.name);
+  for (const [name, group] of groupByName([...builtin, ...upstream])) void models.replace(name, group);
   for (const entry of await scanRepository(repositoryRoot)) {
     if (builtinNames.has(entry.name)) {
       log.warn('repository model skipped: the name is a built-in model', { model: entry.name });
@@ -262,15 +268,17 @@ export async function startWorker(
       const previous = repositoryState.get(name);
       repositoryState.set(name, { state: 'LOADING', reason: '' });
       try {
-        const plan = await planModel(repositoryRoot, name);
-        const loaded =
-          plan.format === 'gguf'
-            ? await loadLlamaModels(plan, {
-                sequences: plan.config.sequences ?? LLAMA_DEFAULTS.sequences,
-                contextLength: plan.config.contextLength ?? LLAMA_DEFAULTS.contextLength,
-                threads: plan.config.threads ?? LLAMA_DEFAULTS.threads,
+        const upstream = await readUpstreamConfig(repositoryRoot, name);
+        const plan = upstream ? undefined : await planModel(repositoryRoot, name);
+        const loaded = upstream
+          ? [createUpstreamModel(upstream, upstreamOptions)]
+          : plan!.format === 'gguf'
+            ? await loadLlamaModels(plan!, {
+                sequences: plan!.config.sequences ?? LLAMA_DEFAULTS.sequences,
+                contextLength: plan!.config.contextLength ?? LLAMA_DEFAULTS.contextLength,
+                threads: plan!.config.threads ?? LLAMA_DEFAULTS.threads,
               })
-            : await loadOnnxModel(plan, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
+            : await loadOnnxModel(plan!, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
         const retired = models.replace(name, loaded);
         repositoryState.set(name, { state: 'READY', reason: '' });
         log.info('model loaded', { model: name, versions: loaded.map((m) => m.info.version).join(',') });
@@ -527,4 +535,25 @@ function modelMessage(model: Model): ModelMessage {
     maxBatchSize: model.info.maxBatchSize ?? 0,
     contextLength: model.info.contextLength ?? 0,
   };
+}
+
+/**
+ * The upstream spec of repository model `name` when its config.json says platform openai_upstream;
+ * undefined otherwise (then the folder is planned as a model file). RepositoryError naming the field.
+ */
+async function readUpstreamConfig(root: string, name: string): Promise<ReturnType<typeof upstreamFromConfig>> {
+  if (!MODEL_NAME_PATTERN.test(name)) return undefined;
+  const text = await readFile(join(root, name, 'config.json'), 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return undefined; // planModel reports the bad JSON
+  }
+  try {
+    return upstreamFromConfig(parsed, name);
+  } catch (err) {
+    throw new RepositoryError('invalid', `config.json of model ${JSON.stringify(name)}: ${(err as Error).message}`);
+  }
 }

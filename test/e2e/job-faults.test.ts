@@ -222,7 +222,7 @@ describe('batch jobs under kill -9 of real processes', function () {
     gateway = group.add({
       name: 'gateway',
       entry: 'gateway/main.js',
-      args: ['--port', String(gwPort), '--scheduler', at(schedPort), '--balancer', at(balPort), '--catalog-ttl-ms', '0'],
+      args: ['--port', String(gwPort), '--http-port', '-1', '--scheduler', at(schedPort), '--balancer', at(balPort), '--catalog-ttl-ms', '0'],
       address: at(gwPort),
       env,
     });

@@ -15,7 +15,8 @@ import { Channel } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
 import { FinishReason, GenerateResponse, InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
 import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
-import { MaasUp, childPids, cmdlineOf, freePortRun, meshProcessesOn, spawnMaasUp } from '../processes.js';
+import OpenAI from 'openai';
+import { MaasUp, childPids, cmdlineOf, freePort, freePortRun, meshProcessesOn, spawnMaasUp } from '../processes.js';
 
 /** The repository root (this file runs from dist/test/e2e). */
 const repoRoot = resolve(__dirname, '../../..');
@@ -136,6 +137,7 @@ describe('maas up: the whole mesh as separate processes', function () {
   let upExit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   let run: MaasUp | undefined;
   let gatewayPort = 0;
+  let httpPort = 0;
   let ports: number[] = [];
   let servicePids: number[] = [];
   let channel: Channel | undefined;
@@ -160,7 +162,8 @@ describe('maas up: the whole mesh as separate processes', function () {
     env.OTEL_EXPORTER_OTLP_ENDPOINT = `http://127.0.0.1:${receiver.port}`;
     env.MAAS_WORKER_CACHE_DIR = resolve(repoRoot, '.cache/models');
 
-    run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--workers', String(WORKERS)], env);
+    httpPort = await freePort();
+    run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--http-port', String(httpPort), '--workers', String(WORKERS)], env);
     const child = run.child;
     up = child;
     upExit = run.exit;
@@ -326,5 +329,36 @@ describe('maas up: the whole mesh as separate processes', function () {
     const balancerClient = child(balancerServer, 'maas-balancer', KIND_CLIENT, 'maas.internal.v1.WorkerService/Execute');
     const workerServer = child(balancerClient, 'maas-worker', KIND_SERVER, 'maas.internal.v1.WorkerService/Execute');
     child(workerServer, 'maas-worker', undefined, 'model.execute');
+  });
+
+  it('an OpenAI API call continues the caller\'s traceparent: its trace id is on every hop down to the model', async function () {
+    this.timeout(30_000);
+    expect(run!.output, 'maas up prints the HTTP API').to.include(`http://127.0.0.1:${httpPort}/v1`);
+    const traceId = 'a1b2c3d4e5f60718293a4b5c6d7e8f90';
+    const callerSpanId = '1122334455667788';
+    const openai = new OpenAI({ baseURL: `http://127.0.0.1:${httpPort}/v1`, apiKey: 'unused', maxRetries: 0 });
+    const stream = await openai.chat.completions.create(
+      { model: 'echo', messages: [{ role: 'user', content: 'trace me please' }], max_tokens: 3, stream: true },
+      { headers: { traceparent: `00-${traceId}-${callerSpanId}-01` } },
+    );
+    for await (const _chunk of stream) {
+      // drain the stream
+    }
+    const describe = (spans: CollectedSpan[]) =>
+      `spans of trace ${traceId}:\n${spans.filter((s) => s.traceId === traceId).map((s) => `  ${s.service.padEnd(15)} ${s.name} span=${s.spanId} parent=${s.parentSpanId ?? '-'}`).join('\n')}`;
+    const inTrace = await receiver.waitFor(
+      (spans) => {
+        const mine = spans.filter((s) => s.traceId === traceId);
+        // Each process flushes its own batches: wait for the first hop and the last.
+        const complete = mine.some((s) => s.service === 'maas-worker' && s.name === 'model.execute') && mine.some((s) => s.service === 'maas-gateway' && s.kind === KIND_SERVER);
+        return complete ? mine : undefined;
+      },
+      15_000,
+      describe,
+    );
+    const edge = inTrace.filter((s) => s.service === 'maas-gateway' && s.kind === KIND_SERVER && s.name === 'POST /v1/chat/completions');
+    expect(edge, describe(receiver.spans)).to.have.lengthOf(1);
+    expect(edge[0].parentSpanId, 'the HTTP span is a child of the caller\'s span').to.equal(callerSpanId);
+    expect([...new Set(inTrace.map((s) => s.service))]).to.include.members(['maas-gateway', 'maas-scheduler', 'maas-balancer', 'maas-worker']);
   });
 });

@@ -49,7 +49,7 @@ describe('maas up: the environment of each service', () => {
 describe('maas up: the model repository', () => {
   it('passes one absolute --model-repository to every worker, and lets the ONNX settings through', async () => {
     const { meshProcesses } = await import('../../gateway/cli/up.js');
-    const specs = meshProcesses({ host: '127.0.0.1', gatewayPort: 1, schedulerPort: 2, balancerPort: 3, aggregatorPort: 4, workerBasePort: 5, workers: 2, policy: 'p2c', startTimeoutMs: 1, modelRepository: 'repo' });
+    const specs = meshProcesses({ host: '127.0.0.1', gatewayPort: 1, httpPort: 8080, schedulerPort: 2, balancerPort: 3, aggregatorPort: 4, workerBasePort: 5, workers: 2, policy: 'p2c', startTimeoutMs: 1, modelRepository: 'repo' });
     const workers = specs.filter((s) => s.service === 'worker');
     expect(workers).to.have.length(2);
     for (const w of workers) {

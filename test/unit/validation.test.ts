@@ -266,4 +266,24 @@ describe('gateway validation', () => {
       );
     });
   });
+
+  describe('chat messages and top_p (GenerateRequest.messages, top_p)', () => {
+    it('accepts messages with an empty prompt, and refuses both at once naming prompt', () => {
+      expect(validateGenerateRequest(generate({ prompt: '', messages: [{ role: 'user', content: 'hi' }] }), limits).messages).to.have.length(1);
+      expect(refusal(() => validateGenerateRequest(generate({ messages: [{ role: 'user', content: 'hi' }] }), limits))).to.equal('prompt must be empty when messages are given, given "hello"');
+    });
+
+    it('refuses an unknown role, an empty user turn, too many messages and too much content, naming each', () => {
+      const chat = (messages: GenerateRequest['messages']) => generate({ prompt: '', messages });
+      expect(refusal(() => validateGenerateRequest(chat([{ role: 'wizard', content: 'x' }]), limits))).to.equal('messages[0].role must be one of system, user, assistant, given "wizard"');
+      expect(refusal(() => validateGenerateRequest(chat([{ role: 'system', content: 's' }, { role: 'user', content: '' }]), limits))).to.equal('messages[1].content is required for a user message, given ""');
+      expect(refusal(() => validateGenerateRequest(chat(Array.from({ length: 257 }, () => ({ role: 'user', content: 'x' }))), limits))).to.equal('messages must have at most 256 messages, given 257');
+      expect(refusal(() => validateGenerateRequest(chat([{ role: 'user', content: 'x'.repeat(60) }, { role: 'assistant', content: 'y'.repeat(60) }]), limits))).to.equal('messages must have at most 100 characters of content in all, given "120 by messages[1]"');
+    });
+
+    it('refuses top_p outside (0, 1], naming it', () => {
+      expect(validateGenerateRequest(generate({ topP: 1 }), limits).topP).to.equal(1);
+      for (const topP of [0, -0.5, 1.01, Number.NaN]) expect(refusal(() => validateGenerateRequest(generate({ topP }), limits))).to.equal(`top_p must be greater than 0 and at most 1, given ${topP}`);
+    });
+  });
 });
