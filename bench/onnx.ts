@@ -551,7 +551,10 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
 
   const svg = renderBarChart({
     title: 'ModelInfer on mlp: requests per second by concurrency',
-    subtitle: [`${new Date().toISOString().slice(0, 16)}Z, ${code}; ${availableParallelism()} CPUs, shared; ${o.durationMs / 1000} s measured per bar`, `concurrency ${low} to ${high}: closed-loop callers, one row per request`],
+    subtitle: [
+      `${new Date().toISOString().slice(0, 16)}Z, ${code.replace(/ plus uncommitted changes in .*/, ' (with local changes)')}; ${availableParallelism()} CPUs, shared (load ${loadBefore[0].toFixed(1)})`,
+      `closed loop, concurrency ${low} to ${high}, one row per request; ${o.durationMs / 1000} s measured per bar; details in BENCHMARKS.md`,
+    ],
     yLabel: 'requests per second',
     panels: o.concurrencies.map((c) => ({
       title: `c = ${c}`,
