@@ -30,6 +30,7 @@ import { createMeshClient, openChannel } from '../common/client';
 import { type ExampleModel, mlpModel, writeModels } from '../common/onnx/examples';
 import { mulberry32 } from '../common/random';
 import { GRPCInferenceServiceDefinition } from '../generated/inference/grpc_service';
+import { WorkerServiceDefinition } from '../generated/maas/internal/v1/worker';
 import { codeVersion, intOption, say } from './bench-cli';
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
 import { machineBusyCpuMs, processCpuMs } from './cpu-time';
@@ -52,6 +53,9 @@ const USAGE = `usage: npm run bench:onnx -- [options]     (or: node dist/bench/o
   --batch-trace         the worker exports its spans to this process, which counts the rows of each
                         batch.run span: rows per run for the mesh too (tracing costs the worker some
                         CPU, so such a run leaves docs/ alone)
+  --direct              also call the worker straight (WorkerService/Execute with the same infer
+                        task the scheduler would send), with and without batching: the mesh without
+                        its three relaying hops (leaves docs/ alone)
   --profile             run the services under node --cpu-prof and summarise their hot functions
                         while the mesh is measured with batching (profiles in .cache/bench-profiles/;
                         leaves docs/ alone)
@@ -66,11 +70,15 @@ const UNBATCHED_MODEL = 'mlp-unbatched';
 /** Distinct input rows, cycled through by every mode alike. */
 const ROW_POOL = 512;
 
-type Mode = 'mesh-batched' | 'mesh-unbatched' | 'inproc-batched' | 'inproc-unbatched';
+type Mode = 'mesh-batched' | 'mesh-unbatched' | 'worker-batched' | 'worker-unbatched' | 'inproc-batched' | 'inproc-unbatched';
+/** The four modes of every run; `--direct` adds the two `worker-*` ones. */
 const MODES: Mode[] = ['mesh-batched', 'mesh-unbatched', 'inproc-batched', 'inproc-unbatched'];
+const DIRECT_MODES: Mode[] = ['worker-batched', 'worker-unbatched'];
 const MODE_LABELS: Record<Mode, string> = {
   'mesh-batched': 'mesh, dynamic batching',
   'mesh-unbatched': 'mesh, no batching',
+  'worker-batched': 'worker direct, batching',
+  'worker-unbatched': 'worker direct, no batching',
   'inproc-batched': 'in-process, batched (limit)',
   'inproc-unbatched': 'in-process, one row per run',
 };
@@ -89,6 +97,8 @@ interface BenchOptions {
   writeDocs: boolean;
   batchTrace: boolean;
   profile: boolean;
+  /** The modes measured: MODES, plus DIRECT_MODES with --direct. */
+  modes: Mode[];
   argv: string[];
 }
 
@@ -120,6 +130,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
       quick: { type: 'boolean', default: false },
       'no-docs': { type: 'boolean', default: false },
       'batch-trace': { type: 'boolean', default: false },
+      direct: { type: 'boolean', default: false },
       profile: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -144,7 +155,8 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
     rounds: intOption('rounds', values.rounds, values.quick ? 1 : 3, 1, 100),
     concurrencies,
     intraOpThreads: intOption('intra-op-threads', values['intra-op-threads'], 1, 1, 256),
-    writeDocs: !values['no-docs'] && !values.quick && !values['batch-trace'] && !values.profile,
+    writeDocs: !values['no-docs'] && !values.quick && !values['batch-trace'] && !values.profile && !values.direct,
+    modes: values.direct ? [...MODES.slice(0, 2), ...DIRECT_MODES, ...MODES.slice(2)] : MODES,
     batchTrace: values['batch-trace']!,
     profile: values.profile!,
     argv,
@@ -297,6 +309,9 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
   const nextRow = () => rows[next++ % rows.length];
   const channel = openChannel(mesh.addresses.gateway);
   const gateway = createMeshClient(GRPCInferenceServiceDefinition, channel);
+  const workerChannel = openChannel(mesh.addresses.worker);
+  const worker = createMeshClient(WorkerServiceDefinition, workerChannel);
+  let requestNumber = 0;
   const batcher = new InProcessBatcher(ort, session, model.config.max_batch_size, features);
 
   const checkOutput = (out: Float32Array, where: string) => {
@@ -316,6 +331,23 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
     const copy = Buffer.from(raw); // aligned for the Float32Array view
     return new Float32Array(copy.buffer, copy.byteOffset, copy.byteLength / 4);
   };
+  // The task the scheduler would send for the same ModelInfer (model_version set, as the gateway sets it).
+  const viaWorker = async (modelName: string, row: Float32Array, callSignal: AbortSignal): Promise<Float32Array> => {
+    const infer = {
+      modelName,
+      modelVersion: String(model.version),
+      inputs: [{ name: 'x', datatype: 'FP32', shape: [1, features] }],
+      rawInputContents: [Buffer.from(row.buffer, row.byteOffset, row.byteLength)],
+    };
+    let raw: Buffer | undefined;
+    for await (const response of worker.execute({ task: { requestId: `bench-${requestNumber++}`, tenant: 'bench', request: { $case: 'infer', infer } } }, { signal: callSignal })) {
+      const output = response.output?.output;
+      if (output?.$case === 'inferResponse') raw ??= output.inferResponse.rawOutputContents[0];
+    }
+    if (!raw) throw new Error(`the worker answered ${modelName} with no raw output`);
+    const copy = Buffer.from(raw);
+    return new Float32Array(copy.buffer, copy.byteOffset, copy.byteLength / 4);
+  };
   const oneRow = async (row: Float32Array): Promise<Float32Array> => {
     const out = await session.run({ x: new ort.Tensor('float32', row, [1, features]) });
     return out.probabilities.data as Float32Array;
@@ -323,6 +355,8 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
   const calls: Record<Mode, (callSignal: AbortSignal) => Promise<void>> = {
     'mesh-batched': async (s) => checkOutput(await viaMesh(BATCHED_MODEL, nextRow(), s), BATCHED_MODEL),
     'mesh-unbatched': async (s) => checkOutput(await viaMesh(UNBATCHED_MODEL, nextRow(), s), UNBATCHED_MODEL),
+    'worker-batched': async (s) => checkOutput(await viaWorker(BATCHED_MODEL, nextRow(), s), `the worker's ${BATCHED_MODEL}`),
+    'worker-unbatched': async (s) => checkOutput(await viaWorker(UNBATCHED_MODEL, nextRow(), s), `the worker's ${UNBATCHED_MODEL}`),
     'inproc-batched': async () => checkOutput(await batcher.infer(nextRow()), 'the in-process batch'),
     'inproc-unbatched': async () => checkOutput(await oneRow(nextRow()), 'the in-process run'),
   };
@@ -343,6 +377,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
       [UNBATCHED_MODEL, await Promise.all(probe.map((r) => viaMesh(UNBATCHED_MODEL, r, signal)))],
       ['the in-process batch', await Promise.all(probe.map((r) => batcher.infer(r)))],
     ];
+    if (o.modes.includes('worker-batched')) answers.push([`the worker's ${BATCHED_MODEL}`, await Promise.all(probe.map((r) => viaWorker(BATCHED_MODEL, r, signal)))]);
     for (const [where, got] of answers) {
       got.forEach((out, i) => {
         const worst = Math.max(...Array.from(out, (v, j) => Math.abs(v - reference[i][j])));
@@ -353,7 +388,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
     const cells: Cell[] = [];
     for (const concurrency of o.concurrencies) {
       const cellOf = Object.fromEntries(
-        MODES.map((mode) => {
+        o.modes.map((mode) => {
           const cell: Cell = { mode, concurrency, slices: [], runs: 0, rows: 0, windows: [], cpuMs: Object.fromEntries(CPU_ACCOUNTS.map((p) => [p, 0])) as Record<CpuAccount, number> };
           cells.push(cell);
           return [mode, cell];
@@ -365,7 +400,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
         setMaxListeners(concurrency + 10, sliceSignal);
         return runClosedLoop(calls[mode], concurrency, ms, sliceSignal);
       };
-      for (const mode of MODES) {
+      for (const mode of o.modes) {
         if (o.warmupMs <= 0) break;
         say(`c=${concurrency} ${MODE_LABELS[mode]}: warm-up ${o.warmupMs / 1000} s`);
         const warm = await run(mode, o.warmupMs);
@@ -373,7 +408,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
       }
       for (let round = 0; round < o.rounds; round++) {
         // Rotate the order each round, and reverse it every other round: each mode takes every place.
-        const rotated = MODES.map((_, i) => MODES[(i + round) % MODES.length]);
+        const rotated = o.modes.map((_, i) => o.modes[(i + round) % o.modes.length]);
         const order = round % 2 === 0 ? rotated : rotated.reverse();
         for (const mode of order) {
           const cell = cellOf[mode];
@@ -395,6 +430,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
     return cells;
   } finally {
     channel.close();
+    workerChannel.close();
   }
 }
 
@@ -403,9 +439,9 @@ function monotonicUs(): number {
   return Number(process.hrtime.bigint() / 1000n);
 }
 
-/** Rows per run in the mesh with batching, from the worker's batch.run spans that started within each cell's slices. */
+/** Rows per run in the worker with batching (through the mesh, or called straight), from the worker's batch.run spans that started within each cell's slices. */
 function countMeshBatches(cells: Cell[], receiver: BatchSpanReceiver): void {
-  for (const cell of cells.filter((c) => c.mode === 'mesh-batched')) {
+  for (const cell of cells.filter((c) => c.mode === 'mesh-batched' || c.mode === 'worker-batched')) {
     const spans = receiver.batches.filter((b) => b.model === BATCHED_MODEL && cell.windows.some((w) => b.startMs >= w.startMs && b.startMs <= w.endMs));
     cell.runs = spans.length;
     cell.rows = spans.reduce((n, b) => n + b.rows, 0);
@@ -456,7 +492,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     s.rps.toFixed(0),
     ms(s.p50Ms),
     ms(s.p99Ms),
-    cell.mode === 'inproc-batched' || (cell.mode === 'mesh-batched' && o.batchTrace) ? (cell.runs > 0 ? (cell.rows / cell.runs).toFixed(1) : 'n/a') : cell.mode.endsWith('unbatched') ? '1' : '',
+    cell.mode === 'inproc-batched' || ((cell.mode === 'mesh-batched' || cell.mode === 'worker-batched') && o.batchTrace) ? (cell.runs > 0 ? (cell.rows / cell.runs).toFixed(1) : 'n/a') : cell.mode.endsWith('unbatched') ? '1' : '',
   ]);
 
   const cpuHeaders = ['mode', 'concurrency', ...CPU_OWNERS.map((p) => `${p} µs/req`), 'total µs/req', 'cores busy: ours', 'machine'];
@@ -558,7 +594,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     yLabel: 'requests per second',
     panels: o.concurrencies.map((c) => ({
       title: `c = ${c}`,
-      bars: MODES.map((mode) => ({ label: MODE_LABELS[mode], value: find(mode, c)?.rps ?? NaN })),
+      bars: o.modes.map((mode) => ({ label: MODE_LABELS[mode], value: find(mode, c)?.rps ?? NaN })),
       ...(c === 64 && ib64 ? { line: { value: ib64.rps * TARGET_SHARE_OF_LIMIT_AT_64, label: '50% of the limit' } } : {}),
     })),
   });
