@@ -62,6 +62,8 @@ export interface LocalMeshOptions {
   extraArgs?: Partial<Record<string, string[]>>;
   /** Working directory of the children (default repoDir): relative paths a job names land there. */
   cwd?: string;
+  /** Extra environment variables per process name (e.g. an OTLP endpoint for the worker alone). */
+  env?: Partial<Record<string, Record<string, string>>>;
   /** Log level of the children (default warn). */
   logLevel?: string;
   /**
@@ -208,7 +210,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
       const flags = (o.nodeFlags ?? []).map((f) => f.replaceAll('{name}', name));
       const child = spawn(process.execPath, [...flags, resolve(o.distDir, entry), ...args], {
         cwd: o.cwd ?? o.repoDir,
-        env,
+        env: { ...env, ...o.env?.[name] },
         // Own process group: a terminal's Ctrl-C reaches only the bench, which stops them in order.
         detached: true,
         stdio: ['ignore', 'pipe', 'pipe'],

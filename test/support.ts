@@ -144,6 +144,9 @@ export class TestMesh {
       cacheDir: MODEL_CACHE_DIR,
       workerId: `w${this.workers.length + 1}`,
       inputRoot: this.inputRoot,
+      // An empty repository of the test's own, not the default .maas/models of the checkout, which
+      // `maas models make-examples` fills: the tests must not depend on what a developer made there.
+      modelRepository: join(this.dataDir, 'models'),
       ...this.workerSettings,
       ...tlsSettings(this.certs, `workers/w${this.workers.length + 1}`),
     };

@@ -208,6 +208,7 @@ describe('mutual TLS between the services', function () {
       port: 0,
       balancer: mesh.balancer.address,
       aggregator: mesh.aggregator.address,
+      modelRepository: join(mesh.dataDir, 'models'),
       workerId,
       ...tlsSettings(from, cert),
     });
