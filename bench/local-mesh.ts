@@ -22,6 +22,7 @@ import { MeshTls } from '../common/tls';
 import { operatorTls, waitForServing } from '../gateway/cli/up';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { ModelServiceDefinition } from '../generated/maas/v1/models';
+import { withServiceProcessEnv } from '../common/process-env';
 
 /** Names of the processes every local mesh has, in start order. */
 export const MESH_PROCESS_NAMES = ['balancer', 'worker', 'scheduler', 'gateway'] as const;
@@ -199,7 +200,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
   };
 
   const env = {
-    ...process.env,
+    ...withServiceProcessEnv(process.env),
     MAAS_LOG_LEVEL: o.logLevel ?? 'warn',
     MAAS_WORKER_CACHE_DIR: resolve(o.repoDir, '.cache/models'),
     // The services stop by themselves if this process disappears without stopping them.

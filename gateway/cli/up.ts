@@ -12,6 +12,7 @@ import { forEachLine } from '../../common/lines';
 import { PeerExpectation, meshIdentity } from '../../common/mesh-identity';
 import { MeshTls, loadMeshTls } from '../../common/tls';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
+import { withServiceProcessEnv } from '../../common/process-env';
 
 /** One service process to start. */
 interface ProcessSpec {
@@ -56,7 +57,7 @@ export interface UpOptions {
 export type ServiceKind = 'gateway' | 'scheduler' | 'balancer' | 'aggregator' | 'worker';
 
 /** Variables every service may need: the platform's, Node's, tracing and logging. */
-const SHARED_ENV = /^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES|MAAS_CALLBACK_ALLOW|MAAS_MODEL_REPOSITORY|MAAS_ONNX_INTRA_OP_THREADS)$/;
+const SHARED_ENV = /^(PATH|HOME|MALLOC_ARENA_MAX|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES|MAAS_CALLBACK_ALLOW|MAAS_MODEL_REPOSITORY|MAAS_ONNX_INTRA_OP_THREADS)$/;
 
 /**
  * The environment of one child: the shared variables above and the service's own settings
@@ -69,7 +70,7 @@ export function childEnv(service: ServiceKind, env: NodeJS.ProcessEnv, parentPid
   const out: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(env)) if (v !== undefined && (SHARED_ENV.test(k) || k.startsWith(own))) out[k] = v;
   out.MAAS_PARENT_PID = String(parentPid);
-  return out;
+  return withServiceProcessEnv(out);
 }
 
 const dist = resolve(__dirname, '../..');

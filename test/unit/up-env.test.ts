@@ -28,7 +28,13 @@ describe('maas up: the environment of each service', () => {
       MAAS_GATEWAY_API_KEYS_FILE: '/etc/maas/keys.txt',
       MAAS_GATEWAY_MAX_PROMPT_CHARS: '100',
       MAAS_PARENT_PID: '42',
+      MALLOC_ARENA_MAX: '2',
     });
+  });
+
+  it('starts every service with two malloc arenas unless the shell sets MALLOC_ARENA_MAX', () => {
+    expect(childEnv('worker', shell, 42).MALLOC_ARENA_MAX).to.equal('2');
+    expect(childEnv('worker', { ...shell, MALLOC_ARENA_MAX: '4' }, 42).MALLOC_ARENA_MAX).to.equal('4');
   });
 
   for (const service of ['scheduler', 'balancer', 'aggregator', 'worker'] as const) {
@@ -57,6 +63,6 @@ describe('maas up: the model repository', () => {
       expect(w.args[at + 1]).to.equal(`${process.cwd()}/repo`);
     }
     const env = childEnv('worker', { MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_GATEWAY_API_KEYS: 'x' }, 1);
-    expect(env).to.deep.equal({ MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_PARENT_PID: '1' });
+    expect(env).to.deep.equal({ MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_PARENT_PID: '1', MALLOC_ARENA_MAX: '2' });
   });
 });
