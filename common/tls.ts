@@ -7,6 +7,7 @@
  */
 import { X509Certificate, createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { constants as http2Constants, Http2Stream } from 'node:http2';
 import { PeerCertificate, checkServerIdentity } from 'node:tls';
 import * as grpc from '@grpc/grpc-js';
 import { classifyAddress } from './callback-target';
@@ -173,6 +174,29 @@ export function toolCredentials(ca: Buffer, client?: { cert: Buffer; key: Buffer
   return grpc.credentials.createSsl(ca, client?.key ?? null, client?.cert ?? null, { checkServerIdentity });
 }
 
+/**
+ * After a call is answered before its request was read, asks the client to stop sending it, as
+ * HTTP/2 allows (RFC 9113, 8.1): RST_STREAM with NO_ERROR after the complete response. Without it
+ * the unread body stalls on flow control, neither end closes the stream, and a caller refused many
+ * times while sending large messages fills the connection's stream limit: every later call on that
+ * connection then fails. grpc-js keeps the HTTP/2 stream on the call object it hands the first
+ * interceptor; test/integration/mtls.test.ts fails if that stops being so.
+ */
+function stopRequestBody(call: grpc.ServerInterceptingCallInterface): void {
+  const stream = (call as unknown as { stream?: Http2Stream }).stream;
+  if (!stream || typeof stream.close !== 'function') return;
+  // Not at once: a reset that reaches a grpc-js client before it has processed the answer turns
+  // the answer into INTERNAL "Call ended without gRPC status".
+  const timer = setTimeout(() => {
+    if (!stream.closed && !stream.destroyed) stream.close(http2Constants.NGHTTP2_NO_ERROR);
+  }, RESET_AFTER_ANSWER_MS);
+  timer.unref();
+  stream.once('close', () => clearTimeout(timer));
+}
+
+/** How long after answering a refused call its stream is reset (see stopRequestBody). */
+const RESET_AFTER_ANSWER_MS = 50;
+
 /** The identity the verified peer certificate of a call names (undefined without TLS or without one). */
 function peerIdentity(call: grpc.ServerInterceptingCallInterface): MeshIdentity | undefined {
   const cert = call.getAuthContext()?.sslPeerCertificate;
@@ -198,6 +222,7 @@ export function authorizationInterceptor(enforce: boolean): grpc.ServerIntercept
             if (!decision.allowed) {
               const code = decision.status === 'unauthenticated' ? grpc.status.UNAUTHENTICATED : grpc.status.PERMISSION_DENIED;
               call.sendStatus({ code, details: decision.message, metadata: new grpc.Metadata() });
+              stopRequestBody(call);
               return;
             }
             metadata.set(PEER_IDENTITY_HEADER, identity!.uri);

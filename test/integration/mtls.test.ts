@@ -160,6 +160,38 @@ describe('mutual TLS between the services', function () {
     });
   }
 
+  describe('refusals keep the connection usable', () => {
+    it('answers PERMISSION_DENIED to 1,100 wrong-identity calls with 1 MB bodies, all on one connection, and the connection still serves', async function () {
+      this.timeout(120_000);
+      // Each refused call is answered before its 1 MB body is read; unless the server then
+      // resets the stream, both ends keep it open, and past the aggregator's 1024 concurrent
+      // streams every later call on the connection fails.
+      const channel = channelTo(mesh.aggregator.address, { kind: 'mesh', name: 'gateway' });
+      const client = createMeshClient(AggregatorServiceDefinition, channel);
+      const big = 'x'.repeat(1024 * 1024);
+      const codes = new Map<string, number>();
+      let next = 0;
+      const lane = async () => {
+        while (next < 1100) {
+          next++;
+          const err = await grpcError(
+            client.commit(
+              { jobId: big, taskIndex: 0, attempt: 1, reduce: undefined, output: undefined },
+              { deadline: Date.now() + 10_000 },
+            ),
+          );
+          const key = `${Status[err.code]}: ${err.details.slice(0, 60)}`;
+          codes.set(key, (codes.get(key) ?? 0) + 1);
+        }
+      };
+      await Promise.all(Array.from({ length: 32 }, lane));
+      const summary = [...codes].map(([k, n]) => `${n} × ${k}`).join('; ');
+      expect([...codes.keys()].every((k) => k.startsWith('PERMISSION_DENIED')), summary).to.equal(true);
+      const health = createMeshClient(HealthDefinition, channel);
+      expect((await health.check({ service: '' }, { deadline: Date.now() + 5000 })).status).to.equal(HealthCheckResponse_ServingStatus.SERVING);
+    });
+  });
+
   describe('worker identity at Join', () => {
     /** Opens a Join stream with `hello` and resolves with the first response or rejects with the status. */
     async function join(caller: string, workerId: string, metadata = Metadata()) {
