@@ -110,6 +110,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
   const store = new JobStore(resolve(config.dataDir));
+  if (store.schema.from !== store.schema.to) log.info('store schema migrated', { file: store.path, from_version: store.schema.from, to_version: store.schema.to });
   const jobs = new JobRunner(
     store,
     balancer,

@@ -327,8 +327,11 @@ describe('jobs: JobStore', () => {
     first.close();
     const db = new Database(join(old, 'scheduler.sqlite'));
     db.exec('ALTER TABLE jobs DROP COLUMN callback_error');
+    // Stores of that time had no schema version either.
+    db.pragma('user_version = 0');
     db.close();
     store = new JobStore(old);
+    expect(store.schema).to.deep.equal({ from: 0, to: 1 });
     expect(store.getJob('job-1')).to.include({ id: 'job-1', callbackState: 'none' });
     expect(store.setCallbackState('job-1', 'failed', 'HTTP 500 Internal Server Error')).to.equal(true);
     expect(store.getJob('job-1')!.callbackError).to.equal('HTTP 500 Internal Server Error');

@@ -23,6 +23,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TaskRange } from './split.js';
+import { MigrationOutcome, StoreMigration, migrateStore } from '../../../common/store-migrations.js';
 
 /** Where a job is in its life. `queued` and `running` are unfinished; the others are final. */
 export type StoredJobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
@@ -141,6 +142,8 @@ export interface JobPage {
 export interface JobStoreOptions {
   /** Time source (ms since the Unix epoch) for `startedAt`, and for `finishedAt` when `finishJob` is given no time; defaults to `Date.now`. */
   now?: () => number;
+  /** The schema's migrations; defaults to {@link JOB_STORE_MIGRATIONS} (tests add one to play the next release). */
+  migrations?: readonly StoreMigration[];
 }
 
 /** Why a store call refused: the job or task is unknown, already exists, has ended, or the task cannot make that move. */
@@ -218,6 +221,21 @@ CREATE TABLE IF NOT EXISTS events (
   PRIMARY KEY (job_id, seq)
 ) WITHOUT ROWID;
 `;
+
+/**
+ * The forward migrations of the store, in order: the k-th (from 0) brings a file from schema
+ * version k (PRAGMA user_version) to k + 1. Append, never edit: released files depend on them.
+ */
+export const JOB_STORE_MIGRATIONS: readonly StoreMigration[] = [
+  {
+    description: 'jobs, tasks, inline records and events (also adopts a file made before schema versions, adding callback_error if it lacks it)',
+    up(db) {
+      db.exec(SCHEMA);
+      const columns = db.pragma('table_info(jobs)') as { name: string }[];
+      if (!columns.some((c) => c.name === 'callback_error')) db.exec('ALTER TABLE jobs ADD COLUMN callback_error TEXT');
+    },
+  },
+];
 
 interface JobRow {
   id: string;
@@ -480,6 +498,8 @@ export class JobStore {
   private readonly now: () => number;
   private readonly stmt: Statements;
   private readonly tx: Transactions;
+  /** The schema version the file had when opened, and the one it has now (see {@link JOB_STORE_MIGRATIONS}). */
+  readonly schema: MigrationOutcome;
 
   /** Opens (creating the directory and the file when missing) `<dataDir>/scheduler.sqlite`. */
   constructor(dataDir: string, options: JobStoreOptions = {}) {
@@ -487,13 +507,15 @@ export class JobStore {
     this.path = join(dataDir, STORE_FILE_NAME);
     this.now = options.now ?? Date.now;
     this.db = new Database(this.path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('foreign_keys = ON');
-    this.db.exec(SCHEMA);
-    // Stores made before callback_error existed gain it.
-    const columns = this.db.pragma('table_info(jobs)') as { name: string }[];
-    if (!columns.some((c) => c.name === 'callback_error')) this.db.exec('ALTER TABLE jobs ADD COLUMN callback_error TEXT');
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('foreign_keys = ON');
+      this.schema = migrateStore(this.db, `the scheduler's store ${this.path}`, options.migrations ?? JOB_STORE_MIGRATIONS);
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
 
     this.stmt = prepareStatements(this.db);
     this.tx = bindTransactions(this.db, this.stmt, this.now);
