@@ -5,6 +5,7 @@
  */
 import { parseCallbackAllowlist } from '../../common/callback-target';
 import { parseWebhookSecret } from './jobs/callback';
+import { connectivityState } from '@grpc/grpc-js';
 import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
@@ -128,6 +129,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       outputs: { root: resolve(config.outputRoot), protectedDirs: [config.dataDir] },
       callbackTimeoutMs: config.callbackTimeoutMs,
       callbackAllow: parseCallbackAllowlist(config.callbackAllow),
+      balancerReachable: () => channel.getConnectivityState(false) === connectivityState.READY,
     },
     log,
   );

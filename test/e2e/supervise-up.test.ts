@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { Channel, ClientError, Status } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
 import { InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
+import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
 import { JobServiceDefinition, JobSpec, JobState } from '../../generated/maas/v1/jobs.js';
 import { MaasUp, REPO_ROOT, childPids, cmdlineOf, freePortRun, meshProcessesOn, spawnMaasUp } from '../processes.js';
 
@@ -78,16 +79,30 @@ describe('maas up supervises its services (kill -9, each comes back by itself)',
     }
   }
 
-  /** kill -9 of one service; resolves once `maas up` says it is back (the output after the kill). */
-  async function killAndAwaitReturn(name: string, entry: string): Promise<{ before: number; after: number; log: string }> {
+  /**
+   * kill -9 of one service; runs `whileDown` once `maas up` has seen the exit; resolves once
+   * `maas up` says the service is back (with the output after the kill).
+   */
+  async function killAndAwaitReturn(name: string, entry: string, whileDown: () => Promise<unknown> = async () => undefined): Promise<{ before: number; after: number; log: string }> {
     const before = pidOf(entry);
     const from = run!.output.length;
     process.kill(before, 'SIGKILL');
     await printed(`maas up: ${name} exited unexpectedly (SIGKILL); restart 1 of 5`, from, 10_000);
+    await whileDown();
     await printed(`maas up: ${name} is back (start 2`, from, 90_000);
     const after = pidOf(entry);
     expect(after, `pid of the restarted ${name}`).to.not.equal(before);
     return { before, after, log: run!.output.slice(from) };
+  }
+
+  const wordcountSpec = () => JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'inline', inline: { records: [{ text: 'one two two' }, { text: 'three three three' }] } }, shardSize: 1, reducer: 'sum' });
+
+  /** How the job ends: its final event's kind, seen through Watch. */
+  async function jobEnd(id: string): Promise<string> {
+    for await (const { event } of jobs.watch({ jobId: id }, { deadline: Date.now() + 60_000 })) {
+      if (event?.event?.$case === 'completed' || event?.event?.$case === 'failed' || event?.event?.$case === 'cancelled') return event.event.$case;
+    }
+    return 'stream ended';
   }
 
   before(async function () {
@@ -126,15 +141,28 @@ describe('maas up supervises its services (kill -9, each comes back by itself)',
     }
   });
 
-  it('a worker killed with SIGKILL is started again, rejoins the balancer, and calls succeed again', async function () {
-    this.timeout(120_000);
+  it('prints that the mesh is up only once the workers\' models are ready: the first call succeeds', async function () {
+    const { models } = await createMeshClient(ModelServiceDefinition, channel!).listModels({}, { deadline: Date.now() + 10_000 });
+    expect(models.find((m) => m.name === 'echo')?.readyWorkers, 'ready workers of echo').to.equal(1);
     await predictSucceeds(0);
+  });
+
+  it('a worker killed with SIGKILL is started again and rejoins the balancer; calls succeed again, and a job submitted while it was down completes with one attempt per task', async function () {
+    this.timeout(120_000);
     const gateway = pidOf('gateway/main.js');
-    const { log } = await killAndAwaitReturn('worker-1', 'services/worker/main.js');
+    let jobId = '';
+    const { log } = await killAndAwaitReturn('worker-1', 'services/worker/main.js', async () => {
+      // UNAVAILABLE while no worker serves echo (a model offered before), never NOT_FOUND.
+      const err = await inference.predict({ model: 'echo', input: 'x' }, { deadline: Date.now() + 10_000 }).then(() => undefined, (e: unknown) => e);
+      if (err !== undefined) expect(err instanceof ClientError && Status[err.code], String(err)).to.equal('UNAVAILABLE');
+      const { job } = await jobs.submit({ spec: JobSpec.fromPartial({ ...wordcountSpec(), maxAttempts: 1 }) }, { deadline: Date.now() + 30_000 });
+      jobId = job!.id;
+    });
     expect(log).to.include('worker-1 is back (start 2').and.include('joined the balancer');
     expect(pidOf('gateway/main.js'), 'the gateway kept running').to.equal(gateway);
     const ms = await predictSucceeds(30_000);
     console.log(`      (calls succeed ${ms} ms after maas up reported the worker back)`);
+    expect(await jobEnd(jobId), 'the job submitted while the worker was down').to.equal('completed');
   });
 
   it('the balancer killed with SIGKILL is started again, its worker joins it again, and calls succeed again', async function () {
@@ -148,13 +176,8 @@ describe('maas up supervises its services (kill -9, each comes back by itself)',
 
   it('the scheduler killed with SIGKILL is started again, reopens its store (a finished job is still there), and runs new jobs', async function () {
     this.timeout(180_000);
-    const spec = JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'inline', inline: { records: [{ text: 'one two two' }, { text: 'three three three' }] } }, shardSize: 1, reducer: 'sum' });
-    const done = async (id: string) => {
-      for await (const { event } of jobs.watch({ jobId: id }, { deadline: Date.now() + 60_000 })) {
-        if (event?.event?.$case === 'completed' || event?.event?.$case === 'failed' || event?.event?.$case === 'cancelled') return event.event.$case;
-      }
-      return 'stream ended';
-    };
+    const spec = wordcountSpec();
+    const done = jobEnd;
     const { job } = await jobs.submit({ spec }, { deadline: Date.now() + 30_000 });
     expect(await done(job!.id)).to.equal('completed');
 
