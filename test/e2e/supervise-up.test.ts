@@ -210,3 +210,61 @@ describe('maas up supervises its services (kill -9, each comes back by itself)',
     expect(meshProcessesOn(ports), 'processes on the mesh ports').to.deep.equal([]);
   });
 });
+
+describe('maas up gives up on a crash loop', function () {
+  let run: MaasUp | undefined;
+  let ports: number[] = [];
+  let dataDir = '';
+  const killOnExit = () => run?.child.kill('SIGKILL');
+
+  before(async function () {
+    this.timeout(240_000);
+    process.on('exit', killOnExit);
+    dataDir = mkdtempSync(join(tmpdir(), 'maas-crash-loop-'));
+    const gatewayPort = await freePortRun(PORTS_NEEDED);
+    ports = Array.from({ length: PORTS_NEEDED }, (_, i) => gatewayPort + i);
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MAAS_') && !k.startsWith('OTEL_')) env[k] = v;
+    env.OTEL_TRACES_EXPORTER = 'none';
+    env.MAAS_WORKER_CACHE_DIR = join(REPO_ROOT, '.cache/models');
+    env.MAAS_SCHEDULER_DATA_DIR = join(dataDir, 'scheduler');
+    env.MAAS_AGGREGATOR_DATA_DIR = join(dataDir, 'aggregator');
+    run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--workers', '1', '--max-restarts', '1'], env);
+    await run.ready(180_000);
+  });
+
+  after(async function () {
+    this.timeout(60_000);
+    try {
+      if (run && run.child.exitCode === null && run.child.signalCode === null) {
+        run.child.kill('SIGKILL');
+        await run.exit;
+      }
+      for (const { pid } of meshProcessesOn(ports)) process.kill(pid, 'SIGKILL');
+    } finally {
+      process.off('exit', killOnExit);
+      rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  it('a service that exits again before it has served for 30 s, past --max-restarts, stops the mesh with a message naming it; no process is left', async function () {
+    this.timeout(120_000);
+    const aggregator = () => childPids(run!.child.pid!).filter((pid) => cmdlineOf(pid)?.includes('services/aggregator/main.js'));
+    const [first] = aggregator();
+    process.kill(first, 'SIGKILL');
+    // Restarted once (the most --max-restarts 1 allows), then killed again as soon as it runs.
+    for (let at = Date.now(); ; await new Promise((r) => setTimeout(r, 50))) {
+      const again = aggregator().filter((pid) => pid !== first);
+      if (again.length > 0) {
+        process.kill(again[0], 'SIGKILL');
+        break;
+      }
+      if (Date.now() - at > 30_000) throw new Error(`the aggregator was not restarted\n${run!.output.slice(-2000)}`);
+    }
+    const result = await run!.exit;
+    expect(result, 'exit of maas up').to.deep.equal({ code: 1, signal: null });
+    expect(run!.output).to.include('maas up: aggregator exited unexpectedly (SIGKILL); restart 1 of 1 in 500 ms');
+    expect(run!.output).to.include('maas up: aggregator exited unexpectedly (SIGKILL), 2 times in a row without serving for 30 s; giving up; stopping the mesh');
+    expect(meshProcessesOn(ports), 'processes on the mesh ports').to.deep.equal([]);
+  });
+});
