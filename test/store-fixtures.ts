@@ -1,10 +1,11 @@
 /**
  * The store files of this release, kept as fixtures so that every later release proves it opens
  * them (test/unit/store-migrations.test.ts). `node dist/test/store-fixtures.js` writes
- * test/fixtures/stores/{scheduler,aggregator}-v<version>.sqlite with the content below; a release
- * that adds a migration keeps the older files and adds one of its own version.
+ * test/fixtures/stores/{scheduler,aggregator}-v<version>.sqlite with the content below, for the
+ * versions that have no file yet; a release that adds a migration keeps the older files and adds
+ * one of its own version.
  */
-import { copyFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { AGGREGATOR_STORE_MIGRATIONS, AggregatorStore, STORE_FILE } from '../services/aggregator/store';
@@ -58,9 +59,15 @@ if (require.main === module) {
     writeAggregatorFixture(join(work, 'aggregator'));
     const scheduler = join(STORE_FIXTURES, `scheduler-v${JOB_STORE_MIGRATIONS.length}.sqlite`);
     const aggregator = join(STORE_FIXTURES, `aggregator-v${AGGREGATOR_STORE_MIGRATIONS.length}.sqlite`);
-    copyFileSync(join(work, 'scheduler', STORE_FILE_NAME), scheduler);
-    copyFileSync(join(work, 'aggregator', STORE_FILE), aggregator);
-    process.stdout.write(`wrote ${scheduler}\nwrote ${aggregator}\n`);
+    // A fixture once committed is kept as it is: it is what that release wrote.
+    for (const [from, to] of [[join(work, 'scheduler', STORE_FILE_NAME), scheduler], [join(work, 'aggregator', STORE_FILE), aggregator]]) {
+      if (existsSync(to)) {
+        process.stdout.write(`kept ${to}\n`);
+        continue;
+      }
+      copyFileSync(from, to);
+      process.stdout.write(`wrote ${to}\n`);
+    }
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -263,7 +263,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
       const how = sig ?? `code ${code}`;
       const decision = backoff.onExit(Date.now(), servingSince);
       if (!decision.restart) {
-        giveUp(`${spec.name} exited unexpectedly (${how}), ${decision.exits} times in a row without serving for ${restartSettings.healthyMs / 1000} s; giving up`);
+        giveUp(`${spec.name} exited unexpectedly (${how}), ${decision.exits} time${decision.exits === 1 ? '' : 's'} in a row without serving for ${restartSettings.healthyMs / 1000} s; giving up`);
         return;
       }
       out.write(`maas up: ${spec.name} exited unexpectedly (${how}); restart ${decision.inARow} of ${restartSettings.maxRestarts} in ${decision.delayMs} ms\n`);

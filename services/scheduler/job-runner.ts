@@ -93,8 +93,6 @@ interface ActiveJob {
   /** No task of the job starts before this time (ms since the epoch). */
   waitUntil: number;
   waitTimer?: NodeJS.Timeout;
-  /** Starts of each task that ended waiting, not failing: they do not count as attempts. */
-  waits: Map<number, number>;
 }
 
 const FINAL_EVENTS = new Set(['completed', 'failed', 'cancelled']);
@@ -278,7 +276,6 @@ export class JobRunner {
       waiting: false,
       waitDelayMs: 0,
       waitUntil: 0,
-      waits: new Map(),
     };
     this.active.set(job.id, job);
     if (stored.deadlineAt !== undefined) {
@@ -322,9 +319,11 @@ export class JobRunner {
     job.running.set(index, controller);
     this.inFlight++;
     let attempt = 0;
+    let waits = 0;
     try {
       const start = this.store.startTask(job.id, index);
       attempt = start.attempt;
+      waits = start.waits;
       if (start.firstStart) {
         job.startedAt = Date.now();
         this.append(job.id, { $case: 'started', started: {} });
@@ -370,7 +369,7 @@ export class JobRunner {
       if (err instanceof ClientError && err.code === Status.UNAVAILABLE && (noReadyWorker || balancerAway)) {
         this.taskWaits(job, index, noReadyWorker ? err.details : `the balancer is unavailable (${err.details})`);
       } else {
-        this.taskFailed(job, index, attempt, err);
+        this.taskFailed(job, index, attempt, attempt - waits, err);
       }
     } finally {
       job.running.delete(index);
@@ -387,8 +386,7 @@ export class JobRunner {
    * The first wait of an episode is a `taskWaiting` event.
    */
   private taskWaits(job: ActiveJob, index: number, reason: string): void {
-    this.store.failTaskAttempt(job.id, index, reason);
-    job.waits.set(index, (job.waits.get(index) ?? 0) + 1);
+    this.store.taskWaited(job.id, index, reason);
     job.pending.unshift(index);
     const now = Date.now();
     if (!job.waiting) {
@@ -439,13 +437,12 @@ export class JobRunner {
     if (allDone) this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, error: String(err) }));
   }
 
-  private taskFailed(job: ActiveJob, index: number, attempt: number, err: unknown): void {
+  /** Attempt `attempt` of a task failed; it is the task's `failures`-th failed attempt (starts that waited do not count). */
+  private taskFailed(job: ActiveJob, index: number, attempt: number, failures: number, err: unknown): void {
     this.stopWaiting(job);
     const details = err instanceof ClientError ? err.details : err instanceof Error ? err.message : String(err);
     const permanent = (err instanceof ClientError && PERMANENT.has(err.code)) || (err instanceof MeshError && err.kind === 'invalid_argument');
     const maxAttempts = job.spec.maxAttempts || 3;
-    // Starts that waited for a worker were not attempts.
-    const failures = attempt - (job.waits.get(index) ?? 0);
     if (!permanent && failures < maxAttempts) {
       const delay = retryDelayMs(attempt, { baseMs: this.options.retryBaseMs, maxMs: this.options.retryMaxMs });
       this.store.failTaskAttempt(job.id, index, details);

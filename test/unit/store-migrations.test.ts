@@ -1,7 +1,7 @@
 /**
- * Schema versions of the scheduler's and the aggregator's stores: files written by this release
- * (committed fixtures, made by test/store-fixtures.ts) open under this code and under a next
- * release that adds a migration, with their content intact; a failing migration changes nothing;
+ * Schema versions of the scheduler's and the aggregator's stores: files written by this release and
+ * the one before (committed fixtures, made by test/store-fixtures.ts) open under this code, and
+ * under a next release that adds a migration, with their content intact; a failing migration changes nothing;
  * a file newer than the code is refused with a message that names the file and both versions.
  */
 import { expect } from 'chai';
@@ -46,41 +46,57 @@ describe('store schema versions and migrations', () => {
     expect(done.result).to.deep.equal({ totalRecords: 5 });
     expect(store.eventsAfter('job-done', 0).map((e) => Object.keys(e.event as object)[0])).to.deep.equal(['accepted', 'completed']);
     expect(store.unfinishedJobs().map((j) => j.id)).to.deep.equal(['job-running']);
-    expect(store.tasks('job-running')[0]).to.include({ state: 'pending', attempts: 1, error: 'worker-2 went away' });
+    expect(store.tasks('job-running')[0]).to.include({ state: 'pending', attempts: 1, waits: 0, error: 'worker-2 went away' });
     expect(store.inlineRecords('job-running', 2)).to.deep.equal([{ text: 'record 4' }]);
   }
 
-  it('the scheduler opens its store of this release (schema version 1) with every job, task, event and record', () => {
-    expect(JOB_STORE_MIGRATIONS).to.have.lengthOf(1);
-    const store = new JobStore(copyOf('scheduler-v1.sqlite', STORE_FILE_NAME));
+  it('the scheduler opens its store as the release before waits wrote it (schema version 1): migration 2 adds tasks.waits, every job, task, event and record is kept', () => {
+    expect(JOB_STORE_MIGRATIONS).to.have.lengthOf(2);
+    const dir = copyOf('scheduler-v1.sqlite', STORE_FILE_NAME);
+    const store = new JobStore(dir);
     try {
-      expect(store.schema).to.deep.equal({ from: 1, to: 1 });
+      expect(store.schema).to.deep.equal({ from: 1, to: 2 });
+      expectSchedulerContent(store);
+      // The migrated column works: the running job's task can wait and start again.
+      expect(store.startTask('job-running', 1)).to.deep.equal({ attempt: 1, firstStart: false, waits: 0 });
+      expect(store.taskWaited('job-running', 1, 'no ready worker')).to.equal(true);
+      expect(store.startTask('job-running', 1)).to.deep.equal({ attempt: 2, firstStart: false, waits: 1 });
+    } finally {
+      store.close();
+    }
+    expect(versionOf(join(dir, STORE_FILE_NAME)).version).to.equal(2);
+  });
+
+  it('the scheduler opens its store of this release (schema version 2) as it is', () => {
+    const store = new JobStore(copyOf('scheduler-v2.sqlite', STORE_FILE_NAME));
+    try {
+      expect(store.schema).to.deep.equal({ from: 2, to: 2 });
       expectSchedulerContent(store);
     } finally {
       store.close();
     }
   });
 
-  it('a next release with one more migration opens the scheduler store of this release, migrates it to version 2 and keeps its content', () => {
-    const dir = copyOf('scheduler-v1.sqlite', STORE_FILE_NAME);
+  it('a next release with one more migration opens the scheduler store of this release, migrates it to version 3 and keeps its content', () => {
+    const dir = copyOf('scheduler-v2.sqlite', STORE_FILE_NAME);
     const next = [...JOB_STORE_MIGRATIONS, addColumn('jobs')];
     const store = new JobStore(dir, { migrations: next });
     try {
-      expect(store.schema).to.deep.equal({ from: 1, to: 2 });
+      expect(store.schema).to.deep.equal({ from: 2, to: 3 });
       expectSchedulerContent(store);
     } finally {
       store.close();
     }
-    expect(versionOf(join(dir, STORE_FILE_NAME))).to.deep.include({ version: 2 });
+    expect(versionOf(join(dir, STORE_FILE_NAME))).to.deep.include({ version: 3 });
     expect(versionOf(join(dir, STORE_FILE_NAME)).columns).to.include('note');
     // Opened again, nothing is left to migrate.
     const again = new JobStore(dir, { migrations: next });
-    expect(again.schema).to.deep.equal({ from: 2, to: 2 });
+    expect(again.schema).to.deep.equal({ from: 3, to: 3 });
     again.close();
   });
 
   it('a migrated store is refused by the older release, naming the file and both versions, and left as it is', () => {
-    const dir = copyOf('scheduler-v1.sqlite', STORE_FILE_NAME);
+    const dir = copyOf('scheduler-v2.sqlite', STORE_FILE_NAME);
     new JobStore(dir, { migrations: [...JOB_STORE_MIGRATIONS, addColumn('jobs')] }).close();
     let caught: unknown;
     try {
@@ -90,8 +106,8 @@ describe('store schema versions and migrations', () => {
     }
     expect(caught).to.be.instanceOf(StoreTooNewError);
     const message = (caught as Error).message;
-    expect(message).to.include(join(dir, STORE_FILE_NAME)).and.include('schema version 2').and.include('versions up to 1').and.include('newer release');
-    expect(versionOf(join(dir, STORE_FILE_NAME)).version).to.equal(2);
+    expect(message).to.include(join(dir, STORE_FILE_NAME)).and.include('schema version 3').and.include('versions up to 2').and.include('newer release');
+    expect(versionOf(join(dir, STORE_FILE_NAME)).version).to.equal(3);
   });
 
   it('a migration that fails part way changes nothing: the version and the tables stay as they were', () => {
@@ -100,13 +116,18 @@ describe('store schema versions and migrations', () => {
       description: 'fails after its first change',
       up(db) {
         db.exec("ALTER TABLE jobs ADD COLUMN note TEXT NOT NULL DEFAULT 'none'");
-        throw new Error('migration 2 failed');
+        throw new Error('migration 3 failed');
       },
     };
-    expect(() => new JobStore(dir, { migrations: [...JOB_STORE_MIGRATIONS, failing] })).to.throw('migration 2 failed');
+    // From version 1: migration 2 runs, then 3 fails; neither is kept.
+    expect(() => new JobStore(dir, { migrations: [...JOB_STORE_MIGRATIONS, failing] })).to.throw('migration 3 failed');
     const after = versionOf(join(dir, STORE_FILE_NAME));
     expect(after.version).to.equal(1);
     expect(after.columns).to.not.include('note');
+    const db = new Database(join(dir, STORE_FILE_NAME), { readonly: true });
+    const taskColumns = (db.pragma('table_info(tasks)') as { name: string }[]).map((c) => c.name);
+    db.close();
+    expect(taskColumns, 'migration 2 rolled back with 3').to.not.include('waits');
     const store = new JobStore(dir);
     expectSchedulerContent(store);
     store.close();
