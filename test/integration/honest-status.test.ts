@@ -6,6 +6,9 @@
  * completes once a worker joins, or fails when its deadline passes.
  */
 import { expect } from 'chai';
+import { Channel } from 'nice-grpc';
+import { createMeshClient, openChannel } from '../../common/client';
+import { GRPCInferenceServiceDefinition } from '../../generated/inference/grpc_service';
 import { JobEvent, JobSpec } from '../../generated/maas/v1/jobs';
 import { Status, TestMesh, grpcError, startMesh } from '../support';
 
@@ -23,8 +26,13 @@ describe('honest status codes; jobs wait for a worker', function () {
     mesh = await startMesh({ workers: [] });
   });
   after(async () => {
+    channel?.close();
     await mesh.stop().catch(() => undefined);
   });
+
+  let channel: Channel | undefined;
+  /** A client of the gateway's KServe v2 service. */
+  const kserve = () => createMeshClient(GRPCInferenceServiceDefinition, (channel ??= openChannel(mesh.gateway.address)));
 
   /** Watches a job to its end; `onEvent` may act on each event (e.g. start a worker). */
   async function watchToEnd(jobId: string, onEvent: (e: JobEvent, all: JobEvent[]) => Promise<void> | void = () => undefined): Promise<JobEvent[]> {
@@ -38,10 +46,12 @@ describe('honest status codes; jobs wait for a worker', function () {
   }
   const cases = (events: JobEvent[]) => events.map((e) => e.event?.$case);
 
-  it('with no worker ready yet, Predict is UNAVAILABLE, not NOT_FOUND', async () => {
+  it('with no worker ready yet, Predict and KServe ModelMetadata are UNAVAILABLE, not NOT_FOUND', async () => {
     const err = await grpcError(mesh.inference.predict({ model: 'echo', input: 'hello' }));
     expect(Status[err.code], err.details).to.equal('UNAVAILABLE');
     expect(err.details).to.include('no worker is ready yet').and.include('"echo"');
+    const kserveErr = await grpcError(kserve().modelMetadata({ name: 'echo', version: '' }));
+    expect(Status[kserveErr.code], kserveErr.details).to.equal('UNAVAILABLE');
   });
 
   it('a job submitted before any worker is ready waits (task_waiting, no attempt used) and completes once a worker joins', async () => {
@@ -81,6 +91,9 @@ describe('honest status codes; jobs wait for a worker', function () {
     expect(err.details).to.include('no ready worker serves model "echo"');
     const { model } = await mesh.models.getModel({ name: 'echo' });
     expect(model).to.include({ name: 'echo', readyWorkers: 0 });
+    const kserveErr = await grpcError(kserve().modelMetadata({ name: 'echo', version: '' }));
+    expect(Status[kserveErr.code], kserveErr.details).to.equal('UNAVAILABLE');
+    expect(kserveErr.details).to.include('no ready worker serves model "echo" now');
   });
 
   it('a job that waits for a worker past its deadline fails with the deadline, having used no attempt', async () => {
