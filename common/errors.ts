@@ -71,3 +71,10 @@ export function boundMessage(message: string): string {
   }
   return bounded.replace(LONE_SURROGATE, '\uFFFD');
 }
+
+/**
+ * Trailer of an UNAVAILABLE answer that means "no ready worker serves this model now" (workers
+ * starting or restarting), as against a worker that failed: a job's task waits on it instead of
+ * using an attempt. The balancer sets it; its value is "1".
+ */
+export const NO_READY_WORKER_TRAILER = 'maas-no-ready-worker';

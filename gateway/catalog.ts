@@ -30,6 +30,8 @@ export function compareVersionsNewestFirst(a: string, b: string): number {
 export class ModelCatalog<M extends CatalogEntry> {
   private cache: { at: number; models: M[]; byName: Map<string, M[]> } | undefined;
   private pending: Promise<Map<string, M[]>> | undefined;
+  /** Every model listed since this catalog was made, as last listed (newest version first). */
+  private readonly offered = new Map<string, M[]>();
 
   constructor(
     private readonly fetchModels: () => Promise<M[]>,
@@ -60,6 +62,15 @@ export class ModelCatalog<M extends CatalogEntry> {
     return (await this.current(true)).get(name) ?? [];
   }
 
+  /**
+   * The versions of a model that was listed before but may not be now (its workers are starting,
+   * restarting or gone), as last listed; [] for a model never listed since this catalog was made.
+   * Tells "not ready now" (UNAVAILABLE) from "does not exist" (NOT_FOUND).
+   */
+  offeredBefore(name: string): M[] {
+    return [...(this.offered.get(name) ?? [])];
+  }
+
   private isFresh(): boolean {
     return this.cache !== undefined && this.now() - this.cache.at < this.ttlMs;
   }
@@ -73,6 +84,7 @@ export class ModelCatalog<M extends CatalogEntry> {
         for (const m of models) byName.set(m.name, [...(byName.get(m.name) ?? []), m]);
         for (const versions of byName.values()) versions.sort((a, b) => compareVersionsNewestFirst(a.version ?? '', b.version ?? ''));
         this.cache = { at: this.now(), models, byName };
+        for (const [name, versions] of byName) this.offered.set(name, versions);
         return byName;
       })
       .finally(() => (this.pending = undefined));

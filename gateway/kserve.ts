@@ -88,9 +88,18 @@ export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementat
     if (v.length > MAX_VERSION_CHARS) throw invalidField('version', `must be at most ${MAX_VERSION_CHARS} characters`, v);
   }
 
-  /** The model version a call names, or NOT_FOUND naming the model or the version. */
+  /**
+   * The model version a call names, or NOT_FOUND naming the model or the version; UNAVAILABLE for
+   * a model offered before that has no ready worker now, or when no worker is ready at all.
+   */
   async function requireVersion(name: string, v: string): Promise<{ model: Model; versions: Model[] }> {
     const versions = await catalog.versions(name);
+    if (versions.length === 0 && catalog.offeredBefore(name).length > 0) {
+      throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(name)} now (it was served before: its workers may be starting or restarting); try again`);
+    }
+    if (versions.length === 0 && (await catalog.list()).length === 0) {
+      throw new MeshError('unavailable', `no worker is ready yet, so model ${quoteInput(name)} cannot be looked up; try again once the workers have started`);
+    }
     return { model: resolveModelVersion(name, v, versions, newestServed(versions)), versions };
   }
 

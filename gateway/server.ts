@@ -4,6 +4,7 @@
  * root span of the call's trace here.
  */
 import { randomUUID } from 'node:crypto';
+import { ClientError, Status } from 'nice-grpc';
 import { createMeshClient, openMeshChannel } from '../common/client';
 import { ConfigOf } from '../common/config';
 import { MeshError, quoteInput } from '../common/errors';
@@ -38,7 +39,7 @@ import { createAuthenticator } from './auth';
 import { loadKeyFile, watchKeyFile } from './key-file';
 import { JobSpecContext, validateJobSpec } from './job-spec';
 import { parseCallbackAllowlist } from '../common/callback-target';
-import { ModelCatalog } from './catalog';
+import { ModelCatalog, newestServed } from './catalog';
 import { gatewaySchema } from './config';
 import { validateGenerateRequest, validateJobId, validateModelName, validatePageToken, validatePredictRequest } from './validation';
 import { GRPCInferenceServiceDefinition } from '../generated/inference/grpc_service';
@@ -85,21 +86,35 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   const balancerChannel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const scheduler = createMeshClient(SchedulerServiceDefinition, schedulerChannel);
   const balancer = createMeshClient(BalancerServiceDefinition, balancerChannel);
-  const catalog = new ModelCatalog<Model>(async () => (await balancer.listModels({}, { deadline: Date.now() + 5000 })).models, config.catalogTtlMs);
-
-  /** The model, or NOT_FOUND naming the models that exist. */
-  async function findModel(name: string): Promise<Model> {
-    const model = await catalog.find(name);
-    if (!model) {
-      const known = [...new Set((await catalog.list()).map((m) => m.name))].join(', ') || 'none are ready';
-      throw new MeshError('not_found', `model ${quoteInput(name)} not found; available: ${known}`);
+  const catalog = new ModelCatalog<Model>(async () => {
+    try {
+      return (await balancer.listModels({}, { deadline: Date.now() + 5000 })).models;
+    } catch (err) {
+      // The balancer is down or restarting: the mesh cannot say which models exist right now.
+      if (err instanceof ClientError) throw new MeshError('unavailable', `cannot list the models: the balancer did not answer (${Status[err.code]}: ${err.details.slice(0, 120)})`);
+      throw err;
     }
-    return model;
+  }, config.catalogTtlMs);
+
+  /**
+   * The model if a ready worker serves it. Otherwise UNAVAILABLE when the mesh cannot answer now: a
+   * model offered before whose workers are away (starting, restarting), or no worker ready at all;
+   * NOT_FOUND, naming the models that exist, only for a model no worker has offered.
+   */
+  async function readyModel(name: string): Promise<Model> {
+    const model = await catalog.find(name);
+    if (model) return model;
+    if (catalog.offeredBefore(name).length > 0) {
+      throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(name)} now (it was served before: its workers may be starting or restarting); try again`);
+    }
+    const known = (await catalog.list()).map((m) => m.name);
+    if (known.length === 0) throw new MeshError('unavailable', `no worker is ready yet, so model ${quoteInput(name)} cannot be looked up; try again once the workers have started`);
+    throw new MeshError('not_found', `model ${quoteInput(name)} not found; available: ${[...new Set(known)].join(', ')}`);
   }
 
-  /** The model, or NOT_FOUND naming the models that exist; INVALID_ARGUMENT if it cannot do `task`. */
+  /** The model (see {@link readyModel}); INVALID_ARGUMENT if it cannot do `task`. */
   async function requireModel(name: string, task: ModelTask): Promise<Model> {
-    const model = await findModel(name);
+    const model = await readyModel(name);
     if (!model.tasks.includes(task)) {
       if (task === ModelTask.MODEL_TASK_CHAT) throw new MeshError('invalid_argument', `messages need a model with a chat template; model ${quoteInput(name)} supports: ${describeTasks(model)} (send a prompt instead)`);
       const call = task === ModelTask.MODEL_TASK_GENERATE ? 'Generate' : 'Predict';
@@ -148,8 +163,9 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   async function getModel(request: GetModelRequest, context: MeshCallContext): Promise<GetModelResponse> {
     auth.tenantOf(context.metadata.get('authorization'));
     const name = validateModelName('name', request.name);
-    const model = await catalog.find(name);
-    if (!model) throw new MeshError('not_found', `model ${quoteInput(name)} not found`);
+    // A model offered before is described as last listed, with no ready worker now.
+    const before = newestServed(catalog.offeredBefore(name));
+    const model = (await catalog.find(name)) ?? (before && { ...before, readyWorkers: 0 }) ?? (await readyModel(name));
     return { model };
   }
 
@@ -160,7 +176,11 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     callbackAllow: parseCallbackAllowlist(config.callbackAllow),
     maxRecordChars: config.maxInputChars,
     async modelTasks(name) {
-      const model = await catalog.find(name);
+      // A job may wait for the workers of a model offered before (its tasks wait for a worker).
+      const model = (await catalog.find(name)) ?? newestServed(catalog.offeredBefore(name)) ?? (await readyModel(name).catch((err: unknown) => {
+        if (err instanceof MeshError && err.kind === 'not_found') return undefined;
+        throw err;
+      }));
       return model?.tasks.flatMap((t) => (t === ModelTask.MODEL_TASK_GENERATE ? ['generate' as const] : t === ModelTask.MODEL_TASK_CLASSIFY ? ['classify' as const] : []));
     },
   };
@@ -253,7 +273,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
           defaultDeadlineMs: config.defaultDeadlineMs,
           tenantOf: (authorization) => auth.tenantOf(authorization),
           listModels: () => catalog.list(),
-          findModel,
+          findModel: readyModel,
           validate: (request) => validateGenerateRequest(request, limits),
           schedule: (task, options) => scheduler.schedule({ task }, options),
           log,

@@ -113,6 +113,9 @@ function describeEvent(event: JobEvent, progress: ProgressLine, out: NodeJS.Writ
     case 'taskRetried':
       progress.note(`task ${e.taskRetried.taskIndex} attempt ${e.taskRetried.attempt} failed (${e.taskRetried.error}); retrying in ${e.taskRetried.retryInMs} ms`);
       return undefined;
+    case 'taskWaiting':
+      progress.note(`waiting for a worker (task ${e.taskWaiting.taskIndex}: ${e.taskWaiting.reason}); no attempt is used`);
+      return undefined;
     case 'taskFailed':
       progress.note(`task ${e.taskFailed.taskIndex} failed after ${e.taskFailed.attempts} attempts: ${e.taskFailed.error}`);
       return undefined;

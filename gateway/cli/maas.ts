@@ -40,6 +40,9 @@ commands:
       --model-repository DIR  the workers' model repository (default $MAAS_MODEL_REPOSITORY
                               or .maas/models)
       --api-keys-file F       API key file for the gateway (only the gateway is given it)
+      --max-restarts N        a service that exits unexpectedly is started again after 0.5 s,
+                              1 s, 2 s.. (reset after 30 s of serving); after N restarts in a
+                              row maas up gives up and stops the mesh (default 5)
   keys add --tenant T --file F
                               make a new API key for tenant T, append its hash to key file F
                               (created, mode 600, if missing) and print the key once
@@ -126,6 +129,7 @@ async function main(argv: string[]): Promise<number> {
       'aggregator-port': { type: 'string' },
       'worker-base-port': { type: 'string' },
       workers: { type: 'string', default: '2' },
+      'max-restarts': { type: 'string', default: '5' },
       policy: { type: 'string', default: 'p2c' },
       'input-root': { type: 'string', default: '.maas/input' },
       'output-root': { type: 'string', default: '.maas/output' },
@@ -165,6 +169,8 @@ async function main(argv: string[]): Promise<number> {
   };
 
   if (command === 'up') {
+    const maxRestarts = num('max-restarts', values['max-restarts'])!;
+    if (!Number.isInteger(maxRestarts) || maxRestarts < 0 || maxRestarts > 1000) throw new UsageError(`--max-restarts must be an integer from 0 to 1000, given "${values['max-restarts']}"`);
     const gatewayPort = num('gateway-port', values['gateway-port'])!;
     return up({
       host: values.host!,
@@ -183,6 +189,7 @@ async function main(argv: string[]): Promise<number> {
       startTimeoutMs: 300_000,
       certsDir: values.tls ? values['certs-dir'] : undefined,
       insecure: values.insecure,
+      maxRestarts,
     });
   }
 

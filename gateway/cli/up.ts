@@ -13,6 +13,9 @@ import { PeerExpectation, meshIdentity } from '../../common/mesh-identity';
 import { MeshTls, loadMeshTls } from '../../common/tls';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 import { withServiceProcessEnv } from '../../common/process-env';
+import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
+import { WorkerState } from '../../generated/maas/v1/mesh';
+import { DEFAULT_RESTARTS, RestartBackoff } from './restarts';
 
 /** One service process to start. */
 interface ProcessSpec {
@@ -51,6 +54,8 @@ export interface UpOptions {
   certsDir?: string;
   /** Pass --insecure to every service (plaintext on a non-loopback --host). */
   insecure?: boolean;
+  /** Restarts in a row of a crashing service before `maas up` gives up and stops the mesh (default 5). */
+  maxRestarts?: number;
 }
 
 /** The services `maas up` starts. */
@@ -139,6 +144,33 @@ export async function waitForServing(address: string, deadline: number, signal: 
   }
 }
 
+/**
+ * Resolves when the balancer at `address` lists every worker of `workerIds` as joined, serving and
+ * not draining (so their models are ready); rejects at `deadline` or on `signal`.
+ */
+export async function waitForWorkersJoined(address: string, workerIds: readonly string[], deadline: number, signal: AbortSignal, tls?: { client: MeshTls; expected: PeerExpectation }): Promise<void> {
+  const channel = tls ? openMeshChannel(address, 64 * 1024 * 1024, tls.client, tls.expected) : createChannel(address);
+  const balancer = createClient(BalancerServiceDefinition, channel);
+  let missing = [...workerIds];
+  try {
+    while (!signal.aborted) {
+      try {
+        const { workers } = await balancer.listWorkers({}, { signal: AbortSignal.any([signal, AbortSignal.timeout(Math.max(1, Math.min(5000, deadline - Date.now())))]) });
+        const ready = new Set(workers.filter((w) => w.state !== WorkerState.WORKER_STATE_DRAINING).map((w) => w.workerId));
+        missing = workerIds.filter((id) => !ready.has(id));
+        if (missing.length === 0) return;
+      } catch (err) {
+        if (signal.aborted) throw err;
+      }
+      if (Date.now() >= deadline) throw new Error(`the balancer at ${address} did not list ${missing.join(', ')} as ready in time`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    throw new Error('start aborted');
+  } finally {
+    channel.close();
+  }
+}
+
 function prefixLines(name: string, stream: NodeJS.ReadableStream | null, out: NodeJS.WritableStream): void {
   forEachLine(stream, (line) => out.write(`[${name}] ${line}\n`));
 }
@@ -157,10 +189,17 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
   const abort = new AbortController();
   let stopping = false;
   let failure: string | undefined;
+  const restartTimers = new Set<NodeJS.Timeout>();
+  const restartSettings = { ...DEFAULT_RESTARTS, ...(o.maxRestarts !== undefined ? { maxRestarts: o.maxRestarts } : {}) };
+  const balancerSpec = specs.find((s) => s.service === 'balancer')!;
+  const workerIds = specs.filter((s) => s.service === 'worker').map((s) => s.name);
+  const tlsFor = (spec: ProcessSpec) => operator && { client: operator, expected: spec.identity };
 
   const stopAll = async () => {
     if (stopping) return;
     stopping = true;
+    for (const timer of restartTimers) clearTimeout(timer);
+    restartTimers.clear();
     // Stop from the edge inward: gateway first, balancer last, so no call finds a missing hop.
     for (const spec of [...specs].reverse()) {
       const child = children.get(spec.name);
@@ -173,6 +212,15 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
     }
   };
 
+  /** Stops every service, then this process, with code 1 and `why` printed. */
+  const giveUp = (why: string) => {
+    if (stopping) return;
+    failure = why;
+    out.write(`maas up: ${why}; stopping the mesh\n`);
+    abort.abort();
+    void stopAll().then(() => process.exit(1));
+  };
+
   const onSignal = () => {
     out.write('\nstopping the mesh…\n');
     abort.abort();
@@ -181,8 +229,11 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
-  const deadline = Date.now() + o.startTimeoutMs;
-  for (const spec of specs) {
+  /**
+   * Starts one service and supervises it: an unexpected exit starts it again after a backoff
+   * (reset once it has served for a while); a crash loop gives up and stops the mesh.
+   */
+  const supervise = (spec: ProcessSpec, backoff: RestartBackoff, start: number) => {
     const child = spawn(process.execPath, [resolve(dist, spec.entry), ...spec.args], {
       env: childEnv(spec.service, process.env, process.pid),
       // Own process group: a terminal's Ctrl-C reaches only `maas up`, which stops the rest in order.
@@ -192,17 +243,48 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
     children.set(spec.name, child);
     prefixLines(spec.name, child.stdout, out);
     prefixLines(spec.name, child.stderr, out);
+    let servingSince: number | undefined;
+    const exited = new AbortController();
+    // After a restart, say when the service is back (a worker: once the balancer lists it again;
+    // the balancer: once every worker has joined it again).
+    void waitForServing(spec.address, Date.now() + o.startTimeoutMs, AbortSignal.any([abort.signal, exited.signal]), tlsFor(spec))
+      .then(async () => {
+        servingSince = Date.now();
+        if (start === 1) return;
+        let note = '';
+        if (spec.service === 'worker' || spec.service === 'balancer') {
+          const ids = spec.service === 'worker' ? [spec.name] : workerIds;
+          await waitForWorkersJoined(balancerSpec.address, ids, Date.now() + o.startTimeoutMs, AbortSignal.any([abort.signal, exited.signal]), tlsFor(balancerSpec));
+          note = spec.service === 'worker' ? ', joined the balancer' : `, ${ids.length} of ${ids.length} workers joined`;
+        }
+        out.write(`maas up: ${spec.name} is back (start ${start}, pid ${child.pid}): SERVING${note}\n`);
+      })
+      .catch(() => undefined);
     child.once('exit', (code, sig) => {
+      exited.abort();
       if (stopping) return;
-      failure = `${spec.name} exited unexpectedly (${sig ?? `code ${code}`})`;
-      out.write(`maas up: ${failure}; stopping the mesh\n`);
-      abort.abort();
-      void stopAll().then(() => process.exit(1));
+      const how = sig ?? `code ${code}`;
+      const decision = backoff.onExit(Date.now(), servingSince);
+      if (!decision.restart) {
+        giveUp(`${spec.name} exited unexpectedly (${how}), ${decision.exits} time${decision.exits === 1 ? '' : 's'} in a row without serving for ${restartSettings.healthyMs / 1000} s; giving up`);
+        return;
+      }
+      out.write(`maas up: ${spec.name} exited unexpectedly (${how}); restart ${decision.inARow} of ${restartSettings.maxRestarts} in ${decision.delayMs} ms\n`);
+      const timer = setTimeout(() => {
+        restartTimers.delete(timer);
+        if (!stopping) supervise(spec, backoff, start + 1);
+      }, decision.delayMs);
+      restartTimers.add(timer);
     });
-  }
+  };
+
+  const deadline = Date.now() + o.startTimeoutMs;
+  for (const spec of specs) supervise(spec, new RestartBackoff(restartSettings), 1);
   try {
-    // Workers train their models on the first start; the others are ready in moments.
-    await Promise.all(specs.map((s) => waitForServing(s.address, deadline, abort.signal, operator && { client: operator, expected: s.identity })));
+    // Workers train their models on the first start; the others are ready in moments. The mesh is
+    // up once every service serves and every worker has joined the balancer with its models.
+    await Promise.all(specs.map((s) => waitForServing(s.address, deadline, abort.signal, tlsFor(s))));
+    await waitForWorkersJoined(balancerSpec.address, workerIds, deadline, abort.signal, tlsFor(balancerSpec));
   } catch (err) {
     if (!stopping) {
       out.write(`maas up: ${(err as Error).message}; stopping the mesh\n`);
@@ -220,7 +302,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
   out.write(
     [
       '',
-      `MaaS Mesh is up: every service reports SERVING${ca ? ', over mutual TLS (CA ' + ca + ')' : ''}.`,
+      `MaaS Mesh is up: every service reports SERVING and every worker has joined with its models${ca ? ', over mutual TLS (CA ' + ca + ')' : ''}.`,
       ...specs.map((s) => `  ${s.name.padEnd(10)} ${s.address}${s.name === 'gateway' ? '   (public API: maas.v1.InferenceService, ModelService, JobService, MeshService)' : s.name === 'balancer' ? `   (policy ${o.policy})` : ''}`),
       ...(o.httpPort >= 0 ? [`  ${'openai'.padEnd(10)} ${ca ? 'https' : 'http'}://${dialHost}:${o.httpPort}/v1   (OpenAI-compatible HTTP API: /v1/models, /v1/completions, /v1/chat/completions)`] : []),
       '',
@@ -233,6 +315,7 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
       `  (a job's --input FILE is read from ${resolve(o.inputRoot ?? '.maas/input')}; --output goes to ${resolve(o.outputRoot ?? '.maas/output')}/<tenant>/)`,
       `  ${grpcurl}${o.apiKeysFile ? ' -H "authorization: Bearer $MAAS_API_KEY"' : ''} -d '{"model":"spam-nb","input":"WIN A FREE PRIZE NOW"}' ${gw} maas.v1.InferenceService/Predict`,
       '',
+      `A service that exits unexpectedly is started again (backoff from ${restartSettings.baseMs} ms; at most ${restartSettings.maxRestarts} restarts in a row).`,
       'Ctrl-C stops everything.',
       '',
     ].join('\n'),

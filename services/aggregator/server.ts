@@ -111,6 +111,7 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
   const protectedDirs = [config.dataDir, ...config.protectedDirs.split(',').map((d) => d.trim()).filter((d) => d !== '')];
   const outputs: OutputPlace = { root: await prepareRoot(config.outputRoot, protectedDirs, '--output-root'), protectedDirs: protectedDirs.map((d) => resolve(d)) };
   const store = new AggregatorStore(resolve(config.dataDir), { cachedJobs: config.cachedJobs, maxOutputBytes: config.maxOutputBytes });
+  if (store.schema.from !== store.schema.to) log.info('store schema migrated', { file: store.path, from_version: store.schema.from, to_version: store.schema.to });
   log.info('store open', { path: store.path });
 
   const implementation: AggregatorServiceImplementation = {

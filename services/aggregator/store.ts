@@ -28,14 +28,12 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import { MeshError, quoteInput } from '../../common/errors';
+import { MigrationOutcome, StoreMigration, migrateStore } from '../../common/store-migrations';
 import { outputBytes } from './output-file';
 import { CollectedOutput, ReduceResult, ReduceSpec, Reducer, ReducerState, ShardOutput, compareCollected, createReducer } from './reducers';
 
 /** The database file's name inside the data directory. */
 export const STORE_FILE = 'aggregator.sqlite';
-
-/** Version of the tables below, in PRAGMA user_version; a file of another version is refused. */
-const SCHEMA_VERSION = 1;
 
 const SCHEMA = `
   CREATE TABLE IF NOT EXISTS jobs (
@@ -53,6 +51,12 @@ const SCHEMA = `
   ) STRICT;
 `;
 
+/**
+ * The forward migrations of the store, in order: the k-th (from 0) brings a file from schema
+ * version k (PRAGMA user_version) to k + 1. Append, never edit: released files depend on them.
+ */
+export const AGGREGATOR_STORE_MIGRATIONS: readonly StoreMigration[] = [{ description: 'jobs and committed tasks', up: (db) => db.exec(SCHEMA) }];
+
 /** Options of the store. */
 export interface StoreOptions {
   /** Jobs whose reducer state is kept in memory (least recently used ones are dropped). Default 64. */
@@ -62,6 +66,8 @@ export interface StoreOptions {
    * take a job past it is refused (FAILED_PRECONDITION naming the limit). Default: no limit.
    */
   maxOutputBytes?: number;
+  /** The schema's migrations; defaults to {@link AGGREGATOR_STORE_MIGRATIONS} (tests add one to play the next release). */
+  migrations?: readonly StoreMigration[];
 }
 
 /** What a commit did. */
@@ -146,6 +152,8 @@ export function checkSameSpec(jobId: string, stored: ReduceSpec, given: ReduceSp
 export class AggregatorStore {
   /** Path of the database file. */
   readonly path: string;
+  /** The schema version the file had when opened, and the one it has now (see {@link AGGREGATOR_STORE_MIGRATIONS}). */
+  readonly schema: MigrationOutcome;
   private readonly db: Database.Database;
   private readonly cachedJobs: number;
   private readonly maxOutputBytes: number;
@@ -166,14 +174,7 @@ export class AggregatorStore {
       this.db.pragma('journal_mode = WAL');
       this.db.pragma('synchronous = NORMAL');
       // BEGIN IMMEDIATE takes the write lock, which exclusive mode then holds until close.
-      this.db.transaction(() => {
-        const version = this.db.pragma('user_version', { simple: true }) as number;
-        if (version !== 0 && version !== SCHEMA_VERSION) {
-          throw new Error(`${this.path} has schema version ${version}; this aggregator reads version ${SCHEMA_VERSION}`);
-        }
-        this.db.exec(SCHEMA);
-        this.db.pragma(`user_version = ${SCHEMA_VERSION}`);
-      }).immediate();
+      this.schema = migrateStore(this.db, `the aggregator's store ${this.path}`, options.migrations ?? AGGREGATOR_STORE_MIGRATIONS);
     } catch (err) {
       this.db.close();
       if ((err as { code?: string }).code === 'SQLITE_BUSY') {

@@ -10,7 +10,7 @@ import { Channel, ClientError, Status, createClient } from 'nice-grpc';
 import { HealthCheckResponse_ServingStatus, HealthDefinition } from '../../generated/grpc/health/v1/health';
 import { closeChannel, createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
-import { ErrorKind, MeshError, quoteInput } from '../../common/errors';
+import { ErrorKind, MeshError, NO_READY_WORKER_TRAILER, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
 import { startGrpcServer } from '../../common/server';
@@ -314,6 +314,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         if (failure) {
           throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves ${label}`);
         }
+        context.trailer.set(NO_READY_WORKER_TRAILER, '1');
         throw new MeshError('unavailable', `no ready worker serves ${label}`);
       }
       tried.add(member.id);
@@ -568,7 +569,10 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   async function hedgedPredict(task: Task, model: string, context: MeshCallContext): Promise<RouteResponse> {
     const key = affinityKeyOf(task);
     const first = pickWorker(model, new Set(), key);
-    if (!first) throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
+    if (!first) {
+      context.trailer.set(NO_READY_WORKER_TRAILER, '1');
+      throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
+    }
     retryBudget.recordRequest(Date.now());
     const calls = [callWorker(first, task, context)];
     let timer: NodeJS.Timeout | undefined;

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { ClientError, Status } from 'nice-grpc';
 import { datasetSize } from '../../common/datasets';
-import { MeshError, invalidField, quoteInput } from '../../common/errors';
+import { MeshError, NO_READY_WORKER_TRAILER, invalidField, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { FILE_ACCESS_KINDS, FileAccessError, OutputPlace, checkOutputTarget } from '../../common/file-roots';
 import { InputFiles, RECORDS_ERROR_KINDS, RecordsError, scanRecords } from '../../common/records';
@@ -51,7 +51,16 @@ export interface JobRunnerOptions {
   callbackTimeoutMs: number;
   /** Where callbacks may go besides public addresses. */
   callbackAllow: CallbackAllowlist;
+  /**
+   * True while the connection to the balancer is up. A task that fails UNAVAILABLE while it is
+   * down waits for the balancer instead of using an attempt. Default: always up.
+   */
+  balancerReachable?: () => boolean;
 }
+
+/** First pause of a job that waits for a worker, ms; doubles while it waits, up to WAIT_MAX_MS. */
+const WAIT_FIRST_MS = 250;
+const WAIT_MAX_MS = 2000;
 
 type BalancerClient = Client<typeof BalancerServiceDefinition, MeshCallOptions>;
 type AggregatorClient = Client<typeof AggregatorServiceDefinition, MeshCallOptions>;
@@ -75,6 +84,15 @@ interface ActiveJob {
   startedAt: number;
   lastPartialAt: number;
   ended: boolean;
+  /**
+   * Waiting for a worker (see {@link JobRunner.taskWaits}): true from a task that found none to the
+   * next task that reached one; then one task at a time probes, each `waitDelayMs` after the last.
+   */
+  waiting: boolean;
+  waitDelayMs: number;
+  /** No task of the job starts before this time (ms since the epoch). */
+  waitUntil: number;
+  waitTimer?: NodeJS.Timeout;
 }
 
 const FINAL_EVENTS = new Set(['completed', 'failed', 'cancelled']);
@@ -255,6 +273,9 @@ export class JobRunner {
       startedAt: stored.startedAt ?? 0,
       lastPartialAt: 0,
       ended: false,
+      waiting: false,
+      waitDelayMs: 0,
+      waitUntil: 0,
     };
     this.active.set(job.id, job);
     if (stored.deadlineAt !== undefined) {
@@ -282,7 +303,10 @@ export class JobRunner {
   }
 
   private nextJob(): ActiveJob | undefined {
-    const ready = [...this.active.values()].filter((j) => !j.ended && j.pending.length > 0 && j.running.size < this.options.maxTasksPerJob);
+    const now = Date.now();
+    const ready = [...this.active.values()].filter(
+      (j) => !j.ended && j.pending.length > 0 && j.running.size < (j.waiting ? 1 : this.options.maxTasksPerJob) && j.waitUntil <= now,
+    );
     if (ready.length === 0) return undefined;
     const top = Math.max(...ready.map((j) => j.priority));
     const candidates = ready.filter((j) => j.priority === top);
@@ -295,9 +319,11 @@ export class JobRunner {
     job.running.set(index, controller);
     this.inFlight++;
     let attempt = 0;
+    let waits = 0;
     try {
       const start = this.store.startTask(job.id, index);
       attempt = start.attempt;
+      waits = start.waits;
       if (start.firstStart) {
         job.startedAt = Date.now();
         this.append(job.id, { $case: 'started', started: {} });
@@ -309,6 +335,8 @@ export class JobRunner {
       if (!job.ended) this.log.error('cannot start task', { job: job.id, task: index, error: String(err) });
       return;
     }
+    // Set from the balancer's trailer: UNAVAILABLE because no ready worker serves the model.
+    let noReadyWorker = false;
     try {
       const task: MapTask = {
         jobId: job.id,
@@ -325,7 +353,7 @@ export class JobRunner {
       const deadline = this.store.getJob(job.id)?.deadlineAt;
       const stream = this.balancer.route(
         { task: { requestId: `${job.id}/${index}/${attempt}`, tenant: job.tenant, request: { $case: 'map', map: task } } },
-        { signal: controller.signal, deadline },
+        { signal: controller.signal, deadline, onTrailer: (trailer) => (noReadyWorker = trailer.get(NO_READY_WORKER_TRAILER) !== undefined) },
       );
       for await (const response of stream) {
         if (response.output?.output?.$case === 'mapResult') {
@@ -337,7 +365,12 @@ export class JobRunner {
       this.taskDone(job, index, attempt, result, workerId);
     } catch (err) {
       if (job.ended || this.closed) return;
-      this.taskFailed(job, index, attempt, err);
+      const balancerAway = !(this.options.balancerReachable?.() ?? true);
+      if (err instanceof ClientError && err.code === Status.UNAVAILABLE && (noReadyWorker || balancerAway)) {
+        this.taskWaits(job, index, noReadyWorker ? err.details : `the balancer is unavailable (${err.details})`);
+      } else {
+        this.taskFailed(job, index, attempt, attempt - waits, err);
+      }
     } finally {
       job.running.delete(index);
       this.inFlight--;
@@ -345,8 +378,47 @@ export class JobRunner {
     }
   }
 
+  /**
+   * A task found no worker: no ready worker serves its model, or the balancer is away (workers
+   * loading at a start, a rolling restart, a restarting balancer). It goes back to the front of
+   * the queue without using an attempt, and the job pauses: one task at a time tries again, after
+   * 250 ms, then doubling up to 2 s, until one reaches a worker. The job's deadline still holds.
+   * The first wait of an episode is a `taskWaiting` event.
+   */
+  private taskWaits(job: ActiveJob, index: number, reason: string): void {
+    this.store.taskWaited(job.id, index, reason);
+    job.pending.unshift(index);
+    const now = Date.now();
+    if (!job.waiting) {
+      job.waiting = true;
+      job.waitDelayMs = WAIT_FIRST_MS;
+      this.append(job.id, { $case: 'taskWaiting', taskWaiting: { taskIndex: index, reason } });
+      this.log.warn('job waits for a worker', { job: job.id, task: index, reason });
+    } else if (now >= job.waitUntil) {
+      // A probe after the last pause found no worker either: pause longer.
+      job.waitDelayMs = Math.min(WAIT_MAX_MS, job.waitDelayMs * 2);
+    }
+    job.waitUntil = Math.max(job.waitUntil, now + job.waitDelayMs);
+    clearTimeout(job.waitTimer);
+    if (job.waitTimer) this.retryTimers.delete(job.waitTimer);
+    const timer = setTimeout(() => {
+      this.retryTimers.delete(timer);
+      job.waitTimer = undefined;
+      this.dispatch();
+    }, job.waitUntil - now);
+    job.waitTimer = timer;
+    this.retryTimers.add(timer);
+  }
+
+  /** A task reached a worker: the job no longer waits. */
+  private stopWaiting(job: ActiveJob): void {
+    job.waiting = false;
+    job.waitUntil = 0;
+  }
+
   private taskDone(job: ActiveJob, index: number, attempt: number, result: { records: number; partial?: JobResult }, workerId: string): void {
     if (job.ended) return;
+    this.stopWaiting(job);
     const stored = this.store.finishTask(job.id, index, result.records);
     // Already done (a duplicate report) or the job has ended meanwhile: nothing to tell.
     if (!stored) return;
@@ -365,11 +437,13 @@ export class JobRunner {
     if (allDone) this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, error: String(err) }));
   }
 
-  private taskFailed(job: ActiveJob, index: number, attempt: number, err: unknown): void {
+  /** Attempt `attempt` of a task failed; it is the task's `failures`-th failed attempt (starts that waited do not count). */
+  private taskFailed(job: ActiveJob, index: number, attempt: number, failures: number, err: unknown): void {
+    this.stopWaiting(job);
     const details = err instanceof ClientError ? err.details : err instanceof Error ? err.message : String(err);
     const permanent = (err instanceof ClientError && PERMANENT.has(err.code)) || (err instanceof MeshError && err.kind === 'invalid_argument');
     const maxAttempts = job.spec.maxAttempts || 3;
-    if (!permanent && attempt < maxAttempts) {
+    if (!permanent && failures < maxAttempts) {
       const delay = retryDelayMs(attempt, { baseMs: this.options.retryBaseMs, maxMs: this.options.retryMaxMs });
       this.store.failTaskAttempt(job.id, index, details);
       this.append(job.id, { $case: 'taskRetried', taskRetried: { taskIndex: index, attempt, error: details, retryInMs: delay } });
@@ -384,8 +458,8 @@ export class JobRunner {
       return;
     }
     this.store.failTask(job.id, index, details);
-    this.append(job.id, { $case: 'taskFailed', taskFailed: { taskIndex: index, attempts: attempt, error: details } });
-    this.endJob(job.id, 'failed', { error: `task ${index} failed after ${attempt} attempt${attempt === 1 ? '' : 's'}: ${details}` }).catch((err) =>
+    this.append(job.id, { $case: 'taskFailed', taskFailed: { taskIndex: index, attempts: failures, error: details } });
+    this.endJob(job.id, 'failed', { error: `task ${index} failed after ${failures} attempt${failures === 1 ? '' : 's'}: ${details}` }).catch((err) =>
       this.log.error('cannot end job', { job: job.id, error: String(err) }),
     );
   }
@@ -439,6 +513,7 @@ export class JobRunner {
     if (job) {
       job.ended = true;
       clearTimeout(job.deadlineTimer);
+      clearTimeout(job.waitTimer);
       for (const c of job.running.values()) c.abort();
       this.active.delete(id);
     }

@@ -5,6 +5,7 @@
  */
 import { parseCallbackAllowlist } from '../../common/callback-target';
 import { parseWebhookSecret } from './jobs/callback';
+import { connectivityState } from '@grpc/grpc-js';
 import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
@@ -110,6 +111,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
   const store = new JobStore(resolve(config.dataDir));
+  if (store.schema.from !== store.schema.to) log.info('store schema migrated', { file: store.path, from_version: store.schema.from, to_version: store.schema.to });
   const jobs = new JobRunner(
     store,
     balancer,
@@ -127,6 +129,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       outputs: { root: resolve(config.outputRoot), protectedDirs: [config.dataDir] },
       callbackTimeoutMs: config.callbackTimeoutMs,
       callbackAllow: parseCallbackAllowlist(config.callbackAllow),
+      balancerReachable: () => channel.getConnectivityState(false) === connectivityState.READY,
     },
     log,
   );

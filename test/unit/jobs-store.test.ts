@@ -87,9 +87,9 @@ describe('jobs: JobStore', () => {
     });
     expect(store.getJob('job-1')).to.deep.equal(job);
     expect(store.tasks('job-1')).to.deep.equal([
-      { jobId: 'job-1', index: 0, first: 0, count: 4, state: 'pending', attempts: 0 },
-      { jobId: 'job-1', index: 1, first: 4, count: 4, state: 'pending', attempts: 0 },
-      { jobId: 'job-1', index: 2, first: 8, count: 2, state: 'pending', attempts: 0 },
+      { jobId: 'job-1', index: 0, first: 0, count: 4, state: 'pending', attempts: 0, waits: 0 },
+      { jobId: 'job-1', index: 1, first: 4, count: 4, state: 'pending', attempts: 0, waits: 0 },
+      { jobId: 'job-1', index: 2, first: 8, count: 2, state: 'pending', attempts: 0, waits: 0 },
     ]);
     expect(store.inlineRecords('job-1', 2)).to.deep.equal([{ text: 'r8' }, { text: 'r9' }]);
     expect(store.eventsAfter('job-1', 0)).to.deep.equal([{ seq: 1, timeMs: 1_000, event: { accepted: { tasksTotal: 3 } } }]);
@@ -163,10 +163,10 @@ describe('jobs: JobStore', () => {
   it('startTask counts attempts, records the worker, and starts the job once', () => {
     createJob(store, 'job-1');
     clock.time = 7_000;
-    expect(store.startTask('job-1', 0, 'worker-a')).to.deep.equal({ attempt: 1, firstStart: true });
+    expect(store.startTask('job-1', 0, 'worker-a')).to.deep.equal({ attempt: 1, firstStart: true, waits: 0 });
     expect(store.getJob('job-1')).to.include({ state: 'running', startedAt: 7_000 });
     clock.time = 8_000;
-    expect(store.startTask('job-1', 1)).to.deep.equal({ attempt: 1, firstStart: false });
+    expect(store.startTask('job-1', 1)).to.deep.equal({ attempt: 1, firstStart: false, waits: 0 });
     expect(store.getJob('job-1')!.startedAt).to.equal(7_000);
     expect(store.tasks('job-1')[0]).to.include({ state: 'running', attempts: 1, worker: 'worker-a' });
     expect(store.pendingTasks('job-1').map((t) => t.index)).to.deep.equal([2]);
@@ -319,6 +319,15 @@ describe('jobs: JobStore', () => {
     expect(store.getJob('refused')!.callbackError).to.equal(undefined);
   });
 
+  it('taskWaited puts a running task back to pending and counts the start as a wait, which the next start reports', () => {
+    createJob(store, 'job-1');
+    expect(store.taskWaited('job-1', 0, 'no ready worker'), 'a pending task cannot have waited').to.equal(false);
+    store.startTask('job-1', 0);
+    expect(store.taskWaited('job-1', 0, 'no ready worker serves "mapper:wordcount"')).to.equal(true);
+    expect(store.tasks('job-1')[0]).to.include({ state: 'pending', attempts: 1, waits: 1, error: 'no ready worker serves "mapper:wordcount"' });
+    expect(store.startTask('job-1', 0)).to.deep.equal({ attempt: 2, firstStart: false, waits: 1 });
+  });
+
   it('adds the callback_error column to a store made before it existed', () => {
     store.close();
     const old = join(root, 'old');
@@ -327,8 +336,12 @@ describe('jobs: JobStore', () => {
     first.close();
     const db = new Database(join(old, 'scheduler.sqlite'));
     db.exec('ALTER TABLE jobs DROP COLUMN callback_error');
+    // Stores of that time had no schema version either, nor tasks.waits (migration 2).
+    db.exec('ALTER TABLE tasks DROP COLUMN waits');
+    db.pragma('user_version = 0');
     db.close();
     store = new JobStore(old);
+    expect(store.schema).to.deep.equal({ from: 0, to: 2 });
     expect(store.getJob('job-1')).to.include({ id: 'job-1', callbackState: 'none' });
     expect(store.setCallbackState('job-1', 'failed', 'HTTP 500 Internal Server Error')).to.equal(true);
     expect(store.getJob('job-1')!.callbackError).to.equal('HTTP 500 Internal Server Error');

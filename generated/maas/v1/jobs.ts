@@ -434,6 +434,9 @@ export interface JobEvent {
     | //
     /** The job was cancelled. */
     { $case: "cancelled"; cancelled: JobCancelled }
+    | //
+    /** A task found no worker to run it and waits, without using an attempt. */
+    { $case: "taskWaiting"; taskWaiting: TaskWaiting }
     | undefined;
 }
 
@@ -471,6 +474,20 @@ export interface TaskRetried {
   error: string;
   /** Delay before the next attempt, in milliseconds. */
   retryInMs: number;
+}
+
+/**
+ * TaskWaiting reports that the job's tasks wait for a worker: no ready worker serves the job's
+ * model or mapper (workers are starting, or restarting one by one), or the balancer cannot be
+ * reached. Waiting uses none of a task's attempts; it lasts until a worker is ready, or until the
+ * job's deadline (timeout_ms) passes, or the job is cancelled. Sent once each time the job starts
+ * waiting; the next task_done shows that it ended.
+ */
+export interface TaskWaiting {
+  /** Index of the task that found no worker. */
+  taskIndex: number;
+  /** What it waits for, e.g. `no ready worker serves "mapper:wordcount"`. */
+  reason: string;
 }
 
 /** TaskFailed reports a task that failed its last attempt (the job then fails). */
@@ -2595,6 +2612,9 @@ export const JobEvent: MessageFns<JobEvent> = {
       case "cancelled":
         JobCancelled.encode(message.event.cancelled, writer.uint32(154).fork()).join();
         break;
+      case "taskWaiting":
+        TaskWaiting.encode(message.event.taskWaiting, writer.uint32(162).fork()).join();
+        break;
     }
     return writer;
   },
@@ -2708,6 +2728,14 @@ export const JobEvent: MessageFns<JobEvent> = {
             message.event = { $case: "cancelled", cancelled: JobCancelled.decode(reader, reader.uint32()) };
             continue;
           }
+          case 20: {
+            if (tag !== 162) {
+              break;
+            }
+
+            message.event = { $case: "taskWaiting", taskWaiting: TaskWaiting.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2756,6 +2784,10 @@ export const JobEvent: MessageFns<JobEvent> = {
         ? { $case: "failed", failed: JobFailed.fromJSON(object.failed) }
         : isSet(object.cancelled)
         ? { $case: "cancelled", cancelled: JobCancelled.fromJSON(object.cancelled) }
+        : isSet(object.taskWaiting)
+        ? { $case: "taskWaiting", taskWaiting: TaskWaiting.fromJSON(object.taskWaiting) }
+        : isSet(object.task_waiting)
+        ? { $case: "taskWaiting", taskWaiting: TaskWaiting.fromJSON(object.task_waiting) }
         : undefined,
     };
   },
@@ -2788,6 +2820,8 @@ export const JobEvent: MessageFns<JobEvent> = {
       obj.failed = JobFailed.toJSON(message.event.failed);
     } else if (message.event?.$case === "cancelled") {
       obj.cancelled = JobCancelled.toJSON(message.event.cancelled);
+    } else if (message.event?.$case === "taskWaiting") {
+      obj.taskWaiting = TaskWaiting.toJSON(message.event.taskWaiting);
     }
     return obj;
   },
@@ -2857,6 +2891,12 @@ export const JobEvent: MessageFns<JobEvent> = {
       case "cancelled": {
         if (object.event?.cancelled !== undefined && object.event?.cancelled !== null) {
           message.event = { $case: "cancelled", cancelled: JobCancelled.fromPartial(object.event.cancelled) };
+        }
+        break;
+      }
+      case "taskWaiting": {
+        if (object.event?.taskWaiting !== undefined && object.event?.taskWaiting !== null) {
+          message.event = { $case: "taskWaiting", taskWaiting: TaskWaiting.fromPartial(object.event.taskWaiting) };
         }
         break;
       }
@@ -3256,6 +3296,95 @@ export const TaskRetried: MessageFns<TaskRetried> = {
     message.attempt = object.attempt ?? 0;
     message.error = object.error ?? "";
     message.retryInMs = object.retryInMs ?? 0;
+    return message;
+  },
+};
+
+function createBaseTaskWaiting(): TaskWaiting {
+  return { taskIndex: 0, reason: "" };
+}
+
+export const TaskWaiting: MessageFns<TaskWaiting> = {
+  encode(message: TaskWaiting, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.taskIndex !== 0) {
+      writer.uint32(8).uint32(message.taskIndex);
+    }
+    if (message.reason !== "") {
+      writer.uint32(18).string(message.reason);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): TaskWaiting {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseTaskWaiting();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.taskIndex = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): TaskWaiting {
+    return {
+      taskIndex: isSet(object.taskIndex)
+        ? globalThis.Number(object.taskIndex)
+        : isSet(object.task_index)
+        ? globalThis.Number(object.task_index)
+        : 0,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+    };
+  },
+
+  toJSON(message: TaskWaiting): unknown {
+    const obj: any = {};
+    if (message.taskIndex !== 0) {
+      obj.taskIndex = Math.round(message.taskIndex);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<TaskWaiting>): TaskWaiting {
+    return TaskWaiting.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<TaskWaiting>): TaskWaiting {
+    const message = createBaseTaskWaiting();
+    message.taskIndex = object.taskIndex ?? 0;
+    message.reason = object.reason ?? "";
     return message;
   },
 };

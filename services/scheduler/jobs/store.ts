@@ -23,6 +23,7 @@ import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import type { TaskRange } from './split.js';
+import { MigrationOutcome, StoreMigration, migrateStore } from '../../../common/store-migrations.js';
 
 /** Where a job is in its life. `queued` and `running` are unfinished; the others are final. */
 export type StoredJobState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
@@ -97,6 +98,8 @@ export interface StoredTask extends TaskRange {
   state: TaskState;
   /** Attempts started so far; the running (or last) attempt's number. 0 before the first start. */
   attempts: number;
+  /** Of those, starts that found no worker and waited (see `taskWaited`): not failed attempts. */
+  waits: number;
   /** The worker given to the last `startTask`, if any. */
   worker?: string;
   /** Why the last failed attempt failed. */
@@ -107,6 +110,8 @@ export interface StoredTask extends TaskRange {
 export interface TaskStart {
   /** The attempt's number, from 1 (unique per task, also across restarts). */
   attempt: number;
+  /** Earlier starts of the task that found no worker and waited: `attempt - 1 - waits` attempts failed before this one. */
+  waits: number;
   /** True when this start moved the job from queued to running (time to emit its "started" event). */
   firstStart: boolean;
 }
@@ -141,6 +146,8 @@ export interface JobPage {
 export interface JobStoreOptions {
   /** Time source (ms since the Unix epoch) for `startedAt`, and for `finishedAt` when `finishJob` is given no time; defaults to `Date.now`. */
   now?: () => number;
+  /** The schema's migrations; defaults to {@link JOB_STORE_MIGRATIONS} (tests add one to play the next release). */
+  migrations?: readonly StoreMigration[];
 }
 
 /** Why a store call refused: the job or task is unknown, already exists, has ended, or the task cannot make that move. */
@@ -219,6 +226,25 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 `;
 
+/**
+ * The forward migrations of the store, in order: the k-th (from 0) brings a file from schema
+ * version k (PRAGMA user_version) to k + 1. Append, never edit: released files depend on them.
+ */
+export const JOB_STORE_MIGRATIONS: readonly StoreMigration[] = [
+  {
+    description: 'jobs, tasks, inline records and events (also adopts a file made before schema versions, adding callback_error if it lacks it)',
+    up(db) {
+      db.exec(SCHEMA);
+      const columns = db.pragma('table_info(jobs)') as { name: string }[];
+      if (!columns.some((c) => c.name === 'callback_error')) db.exec('ALTER TABLE jobs ADD COLUMN callback_error TEXT');
+    },
+  },
+  {
+    description: 'tasks.waits: starts of a task that found no worker, which are not failed attempts',
+    up: (db) => db.exec('ALTER TABLE tasks ADD COLUMN waits INTEGER NOT NULL DEFAULT 0'),
+  },
+];
+
 interface JobRow {
   id: string;
   tenant: string;
@@ -247,6 +273,7 @@ interface TaskRow {
   count: number;
   state: TaskState;
   attempts: number;
+  waits: number;
   worker: string | null;
   error: string | null;
 }
@@ -299,6 +326,7 @@ function taskFromRow(row: TaskRow): StoredTask {
     count: row.count,
     state: row.state,
     attempts: row.attempts,
+    waits: row.waits,
   };
   if (row.worker !== null) task.worker = row.worker;
   if (row.error !== null) task.error = row.error;
@@ -356,10 +384,11 @@ function prepareStatements(db: Database.Database) {
     pendingTasks: db.prepare<[string], TaskRow>(`SELECT * FROM tasks WHERE job_id = ? AND state = 'pending' ORDER BY task_index`),
     inline: db.prepare<[string, number], { records: string }>(`SELECT records FROM job_inline WHERE job_id = ? AND task_index = ?`),
     startTask: db.prepare(
-      `UPDATE tasks SET state = 'running', attempts = attempts + 1, worker = ? WHERE job_id = ? AND task_index = ? RETURNING attempts`,
+      `UPDATE tasks SET state = 'running', attempts = attempts + 1, worker = ? WHERE job_id = ? AND task_index = ? RETURNING attempts, waits`,
     ),
     startJob: db.prepare(`UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'`),
     setTaskState: db.prepare(`UPDATE tasks SET state = ?, error = ? WHERE job_id = ? AND task_index = ?`),
+    waitTask: db.prepare(`UPDATE tasks SET state = 'pending', waits = waits + 1, error = ? WHERE job_id = ? AND task_index = ?`),
     countTaskDone: db.prepare(`UPDATE jobs SET tasks_done = tasks_done + 1, records_done = records_done + ? WHERE id = ?`),
     resetRunning: db.prepare(`UPDATE tasks SET state = 'pending' WHERE job_id = ? AND state = 'running'`),
     endJob: db.prepare(
@@ -405,9 +434,9 @@ function bindTransactions(db: Database.Database, s: Statements, now: () => numbe
       if (task.state === 'done' || task.state === 'failed') {
         throw new JobStoreError('task_state', `task ${index} of job ${jobId} is ${task.state} and cannot start`);
       }
-      const { attempts } = s.startTask.get(worker ?? null, jobId, index) as { attempts: number };
+      const { attempts, waits } = s.startTask.get(worker ?? null, jobId, index) as { attempts: number; waits: number };
       const firstStart = s.startJob.run(now(), jobId).changes > 0;
-      return { attempt: attempts, firstStart };
+      return { attempt: attempts, firstStart, waits };
     }),
     finishTask: db.transaction((jobId: string, index: number, records: number): StoredJob | undefined => {
       const task = requireTask(s, jobId, index);
@@ -420,6 +449,12 @@ function bindTransactions(db: Database.Database, s: Statements, now: () => numbe
       const task = requireTask(s, jobId, index);
       if (task.state === 'done' || task.state === 'failed' || isEnded(requireJobState(s, jobId))) return false;
       s.setTaskState.run(to, error, jobId, index);
+      return true;
+    }),
+    waitTask: db.transaction((jobId: string, index: number, reason: string): boolean => {
+      const task = requireTask(s, jobId, index);
+      if (task.state !== 'running' || isEnded(requireJobState(s, jobId))) return false;
+      s.waitTask.run(reason, jobId, index);
       return true;
     }),
     finishJob: db.transaction((id: string, state: EndedJobState, outcome: JobOutcome, finalEvent: unknown, finishedAt: number): boolean => {
@@ -480,6 +515,8 @@ export class JobStore {
   private readonly now: () => number;
   private readonly stmt: Statements;
   private readonly tx: Transactions;
+  /** The schema version the file had when opened, and the one it has now (see {@link JOB_STORE_MIGRATIONS}). */
+  readonly schema: MigrationOutcome;
 
   /** Opens (creating the directory and the file when missing) `<dataDir>/scheduler.sqlite`. */
   constructor(dataDir: string, options: JobStoreOptions = {}) {
@@ -487,13 +524,15 @@ export class JobStore {
     this.path = join(dataDir, STORE_FILE_NAME);
     this.now = options.now ?? Date.now;
     this.db = new Database(this.path);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = NORMAL');
-    this.db.pragma('foreign_keys = ON');
-    this.db.exec(SCHEMA);
-    // Stores made before callback_error existed gain it.
-    const columns = this.db.pragma('table_info(jobs)') as { name: string }[];
-    if (!columns.some((c) => c.name === 'callback_error')) this.db.exec('ALTER TABLE jobs ADD COLUMN callback_error TEXT');
+    try {
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = NORMAL');
+      this.db.pragma('foreign_keys = ON');
+      this.schema = migrateStore(this.db, `the scheduler's store ${this.path}`, options.migrations ?? JOB_STORE_MIGRATIONS);
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
 
     this.stmt = prepareStatements(this.db);
     this.tx = bindTransactions(this.db, this.stmt, this.now);
@@ -620,6 +659,17 @@ export class JobStore {
    */
   failTaskAttempt(jobId: string, index: number, error: string): boolean {
     return this.tx.failTask(jobId, index, 'pending', error);
+  }
+
+  /**
+   * Records that the running start of a task found no worker (none ready, or the balancer away):
+   * the task goes back to pending with `reason`, and the start counts as a wait, not as a failed
+   * attempt. Returns false, changing nothing, when the task is not running or the job has ended.
+   *
+   * @throws JobStoreError `not_found` for an unknown job or task.
+   */
+  taskWaited(jobId: string, index: number, reason: string): boolean {
+    return this.tx.waitTask(jobId, index, reason);
   }
 
   /**
