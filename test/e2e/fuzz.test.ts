@@ -9,7 +9,7 @@
  * delivered, the real workers still routed, health afterwards, memory back within 20%.
  */
 import { expect } from 'chai';
-import { FuzzMode, FuzzReport, MEMORY_TOLERANCE, describedServices, formatReport, fuzzTargets, isPublicService, runFuzz } from '../fuzz/harness.js';
+import { FuzzMode, FuzzReport, KEYLESS_PUBLIC_METHODS, MEMORY_TOLERANCE, describedServices, formatReport, fuzzTargets, isPublicService, runFuzz } from '../fuzz/harness.js';
 
 /** Fixed, so a failure here replays with `npm run fuzz -- --mode <mode> --seed 20261130 --inputs 80 --refused-inputs 20`. */
 const SEED = 20261130;
@@ -36,8 +36,8 @@ for (const mode of ['plaintext', 'tls'] as FuzzMode[]) {
         expect(report.methods.map((m) => m.method).sort()).to.deep.equal(targets.map((t) => t.name).sort());
       } else {
         expect(transports).to.deep.equal(['TLS, API key', 'TLS, no API key', 'TLS, no client certificate', 'mTLS, allowed identity', 'mTLS, wrong identity'].sort());
-        // Public methods twice (key, no key), internal ones three times.
-        expect(report.methods.length).to.equal(publicCount * 2 + (targets.length - publicCount) * 3);
+        // Public methods twice (key, no key; the keyless probes once), internal ones three times.
+        expect(report.methods.length).to.equal(publicCount * 2 - KEYLESS_PUBLIC_METHODS.length + (targets.length - publicCount) * 3);
       }
       for (const m of report.methods) expect(m.inputs, `${m.method} [${m.transport}]`).to.equal(m.transport.includes('no ') || m.transport.includes('wrong') ? REFUSED_INPUTS_PER_METHOD : INPUTS_PER_METHOD);
     });

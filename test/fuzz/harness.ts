@@ -104,6 +104,12 @@ const isPublic = (target: FuzzTarget) => isPublicService(target.name);
 /** The gateway's public services: maas.v1 and the KServe v2 protocol (package inference). */
 export const isPublicService = (name: string) => name.startsWith('maas.v1.') || name.startsWith('inference.');
 
+/**
+ * Public methods that answer without an API key, as health does: the KServe v2 liveness and
+ * readiness probes (load balancers and orchestrators call them without credentials).
+ */
+export const KEYLESS_PUBLIC_METHODS: readonly string[] = ['inference.GRPCInferenceService/ServerLive', 'inference.GRPCInferenceService/ServerReady'];
+
 /** Certificate names (as createMeshCertificates names them) of the callers the harness can be. */
 const CALLERS: { cert: string; service: MeshService }[] = [
   { cert: `workers/${FUZZ_WORKER_ID}`, service: 'worker' },
@@ -154,7 +160,7 @@ export function tlsTransports(certs: MeshCertificates, apiKey: string): FuzzTran
   return [
     { name: 'TLS, API key', appliesTo: isPublic, connect: () => as(undefined, `API key of tenant ${FUZZ_TENANT}`), metadata: bearer },
     { name: 'mTLS, allowed identity', appliesTo: (t) => !isPublic(t), connect: (t) => as(allowedCaller(t)) },
-    { name: 'TLS, no API key', appliesTo: isPublic, connect: () => as(undefined, 'no API key'), refusedWith: status.UNAUTHENTICATED },
+    { name: 'TLS, no API key', appliesTo: (t) => isPublic(t) && !KEYLESS_PUBLIC_METHODS.includes(t.name), connect: () => as(undefined, 'no API key'), refusedWith: status.UNAUTHENTICATED },
     { name: 'mTLS, wrong identity', appliesTo: (t) => !isPublic(t), connect: (t) => as(wrongCaller(t)), refusedWith: status.PERMISSION_DENIED },
     { name: 'TLS, no client certificate', appliesTo: (t) => !isPublic(t), connect: () => as(undefined), refusedWith: status.UNAVAILABLE },
   ];
