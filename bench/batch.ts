@@ -24,7 +24,7 @@
  */
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg, release } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -35,9 +35,9 @@ import { JobResult, JobServiceDefinition, JobSpec } from '../generated/maas/v1/j
 import { SingleProcessCount, singleProcessWordCount } from './batch-single';
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
 import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-profile';
-import { machineBusyCpuMs, processCpuMs } from './cpu-time';
+import { machineBusyCpuMs } from './cpu-time';
 import { LocalMesh, startLocalMesh } from './local-mesh';
-import { codeVersion, intOption, say } from './bench-cli';
+import { abortOnInterrupt, codeVersion, cpuSampler, exitWhenDone, intOption, markdownReportHead, markdownVerdicts, monotonicUs, runFrame, say, textReportHead } from './bench-cli';
 
 const USAGE = `usage: npm run bench:batch -- [options]     (or: node dist/bench/batch.js [options])
 
@@ -154,13 +154,6 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
   };
 }
 
-/** SIGINT/SIGTERM received so far. */
-let interrupted = 0;
-
-function monotonicUs(): number {
-  return Number(process.hrtime.bigint() / 1000n);
-}
-
 // ---------------------------------------------------------------------------------------------
 // Samples
 
@@ -219,13 +212,7 @@ async function main(): Promise<number> {
   if (!options) return 0;
 
   const abort = new AbortController();
-  const onSignal = () => {
-    if (++interrupted > 1) process.exit(130);
-    say('\ninterrupted: stopping the mesh…');
-    abort.abort(new Error('interrupted'));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const releaseSignals = abortOnInterrupt(abort, 'the mesh');
 
   const profileDir = options.profile ? resolve(repoDir, '.cache/bench-profiles', `batch-${new Date().toISOString().replace(/[:.]/g, '-')}`) : undefined;
   const code = codeVersion(repoDir);
@@ -314,8 +301,7 @@ async function main(): Promise<number> {
     }
   }
   const loadAfter = loadavg();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
+  releaseSignals();
 
   const report = buildReport(options, singles, jobs, code, loadBefore, loadAfter, remeasured);
   process.stdout.write(`\n${report.text}\n`);
@@ -432,12 +418,7 @@ type JobRun = Omit<JobSample, 'kind' | 'shardSize' | 'workers' | 'temperature' |
 async function runJob(mesh: LocalMesh, spec: JobSpec, signal: AbortSignal): Promise<JobRun> {
   const channel = openChannel(mesh.addresses.gateway, 64 * 1024 * 1024);
   const client = createMeshClient(JobServiceDefinition, channel);
-  const pids = Object.fromEntries(mesh.processes.map((p) => [p.name, p.pid]));
-  const cpuNow = (): CpuMs => ({
-    client: processCpuMs('self') ?? NaN,
-    ...Object.fromEntries(Object.entries(pids).map(([name, pid]) => [name, processCpuMs(pid) ?? NaN])),
-    machine: machineBusyCpuMs() ?? NaN,
-  });
+  const cpuNow: () => CpuMs = cpuSampler({ client: 'self', ...Object.fromEntries(mesh.processes.map((p) => [p.name, p.pid])) });
   try {
     const cpuBefore = cpuNow();
     const startUs = monotonicUs();
@@ -645,9 +626,7 @@ function buildReport(
 
   const inFlight = o.workerCounts.map((w) => `${plural(w, 'worker')}: --max-batch-tasks ${tasksInFlight(o, w)} --max-tasks-per-job ${tasksInFlight(o, w)}`).join('; ');
   const tasksAt = (size: number) => `${size} (${Math.ceil(records / size)} tasks)`;
-  const command = `npm run bench:batch${o.argv.length ? ` -- ${o.argv.join(' ')}` : ''}`;
-  const machine = `${availableParallelism()} CPUs (nproc), ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, Linux ${release()}`;
-  const load = `load average (1 min) before ${loadBefore[0].toFixed(2)}, after ${loadAfter[0].toFixed(2)}`;
+  const run = runFrame('bench:batch', 'batch', o.argv, code, loadBefore, loadAfter);
   const settings =
     `dataset ${DATASET}: ${records} records, ${fixed(bytes / 1e6, 2)} MB of UTF-8 text, ${reference.totalWords} words, ${reference.distinctWords} distinct; ` +
     `mapper wordcount, reducer ${o.reducer}${o.reducer === 'top_k' ? ` (k ${o.topK})` : ''}; shard size ${tasksAt(o.shardSize)}` +
@@ -661,10 +640,7 @@ function buildReport(
       : `MISMATCH: ${mismatches.join('; ')}`;
 
   const text = [
-    `Batch word count over ${DATASET}: mesh (gateway -> scheduler -> balancer -> workers -> aggregator) vs one process (loadDataset + words())`,
-    `machine: ${machine}; ${load}`,
-    `code: ${code}`,
-    `settings: ${settings}`,
+    ...textReportHead(`Batch word count over ${DATASET}: mesh (gateway -> scheduler -> balancer -> workers -> aggregator) vs one process (loadDataset + words())`, run, settings),
     '',
     textTable(headers, tableRows, right),
     '',
@@ -678,12 +654,7 @@ function buildReport(
   ].join('\n');
 
   const markdown = [
-    '## Batch: word count and classification of spam-assassin, mesh vs one process',
-    '',
-    `- Command: \`${command}\` (build, then \`node dist/bench/batch.js\`; \`--help\` lists the options, \`--quick\` is one run that leaves this file alone)`,
-    `- Date: ${new Date().toISOString()}`,
-    `- Code: ${code}`,
-    `- Machine: ${machine}; ${load}. The machine is shared, so runs vary: medians of the runs, with min-max.`,
+    ...markdownReportHead('Batch: word count and classification of spam-assassin, mesh vs one process', run, 'is one run that leaves this file alone', 'The machine is shared, so runs vary: medians of the runs, with min-max.'),
     `- What: a job submitted through \`maas.v1.JobService/Submit\` at the gateway and followed with \`Watch\` until its \`completed\` event, through gateway -> scheduler -> balancer -> workers -> aggregator (each its own process; the scheduler's and aggregator's SQLite stores in a temporary folder), timed from before Submit to the result; against the same word count in one process (\`loadDataset\` + the mapper's \`words()\` + the same top-k order), timed from before \`loadDataset\` to the result.`,
     `- **warm** = the dataset is already in memory (a running mesh's later jobs; the single process's later counts); **cold** = first use: the scheduler (to count the records) and each worker (to read its shards) build the dataset from the npm package, as the single process does on its first count (a fresh process, timed after its modules are loaded).`,
     `- Settings: ${settings}.`,
@@ -691,7 +662,7 @@ function buildReport(
     '',
     markdownTable(headers, tableRows, right),
     '',
-    ...ratioLines.map((l) => `- ${l.replace(': MET', ': **met**').replace(': MISSED', ': **missed**')}`),
+    ...markdownVerdicts(ratioLines),
     '',
     ...(classifyRows.length
       ? [
@@ -738,10 +709,4 @@ function profileBlock(dir: string, mesh: LocalMesh, windows: { cold: TimeWindow[
   return blocks.join('\n\n') + '\n';
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`bench:batch: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-    process.exit(interrupted > 0 ? 130 : 1);
-  },
-);
+exitWhenDone('bench:batch', main(), { stack: true });

@@ -27,7 +27,7 @@
  */
 import { setMaxListeners } from 'node:events';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg, release } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
@@ -43,7 +43,7 @@ import { machineBusyCpuMs, processCpuMs } from './cpu-time';
 import { renderBarChart } from './lb-chart';
 import { ServiceProcess, freePorts, startService, waitForServing, waitForWorkers } from './lb-procs';
 import { percentile } from './stats';
-import { codeVersion, intOption, numberOption, say } from './bench-cli';
+import { abortOnInterrupt, codeVersion, exitWhenDone, failedCallLines, intOption, markdownReportHead, numberOption, runFrame, say, textReportHead } from './bench-cli';
 
 const USAGE = `usage: npm run bench:lb -- [options]     (or: node dist/bench/lb.js [options])
 
@@ -208,9 +208,6 @@ function parseOptions(argv: string[]): Options | undefined {
   };
 }
 
-/** SIGINT/SIGTERM received so far. */
-let interrupted = 0;
-
 const bump = (counts: Record<string, number>, key: string, by = 1) => {
   counts[key] = (counts[key] ?? 0) + by;
 };
@@ -225,13 +222,7 @@ async function main(): Promise<number> {
   if (!options) return 0;
   const o = options;
   const abort = new AbortController();
-  const onSignal = () => {
-    if (++interrupted > 1) process.exit(130); // the services stop themselves when this process is gone
-    say('\ninterrupted: stopping the processes…');
-    abort.abort(new Error('interrupted'));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const releaseSignals = abortOnInterrupt(abort, 'the processes');
 
   const started = performance.now();
   const code = codeVersion(repoDir);
@@ -240,8 +231,7 @@ async function main(): Promise<number> {
   const timing = { startS: 0, restartS: 0, loadS: 0 };
   runs.push(...(await runAll(o, abort.signal, timing)));
   const loadAfter = loadavg();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
+  releaseSignals();
   const totalS = (performance.now() - started) / 1000;
 
   say(`time: ${totalS.toFixed(0)} s in all; starting the workers ${timing.startS.toFixed(0)} s, restarting balancers ${timing.restartS.toFixed(0)} s, load (warm-up included) ${timing.loadS.toFixed(0)} s`);
@@ -684,9 +674,8 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
     }
   }
 
-  const command = `npm run bench:lb${o.argv.length ? ` -- ${o.argv.join(' ')}` : ''}`;
-  const machine = `${availableParallelism()} CPUs (nproc), ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, Linux ${release()}`;
-  const load = `load average (1 min) before ${loadBefore[0].toFixed(2)}, after ${loadAfter[0].toFixed(2)}`;
+  const run = runFrame('bench:lb', 'lb', o.argv, code, loadBefore, loadAfter);
+  const failed = failedCallLines(errorLines, 'failed calls');
   const settings =
     `${o.workers} echo workers, base delay D = ${o.delayMs} ms; slow scenario: ${bad} at ${o.slowFactor} x D = ${slowMs} ms; failing scenarios: ${bad} at D failing ${pct(o.failRate, 0)} of its calls with UNAVAILABLE, the second with \`${SCENARIO_BALANCER_ARGS.failing_no_retry!.join(' ')}\`; ` +
     `closed loop, concurrency ${o.concurrency}, ${o.requests} measured requests per policy and scenario${o.rounds > 1 ? ` (${o.rounds} rounds of ${o.requests}, merged, policy order alternating)` : ''} after ${o.warmup} warm-up requests on the same balancer (not counted); ` +
@@ -703,23 +692,20 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
   ];
 
   const text = [
-    `Routing policies under one bad worker of ${o.workers}: Route (Predict on echo) straight to the balancer`,
-    `machine: ${machine}; ${load}`,
-    `code: ${code}`,
-    `settings: ${settings}`,
+    ...textReportHead(`Routing policies under one bad worker of ${o.workers}: Route (Predict on echo) straight to the balancer`, run, settings),
     ...tables.flatMap((t) => ['', `${SCENARIO_TITLES[t.scenario]}:`, textTable(t.headers, t.rows, t.right)]),
     '',
     ...targetLines,
-    ...(errorLines.length ? ['', 'failed calls:', ...errorLines.map((l) => `  ${l}`)] : []),
+    ...failed.text,
   ].join('\n');
 
   const markdown = [
-    '## Load balancing: p99 under a slow or failing worker, per policy',
-    '',
-    `- Command: \`${command}\` (build, then \`node dist/bench/lb.js\`; \`--help\` lists the options, \`--quick\` is a short run that leaves this file alone)`,
-    `- Date: ${new Date().toISOString()}`,
-    `- Code: ${code}`,
-    `- Machine: ${machine}; ${load}. The machine is shared, so runs vary; all policies and scenarios are measured in the same run.`,
+    ...markdownReportHead(
+      'Load balancing: p99 under a slow or failing worker, per policy',
+      run,
+      'is a short run that leaves this file alone',
+      'The machine is shared, so runs vary; all policies and scenarios are measured in the same run.',
+    ),
     `- What: \`maas.internal.v1.BalancerService/Route\` with a Predict task on \`${MODEL}\`, called straight at the balancer (no gateway or scheduler: this measures the balancer's routing and forwarding, plus the worker), each policy on a fresh balancer process per scenario (fresh EWMA, ejections, retry budget, slow start); each scenario has its own ${o.workers} worker processes, started once, which join each new balancer.`,
     `- Settings: ${settings}.`,
     '',
@@ -729,7 +715,7 @@ function buildReport(o: Options, runs: Run[], code: string, loadBefore: number[]
     'Targets:',
     '',
     ...targetLines.map((l) => (l.startsWith('  ') ? `  ${l.trim()}` : `- ${l.replace(/: MET$/, ': **met**').replace(/: MISSED$/, ': **missed**').replace(/: the slow worker SHOWS$/, ': the slow worker **shows**').replace(/: the slow worker does NOT show$/, ': the slow worker **does not show**')}`)),
-    ...(errorLines.length ? ['', 'Failed calls:', '', ...errorLines.map((l) => `- ${l}`)] : []),
+    ...failed.markdown,
     '',
     '![p99 latency per policy, per scenario](lb-p99.svg)',
   ].join('\n');
@@ -765,10 +751,4 @@ function keptAnalysis(path: string): string {
   return at < 0 ? ANALYSIS_MARKER : section.slice(at).trimEnd();
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`bench:lb: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(interrupted > 0 ? 130 : 1);
-  },
-);
+exitWhenDone('bench:lb', main());

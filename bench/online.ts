@@ -11,9 +11,8 @@
  * so it writes only the profile section).
  */
 import { randomUUID } from 'node:crypto';
-import { setMaxListeners } from 'node:events';
 import { existsSync, mkdirSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg, release } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Channel } from 'nice-grpc';
@@ -22,10 +21,25 @@ import { WorkerServiceDefinition } from '../generated/maas/internal/v1/worker';
 import { InferenceServiceDefinition, Priority } from '../generated/maas/v1/inference';
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
 import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-profile';
-import { machineBusyCpuMs, processCpuMs } from './cpu-time';
 import { LocalMesh, MESH_PROCESS_NAMES, startLocalMesh } from './local-mesh';
-import { LatencySummary, LoadSample, mergeSamples, runClosedLoop, summarise } from './stats';
-import { codeVersion, say } from './bench-cli';
+import { LatencySummary, LoadSample, mergeSamples, runSlice, summarise } from './stats';
+import {
+  abortOnInterrupt,
+  codeVersion,
+  cpuPerRequestTable,
+  cpuSampler,
+  describeErrors,
+  exitWhenDone,
+  failedCallLines,
+  intListOption,
+  markdownReportHead,
+  markdownVerdicts,
+  monotonicUs,
+  runFrame,
+  say,
+  secondsOption,
+  textReportHead,
+} from './bench-cli';
 
 const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online.js [options])
 
@@ -100,23 +114,14 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
     process.stdout.write(USAGE);
     return undefined;
   }
-  const seconds = (name: string, raw: string | undefined, fallback: number, min: number) => {
-    if (raw === undefined || raw === '') return fallback * 1000;
-    const s = Number(raw);
-    if (!Number.isFinite(s) || s < min) throw new Error(`--${name} must be a number >= ${min}, given "${raw}"`);
-    return s * 1000;
-  };
   const rounds = Number(values.rounds || 4);
   if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds must be an integer >= 1, given "${values.rounds}"`);
-  const concurrencies = (values.concurrency ?? '1,64').split(',').map((c) => Number(c.trim()));
-  if (concurrencies.some((c) => !Number.isInteger(c) || c < 1 || c > 10_000)) {
-    throw new Error(`--concurrency must be integers from 1 to 10000, given "${values.concurrency}"`);
-  }
+  const concurrencies = intListOption('concurrency', values.concurrency, '1,64', 1, 10_000);
   const input = values.input ?? DEFAULT_INPUT;
   if (input === '') throw new Error('--input must not be empty');
   return {
-    warmupMs: seconds('warmup-s', values['warmup-s'], values.quick ? 0.5 : 2, 0),
-    durationMs: seconds('duration-s', values['duration-s'], values.quick ? 2 : 8, 0.1),
+    warmupMs: secondsOption('warmup-s', values['warmup-s'], values.quick ? 0.5 : 2, 0),
+    durationMs: secondsOption('duration-s', values['duration-s'], values.quick ? 2 : 8, 0.1),
     rounds,
     concurrencies,
     input,
@@ -124,14 +129,6 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
     profile: values.profile!,
     argv,
   };
-}
-
-/** SIGINT/SIGTERM received so far. */
-let interrupted = 0;
-
-/** Monotonic time in microseconds: the clock of V8's CPU profiles. */
-function monotonicUs(): number {
-  return Number(process.hrtime.bigint() / 1000n);
 }
 
 async function main(): Promise<number> {
@@ -142,13 +139,7 @@ async function main(): Promise<number> {
   }
 
   const abort = new AbortController();
-  const onSignal = () => {
-    if (++interrupted > 1) process.exit(130); // the services stop themselves when this process is gone
-    say('\ninterrupted: stopping the mesh…');
-    abort.abort(new Error('interrupted'));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const releaseSignals = abortOnInterrupt(abort, 'the mesh');
 
   const profileDir = options.profile ? resolve(repoDir, '.cache/bench-profiles', new Date().toISOString().replace(/[:.]/g, '-')) : undefined;
   if (profileDir) mkdirSync(profileDir, { recursive: true });
@@ -174,8 +165,7 @@ async function main(): Promise<number> {
     await mesh.stop();
   }
   const loadAfter = loadavg();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
+  releaseSignals();
 
   const report = buildReport(options, cells, code, loadBefore, loadAfter);
   process.stdout.write(`\n${report.text}\n`);
@@ -229,11 +219,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, signal: AbortSignal): P
   };
 
   const pids: Record<CpuOwner, number | 'self'> = { client: 'self', ...mesh.pids };
-  const cpuNow = () =>
-    ({
-      ...Object.fromEntries(CPU_OWNERS.map((p) => [p, processCpuMs(pids[p]) ?? NaN])),
-      machine: machineBusyCpuMs() ?? NaN,
-    }) as Record<CpuAccount, number>;
+  const cpuNow = cpuSampler(pids);
 
   try {
     // One call each way first, so that a broken path fails in moments, not after the warm-up.
@@ -249,12 +235,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, signal: AbortSignal): P
         }),
       ) as Record<Mode, Cell>;
       const sliceMs = o.durationMs / o.rounds;
-      const run = (mode: Mode, ms: number) => {
-        // Aborts the slice on an interrupt, or if it hangs; each caller's call listens to it.
-        const sliceSignal = AbortSignal.any([signal, AbortSignal.timeout(ms + 60_000)]);
-        setMaxListeners(concurrency + 10, sliceSignal);
-        return runClosedLoop(calls[mode], concurrency, ms, sliceSignal);
-      };
+      const run = (mode: Mode, ms: number) => runSlice(calls[mode], concurrency, ms, signal);
       for (const mode of MODES) {
         if (o.warmupMs <= 0) break;
         say(`c=${concurrency} ${mode}: warm-up ${o.warmupMs / 1000} s`);
@@ -282,15 +263,6 @@ async function measure(o: BenchOptions, mesh: LocalMesh, signal: AbortSignal): P
   }
 }
 
-/** The most frequent error messages with their counts. */
-function describeErrors(messages: Map<string, number>): string {
-  return [...messages.entries()]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 3)
-    .map(([message, n]) => `${n} x "${message}"`)
-    .join('; ');
-}
-
 const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
 
 /** The printed and the markdown report of a run. */
@@ -304,15 +276,10 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   const rows = summaries.map(({ cell, s }) => [cell.mode, cell.concurrency, s.requests, s.errors, s.rps.toFixed(0), ms(s.p50Ms), ms(s.p99Ms)]);
 
   // CPU per request, per process: where the mesh's cost lands (Linux /proc; 10 ms resolution).
-  const cpuHeaders = ['mode', 'concurrency', ...CPU_OWNERS.map((p) => `${p} µs/req`), 'total µs/req', 'cores busy: ours', 'machine'];
-  const cpuRight = cpuHeaders.map((_, i) => i > 0);
-  const cpuRows = summaries.map(({ cell, s }) => {
-    const wallMs = cell.slices.reduce((t, x) => t + x.elapsedMs, 0);
-    const total = CPU_OWNERS.reduce((t, p) => t + cell.cpuMs[p], 0);
-    const perReq = (cpu: number) => (s.requests > 0 && Number.isFinite(cpu) ? ((cpu * 1000) / s.requests).toFixed(0) : 'n/a');
-    const cores = (cpu: number) => (Number.isFinite(cpu) ? (cpu / wallMs).toFixed(2) : 'n/a');
-    return [cell.mode, cell.concurrency, ...CPU_OWNERS.map((p) => perReq(cell.cpuMs[p])), perReq(total), cores(total), cores(cell.cpuMs.machine)];
-  });
+  const cpu = cpuPerRequestTable(
+    CPU_OWNERS,
+    summaries.map(({ cell, s }) => ({ label: cell.mode, concurrency: cell.concurrency, requests: s.requests, wallMs: cell.slices.reduce((t, x) => t + x.elapsedMs, 0), cpuMs: cell.cpuMs })),
+  );
 
   const d1 = find('direct', 1);
   const m1 = find('mesh', 1);
@@ -337,51 +304,40 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     ratioLines.push('mesh/direct throughput at c=64: not measured (run with concurrency 64)');
   }
 
-  const errorLines = summaries
-    .filter(({ s }) => s.errors > 0)
-    .map(({ cell }) => `${cell.mode} c=${cell.concurrency}: ${describeErrors(mergeSamples(cell.slices).errorMessages)}`);
-
-  const command = `npm run bench${o.argv.length ? ` -- ${o.argv.join(' ')}` : ''}`;
-  const machine = `${availableParallelism()} CPUs (nproc), ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, Linux ${release()}`;
+  const failed = failedCallLines(
+    summaries.filter(({ s }) => s.errors > 0).map(({ cell }) => `${cell.mode} c=${cell.concurrency}: ${describeErrors(mergeSamples(cell.slices).errorMessages)}`),
+  );
+  const run = runFrame('bench', 'online', o.argv, code, loadBefore, loadAfter);
   const settings =
     `warm-up ${o.warmupMs / 1000} s per mode and concurrency (discarded); ${o.durationMs / 1000} s measured per mode and concurrency, ` +
     `in ${o.rounds} slice${o.rounds > 1 ? 's' : ''} alternating direct/mesh (ABBA); closed loop; Predict input "${o.input}" (${o.input.length} chars); ` +
     `echo delay 0; one client process (this one) with one channel per target`;
-  const load = `load average (1 min) before ${loadBefore[0].toFixed(2)}, after ${loadAfter[0].toFixed(2)}`;
 
   const text = [
-    `Predict on ${MODEL}: mesh (gateway -> scheduler -> balancer -> worker) vs direct worker (WorkerService/Execute)`,
-    `machine: ${machine}; ${load}`,
-    `code: ${code}`,
-    `settings: ${settings}`,
+    ...textReportHead(`Predict on ${MODEL}: mesh (gateway -> scheduler -> balancer -> worker) vs direct worker (WorkerService/Execute)`, run, settings),
     '',
     textTable(headers, rows, right),
     '',
     ...ratioLines,
-    ...(errorLines.length ? ['', 'failed calls (not counted in the latencies):', ...errorLines.map((l) => `  ${l}`)] : []),
+    ...failed.text,
     '',
     'CPU per request, by process (from /proc; the client is this bench process; cores busy: ours = these five processes, machine = every process):',
-    textTable(cpuHeaders, cpuRows, cpuRight),
+    textTable(cpu.headers, cpu.rows, cpu.right),
   ].join('\n');
 
   const markdown = [
-    '## Online: Predict on echo, mesh vs direct worker',
-    '',
-    `- Command: \`${command}\` (build, then \`node dist/bench/online.js\`; \`--help\` lists the options, \`--quick\` is a short run that leaves this file alone)`,
-    `- Date: ${new Date().toISOString()}`,
-    `- Code: ${code}`,
-    `- Machine: ${machine}; ${load}. The machine is shared, so runs vary; the baseline is measured in the same run.`,
+    ...markdownReportHead('Online: Predict on echo, mesh vs direct worker', run, 'is a short run that leaves this file alone', 'The machine is shared, so runs vary; the baseline is measured in the same run.'),
     `- What: requests per second and latency of \`maas.v1.InferenceService/Predict\` on \`${MODEL}\` at the gateway, through gateway -> scheduler -> balancer -> worker (each its own process), against the same call made straight to the worker (\`maas.internal.v1.WorkerService/Execute\`).`,
     `- Settings: ${settings}.`,
     '',
     markdownTable(headers, rows, right),
     '',
-    ...ratioLines.map((l) => (l.startsWith('  ') ? `  ${l.trim()}` : `- ${l.replace(': MET', ': **met**').replace(': MISSED', ': **missed**')}`)),
-    ...(errorLines.length ? ['', 'Failed calls (not counted in the latencies):', '', ...errorLines.map((l) => `- ${l}`)] : []),
+    ...markdownVerdicts(ratioLines),
+    ...failed.markdown,
     '',
     'CPU per request, by process, during the measured slices (from /proc, 10 ms resolution; `client` is the bench process; `cores busy` is CPU time over wall time, of these five processes (`ours`) and of the whole machine, whose other work competes for the same cores):',
     '',
-    markdownTable(cpuHeaders, cpuRows, cpuRight),
+    markdownTable(cpu.headers, cpu.rows, cpu.right),
   ].join('\n');
   return { text, markdown };
 }
@@ -415,10 +371,4 @@ function profileReport(o: BenchOptions, cells: Cell[], code: string, dir: string
   return { text, markdown };
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err) => {
-    process.stderr.write(`bench: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(interrupted > 0 ? 130 : 1);
-  },
-);
+exitWhenDone('bench', main());

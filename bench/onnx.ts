@@ -19,9 +19,8 @@
  * concurrency in slices whose order rotates every round, so a noisy machine hurts them alike.
  * Prints a table and the targets, writes its section of docs/BENCHMARKS.md and docs/bench-onnx.svg.
  */
-import { setMaxListeners } from 'node:events';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg, release, tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { parseArgs } from 'node:util';
@@ -31,14 +30,30 @@ import { type ExampleModel, mlpModel, writeModels } from '../common/onnx/example
 import { mulberry32 } from '../common/random';
 import { GRPCInferenceServiceDefinition } from '../generated/inference/grpc_service';
 import { WorkerServiceDefinition } from '../generated/maas/internal/v1/worker';
-import { codeVersion, intOption, say } from './bench-cli';
+import {
+  abortOnInterrupt,
+  codeVersion,
+  cpuPerRequestTable,
+  cpuSampler,
+  describeErrors,
+  exitWhenDone,
+  failedCallLines,
+  intListOption,
+  intOption,
+  markdownReportHead,
+  markdownVerdicts,
+  monotonicUs,
+  runFrame,
+  say,
+  secondsOption,
+  textReportHead,
+} from './bench-cli';
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
-import { machineBusyCpuMs, processCpuMs } from './cpu-time';
 import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-profile';
 import { renderBarChart } from './lb-chart';
 import { LocalMesh, MESH_PROCESS_NAMES, startLocalMesh } from './local-mesh';
 import { BatchSpanReceiver, startBatchSpanReceiver } from './otlp-batches';
-import { LatencySummary, LoadSample, mergeSamples, runClosedLoop, summarise } from './stats';
+import { LatencySummary, LoadSample, mergeSamples, runSlice, summarise } from './stats';
 
 const USAGE = `usage: npm run bench:onnx -- [options]     (or: node dist/bench/onnx.js [options])
 
@@ -139,21 +154,11 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
     process.stdout.write(USAGE);
     return undefined;
   }
-  const seconds = (name: string, raw: string | undefined, fallback: number, min: number) => {
-    if (raw === undefined || raw === '') return fallback * 1000;
-    const s = Number(raw);
-    if (!Number.isFinite(s) || s < min) throw new Error(`--${name} must be a number >= ${min}, given "${raw}"`);
-    return s * 1000;
-  };
-  const concurrencies = (values.concurrency || '1,8,64').split(',').map((c) => Number(c.trim()));
-  if (concurrencies.some((c) => !Number.isInteger(c) || c < 1 || c > 1000)) {
-    throw new Error(`--concurrency must be integers from 1 to 1000, given "${values.concurrency}"`);
-  }
   return {
-    warmupMs: seconds('warmup-s', values['warmup-s'], values.quick ? 0.5 : 1, 0),
-    durationMs: seconds('duration-s', values['duration-s'], values.quick ? 1 : 6, 0.1),
+    warmupMs: secondsOption('warmup-s', values['warmup-s'], values.quick ? 0.5 : 1, 0),
+    durationMs: secondsOption('duration-s', values['duration-s'], values.quick ? 1 : 6, 0.1),
     rounds: intOption('rounds', values.rounds, values.quick ? 1 : 3, 1, 100),
-    concurrencies,
+    concurrencies: intListOption('concurrency', values.concurrency, '1,8,64', 1, 1000),
     intraOpThreads: intOption('intra-op-threads', values['intra-op-threads'], 1, 1, 256),
     writeDocs: !values['no-docs'] && !values.quick && !values['batch-trace'] && !values.profile && !values.direct,
     modes: values.direct ? [...MODES.slice(0, 2), ...DIRECT_MODES, ...MODES.slice(2)] : MODES,
@@ -162,9 +167,6 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
     argv,
   };
 }
-
-/** SIGINT/SIGTERM received so far. */
-let interrupted = 0;
 
 /** The model repository of the run: `mlp` as the example writes it, and the same file without dynamic batching. */
 function benchModels(): { batched: ExampleModel; unbatched: ExampleModel } {
@@ -185,13 +187,7 @@ async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2), process.env);
   if (!options) return 0;
   const abort = new AbortController();
-  const onSignal = () => {
-    if (++interrupted > 1) process.exit(130);
-    say('\ninterrupted: stopping the mesh…');
-    abort.abort(new Error('interrupted'));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const releaseSignals = abortOnInterrupt(abort, 'the mesh');
 
   const code = codeVersion(repoDir);
   const { batched, unbatched } = benchModels();
@@ -242,8 +238,7 @@ async function main(): Promise<number> {
     await receiver?.close();
   }
   const loadAfter = loadavg();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
+  releaseSignals();
 
   const report = buildReport(options, cells, code, loadBefore, loadAfter, batched);
   process.stdout.write(`\n${report.text}\n`);
@@ -362,11 +357,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
   };
 
   const pids: Record<CpuOwner, number | 'self'> = { client: 'self', ...mesh.pids };
-  const cpuNow = () =>
-    ({
-      ...Object.fromEntries(CPU_OWNERS.map((p) => [p, processCpuMs(pids[p]) ?? NaN])),
-      machine: machineBusyCpuMs() ?? NaN,
-    }) as Record<CpuAccount, number>;
+  const cpuNow = cpuSampler(pids);
 
   try {
     // The same rows give the same answers every way (batching must not mix rows up): a broken path fails here, in moments.
@@ -395,11 +386,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
         }),
       ) as Record<Mode, Cell>;
       const sliceMs = o.durationMs / o.rounds;
-      const run = (mode: Mode, ms: number) => {
-        const sliceSignal = AbortSignal.any([signal, AbortSignal.timeout(ms + 60_000)]);
-        setMaxListeners(concurrency + 10, sliceSignal);
-        return runClosedLoop(calls[mode], concurrency, ms, sliceSignal);
-      };
+      const run = (mode: Mode, ms: number) => runSlice(calls[mode], concurrency, ms, signal);
       for (const mode of o.modes) {
         if (o.warmupMs <= 0) break;
         say(`c=${concurrency} ${MODE_LABELS[mode]}: warm-up ${o.warmupMs / 1000} s`);
@@ -434,11 +421,6 @@ async function measure(o: BenchOptions, mesh: LocalMesh, ort: typeof Ort, sessio
   }
 }
 
-/** Monotonic time in microseconds: the clock of V8's CPU profiles. */
-function monotonicUs(): number {
-  return Number(process.hrtime.bigint() / 1000n);
-}
-
 /** Rows per run in the worker with batching (through the mesh, or called straight), from the worker's batch.run spans that started within each cell's slices. */
 function countMeshBatches(cells: Cell[], receiver: BatchSpanReceiver): void {
   for (const cell of cells.filter((c) => c.mode === 'mesh-batched' || c.mode === 'worker-batched')) {
@@ -465,15 +447,6 @@ function profileReport(o: BenchOptions, cells: Cell[], dir: string): string {
   return ['CPU profiles of the services while the mesh with batching was measured (self time):', '', ...blocks.flatMap((b) => [b, ''])].join('\n');
 }
 
-/** The most frequent error messages with their counts. */
-function describeErrors(messages: Map<string, number>): string {
-  return [...messages.entries()]
-    .sort((a, b) => b[1] - a[1])
-    .slice(0, 3)
-    .map(([message, n]) => `${n} x "${message}"`)
-    .join('; ');
-}
-
 const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
 const pct = (x: number) => (Number.isFinite(x) ? `${(100 * x).toFixed(1)}%` : 'n/a');
 
@@ -495,15 +468,10 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     cell.mode === 'inproc-batched' || ((cell.mode === 'mesh-batched' || cell.mode === 'worker-batched') && o.batchTrace) ? (cell.runs > 0 ? (cell.rows / cell.runs).toFixed(1) : 'n/a') : cell.mode.endsWith('unbatched') ? '1' : '',
   ]);
 
-  const cpuHeaders = ['mode', 'concurrency', ...CPU_OWNERS.map((p) => `${p} µs/req`), 'total µs/req', 'cores busy: ours', 'machine'];
-  const cpuRight = cpuHeaders.map((_, i) => i > 0);
-  const cpuRows = summaries.map(({ cell, s }) => {
-    const wallMs = cell.slices.reduce((t, x) => t + x.elapsedMs, 0);
-    const total = CPU_OWNERS.reduce((t, p) => t + cell.cpuMs[p], 0);
-    const perReq = (cpu: number) => (s.requests > 0 && Number.isFinite(cpu) ? ((cpu * 1000) / s.requests).toFixed(0) : 'n/a');
-    const cores = (cpu: number) => (Number.isFinite(cpu) ? (cpu / wallMs).toFixed(2) : 'n/a');
-    return [MODE_LABELS[cell.mode], cell.concurrency, ...CPU_OWNERS.map((p) => perReq(cell.cpuMs[p])), perReq(total), cores(total), cores(cell.cpuMs.machine)];
-  });
+  const cpu = cpuPerRequestTable(
+    CPU_OWNERS,
+    summaries.map(({ cell, s }) => ({ label: MODE_LABELS[cell.mode], concurrency: cell.concurrency, requests: s.requests, wallMs: cell.slices.reduce((t, x) => t + x.elapsedMs, 0), cpuMs: cell.cpuMs })),
+  );
 
   const lines: string[] = [];
   const low = Math.min(...o.concurrencies);
@@ -530,13 +498,10 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     );
   } else lines.push('targets at c=64: not measured (run with concurrency 64)');
 
-  const errorLines = summaries
-    .filter(({ s }) => s.errors > 0)
-    .map(({ cell }) => `${MODE_LABELS[cell.mode]} c=${cell.concurrency}: ${describeErrors(mergeSamples(cell.slices).errorMessages)}`);
-
-  const command = `npm run bench:onnx${o.argv.length ? ` -- ${o.argv.join(' ')}` : ''}`;
-  const machine = `${availableParallelism()} CPUs (nproc), ${cpus()[0]?.model ?? 'unknown CPU'}, Node ${process.version}, Linux ${release()}`;
-  const load = `load average (1 min) before ${loadBefore[0].toFixed(2)}, after ${loadAfter[0].toFixed(2)}`;
+  const failed = failedCallLines(
+    summaries.filter(({ s }) => s.errors > 0).map(({ cell }) => `${MODE_LABELS[cell.mode]} c=${cell.concurrency}: ${describeErrors(mergeSamples(cell.slices).errorMessages)}`),
+  );
+  const run = runFrame('bench:onnx', 'onnx', o.argv, code, loadBefore, loadAfter);
   const layers = model.config.description.match(/\d+(-\d+)+/)?.[0] ?? 'mlp';
   const dynamic = model.config.dynamic_batching!;
   const settings =
@@ -546,27 +511,24 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     `warm-up ${o.warmupMs / 1000} s per mode and concurrency (discarded); ${o.durationMs / 1000} s measured per mode and concurrency in ${o.rounds} slice${o.rounds > 1 ? 's' : ''}, the four modes' order rotating each round; closed loop; one client process (this one, which also makes the in-process runs) with one channel to the gateway`;
 
   const text = [
-    'ModelInfer on mlp: mesh (KServe v2 at the gateway -> scheduler -> balancer -> worker) with and without dynamic batching, vs ONNX Runtime in this process',
-    `machine: ${machine}; ${load}`,
-    `code: ${code}`,
-    `settings: ${settings.replace(/`/g, '')}`,
+    ...textReportHead('ModelInfer on mlp: mesh (KServe v2 at the gateway -> scheduler -> balancer -> worker) with and without dynamic batching, vs ONNX Runtime in this process', run, settings.replace(/`/g, '')),
     '',
     textTable(headers, rows, right),
     '',
     ...lines,
-    ...(errorLines.length ? ['', 'failed calls (not counted in the latencies):', ...errorLines.map((l) => `  ${l}`)] : []),
+    ...failed.text,
     '',
     'CPU per request, by process (from /proc; the client is this bench process, which also runs the in-process modes):',
-    textTable(cpuHeaders, cpuRows, cpuRight),
+    textTable(cpu.headers, cpu.rows, cpu.right),
   ].join('\n');
 
   const markdown = [
-    '## ONNX: the perceptron through the mesh (KServe v2 ModelInfer), with and without dynamic batching, vs ONNX Runtime in one process',
-    '',
-    `- Command: \`${command}\` (build, then \`node dist/bench/onnx.js\`; \`--help\` lists the options, \`--quick\` is a short run that leaves docs/ alone)`,
-    `- Date: ${new Date().toISOString()}`,
-    `- Code: ${code}`,
-    `- Machine: ${machine}; ${load}. The machine is shared, so runs vary; every row is measured in the same run, in interleaved slices.`,
+    ...markdownReportHead(
+      'ONNX: the perceptron through the mesh (KServe v2 ModelInfer), with and without dynamic batching, vs ONNX Runtime in one process',
+      run,
+      'is a short run that leaves docs/ alone',
+      'The machine is shared, so runs vary; every row is measured in the same run, in interleaved slices.',
+    ),
     '- What: requests per second and latency of `inference.GRPCInferenceService/ModelInfer` at the gateway (FP32 `raw_input_contents`, one row per request, raw outputs back), through gateway -> scheduler -> balancer -> worker (each its own process), ' +
       'for `mlp` (dynamic batching on) and `mlp-unbatched` (off); against ONNX Runtime called in the bench process with the same rows and session settings. ' +
       '**In-process, batched (limit)**: one run at a time; when a run ends, every row waiting (up to max_batch_size) goes into the next run, and a row that arrives while nothing runs runs at once, as the worker\'s batcher does with these settings. ' +
@@ -575,14 +537,14 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     '',
     markdownTable(headers, rows, right),
     '',
-    ...lines.map((l) => `- ${l.replace(': MET', ': **met**').replace(': MISSED', ': **missed**')}`),
-    ...(errorLines.length ? ['', 'Failed calls (not counted in the latencies):', '', ...errorLines.map((l) => `- ${l}`)] : []),
+    ...markdownVerdicts(lines),
+    ...failed.markdown,
     '',
     '![Requests per second by concurrency, the four modes](bench-onnx.svg)',
     '',
     'CPU per request, by process, during the measured slices (from /proc, 10 ms resolution; `client` is the bench process, which also makes the in-process runs; `cores busy` is CPU time over wall time, of these five processes (`ours`) and of the whole machine):',
     '',
-    markdownTable(cpuHeaders, cpuRows, cpuRight),
+    markdownTable(cpu.headers, cpu.rows, cpu.right),
   ].join('\n');
 
   const svg = renderBarChart({
@@ -601,10 +563,4 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   return { text, markdown, svg };
 }
 
-main().then(
-  (exitCode) => process.exit(exitCode),
-  (err) => {
-    process.stderr.write(`bench:onnx: ${err instanceof Error ? err.message : String(err)}\n`);
-    process.exit(interrupted > 0 ? 130 : 1);
-  },
-);
+exitWhenDone('bench:onnx', main());

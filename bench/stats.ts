@@ -2,6 +2,7 @@
  * Closed-loop load and latency statistics for the benchmarks: N callers each issue calls back to
  * back for a fixed time; every completed call's latency is kept, so percentiles are exact.
  */
+import { setMaxListeners } from 'node:events';
 import { performance } from 'node:perf_hooks';
 
 /** What one closed-loop run measured. */
@@ -92,4 +93,14 @@ export function percentile(sorted: ArrayLike<number>, p: number): number {
   if (sorted.length === 0) return NaN;
   const rank = Math.ceil((p / 100) * sorted.length);
   return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1];
+}
+
+/**
+ * One slice of closed-loop load: {@link runClosedLoop} under a signal that aborts with `signal`
+ * (an interrupt), or a minute after the slice should have ended (a hang); each caller's call listens to it.
+ */
+export function runSlice(call: (signal: AbortSignal) => Promise<void>, concurrency: number, durationMs: number, signal: AbortSignal): Promise<LoadSample> {
+  const sliceSignal = AbortSignal.any([signal, AbortSignal.timeout(durationMs + 60_000)]);
+  setMaxListeners(concurrency + 10, sliceSignal);
+  return runClosedLoop(call, concurrency, durationMs, sliceSignal);
 }

@@ -13,8 +13,9 @@
  *
  * Each model comes with its Triton-style config.json (see the README's model repository section).
  */
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomically } from '../atomic-file.js';
 import { mulberry32 } from '../random.js';
 import { OnnxType, encodeModel, type NodeSpec } from './graph.js';
 
@@ -189,21 +190,9 @@ export async function writeModels(out: string, models: readonly ExampleModel[]):
     await mkdir(join(dir, String(model.version)), { recursive: true });
     const onnxPath = join(dir, String(model.version), 'model.onnx');
     const configPath = join(dir, 'config.json');
-    await writeAtomically(onnxPath, model.onnx);
-    await writeAtomically(configPath, `${JSON.stringify(model.config, null, 2)}\n`);
+    await writeFileAtomically(onnxPath, model.onnx);
+    await writeFileAtomically(configPath, `${JSON.stringify(model.config, null, 2)}\n`);
     written.push(onnxPath, configPath);
   }
   return written;
-}
-
-/** Writes to a temporary file then renames it, so a worker loading the repository never reads half a file. */
-async function writeAtomically(path: string, contents: Uint8Array | string): Promise<void> {
-  const temporary = `${path}.${process.pid}.tmp`;
-  try {
-    await writeFile(temporary, contents);
-    await rename(temporary, path);
-  } catch (err) {
-    await rm(temporary, { force: true });
-    throw err;
-  }
 }

@@ -1,5 +1,4 @@
 import { expect } from 'chai';
-import { MeshError } from '../../common/errors.js';
 import {
   type ContentsLike,
   checkInferRequest,
@@ -11,6 +10,7 @@ import {
   type InferRequestLike,
   type TensorModelLike,
 } from '../../common/tensors.js';
+import { refusal } from '../refusal.js';
 
 function contents(fields: Partial<ContentsLike> = {}): ContentsLike {
   return { boolContents: [], intContents: [], int64Contents: [], uintContents: [], uint64Contents: [], fp32Contents: [], fp64Contents: [], bytesContents: [], ...fields };
@@ -47,18 +47,6 @@ function rawRequest(x: Buffer, mask: Buffer, shape = [2, 3]): InferRequestLike {
     ],
     rawInputContents: [x, mask],
   });
-}
-
-/** The message of the invalid_argument MeshError that `run` throws. */
-function refusal(run: () => unknown): string {
-  try {
-    run();
-  } catch (err) {
-    expect(err).to.be.instanceOf(MeshError);
-    expect((err as MeshError).kind).to.equal('invalid_argument');
-    return (err as MeshError).message;
-  }
-  expect.fail('the request was accepted');
 }
 
 describe('tensors (KServe v2 contents and checks)', () => {

@@ -1,5 +1,4 @@
 import { expect } from 'chai';
-import { MeshError } from '../../common/errors.js';
 import { type GenerateRequest, type PredictRequest, Priority } from '../../generated/maas/v1/inference.js';
 import {
   DEFAULT_MAX_TOKENS,
@@ -12,6 +11,7 @@ import {
   validateModelName,
   validatePredictRequest,
 } from '../../gateway/validation.js';
+import { refusal } from '../refusal.js';
 
 const limits: RequestLimits = { maxPromptChars: 100, maxInputChars: 50 };
 
@@ -21,18 +21,6 @@ function generate(overrides: Partial<GenerateRequest> = {}): GenerateRequest {
 
 function predict(overrides: Partial<PredictRequest> = {}): PredictRequest {
   return { model: 'spam-nb', input: 'win money now', priority: Priority.PRIORITY_UNSPECIFIED, affinityKey: '', ...overrides };
-}
-
-/** The message of the invalid_argument MeshError that `run` throws; fails if it throws anything else. */
-function refusal(run: () => unknown): string {
-  try {
-    run();
-  } catch (err) {
-    expect(err).to.be.instanceOf(MeshError);
-    expect((err as MeshError).kind).to.equal('invalid_argument');
-    return (err as MeshError).message;
-  }
-  expect.fail('the request was accepted');
 }
 
 describe('gateway validation', () => {

@@ -3,8 +3,7 @@
  * ships as an npm package (nothing is downloaded). Training runs once; its results are cached as
  * JSON files in a directory, under names that change with the training parameters.
  */
-import { randomUUID } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
@@ -18,6 +17,7 @@ import {
   splitCorpus,
   type CorpusSplit,
 } from '../../../common/corpus/spam-assassin.js';
+import { writeFileAtomically } from '../../../common/atomic-file.js';
 import { createEchoModel } from './echo.js';
 import { DEFAULT_NB_PARAMS, NaiveBayes, type Evaluation, type NaiveBayesJSON } from './naive-bayes.js';
 import { DEFAULT_NGRAM_PARAMS, NGramModel, type NGramJSON } from './ngram.js';
@@ -116,18 +116,6 @@ async function readCache<T extends { key: string }>(file: string, key: string, l
     log(`${file}: unreadable cache (${(error as Error).message}); retraining`);
   }
   return undefined;
-}
-
-/** Writes to a temporary file, then renames it, so readers never see half a file. */
-async function writeFileAtomically(file: string, contents: string): Promise<void> {
-  const temporary = `${file}.${randomUUID()}.tmp`;
-  try {
-    await writeFile(temporary, contents);
-    await rename(temporary, file);
-  } catch (error) {
-    await rm(temporary, { force: true });
-    throw error;
-  }
 }
 
 /** Reads and splits the corpus on first use only: a warm start never needs it. */

@@ -3,8 +3,9 @@
  * Llama-architecture model whose vocabulary is the most frequent words of the Spam Assassin
  * corpus the built-in models train on, with seeded weights. `bench` size is the benchmark's.
  */
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { writeFileAtomically } from '../../../common/atomic-file.js';
 import { loadCorpus, splitCorpus, type MailRecord } from '../../../common/corpus/spam-assassin.js';
 import { LLAMA_SHAPES, llamaGguf, type LlamaSize } from '../../../common/gguf/llama.js';
 import { tokenize } from './tokenizer.js';
@@ -45,18 +46,7 @@ export async function writeTinyLlama(out: string, name = 'tiny-llama', size: Lla
   await mkdir(join(dir, '1'), { recursive: true });
   const file = join(dir, '1', 'model.gguf');
   const config = join(dir, 'config.json');
-  await writeAtomically(file, tinyLlamaFile(size, records));
-  await writeAtomically(config, `${JSON.stringify(TINY_LLAMA_CONFIG, null, 2)}\n`);
+  await writeFileAtomically(file, tinyLlamaFile(size, records));
+  await writeFileAtomically(config, `${JSON.stringify(TINY_LLAMA_CONFIG, null, 2)}\n`);
   return [file, config];
-}
-
-async function writeAtomically(path: string, contents: Uint8Array | string): Promise<void> {
-  const temporary = `${path}.${process.pid}.tmp`;
-  try {
-    await writeFile(temporary, contents);
-    await rename(temporary, path);
-  } catch (err) {
-    await rm(temporary, { force: true });
-    throw err;
-  }
 }

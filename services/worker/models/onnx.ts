@@ -6,7 +6,7 @@
  * No gRPC here: the worker's server adapts these models to the wire.
  */
 import type * as Ort from 'onnxruntime-node';
-import { DynamicBatcher, type TensorMap } from '../batcher.js';
+import { type BatchTensor, DynamicBatcher, type TensorMap } from '../batcher.js';
 import { normalizeText } from '../../../common/corpus/spam-assassin.js';
 import { MeshError, quoteInput } from '../../../common/errors.js';
 import { type DataType, type Tensor, type TensorData, type TensorSpecLike, elementCount } from '../../../common/tensors.js';
@@ -16,16 +16,6 @@ import { tokenize } from './tokenizer.js';
 
 /** The platform string of ONNX models (as Triton names it). */
 export const ONNX_PLATFORM = 'onnxruntime_onnx';
-
-/** A tensor as ONNX Runtime (and the dynamic batcher) sees it. */
-export interface OrtTensorLike {
-  readonly type: string;
-  readonly dims: readonly number[];
-  readonly data: unknown;
-}
-
-/** Named ONNX Runtime tensors: a run's feeds or its results. */
-export type OrtTensors = Readonly<Record<string, OrtTensorLike>>;
 
 /** Options of {@link loadOnnxModel}. */
 export interface OnnxOptions {
@@ -68,7 +58,7 @@ export function toOrtTensor(ort: typeof Ort, tensor: Tensor): Ort.Tensor {
 }
 
 /** An ONNX Runtime result as a protocol tensor. */
-export function fromOrtTensor(name: string, value: OrtTensorLike): Tensor {
+export function fromOrtTensor(name: string, value: BatchTensor): Tensor {
   const datatype = ORT_TO_DATATYPE[value.type];
   if (datatype === undefined) throw new MeshError('failed_precondition', `output ${quoteInput(name)} has type ${value.type}, which the protocol cannot carry`);
   let data: TensorData;
@@ -172,25 +162,25 @@ function onnxModel(parts: OnnxModelParts): Model {
   const { ort, session, name, version, config, inputs, outputs, options } = parts;
   const textInput = classifierInput(parts);
   const tasks: ModelTask[] = textInput ? ['infer', 'classify'] : ['infer'];
-  const runOnSession = async (feeds: OrtTensors): Promise<OrtTensors> => {
+  const runOnSession = async (feeds: TensorMap): Promise<TensorMap> => {
     // Stacked inputs are plain {type, dims, data} objects; ONNX Runtime takes only its Tensors.
     const tensors: Record<string, Ort.Tensor> = {};
     for (const [k, t] of Object.entries(feeds)) tensors[k] = t instanceof ort.Tensor ? t : new ort.Tensor(t.type as 'float32', t.data as Float32Array, [...t.dims]);
-    return (await session.run(tensors)) as OrtTensors;
+    return (await session.run(tensors)) as TensorMap;
   };
   // With dynamic_batching, calls close together run as one batch (services/worker/batcher.ts);
   // the batcher belongs to this session, so a reload's new session batches apart from the old.
   const batching = config.dynamicBatching;
-  const batcher = batching && new DynamicBatcher({ run: (batch) => runOnSession(batch.inputs) as Promise<TensorMap>, maxQueuedRequests: options.maxBatchQueue });
+  const batcher = batching && new DynamicBatcher({ run: (batch) => runOnSession(batch.inputs), maxQueuedRequests: options.maxBatchQueue });
   const policy = batching && { maxBatchSize: config.maxBatchSize, maxQueueDelayMs: batching.maxQueueDelayMs, preferredBatchSizes: batching.preferredBatchSizes };
 
   async function infer(call: InferCall, signal: AbortSignal): Promise<Tensor[]> {
     signal.throwIfAborted();
     const feeds: Record<string, Ort.Tensor> = {};
     for (const t of call.inputs) feeds[t.name] = toOrtTensor(ort, t);
-    const results: OrtTensors =
+    const results: TensorMap =
       batcher && policy
-        ? await batcher.submit({ model: name, version, inputs: feeds as TensorMap, policy, signal, deadline: call.deadline, spanContext: call.spanContext })
+        ? await batcher.submit({ model: name, version, inputs: feeds, policy, signal, deadline: call.deadline, spanContext: call.spanContext })
         : await runOnSession(feeds);
     signal.throwIfAborted();
     const wanted = call.outputs.length > 0 ? call.outputs : outputs.map((o) => o.name);
