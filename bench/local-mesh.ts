@@ -43,6 +43,8 @@ export interface LocalMeshOptions {
   distDir: string;
   /** Root of the repository (for the model cache). */
   repoDir: string;
+  /** Port of the gateway's OpenAI-compatible HTTP API: 0 picks a free one; default -1, off (so meshes never collide on 8080). */
+  httpPort?: number;
   /** Model the gateway must list before the mesh counts as ready. */
   model: string;
   /** How long the start may take (the worker trains its models on a first start). */
@@ -163,7 +165,7 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
       identity: 'gateway',
       address: addresses.gateway,
       entry: 'gateway/main.js',
-      args: [...host, '--port', String(gatewayPort), '--scheduler', addresses.scheduler, '--balancer', addresses.balancer],
+      args: [...host, '--port', String(gatewayPort), '--http-port', String(o.httpPort ?? -1), '--scheduler', addresses.scheduler, '--balancer', addresses.balancer],
     },
   ];
   for (const spec of specs) {
