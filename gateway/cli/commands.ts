@@ -5,7 +5,9 @@
  */
 import { MAX_ATTEMPTS, MAX_SHARD_SIZE, MAX_TIMEOUT_MS, MAX_TOP_K, REDUCERS } from '../job-spec';
 import { DEFAULT_MAX_TOKENS, MAX_STOP_CHARS, MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT } from '../validation';
+import { DEFAULT_CERTS_DIR } from '../../common/tls';
 import { UsageError } from './jobs';
+import { DEFAULT_MODEL_REPOSITORY } from './make-examples';
 
 /** How a value is checked before anything is sent. */
 export type Check = { int: readonly [number, number] } | { number: readonly [number, number] } | { choices: readonly string[] };
@@ -93,10 +95,10 @@ export const COMMANDS: readonly CommandSpec[] = [
       policy: { value: 'P', default: 'p2c', doc: 'balancing policy: round_robin, random, least_outstanding, p2c, p2c_ewma, weighted, consistent_hash' },
       'input-root': { value: 'DIR', default: '.maas/input', complete: 'dir', doc: "where jobs' input files are read from" },
       'output-root': { value: 'DIR', default: '.maas/output', complete: 'dir', doc: 'where collect writes output files, a folder per tenant' },
-      'model-repository': { value: 'DIR', env: 'MAAS_MODEL_REPOSITORY', default: '.maas/models', complete: 'dir', doc: "the workers' model repository" },
+      'model-repository': { value: 'DIR', env: 'MAAS_MODEL_REPOSITORY', default: DEFAULT_MODEL_REPOSITORY, complete: 'dir', doc: "the workers' model repository" },
       'api-keys-file': { value: 'FILE', complete: 'file', doc: 'API key file for the gateway (only the gateway is given it)' },
       tls: { doc: 'mutual TLS between all services, TLS on the gateway; creates the certificates in --certs-dir if missing (see maas certs)' },
-      'certs-dir': { value: 'DIR', default: '.maas/certs', complete: 'dir', doc: 'certificates for --tls' },
+      'certs-dir': { value: 'DIR', default: DEFAULT_CERTS_DIR, complete: 'dir', doc: 'certificates for --tls' },
       insecure: { doc: 'let services serve plaintext on a non-loopback --host' },
     },
   },
@@ -107,7 +109,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     client: false,
     summary: 'create the mesh CA and a certificate per service (existing files kept)',
     options: {
-      out: { value: 'DIR', default: '.maas/certs', complete: 'dir', doc: 'where; keys are written 0600' },
+      out: { value: 'DIR', default: DEFAULT_CERTS_DIR, complete: 'dir', doc: 'where; keys are written 0600' },
       workers: { value: 'N', default: '2', check: { int: [1, 1000] }, doc: 'certificates for worker-1 .. worker-N' },
       'worker-ids': { value: 'A,B', doc: 'certificates for these worker ids instead' },
       san: { value: 'NAME', multiple: true, doc: 'extra DNS name or IP in every service certificate (repeatable)' },
@@ -143,7 +145,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     summary: 'write the example models (spam-onnx, mlp, tiny-llama) into a model repository folder',
     details: 'spam-onnx: spam-nb exported to ONNX; mlp: a perceptron for benchmarks; tiny-llama: a small Llama GGUF model with a Spam Assassin vocabulary.',
     options: {
-      out: { value: 'DIR', env: 'MAAS_MODEL_REPOSITORY', default: '.maas/models', complete: 'dir', doc: 'the repository folder' },
+      out: { value: 'DIR', env: 'MAAS_MODEL_REPOSITORY', default: DEFAULT_MODEL_REPOSITORY, complete: 'dir', doc: 'the repository folder' },
       'llama-size': { value: 'SIZE', default: 'tiny', check: { choices: ['tiny', 'bench'] }, doc: "tiny-llama's size: tiny (2 layers, loads in well under a second) or bench (4 layers, width 256, F16; for bench:llm)" },
     },
   },
