@@ -43,6 +43,8 @@ export interface CommandSpec {
   options: Readonly<Record<string, OptionSpec>>;
   /** Talks to the gateway: takes --gateway, --api-key, --cacert, --timeout-ms. */
   client: boolean;
+  /** Has no --json (maas up: its output is the services' logs). */
+  noJson?: boolean;
 }
 
 /** The gateway's port when `--gateway` names only a host. */
@@ -82,6 +84,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     args: '',
     positionals: [0, 0],
     client: false,
+    noJson: true,
     summary: 'start every service of the mesh on this machine (Ctrl-C stops it)',
     options: {
       host: { value: 'H', default: '127.0.0.1', doc: 'interface for all services' },
@@ -262,7 +265,9 @@ export type Values = Record<string, string | number | boolean | string[] | undef
 
 /** Options of `command`, its own and the shared ones. */
 export function optionsOf(command: CommandSpec): Record<string, OptionSpec> {
-  return { ...command.options, ...(command.client ? CLIENT_OPTIONS : {}), ...COMMON_OPTIONS };
+  const common: Record<string, OptionSpec> = { ...COMMON_OPTIONS };
+  if (command.noJson) delete common.json;
+  return { ...command.options, ...(command.client ? CLIENT_OPTIONS : {}), ...common };
 }
 
 const TOP_OPTIONS: Record<string, OptionSpec> = { ...CLIENT_OPTIONS, ...COMMON_OPTIONS, version: { doc: 'print the version of maas' } };
@@ -390,7 +395,10 @@ export function parseCommandLine(argv: readonly string[], env: Readonly<Record<s
   const table = optionsOf(command);
   const given: Record<string, string[]> = {};
   const positionals: string[] = [];
-  if (json) given.json = [''];
+  if (json) {
+    if (!table.json) throw new UsageError(`unknown option --json for ${where} (see ${where} --help)`);
+    given.json = [''];
+  }
   const args = [...before, ...rest];
   for (let j = 0; j < args.length; ) {
     const arg = args[j];
@@ -527,7 +535,7 @@ export function helpText(path: readonly string[], version: string): string {
     ...optionLines(command.options),
     ...(command.client ? ['', 'gateway options:', ...optionLines(CLIENT_OPTIONS)] : []),
     '',
-    ...optionLines(COMMON_OPTIONS),
+    ...optionLines(Object.fromEntries(Object.entries(COMMON_OPTIONS).filter(([n]) => !(command.noJson && n === 'json')))),
     '',
     'exit codes: see maas --help',
     '',

@@ -33,6 +33,8 @@ describe('maas command line parser', () => {
       [['job', 'list', '--all=yes'], '--all takes no value, given "yes"'],
       [['job', 'list', '--page-size', '5', '--page-size', '6'], '--page-size is given twice'],
       [['--bogus', 'models'], 'unknown option --bogus for maas'],
+      [['up', '--json'], 'unknown option --json for maas up'],
+      [['--json', 'up'], 'unknown option --json for maas up'],
       [['job', 'get', 'a', 'b'], 'maas job get takes ID, given 2 arguments'],
     ];
     for (const [args, message] of cases) {
