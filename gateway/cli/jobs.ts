@@ -73,24 +73,31 @@ export class UsageError extends Error {}
 
 const stateName = (s: JobState) => JobState[s].replace('JOB_STATE_', '').toLowerCase();
 
-/** Follows a job's events until it ends, drawing progress; reconnects if the stream breaks. Returns the exit code. */
-export async function watchJob(client: JobClient, jobId: string, out: NodeJS.WriteStream, options: { metadata?: Metadata } = {}): Promise<number> {
+/**
+ * Follows a job's events until it ends, drawing progress (or, with `json`, writing each event as a
+ * JSON line); reconnects if the stream breaks after it has started. Returns the exit code: 0 when
+ * the job succeeded, 1 when it failed or was cancelled.
+ */
+export async function watchJob(client: JobClient, jobId: string, out: NodeJS.WriteStream, options: { metadata?: Metadata; json?: boolean } = {}): Promise<number> {
   let after = 0;
   let failures = 0;
+  let started = false;
   const progress = new ProgressLine(out);
   for (;;) {
     try {
-      for await (const { event } of client.watch({ jobId, afterSequence: after }, options)) {
+      for await (const { event } of client.watch({ jobId, afterSequence: after }, { metadata: options.metadata })) {
+        started = true;
         if (!event) continue;
         after = event.sequence;
         failures = 0;
-        const code = describeEvent(event, progress, out);
+        const code = options.json ? jsonEvent(event, out) : describeEvent(event, progress, out);
         if (code !== undefined) return code;
       }
       return 0;
     } catch (err) {
       // The scheduler may be restarting: its store keeps every event, so pick up where we were.
-      if (err instanceof ClientError && err.code === Status.UNAVAILABLE && failures++ < 30) {
+      // A watch that never started (no gateway, no such job) fails at once.
+      if (started && err instanceof ClientError && err.code === Status.UNAVAILABLE && failures++ < 30) {
         progress.note(`connection lost (${err.details}); reconnecting…`);
         await new Promise((r) => setTimeout(r, Math.min(200 * 2 ** failures, 2000)));
         continue;
@@ -98,6 +105,13 @@ export async function watchJob(client: JobClient, jobId: string, out: NodeJS.Wri
       throw err;
     }
   }
+}
+
+/** Writes one event as a JSON line; returns an exit code once the job has ended. */
+function jsonEvent(event: JobEvent, out: NodeJS.WriteStream): number | undefined {
+  out.write(`${JSON.stringify(JobEvent.toJSON(event))}\n`);
+  const end = event.event?.$case;
+  return end === 'completed' ? 0 : end === 'failed' || end === 'cancelled' ? 1 : undefined;
 }
 
 /** Shows one event; returns an exit code once the job has ended. */

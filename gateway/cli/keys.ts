@@ -8,7 +8,7 @@ import { keyFileLine, newApiKey, parseKeyFile } from '../auth';
 import { UsageError } from './jobs';
 
 /** Runs `maas keys <sub>`; writes the new key to `out`. */
-export function keysCommand(sub: string | undefined, tenant: string | undefined, file: string | undefined, out: NodeJS.WritableStream): number {
+export function keysCommand(sub: string | undefined, tenant: string | undefined, file: string | undefined, out: NodeJS.WritableStream, json = false): number {
   if (sub !== 'add') throw new UsageError(`maas keys needs "add"${sub ? `, given "${sub}"` : ''}`);
   if (!tenant) throw new UsageError('maas keys add needs --tenant NAME');
   if (!file) throw new UsageError('maas keys add needs --file PATH (the gateway\'s --api-keys-file)');
@@ -34,7 +34,7 @@ export function keysCommand(sub: string | undefined, tenant: string | undefined,
   } finally {
     closeSync(fd);
   }
-  out.write(`${key}\n`);
+  out.write(json ? `${JSON.stringify({ tenant, file, key })}\n` : `${key}\n`);
   process.stderr.write(`added a key for tenant "${tenant}" to ${file}; this is the only time the key is shown\n`);
   return 0;
 }

@@ -10,11 +10,11 @@ import { resolve } from 'node:path';
 /** Default repository folder: the workers' default `--model-repository`. */
 export const DEFAULT_MODEL_REPOSITORY = '.maas/models';
 
-/** Runs the generator into `out`; resolves with its exit code (its output goes to ours). */
-export function makeExamplesCommand(out: string, llamaSize = 'tiny'): Promise<number> {
+/** Runs the generator into `out`; resolves with its exit code (its output goes to ours, or all of it to our stderr). */
+export function makeExamplesCommand(out: string, llamaSize = 'tiny', output: 'inherit' | 'stderr' = 'inherit'): Promise<number> {
   const entry = resolve(__dirname, '../../services/worker/make-examples.js');
   return new Promise((done, fail) => {
-    const child = spawn(process.execPath, [entry, '--out', resolve(out), '--llama-size', llamaSize], { stdio: 'inherit' });
+    const child = spawn(process.execPath, [entry, '--out', resolve(out), '--llama-size', llamaSize], { stdio: output === 'inherit' ? 'inherit' : ['ignore', process.stderr, process.stderr] });
     child.once('error', fail);
     child.once('exit', (code, signal) => done(code ?? (signal ? 1 : 0)));
   });
