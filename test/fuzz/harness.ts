@@ -334,7 +334,7 @@ export async function residentKb(pid: number): Promise<number> {
 }
 
 /**
- * Resident memory after a full garbage collection: the services run with --expose-gc and collect
+ * Resident memory after a last-resort garbage collection: the services run with --expose-gc and collect
  * on SIGUSR2 (a test-only path), so the reading counts what is retained.
  */
 async function retainedKb(pid: number): Promise<number> {
@@ -947,7 +947,7 @@ export function formatReport(r: FuzzReport): string {
   const perTransport = new Map<string, number>();
   for (const m of r.methods) perTransport.set(m.transport, (perTransport.get(m.transport) ?? 0) + m.inputs);
   const lines = [
-    `${r.mode === 'tls' ? 'Mutual TLS' : 'Plaintext'}; seed ${r.seed}; ${r.inputsPerMethod} inputs per method${r.refusedInputsPerMethod !== r.inputsPerMethod ? ` (${r.refusedInputsPerMethod} per method for the callers that must be refused)` : ''}; ${total} in all (${[...perTransport].map(([t, n]) => `${t}: ${n}`).join('; ')}); each call's deadline ${r.deadlineMs} ms; ${(r.durationMs / 1000).toFixed(0)} s in all. Memory is VmRSS after a full GC (services run with --expose-gc; SIGUSR2 collects). Strategies: ${STRATEGIES.join(', ')}.`,
+    `${r.mode === 'tls' ? 'Mutual TLS' : 'Plaintext'}; seed ${r.seed}; ${r.inputsPerMethod} inputs per method${r.refusedInputsPerMethod !== r.inputsPerMethod ? ` (${r.refusedInputsPerMethod} per method for the callers that must be refused)` : ''}; ${total} in all (${[...perTransport].map(([t, n]) => `${t}: ${n}`).join('; ')}); each call's deadline ${r.deadlineMs} ms; ${(r.durationMs / 1000).toFixed(0)} s in all. Memory is VmRSS after V8's last-resort collection (services run with --expose-gc; SIGUSR2 collects and returns freed pages). Strategies: ${STRATEGIES.join(', ')}.`,
     '',
     '| method | transport | caller | inputs | seconds | crashes | hangs | max overrun (ms) | wrong codes | echoes | hostile accepted | statuses |',
     '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
