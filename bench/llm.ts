@@ -24,6 +24,7 @@ import { GgmlType } from '../common/gguf/writer';
 import { writeTinyLlama } from '../services/worker/models/gguf-examples';
 import { openGgufModel } from '../services/worker/models/llama';
 import { codeVersion, intOption, numberOption, say } from './bench-cli';
+import { machineBusyCpuMs, processCpuMs } from './cpu-time';
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
 import { renderBarChart } from './lb-chart';
 import { freePorts, startLocalMesh } from './local-mesh';
@@ -71,6 +72,10 @@ interface Cell {
   tokensPerS: number;
   calls: number;
   errors: number;
+  /** CPU time of the target's processes (this one, and the mesh's for a mesh target) per token generated. */
+  cpuMsPerToken: number;
+  /** Cores kept busy by everything else on the machine while the cell ran. */
+  otherCores: number;
 }
 
 /** What a cell gathers, round after round. */
@@ -78,6 +83,13 @@ interface CellRuns {
   timings: CallTiming[];
   elapsedMs: number;
   errors: number;
+  cpuMs: number;
+  otherCpuMs: number;
+}
+
+/** CPU time used so far by processes `pids` and by the whole machine. */
+function cpuNow(pids: readonly (number | 'self')[]): { ours: number; machine: number } {
+  return { ours: pids.reduce<number>((sum, pid) => sum + (processCpuMs(pid) ?? NaN), 0), machine: machineBusyCpuMs() ?? NaN };
 }
 
 /** A piece of a streamed answer; `arrival: false` marks a trailer that carries only the token count. */
@@ -108,7 +120,8 @@ async function timeCall(stream: Stream, prompt: string, signal: AbortSignal): Pr
 }
 
 /** Runs `concurrency` closed-loop callers for `durationMs` and adds what they saw to `runs`. */
-async function measure(label: string, stream: Stream, concurrency: number, durationMs: number, round: number, runs: CellRuns): Promise<void> {
+async function measure(label: string, stream: Stream, pids: readonly (number | 'self')[], concurrency: number, durationMs: number, round: number, runs: CellRuns): Promise<void> {
+  const cpuBefore = cpuNow(pids);
   const signal = new AbortController().signal;
   setMaxListeners(concurrency + 10, signal);
   const started = performance.now();
@@ -126,19 +139,25 @@ async function measure(label: string, stream: Stream, concurrency: number, durat
     }),
   );
   runs.elapsedMs += performance.now() - started;
+  const cpuAfter = cpuNow(pids);
+  runs.cpuMs += cpuAfter.ours - cpuBefore.ours;
+  runs.otherCpuMs += cpuAfter.machine - cpuBefore.machine - (cpuAfter.ours - cpuBefore.ours);
 }
 
 function summarize(target: string, concurrency: number, runs: CellRuns): Cell {
   const { timings } = runs;
+  const tokens = timings.reduce((sum, t) => sum + t.tokens, 0);
   return {
     target,
     concurrency,
     ttftP50: percentile(timings.map((t) => t.ttftMs), 50),
     ttftP99: percentile(timings.map((t) => t.ttftMs), 99),
     itlP50: percentile(timings.flatMap((t) => t.gapsMs), 50),
-    tokensPerS: (timings.reduce((sum, t) => sum + t.tokens, 0) * 1000) / runs.elapsedMs,
+    tokensPerS: (tokens * 1000) / runs.elapsedMs,
     calls: timings.length,
     errors: runs.errors,
+    cpuMsPerToken: runs.cpuMs / tokens,
+    otherCores: runs.otherCpuMs / runs.elapsedMs,
   };
 }
 
@@ -258,9 +277,10 @@ async function main(): Promise<void> {
   const runs = new Map<string, CellRuns>();
   const runsOf = (target: string, c: number) => {
     const key = `${target}\u0000${c}`;
-    if (!runs.has(key)) runs.set(key, { timings: [], elapsedMs: 0, errors: 0 });
+    if (!runs.has(key)) runs.set(key, { timings: [], elapsedMs: 0, errors: 0, cpuMs: 0, otherCpuMs: 0 });
     return runs.get(key)!;
   };
+  const meshPids: (number | 'self')[] = ['self', ...mesh.processes.map((p) => p.pid)];
   const loadBefore = loadavg()[0];
   try {
     for (const target of TARGETS) await timeCall(streams[target], 'warm up', abort.signal);
@@ -270,7 +290,7 @@ async function main(): Promise<void> {
         for (let k = 0; k < TARGETS.length; k++) {
           const target = TARGETS[(k + round) % TARGETS.length];
           say(`round ${round + 1}/${rounds}: ${target} c=${c} ...`);
-          await measure(target, streams[target], c, durationMs / rounds, round, runsOf(target, c));
+          await measure(target, streams[target], target === IN_PROCESS ? ['self'] : meshPids, c, durationMs / rounds, round, runsOf(target, c));
         }
       }
     }
@@ -283,9 +303,9 @@ async function main(): Promise<void> {
   const loadAfter = loadavg()[0];
   const cells = TARGETS.flatMap((target) => levels.map((c) => summarize(target, c, runsOf(target, c))));
 
-  const headers = ['target', 'c', 'TTFT p50 ms', 'TTFT p99 ms', 'ITL p50 ms', 'tokens/s', 'calls', 'errors'];
-  const rows = cells.map((x) => [x.target, x.concurrency, x.ttftP50.toFixed(1), x.ttftP99.toFixed(1), x.itlP50.toFixed(2), x.tokensPerS.toFixed(0), x.calls, x.errors]);
-  const aligned = [false, true, true, true, true, true, true, true];
+  const headers = ['target', 'c', 'TTFT p50 ms', 'TTFT p99 ms', 'ITL p50 ms', 'tokens/s', 'calls', 'errors', 'CPU ms/token', 'other load, cores'];
+  const rows = cells.map((x) => [x.target, x.concurrency, x.ttftP50.toFixed(1), x.ttftP99.toFixed(1), x.itlP50.toFixed(2), x.tokensPerS.toFixed(0), x.calls, x.errors, x.cpuMsPerToken.toFixed(2), x.otherCores.toFixed(2)]);
+  const aligned = [false, true, true, true, true, true, true, true, true, true];
   const find = (target: string, c: number) => cells.find((x) => x.target === target && x.concurrency === c);
   const verdicts: string[] = [];
   const top = Math.max(...levels);
@@ -340,6 +360,8 @@ called in the benchmark's process with the mesh's settings; the mesh targets go 
 (each its own process), by gRPC Generate or by the HTTP edge's streamed \`/v1/completions\` (server-sent events);
 "1 sequence" is the same mesh serving the same file with one sequence (calls one after another).
 Code: ${code}. Machine: ${cpu}, load average ${loadBefore.toFixed(2)} before the run, ${loadAfter.toFixed(2)} at the end.
+"CPU ms/token": CPU time of the target's processes (the benchmark's, plus the mesh's four for a mesh target) per token;
+"other load": cores kept busy by everything else on the machine while the cell ran (other engineers' tests; ${cpus().length} cores in all).
 
 ${markdownTable(headers, rows, aligned)}
 
