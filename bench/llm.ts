@@ -352,7 +352,7 @@ async function main(): Promise<void> {
     writeFileSync(join(repoDir, 'docs', 'bench-llm.svg'), svg);
     const body = `## LLM: streamed Generate on a GGUF model, mesh vs in-process
 
-Command: \`npm run bench:llm\` (${durationMs / 1000} s per cell in ${rounds} interleaved rounds, ${maxTokens} tokens per call, greedy,
+Command: \`${['npm run bench:llm', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' ')}\` (${durationMs / 1000} s per cell in ${rounds} interleaved rounds, ${maxTokens} tokens per call, greedy,
 llama.cpp threads ${threads}, context ${contextLength} tokens per sequence, ${SEQUENCES} sequences or 1). Model: tiny-llama at \`bench\` size
 (${modelLine}), written by \`maas models make-examples --llama-size bench\`'s code.
 "in-process" is the worker's llama.cpp runtime (services/worker/models/llama.ts on node-llama-cpp)

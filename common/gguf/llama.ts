@@ -30,7 +30,7 @@ export interface LlamaShape {
 
 /**
  * Presets: `tiny` loads in well under a second (tests); `bench` is sized like a real model in the
- * way that matters for serving on a CPU: its weights (20M parameters, 82 MB in F32) are far larger
+ * way that matters for serving on a CPU: its weights (17M parameters, 69 MB in F32) are far larger
  * than the CPU's caches, so a decode step is bound by reading them and a batch of sequences shares
  * that read (what continuous batching buys), while one CPU thread still decodes on the order of
  * 100 tokens per second at one sequence. F32 rather than F16: on an AVX-512 CPU without native
@@ -38,7 +38,7 @@ export interface LlamaShape {
  */
 export const LLAMA_SHAPES = {
   tiny: { embedding: 64, layers: 2, heads: 4, kvHeads: 2, feedForward: 160, contextLength: 2048, vocabulary: 4096, type: GgmlType.F32 },
-  bench: { embedding: 512, layers: 4, heads: 8, kvHeads: 2, feedForward: 1536, contextLength: 4096, vocabulary: 8192, type: GgmlType.F32 },
+  bench: { embedding: 512, layers: 4, heads: 8, kvHeads: 2, feedForward: 1024, contextLength: 4096, vocabulary: 8192, type: GgmlType.F32 },
 } as const satisfies Record<string, LlamaShape>;
 
 /** Names of the presets. */

@@ -61,7 +61,7 @@ commands:
                               with a Spam Assassin vocabulary) into a model repository folder
       --out DIR               the repository (default $MAAS_MODEL_REPOSITORY or ${DEFAULT_MODEL_REPOSITORY})
       --llama-size tiny|bench tiny-llama's size: tiny (2 layers, loads in well under a second)
-                              or bench (4 layers, width 512, F32, 82 MB; for bench:llm)
+                              or bench (4 layers, width 512, F32, 69 MB; for bench:llm)
   workers                     the balancer's view of its workers: state, load, latency, ejections
   generate --model M PROMPT   stream generated tokens
       --max-tokens N  --temperature T  --seed S  --stop SEQ (repeatable)
