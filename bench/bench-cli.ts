@@ -196,7 +196,7 @@ export function codeVersion(repoDir: string): string {
       .split('\n')
       .filter(Boolean)
       .map((line) => line.slice(3))
-      .filter((path) => path !== 'docs/BENCHMARKS.md' && path !== 'docs/lb-p99.svg' && path !== 'docs/bench-onnx.svg');
+      .filter((path) => path !== 'docs/BENCHMARKS.md' && path !== 'docs/lb-p99.svg' && path !== 'docs/bench-onnx.svg' && path !== 'docs/bench-llm.svg');
     return changed.length === 0 ? `commit ${commit}` : `commit ${commit} plus uncommitted changes in ${changed.join(', ')}`;
   } catch {
     return 'unknown (not a git checkout)';

@@ -3,6 +3,7 @@
  * `grpc.health.v1` (Check and Watch) and server reflection (v1 and v1alpha) serving the
  * descriptors the proto compiler produced, so grpcurl works with no proto files at hand.
  */
+import http2 = require('node:http2');
 import { CompatServiceDefinition, createServer } from 'nice-grpc';
 import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
@@ -87,8 +88,29 @@ const REFLECTION_V1ALPHA = Object.fromEntries(
   ]),
 ) as typeof ServerReflectionService;
 
+let nagleDisabled = false;
+
+/**
+ * Turns Nagle's algorithm off on the sockets every HTTP/2 server of this process accepts, as gRPC's
+ * other implementations do. grpc-js (1.14) sets TCP_NODELAY only on its client sockets: on the
+ * server's, a small write that follows another on one connection (a stream's trailers after its
+ * last message, the next token while the previous one is unacknowledged) waits for the peer's
+ * ACK, which the peer may delay; a relay of streamed tokens pays that at every hop. grpc-js builds
+ * its HTTP/2 servers through `http2.createServer`/`createSecureServer` when it binds, with options
+ * of its own and no way to add ours, so `noDelay` (a `net.Server` option) is added there. Once per process.
+ */
+function disableNagleOnServerSockets(): void {
+  if (nagleDisabled) return;
+  nagleDisabled = true;
+  const plain = http2.createServer;
+  const secure = http2.createSecureServer;
+  http2.createServer = ((o?: http2.ServerOptions, listener?: Parameters<typeof plain>[1]) => plain({ ...o, noDelay: true } as http2.ServerOptions, listener)) as typeof plain;
+  http2.createSecureServer = ((o?: http2.SecureServerOptions, listener?: Parameters<typeof secure>[1]) => secure({ ...o, noDelay: true } as http2.SecureServerOptions, listener)) as typeof secure;
+}
+
 /** Starts a gRPC server with health, reflection and the mesh's middleware. */
 export async function startGrpcServer(options: GrpcServerOptions): Promise<RunningGrpcServer> {
+  disableNagleOnServerSockets();
   checkListenSecurity(options.host, options.tls !== undefined, options.insecure ?? false);
   if (!options.tls && !isLoopbackHost(options.host)) {
     options.log.warn('serving plaintext beyond loopback (--insecure): no authentication, no encryption', { host: options.host });

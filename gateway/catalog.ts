@@ -53,9 +53,20 @@ export class ModelCatalog<M extends CatalogEntry> {
     return newestServed(await this.versions(name));
   }
 
-  /** Every version of the model, newest first, refreshing once on a miss; [] if it does not exist. */
+  /**
+   * Every version of the model, newest first, refreshing once on a miss; [] if it does not exist.
+   * A model the list holds is answered at once even when the list has expired, and the list is
+   * refreshed behind the call: every call looks its model up, and waiting for the balancer's list
+   * on the first call after each TTL would add a round trip to that call's time to first token
+   * (the balancer, which routes the call, has the last word on where the model is served anyway).
+   */
   async versions(name: string): Promise<M[]> {
     const fresh = this.isFresh();
+    const known = fresh ? undefined : this.cache?.byName.get(name);
+    if (known) {
+      this.current(true).catch(() => undefined);
+      return known;
+    }
     const hit = (await this.current(false)).get(name);
     // A list fetched just now for this call is as fresh as a refresh would be.
     if (hit || !fresh) return hit ?? [];

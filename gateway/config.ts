@@ -20,7 +20,7 @@ export const gatewaySchema = {
   maxInputChars: integer({ flag: '--max-input-chars', env: 'MAAS_GATEWAY_MAX_INPUT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Predict input, in characters.' }),
   defaultDeadlineMs: integer({ flag: '--default-deadline-ms', env: 'MAAS_GATEWAY_DEFAULT_DEADLINE_MS', default: 60000, min: 1, max: 86400000, doc: 'Deadline of a call whose client set none.' }),
   maxInlineRecords: integer({ flag: '--max-inline-records', env: 'MAAS_GATEWAY_MAX_INLINE_RECORDS', default: 10000, min: 1, max: 10000000, doc: 'Most records a job may carry inline (larger inputs go in a file).' }),
-  catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached.' }),
+  catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached; a call for a model the expired list holds is not held: the list is refreshed behind it (an unknown name refreshes first).' }),
   callbackAllow: callbackAllowSetting(),
   maxTensorElements: integer({ flag: '--max-tensor-elements', env: 'MAAS_GATEWAY_MAX_TENSOR_ELEMENTS', default: 1 << 20, min: 1, max: 1 << 30, doc: 'Most elements one input tensor of a KServe v2 ModelInfer call may have (the product of its shape); larger ones get INVALID_ARGUMENT.' }),
   repositoryTenants: {

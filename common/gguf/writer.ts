@@ -120,10 +120,14 @@ function elementBytes(type: GgmlType): number {
   return type === GgmlType.F16 ? 2 : 4;
 }
 
+/** Scratch for {@link toFloat16Bits}: one float and its bits (no allocation per value; a model has tens of millions). */
+const scratchFloat = new Float32Array(1);
+const scratchBits = new Uint32Array(scratchFloat.buffer);
+
 /** IEEE 754 half precision bits of a float (round to nearest even). */
 export function toFloat16Bits(value: number): number {
-  const f32 = new Float32Array([value]);
-  const bits = new Uint32Array(f32.buffer)[0];
+  scratchFloat[0] = value;
+  const bits = scratchBits[0];
   const sign = (bits >>> 16) & 0x8000;
   const exponent = (bits >>> 23) & 0xff;
   let mantissa = bits & 0x7fffff;

@@ -150,7 +150,7 @@ export const COMMANDS: readonly CommandSpec[] = [
     details: 'spam-onnx: spam-nb exported to ONNX; mlp: a perceptron for benchmarks; tiny-llama: a small Llama GGUF model with a Spam Assassin vocabulary.',
     options: {
       out: { value: 'DIR', env: 'MAAS_MODEL_REPOSITORY', default: DEFAULT_MODEL_REPOSITORY, complete: 'dir', doc: 'the repository folder' },
-      'llama-size': { value: 'SIZE', default: 'tiny', check: { choices: ['tiny', 'bench'] }, doc: "tiny-llama's size: tiny (2 layers, loads in well under a second) or bench (4 layers, width 256, F16; for bench:llm)" },
+      'llama-size': { value: 'SIZE', default: 'tiny', check: { choices: ['tiny', 'bench'] }, doc: "tiny-llama's size: tiny (2 layers, loads in well under a second) or bench (4 layers, width 512, F32, 69 MB; for bench:llm)" },
     },
   },
   {

@@ -77,6 +77,18 @@ describe('ModelCatalog', () => {
     expect(balancer.calls).to.equal(2);
   });
 
+  it('finds a known model in an expired list without waiting for the refresh, which it starts', async () => {
+    await catalog.list();
+    balancer.models.push({ name: 'spam-nb' });
+    clock.time += 1000;
+    balancer.hold = true;
+    // With a held fetch, a lookup that waited for the refresh would never settle.
+    const found = await Promise.race([catalog.find('ngram'), new Promise<string>((resolve) => setImmediate(() => resolve('waited for the refresh')))]);
+    expect([typeof found === 'string' ? found : found?.name, balancer.calls]).to.deep.equal(['ngram', 2]);
+    balancer.release();
+    expect([names(await catalog.list()), balancer.calls]).to.deep.equal([['echo', 'ngram', 'spam-nb'], 2]);
+  });
+
   it('finds a cached model without another fetch', async () => {
     await catalog.list();
     expect([(await catalog.find('ngram'))?.name, balancer.calls]).to.deep.equal(['ngram', 1]);
