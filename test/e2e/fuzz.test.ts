@@ -22,7 +22,7 @@ for (const mode of ['plaintext', 'tls'] as FuzzMode[]) {
     let report: FuzzReport;
 
     before(async () => {
-      report = await runFuzz({ seed: SEED, mode, inputsPerMethod: INPUTS_PER_METHOD, refusedInputsPerMethod: REFUSED_INPUTS_PER_METHOD, warmUpInputs: 60, concurrency: 32, deadlineMs: 2000, settleMs: 20_000 });
+      report = await runFuzz({ seed: SEED, mode, inputsPerMethod: INPUTS_PER_METHOD, refusedInputsPerMethod: REFUSED_INPUTS_PER_METHOD, warmUpInputs: 200, concurrency: 32, deadlineMs: 2000, settleMs: 20_000 });
     });
 
     it('covers every method of every maas.* and inference.* service, under every transport of the mode', () => {

@@ -86,17 +86,24 @@ describe('GGUF models on llama.cpp through the mesh', function () {
     expect(new Set(sequential).size, 'the prompts give different texts').to.be.greaterThan(1);
   });
 
-  it('a cancelled call frees its sequence within 100 ms and the others complete unchanged', async () => {
+  it('a cancelled call frees its sequence within 100 ms and the others complete in full', async () => {
     const prompts = ['one', 'two', 'three'];
-    const alone: string[] = [];
-    for (const prompt of prompts) alone.push(textOf(await generate({ prompt, maxTokens: 150 })));
+    // What each call gives alone: its length and how it ends. Its exact text is not compared:
+    // llama.cpp's CPU kernels sum in another order for a batch of several sequences than for
+    // one, so a near tie between two tokens can go the other way (a CI run under load saw one of
+    // three texts differ from its first token). Text equality under batching is the test above,
+    // whose prompts start together; here the cancel moves the batch boundaries at a moment the
+    // machine's load decides.
+    const shape = (chunks: GenerateResponse[]) => ({ chunks: chunks.length, finish: chunks.at(-1)!.finishReason, completion: chunks.at(-1)!.usage?.completionTokens });
+    const alone: ReturnType<typeof shape>[] = [];
+    for (const prompt of prompts) alone.push(shape(await generate({ prompt, maxTokens: 150 })));
     const controller = new AbortController();
     let firstChunk!: () => void;
     const started = new Promise<void>((r) => (firstChunk = r));
     const victim = (async () => {
       for await (const _ of mesh.inference.generate(request({ prompt: 'spam spam spam', maxTokens: 200 }), { signal: controller.signal })) firstChunk();
     })().catch((err: Error) => err);
-    const others = prompts.map((prompt) => generate({ prompt, maxTokens: 150 }).then(textOf));
+    const others = prompts.map((prompt) => generate({ prompt, maxTokens: 150 }).then(shape));
     await started;
     await until(() => model.load().busy === 4, 5000, 'all four sequences busy');
     const ended = nextEvent<TaskEnd>(mesh.workers[0].activity, 'task-end', (e) => e.outcome === 'cancelled');
