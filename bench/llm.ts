@@ -341,7 +341,7 @@ async function main(): Promise<void> {
     const modelLine = `${shape.layers} layers, width ${shape.embedding}, feed-forward ${shape.feedForward}, ${shape.vocabulary.toLocaleString('en-US')}-piece vocabulary, ${f16 ? 'F16' : 'F32'}: ${(params / 1e6).toFixed(0)}M parameters, ${((params * (f16 ? 2 : 4)) / 1e6).toFixed(0)} MB of weights`;
     const svg = renderBarChart({
       title: 'bench:llm: tokens per second, mesh vs in-process (higher is better)',
-      subtitle: [`tiny-llama bench size (${modelLine}); ${maxTokens} tokens per call, greedy; ${SEQUENCES} sequences (or 1), context ${contextLength}, threads ${threads}`, `${code}; ${cpu}, load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`],
+      subtitle: [`${shape.layers} x ${shape.embedding} ${f16 ? 'F16' : 'F32'} model, ${(params / 1e6).toFixed(0)}M parameters; ${maxTokens} tokens per call, greedy; ${SEQUENCES} sequences or 1; context ${contextLength}; threads ${threads}`, `${code}; ${cpu}, load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after`],
       yLabel: 'tokens/s',
       panels: levels.map((c) => ({
         title: `c=${c}`,
