@@ -88,6 +88,7 @@ export async function openGgufModel(file: string, options: GgufModelOptions): Pr
       sequences: options.settings.sequences,
       ...(options.settings.threads > 0 ? { threads: options.settings.threads } : {}),
     });
+    serializeSampling(context);
     const template = model.fileInfo.metadata?.tokenizer?.chat_template;
     const chat = typeof template === 'string' && template !== '' ? lib.resolveChatWrapper(model) ?? undefined : undefined;
     return new LlamaCppModel(options, model, context, contextLength, chat);
@@ -95,6 +96,30 @@ export async function openGgufModel(file: string, options: GgufModelOptions): Pr
     await model.dispose();
     throw new RepositoryError('invalid', `${where}: llama.cpp could not make a context of ${options.settings.contextLength} tokens x ${options.settings.sequences} sequences: ${String((err as Error).message).slice(0, 200)}`);
   }
+}
+
+/**
+ * Makes a context sample one sequence at a time. node-llama-cpp 3.21.1 samples every sequence of a
+ * batch at once on libuv's threads, and each sample first asks llama.cpp for the logits, which
+ * puts the batch's outputs back in order in place the first time it is asked after a decode
+ * (`output_reorder`). Two threads doing that together swap rows twice: one sequence gets another's
+ * token. That happens when the batch mixes sequences at different points (a call joining while
+ * others decode), so concurrent texts differed from sequential ones. One sample at a time costs
+ * little beside the decode (a sample is a pass over the vocabulary; a decode reads every weight).
+ */
+function serializeSampling(context: LlamaContext): void {
+  const native = (context as unknown as { _ctx?: { sampleToken?: (...args: unknown[]) => Promise<unknown> } })._ctx;
+  const sample = native?.sampleToken;
+  if (!native || typeof sample !== 'function') {
+    throw new Error('node-llama-cpp has no context.sampleToken to serialize (the mesh expects 3.21.1); concurrent sequences would sample from each other\'s logits');
+  }
+  let last: Promise<unknown> = Promise.resolve();
+  const serialized = (...args: unknown[]): Promise<unknown> => {
+    const run = last.then(() => sample.apply(native, args));
+    last = run.catch(() => undefined);
+    return run;
+  };
+  Object.defineProperty(native, 'sampleToken', { value: serialized, configurable: true });
 }
 
 /** A caller waiting for a free sequence. */
