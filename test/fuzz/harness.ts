@@ -52,6 +52,7 @@ import { ModelServiceDefinition } from '../../generated/maas/v1/models';
 import { CallOutcome, RAW_CHANNEL_OPTIONS, RawCallOptions, RawClient } from '../raw-grpc';
 import { FuzzInput, MessageFuzzer, STRATEGIES, Strategy } from './generators';
 import { CANARY_WORD, HostileValues, harmlessCallbackUrl, harmlessPath, hostileValues, refusedAtSubmit } from './hostile';
+import { StallMonitor } from './stall-monitor';
 
 /** grpc-js's own status message for request bytes that do not parse as the message. */
 export const GRPC_PARSE_ERROR = 'Error deserializing request';
@@ -256,6 +257,12 @@ export interface MethodReport {
   /** Service processes that exited while this method was fuzzed. */
   crashes: number;
   hangs: number;
+  /**
+   * Calls that ended over HANG_GRACE_MS late, but whose lateness the fuzzing client's own stalled
+   * event loop explains (late minus the client's stalls during the call is within the grace):
+   * reported, not counted as hangs.
+   */
+  clientLate: number;
   /** Longest time a call ran past its deadline, in ms (0 if none did). */
   maxOverrunMs: number;
   wrongCodes: number;
@@ -656,7 +663,7 @@ export async function runFuzz(o: FuzzOptions): Promise<FuzzReport> {
         report.crashes = exits.length - exitsBefore;
         methods.push(report);
         log(
-          `${target.name} [${transport.name}, ${report.identity}]: ${report.inputs} inputs in ${(report.durationMs / 1000).toFixed(1)} s, ${report.hangs} hangs (max overrun ${Math.round(report.maxOverrunMs)} ms), ${report.wrongCodes} wrong codes, ${report.echoes} echoes, ${report.hostileAccepted}/${report.hostile} hostile accepted; ${formatStatuses(report.statuses)}`,
+          `${target.name} [${transport.name}, ${report.identity}]: ${report.inputs} inputs in ${(report.durationMs / 1000).toFixed(1)} s, ${report.hangs} hangs (max overrun ${Math.round(report.maxOverrunMs)} ms; ${report.clientLate} late with the fuzzing client stalled), ${report.wrongCodes} wrong codes, ${report.echoes} echoes, ${report.hostileAccepted}/${report.hostile} hostile accepted; ${formatStatuses(report.statuses)}`,
         );
         for (const f of report.failures) log(`  ${f}`);
       }
@@ -735,7 +742,15 @@ interface FuzzMethodOptions {
   tenants: readonly string[];
 }
 
+let monitor: StallMonitor | undefined;
+/** This process's stall monitor, started on first use (its timer does not hold the process). */
+function stalls(): StallMonitor {
+  monitor ??= new StallMonitor();
+  return monitor;
+}
+
 async function fuzzMethod(o: FuzzMethodOptions): Promise<MethodReport> {
+  stalls();
   const { target, transport, count, fuzzer, random, deadlineMs } = o;
   const startedAt = Date.now();
   const report: MethodReport = {
@@ -745,6 +760,7 @@ async function fuzzMethod(o: FuzzMethodOptions): Promise<MethodReport> {
     inputs: 0,
     crashes: 0,
     hangs: 0,
+    clientLate: 0,
     maxOverrunMs: 0,
     wrongCodes: 0,
     echoes: 0,
@@ -799,6 +815,7 @@ async function fuzzMethod(o: FuzzMethodOptions): Promise<MethodReport> {
           leaked ||= o.leaks(m);
         },
       });
+      const endedAt = performance.now();
       if (outcome.reply && o.leaks(outcome.reply)) leaked = true;
       report.inputs++;
       report.strategies[input.strategy] = (report.strategies[input.strategy] ?? 0) + 1;
@@ -808,8 +825,14 @@ async function fuzzMethod(o: FuzzMethodOptions): Promise<MethodReport> {
       const overrun = outcome.elapsedMs - deadlineMs;
       if (overrun > report.maxOverrunMs) report.maxOverrunMs = overrun;
       if (overrun > HANG_GRACE_MS) {
-        report.hangs++;
-        note('hang', `${describe()} after ${Math.round(outcome.elapsedMs)} ms`);
+        const stalled = stalls().stalledWithin(endedAt - outcome.elapsedMs, endedAt);
+        if (overrun - stalled <= HANG_GRACE_MS) {
+          report.clientLate++;
+          note('late, the fuzzing client stalled', `${describe()} after ${Math.round(outcome.elapsedMs)} ms, ${Math.round(stalled)} ms of them with the client's event loop stalled`);
+        } else {
+          report.hangs++;
+          note('hang', `${describe()} after ${Math.round(outcome.elapsedMs)} ms (the client stalled ${Math.round(stalled)} ms of them)`);
+        }
       }
       if (transport.refusedWith === undefined ? isWrongCode(outcome, input) : !isRefusal(outcome, input, transport.refusedWith)) {
         report.wrongCodes++;
@@ -949,11 +972,11 @@ export function formatReport(r: FuzzReport): string {
   const lines = [
     `${r.mode === 'tls' ? 'Mutual TLS' : 'Plaintext'}; seed ${r.seed}; ${r.inputsPerMethod} inputs per method${r.refusedInputsPerMethod !== r.inputsPerMethod ? ` (${r.refusedInputsPerMethod} per method for the callers that must be refused)` : ''}; ${total} in all (${[...perTransport].map(([t, n]) => `${t}: ${n}`).join('; ')}); each call's deadline ${r.deadlineMs} ms; ${(r.durationMs / 1000).toFixed(0)} s in all. Memory is VmRSS after V8's last-resort collection (services run with --expose-gc; SIGUSR2 collects and returns freed pages). Strategies: ${STRATEGIES.join(', ')}.`,
     '',
-    '| method | transport | caller | inputs | seconds | crashes | hangs | max overrun (ms) | wrong codes | echoes | hostile accepted | statuses |',
-    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+    '| method | transport | caller | inputs | seconds | crashes | hangs | late, client stalled | max overrun (ms) | wrong codes | echoes | hostile accepted | statuses |',
+    '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|',
     ...r.methods.map(
       (m) =>
-        `| ${m.method} | ${m.transport} | ${m.identity} | ${m.inputs} | ${(m.durationMs / 1000).toFixed(0)} | ${m.crashes} | ${m.hangs} | ${Math.max(0, Math.round(m.maxOverrunMs))} | ${m.wrongCodes} | ${m.echoes} | ${m.hostile > 0 ? `${m.hostileAccepted} of ${m.hostile} (${formatStatuses(m.hostileStatuses)})` : '-'} | ${formatStatuses(m.statuses)} |`,
+        `| ${m.method} | ${m.transport} | ${m.identity} | ${m.inputs} | ${(m.durationMs / 1000).toFixed(0)} | ${m.crashes} | ${m.hangs} | ${m.clientLate} | ${Math.max(0, Math.round(m.maxOverrunMs))} | ${m.wrongCodes} | ${m.echoes} | ${m.hostile > 0 ? `${m.hostileAccepted} of ${m.hostile} (${formatStatuses(m.hostileStatuses)})` : '-'} | ${formatStatuses(m.statuses)} |`,
     ),
     '',
     '| process | memory before (MB) | after (MB) | change |',
