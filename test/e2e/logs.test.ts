@@ -14,7 +14,7 @@ import { IncomingMessage, Server, ServerResponse, createServer as createHttpServ
 import { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
 import { gunzipSync } from 'node:zlib';
-import { Channel, Metadata } from 'nice-grpc';
+import { Channel, ClientError, Metadata, Status } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
 import { InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
 import { JobServiceDefinition, JobSpec, JobState } from '../../generated/maas/v1/jobs.js';
@@ -208,6 +208,14 @@ describe('logs: JSON lines with the trace of the call, and no caller content', f
     const inference = createMeshClient(InferenceServiceDefinition, channel!);
     const prediction = await inference.predict({ model: 'spam-nb', input: predictInput }, { deadline: Date.now() + 20_000 });
     expect(prediction.label).to.be.a('string');
+    // A refused call: its message reaches the gateway span's status, so it must not quote the prompt.
+    const refused = await (async () => {
+      for await (const _chunk of inference.generate({ model: 'echo', prompt, messages: [{ role: 'user', content: 'hi' }] }, { deadline: Date.now() + 20_000 })) {
+        // not reached
+      }
+    })().then(() => undefined, (err: unknown) => err as ClientError);
+    expect(refused?.code, String(refused)).to.equal(Status.INVALID_ARGUMENT);
+    expect(refused?.details).to.equal(`prompt must be empty when messages are given, given a string of ${prompt.length} characters`);
     const jobs = createMeshClient(JobServiceDefinition, channel!);
     const spec = JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'inline', inline: { records: [{ text: `${recordWord} ${recordWord} plain words`, label: '' }] } }, reducer: 'sum' });
     const { job } = await jobs.submit({ spec }, { deadline: Date.now() + 20_000 });
