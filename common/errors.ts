@@ -38,6 +38,15 @@ export const MAX_MESSAGE_CHARS = 512;
 /** Most characters of one caller-given value an error message quotes. */
 export const MAX_QUOTED_CHARS = 40;
 
+/**
+ * How an error message shows caller content (a prompt, an input, a record's text): its size only,
+ * never its text, however short. Messages reach span statuses and log lines, where content may
+ * not go (see common/log.ts).
+ */
+export function contentGiven(value: string): { toString(): string } {
+  return { toString: () => `a string of ${value.length} characters` };
+}
+
 /** How an error message shows a value the caller gave: short strings quoted, long ones described. */
 export function formatGiven(given: unknown): string {
   if (typeof given === 'string') {

@@ -110,6 +110,6 @@ export function toServerError(err: unknown, deadlineExpired: boolean, path: stri
   // A downstream service's status passes through unchanged: the caller learns why, not where.
   if (err instanceof ClientError) return new ServerError(err.code, boundMessage(err.details));
   if (isAbortError(err)) return new ServerError(Status.CANCELLED, 'call cancelled');
-  log.error('unexpected error', { method: path, error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+  log.error('unexpected error', { method: path, err: err instanceof Error ? err : String(err) });
   return new ServerError(Status.INTERNAL, 'internal error');
 }

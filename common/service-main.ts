@@ -3,7 +3,7 @@
  * setting's name), installs tracing, starts the service, and shuts it down on SIGTERM or SIGINT.
  */
 import { ConfigError, ConfigOf, Schema, describeConfig, parseConfig } from './config';
-import { LogLevel, Logger, createLogger } from './log';
+import { Logger, createLogger, logSchema } from './log';
 import { initTracing } from './tracing';
 
 /** A started service, as its main needs it. */
@@ -21,13 +21,15 @@ export function runService<S extends Schema>(
   start: (config: ConfigOf<S>, log: Logger) => Promise<StartedService>,
 ): void {
   const argv = process.argv.slice(2);
+  // Every service takes the logging settings besides its own.
+  const full = { ...schema, ...logSchema };
   if (argv.includes('--help') || argv.includes('-h')) {
-    process.stdout.write(`maas ${name}: settings (flag, environment variable, default)\n\n${describeConfig(schema)}\n`);
+    process.stdout.write(`maas ${name}: settings (flag, environment variable, default)\n\n${describeConfig(full)}\n`);
     return;
   }
-  let config: ConfigOf<S>;
+  let parsed: Record<string, unknown>;
   try {
-    config = parseConfig(schema, argv, process.env);
+    parsed = parseConfig(full, argv, process.env);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`maas ${name}: ${err.message}\n`);
@@ -35,8 +37,9 @@ export function runService<S extends Schema>(
     }
     throw err;
   }
-  const level = (process.env.MAAS_LOG_LEVEL ?? 'info') as LogLevel;
-  const log = createLogger(name, ['info', 'warn', 'error', 'silent'].includes(level) ? level : 'info');
+  const { logLevel, logFormat, logContent, ...own } = parsed as Record<string, unknown> & ConfigOf<typeof logSchema>;
+  const config = own as ConfigOf<S>;
+  const log = createLogger(name, { level: logLevel, format: logFormat, content: logContent });
   const tracing = initTracing(`maas-${name}`);
   start(config, log).then(
     (service) => {
@@ -52,7 +55,7 @@ export function runService<S extends Schema>(
           .then(
             () => process.exit(0),
             (err) => {
-              log.error('shutdown failed', { error: String(err) });
+              log.error('shutdown failed', { err });
               process.exit(1);
             },
           );
@@ -63,7 +66,7 @@ export function runService<S extends Schema>(
       watchParent(process.env.MAAS_PARENT_PID, () => stop('parent process exited'));
     },
     (err) => {
-      log.error('failed to start', { error: err instanceof Error ? err.message : String(err) });
+      log.error('failed to start', { err });
       process.exit(1);
     },
   );

@@ -4,7 +4,7 @@
  * know (a file's contents, a dataset's size) it checks itself.
  */
 import { CallbackAllowlist, checkCallbackUrl } from '../common/callback-target';
-import { invalidField, MeshError, quoteInput } from '../common/errors';
+import { contentGiven, invalidField, MeshError, quoteInput } from '../common/errors';
 import { MAX_PATH_CHARS } from '../common/file-roots';
 import { validateGenerateRequest, validateModelName } from './validation';
 
@@ -95,7 +95,7 @@ export async function validateJobSpec<T extends JobSpecFields>(spec: T, context:
     }
     records.forEach((r, i) => {
       if (r.text.length > context.maxRecordChars) {
-        throw invalidField(`spec.inline.records[${i}].text`, `must be at most ${context.maxRecordChars} characters`, r.text);
+        throw invalidField(`spec.inline.records[${i}].text`, `must be at most ${context.maxRecordChars} characters`, contentGiven(r.text));
       }
       checkLength(`spec.inline.records[${i}].label`, r.label, MAX_LABEL_CHARS);
     });

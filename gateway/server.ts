@@ -8,7 +8,7 @@ import { ClientError, Status } from 'nice-grpc';
 import { createMeshClient, openMeshChannel } from '../common/client';
 import { ConfigOf } from '../common/config';
 import { MeshError, quoteInput } from '../common/errors';
-import { Logger } from '../common/log';
+import { Logger, callerContent } from '../common/log';
 import { MeshCallContext } from '../common/middleware';
 import { startGrpcServer } from '../common/server';
 import { StartedService } from '../common/service-main';
@@ -135,6 +135,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     const valid = validateGenerateRequest(request, limits);
     await requireModel(valid.model, valid.messages.length > 0 ? ModelTask.MODEL_TASK_CHAT : ModelTask.MODEL_TASK_GENERATE);
     const { task, deadline } = newTask(context, { $case: 'generate', generate: valid });
+    log.debug('generate', { request_id: task.requestId, tenant: task.tenant, model: valid.model, prompt: callerContent(log, valid.prompt), messages: valid.messages.length, max_tokens: valid.maxTokens });
     for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
       if (response.output?.output?.$case === 'chunk') yield response.output.output.chunk;
     }
@@ -145,6 +146,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     const valid = validatePredictRequest(request, limits);
     await requireModel(valid.model, ModelTask.MODEL_TASK_CLASSIFY);
     const { task, deadline } = newTask(context, { $case: 'predict', predict: valid });
+    log.debug('predict', { request_id: task.requestId, tenant: task.tenant, model: valid.model, input: callerContent(log, valid.input) });
     let prediction: PredictResponse | undefined;
     // Read the stream to its end: leaving the loop early would cancel the call, and a burst of
     // cancels (RST_STREAM) makes the HTTP/2 peer close the whole connection.
@@ -152,6 +154,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
       if (response.output?.output?.$case === 'prediction') prediction ??= response.output.output.prediction;
     }
     if (!prediction) throw new MeshError('unavailable', `model ${quoteInput(valid.model)} returned no prediction`);
+    log.debug('predict answered', { request_id: task.requestId, label: callerContent(log, prediction.label) });
     return prediction;
   }
 
@@ -194,6 +197,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
       const tenant = auth.tenantOf(context.metadata.get('authorization'));
       const spec = await validateJobSpec(request.spec ?? JobSpec.fromPartial({}), jobSpecContext);
       const { job } = await scheduler.submitJob({ tenant, spec }, jobCall(context));
+      log.debug('job submitted', { job: job?.id, tenant });
       return { job };
     },
     async *watch(request: WatchRequest, context: MeshCallContext): AsyncGenerator<WatchResponse> {

@@ -3,7 +3,7 @@
  * and the value given. Returns the request with defaults filled in, so the services behind the
  * gateway see complete requests.
  */
-import { invalidField } from '../common/errors';
+import { contentGiven, invalidField } from '../common/errors';
 
 /** The fields of maas.v1.GenerateRequest that validation reads (the generated type fits). */
 export interface GenerateFields {
@@ -103,7 +103,7 @@ export function validateGenerateRequest<T extends GenerateFields>(request: T, li
   validateAffinityKey(request.affinityKey);
   const messages = request.messages ?? [];
   if (messages.length > 0) {
-    if (request.prompt !== '') throw invalidField('prompt', 'must be empty when messages are given', request.prompt);
+    if (request.prompt !== '') throw invalidField('prompt', 'must be empty when messages are given', contentGiven(request.prompt));
     if (messages.length > MAX_MESSAGES) throw invalidField('messages', `must have at most ${MAX_MESSAGES} messages`, messages.length);
     let total = 0;
     messages.forEach((m, i) => {
@@ -115,7 +115,7 @@ export function validateGenerateRequest<T extends GenerateFields>(request: T, li
   } else {
     if (request.prompt === '') throw invalidField('prompt', 'is required', request.prompt);
     if (request.prompt.length > limits.maxPromptChars) {
-      throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, request.prompt);
+      throw invalidField('prompt', `must be at most ${limits.maxPromptChars} characters`, contentGiven(request.prompt));
     }
   }
   if (request.topP !== undefined && (!Number.isFinite(request.topP) || request.topP <= 0 || request.topP > 1)) {
@@ -145,7 +145,7 @@ export function validatePredictRequest<T extends PredictFields>(request: T, limi
   validateAffinityKey(request.affinityKey);
   if (request.input === '') throw invalidField('input', 'is required', request.input);
   if (request.input.length > limits.maxInputChars) {
-    throw invalidField('input', `must be at most ${limits.maxInputChars} characters`, request.input);
+    throw invalidField('input', `must be at most ${limits.maxInputChars} characters`, contentGiven(request.input));
   }
   return { ...request, model, priority: validatePriority('priority', request.priority) };
 }

@@ -62,7 +62,7 @@ export interface UpOptions {
 export type ServiceKind = 'gateway' | 'scheduler' | 'balancer' | 'aggregator' | 'worker';
 
 /** Variables every service may need: the platform's, Node's, tracing and logging. */
-const SHARED_ENV = /^(PATH|HOME|MALLOC_ARENA_MAX|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES|MAAS_CALLBACK_ALLOW|MAAS_MODEL_REPOSITORY|MAAS_ONNX_INTRA_OP_THREADS)$/;
+const SHARED_ENV = /^(PATH|HOME|MALLOC_ARENA_MAX|USER|LOGNAME|SHELL|LANG|LC_[A-Z_]+|TZ|TMPDIR|TEMP|TMP|NODE_OPTIONS|NODE_EXTRA_CA_CERTS|OTEL_[A-Z0-9_]+|MAAS_LOG_LEVEL|MAAS_LOG_FORMAT|MAAS_LOG_CONTENT|MAAS_INPUT_ROOT|MAAS_OUTPUT_ROOT|MAAS_MAX_INPUT_BYTES|MAAS_MAX_LINE_BYTES|MAAS_CALLBACK_ALLOW|MAAS_MODEL_REPOSITORY|MAAS_ONNX_INTRA_OP_THREADS)$/;
 
 /**
  * The environment of one child: the shared variables above and the service's own settings
@@ -235,7 +235,8 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
    */
   const supervise = (spec: ProcessSpec, backoff: RestartBackoff, start: number) => {
     const child = spawn(process.execPath, [resolve(dist, spec.entry), ...spec.args], {
-      env: childEnv(spec.service, process.env, process.pid),
+      // Readable lines in a terminal unless the shell asks for JSON (MAAS_LOG_FORMAT=json).
+      env: { MAAS_LOG_FORMAT: 'text', ...childEnv(spec.service, process.env, process.pid) },
       // Own process group: a terminal's Ctrl-C reaches only `maas up`, which stops the rest in order.
       detached: true,
       stdio: ['ignore', 'pipe', 'pipe'],

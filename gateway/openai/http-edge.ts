@@ -17,7 +17,7 @@ import { ROOT_CONTEXT, SpanKind, context, propagation, trace } from '@openteleme
 import { isAbortError } from 'abort-controller-x';
 import { ClientError } from 'nice-grpc';
 import { MeshError, boundMessage } from '../../common/errors';
-import { Logger } from '../../common/log';
+import { Logger, silentLogger } from '../../common/log';
 import { checkListenSecurity } from '../../common/tls';
 import { endSpan, meshTracer } from '../../common/tracing';
 import { ScheduleResponse } from '../../generated/maas/internal/v1/scheduler';
@@ -160,7 +160,7 @@ function toOpenAiError(err: unknown, log: Logger, path: string): OpenAiError {
     return openAiError(kind, boundMessage(err.details), kind === 'invalid_argument' ? paramOf(err.details) : null);
   }
   if (isAbortError(err)) return openAiError('cancelled', 'call cancelled');
-  log.error('unexpected error', { path, error: err instanceof Error ? (err.stack ?? err.message) : String(err) });
+  log.error('unexpected error', { path, err: err instanceof Error ? err : String(err) });
   return openAiError('internal', 'internal error');
 }
 
@@ -302,7 +302,7 @@ async function* sseEvents(request: OpenAiRequest, call: CallIdentity, first: Ite
     }
   } catch (err) {
     if (isAbortError(err)) throw err;
-    const answer = toOpenAiError(err, { info() {}, warn() {}, error() {} }, '');
+    const answer = toOpenAiError(err, silentLogger, '');
     yield sse(answer.body);
     return;
   }

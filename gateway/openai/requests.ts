@@ -6,7 +6,7 @@
  *
  * Plain TypeScript: no HTTP, no gRPC. The HTTP edge (./http-edge) adapts it to the wire.
  */
-import { MeshError, formatGiven } from '../../common/errors';
+import { MeshError, contentGiven, formatGiven } from '../../common/errors';
 import { MAX_AFFINITY_KEY_CHARS, MAX_MESSAGES as MAX_CHAT_MESSAGES, MAX_STOP_CHARS, MAX_STOP_SEQUENCES, MAX_TOKENS_LIMIT, MESSAGE_ROLES as CHAT_ROLES, validateModelName } from '../validation';
 
 /** INVALID_ARGUMENT about one request parameter, which the OpenAI error object names in `param`. */
@@ -147,7 +147,7 @@ function promptOf(body: Record<string, unknown>, maxPromptChars: number): string
   }
   if (typeof prompt !== 'string') throw new InvalidParam('prompt', 'must be a string (token arrays are not accepted)', typeName(prompt));
   if (prompt === '') throw new InvalidParam('prompt', 'must not be empty', prompt);
-  if (prompt.length > maxPromptChars) throw new InvalidParam('prompt', `must be at most ${maxPromptChars} characters`, prompt);
+  if (prompt.length > maxPromptChars) throw new InvalidParam('prompt', `must be at most ${maxPromptChars} characters`, contentGiven(prompt));
   return prompt;
 }
 

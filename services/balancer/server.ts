@@ -318,6 +318,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         throw new MeshError('unavailable', `no ready worker serves ${label}`);
       }
       tried.add(member.id);
+      log.debug('routed', { request_id: task.requestId, model, worker: member.id, attempt });
       member.outstanding++;
       let started = false;
       const startedAt = Date.now();

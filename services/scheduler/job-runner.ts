@@ -131,7 +131,7 @@ export class JobRunner {
       this.activate(stored);
       this.log.info('resumed job', { job: stored.id, tasks_done: stored.tasksDone, tasks_total: stored.tasksTotal });
     }
-    for (const stored of this.store.pendingCallbacks()) this.callBack(stored.id).catch((err) => this.log.error('callback failed', { job: stored.id, error: String(err) }));
+    for (const stored of this.store.pendingCallbacks()) this.callBack(stored.id).catch((err) => this.log.error('callback failed', { job: stored.id, err }));
     this.dispatch();
   }
 
@@ -280,7 +280,7 @@ export class JobRunner {
     this.active.set(job.id, job);
     if (stored.deadlineAt !== undefined) {
       const timer = setTimeout(
-        () => this.endJob(job.id, 'failed', { error: `deadline exceeded: the job ran out of its ${spec.timeoutMs} ms` }).catch((err) => this.log.error('cannot end job', { job: job.id, error: String(err) })),
+        () => this.endJob(job.id, 'failed', { error: `deadline exceeded: the job ran out of its ${spec.timeoutMs} ms` }).catch((err) => this.log.error('cannot end job', { job: job.id, err })),
         Math.max(0, stored.deadlineAt - Date.now()),
       );
       timer.unref();
@@ -288,7 +288,7 @@ export class JobRunner {
     }
     // A job whose tasks were all done when the scheduler stopped only needs finalizing.
     if (job.pending.length === 0 && tasks.every((t) => t.state === 'done')) {
-      this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, error: String(err) }));
+      this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, err }));
     }
   }
 
@@ -298,7 +298,7 @@ export class JobRunner {
       const job = this.nextJob();
       if (!job) return;
       const index = job.pending.shift()!;
-      this.runTask(job, index).catch((err) => this.log.error('task bookkeeping failed', { job: job.id, task: index, error: String(err) }));
+      this.runTask(job, index).catch((err) => this.log.error('task bookkeeping failed', { job: job.id, task: index, err }));
     }
   }
 
@@ -332,7 +332,7 @@ export class JobRunner {
       // The job ended between the pick and the start: nothing to run.
       job.running.delete(index);
       this.inFlight--;
-      if (!job.ended) this.log.error('cannot start task', { job: job.id, task: index, error: String(err) });
+      if (!job.ended) this.log.error('cannot start task', { job: job.id, task: index, err });
       return;
     }
     // Set from the balancer's trailer: UNAVAILABLE because no ready worker serves the model.
@@ -434,7 +434,7 @@ export class JobRunner {
       job.lastPartialAt = Date.now();
       this.append(job.id, { $case: 'partialResult', partialResult: result.partial });
     }
-    if (allDone) this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, error: String(err) }));
+    if (allDone) this.finalize(job).catch((err) => this.log.error('finalize failed', { job: job.id, err }));
   }
 
   /** Attempt `attempt` of a task failed; it is the task's `failures`-th failed attempt (starts that waited do not count). */
@@ -460,7 +460,7 @@ export class JobRunner {
     this.store.failTask(job.id, index, details);
     this.append(job.id, { $case: 'taskFailed', taskFailed: { taskIndex: index, attempts: failures, error: details } });
     this.endJob(job.id, 'failed', { error: `task ${index} failed after ${failures} attempt${failures === 1 ? '' : 's'}: ${details}` }).catch((err) =>
-      this.log.error('cannot end job', { job: job.id, error: String(err) }),
+      this.log.error('cannot end job', { job: job.id, err }),
     );
   }
 
@@ -493,7 +493,7 @@ export class JobRunner {
       this.log.warn('finalize failed; retrying', { job: job.id, attempt, error: details });
       const timer = setTimeout(() => {
         this.retryTimers.delete(timer);
-        this.finalize(job, attempt + 1).catch((e) => this.log.error('finalize failed', { job: job.id, error: String(e) }));
+        this.finalize(job, attempt + 1).catch((e) => this.log.error('finalize failed', { job: job.id, err: e }));
       }, retryDelayMs(attempt, { baseMs: this.options.retryBaseMs, maxMs: this.options.retryMaxMs }));
       this.retryTimers.add(timer);
     }
@@ -543,7 +543,7 @@ export class JobRunner {
     }
     const error = outcome.refused || outcome.attempts <= 1 ? outcome.lastError! : `gave up after ${outcome.attempts} attempts: ${outcome.lastError}`;
     this.store.setCallbackState(id, 'failed', error);
-    this.log.warn(outcome.refused ? 'callback refused' : 'callback not delivered', { job: id, url: job.callbackUrl.slice(0, 200), attempts: outcome.attempts, error });
+    this.log.warn(outcome.refused ? 'callback refused' : 'callback not delivered', { job: id, callback: callbackOrigin(job.callbackUrl), attempts: outcome.attempts, error });
     this.callbacks.emit('settled', { job: id, state: 'failed', error });
   }
 
@@ -635,3 +635,15 @@ const callbackStateOf: Record<StoredJob['callbackState'], CallbackState> = {
   failed: CallbackState.CALLBACK_STATE_FAILED,
 };
 
+/**
+ * Where a callback goes, as logs may show it: scheme, host and port. A callback URL's path, query
+ * and user info may carry a token (a webhook's path often is its secret), so they are left out.
+ */
+export function callbackOrigin(url: string): string {
+  try {
+    const u = new URL(url);
+    return `${u.protocol}//${u.host}`;
+  } catch {
+    return '(not a URL)';
+  }
+}

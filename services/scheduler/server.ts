@@ -140,6 +140,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     requireTenant(task.tenant);
     takeRateToken(task.tenant);
     const permit = await admit(queue, task, context, limits);
+    log.debug('admitted', { request_id: task.requestId, tenant: task.tenant, task: task.request.$case, waited_ms: permit.waitedMs });
     try {
       for await (const response of balancer.route({ task }, { signal: context.signal, deadline: context.deadline })) {
         yield { output: response.output };

@@ -188,6 +188,7 @@ export async function startWorker(
       slots.release();
       completed++;
       activity.emit('task-end', { requestId: task.requestId, outcome, chunks } satisfies TaskEnd);
+      log.debug('task ended', { request_id: task.requestId, task: task.request?.$case, model: modelName, outcome, chunks });
       if (draining && slots.idle) activity.emit('idle');
     }
   }

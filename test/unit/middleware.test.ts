@@ -10,6 +10,10 @@ const PATH = '/maas.v1.InferenceService/Generate';
 /** A Logger that keeps every line it is given. */
 class CapturingLogger implements Logger {
   readonly lines: { level: string; message: string; fields?: Record<string, unknown> }[] = [];
+  readonly logsContent = false;
+  debug(message: string, fields?: Record<string, unknown>): void {
+    this.lines.push({ level: 'debug', message, fields });
+  }
   info(message: string, fields?: Record<string, unknown>): void {
     this.lines.push({ level: 'info', message, fields });
   }
@@ -144,14 +148,14 @@ describe('toServerError', () => {
     it('logs one error line with the method path and the stack', () => {
       const err = new Error('boom');
       toServerError(err, false, PATH, log);
-      expect(log.lines).to.deep.equal([{ level: 'error', message: 'unexpected error', fields: { method: PATH, error: err.stack } }]);
+      expect(log.lines).to.deep.equal([{ level: 'error', message: 'unexpected error', fields: { method: PATH, err } }]);
     });
 
     it('logs a thrown non-Error value as a string and maps it to INTERNAL', () => {
       const mapped = toServerError('plain string', false, PATH, log);
       expect([status(mapped), log.lines[0]?.fields]).to.deep.equal([
         { code: Status.INTERNAL, details: 'internal error' },
-        { method: PATH, error: 'plain string' },
+        { method: PATH, err: 'plain string' },
       ]);
     });
   });

@@ -119,9 +119,9 @@ describe('gateway validation', () => {
       );
     });
 
-    it('quotes a short over-long prompt as given', () => {
+    it('gives a short over-long prompt by its length too: a prompt is content, never echoed', () => {
       expect(refusal(() => validateGenerateRequest(generate({ prompt: 'abcdef' }), { ...limits, maxPromptChars: 5 }))).to.equal(
-        'prompt must be at most 5 characters, given "abcdef"',
+        'prompt must be at most 5 characters, given a string of 6 characters',
       );
     });
   });
@@ -258,7 +258,7 @@ describe('gateway validation', () => {
   describe('chat messages and top_p (GenerateRequest.messages, top_p)', () => {
     it('accepts messages with an empty prompt, and refuses both at once naming prompt', () => {
       expect(validateGenerateRequest(generate({ prompt: '', messages: [{ role: 'user', content: 'hi' }] }), limits).messages).to.have.length(1);
-      expect(refusal(() => validateGenerateRequest(generate({ messages: [{ role: 'user', content: 'hi' }] }), limits))).to.equal('prompt must be empty when messages are given, given "hello"');
+      expect(refusal(() => validateGenerateRequest(generate({ messages: [{ role: 'user', content: 'hi' }] }), limits))).to.equal('prompt must be empty when messages are given, given a string of 5 characters');
     });
 
     it('refuses an unknown role, an empty user turn, too many messages and too much content, naming each', () => {
