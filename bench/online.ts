@@ -1,9 +1,11 @@
 /**
  * `npm run bench`: requests per second and p50/p99 latency of Predict on the `echo` model (no
  * delay), through the whole mesh (gateway -> scheduler -> balancer -> worker, each its own process)
- * and, as the baseline in the same run, straight to the one worker (WorkerService/Execute).
- * Closed loop: N callers each issue calls back to back. Direct and mesh runs alternate in slices
- * (direct, mesh, mesh, direct, ...) so that a noisy machine hurts both alike.
+ * and, as the baseline in the same run, straight to the one worker (WorkerService/Execute). When
+ * an `nginx` binary is installed, a third row makes the same Execute call through nginx's
+ * `grpc_pass` in front of that worker (./nginx-proxy): the proxy a user would put there instead.
+ * Closed loop: N callers each issue calls back to back. The paths alternate in slices (direct,
+ * nginx, mesh, mesh, nginx, direct, ...) so that a noisy machine hurts them alike.
  *
  * Prints a table and the two ratios the targets are about, and rewrites its own section of
  * docs/BENCHMARKS.md. `--profile` runs the services under `node --cpu-prof` and summarises where
@@ -22,6 +24,7 @@ import { InferenceServiceDefinition, Priority } from '../generated/maas/v1/infer
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
 import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-profile';
 import { LocalMesh, MESH_PROCESS_NAMES, startLocalMesh } from './local-mesh';
+import { NGINX_WORKER_PROCESSES, NginxProxy, findNginx, startNginxProxy } from './nginx-proxy';
 import { LatencySummary, LoadSample, mergeSamples, runSlice, summarise } from './stats';
 import {
   abortOnInterrupt,
@@ -50,6 +53,7 @@ const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online
   --input TEXT        the Predict input                              (env BENCH_INPUT)
   --quick             warm-up 0.5 s, 2 s measured, and docs/BENCHMARKS.md left alone
   --no-docs           do not rewrite docs/BENCHMARKS.md
+  --no-nginx          leave out the nginx grpc_pass row even when nginx is installed (BENCH_NGINX=0)
   --profile           run the services under node --cpu-prof and summarise their hot functions
                       while the mesh is measured (profiles in .cache/bench-profiles/)
 `;
@@ -61,14 +65,11 @@ const TARGET_THROUGHPUT_SHARE_AT_64 = 0.25;
 const MODEL = 'echo';
 const DEFAULT_INPUT = 'the quick brown fox jumps over the lazy dog';
 
-type Mode = 'direct' | 'mesh';
-const MODES: Mode[] = ['direct', 'mesh'];
-/** Processes whose CPU time is counted: the bench itself (the client) and the mesh. */
-const CPU_OWNERS = ['client', ...MESH_PROCESS_NAMES] as const;
+type Mode = 'direct' | 'nginx' | 'mesh';
+/** Processes whose CPU time is counted: the bench itself (the client), the mesh, and nginx's worker when it runs. */
+type CpuOwner = 'client' | (typeof MESH_PROCESS_NAMES)[number] | 'nginx';
 /** CPU time is also counted for the whole machine, to show how much else ran on the cores. */
-const CPU_ACCOUNTS = [...CPU_OWNERS, 'machine'] as const;
-type CpuAccount = (typeof CPU_ACCOUNTS)[number];
-type CpuOwner = (typeof CPU_OWNERS)[number];
+type CpuAccount = CpuOwner | 'machine';
 
 interface BenchOptions {
   warmupMs: number;
@@ -78,6 +79,8 @@ interface BenchOptions {
   input: string;
   writeDocs: boolean;
   profile: boolean;
+  /** Add the nginx row when an nginx binary is found. */
+  nginx: boolean;
   argv: string[];
 }
 
@@ -107,6 +110,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
       quick: { type: 'boolean', default: false },
       'no-docs': { type: 'boolean', default: false },
       profile: { type: 'boolean', default: env.BENCH_PROFILE === '1' },
+      'no-nginx': { type: 'boolean', default: env.BENCH_NGINX === '0' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -127,6 +131,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
     input,
     writeDocs: !values['no-docs'] && !values.quick,
     profile: values.profile!,
+    nginx: !values['no-nginx'],
     argv,
   };
 }
@@ -158,16 +163,34 @@ async function main(): Promise<number> {
     onUnexpectedExit: (message) => abort.abort(new Error(message)),
   });
   let cells: Cell[];
+  let nginx: NginxProxy | undefined;
+  let nginxNote: string | undefined;
   try {
     say(`mesh ready: gateway ${mesh.addresses.gateway}, worker ${mesh.addresses.worker}`);
-    cells = await measure(options, mesh, abort.signal);
+    const binary = options.nginx ? findNginx() : undefined;
+    if (!options.nginx) nginxNote = 'left out (--no-nginx)';
+    else if (!binary) nginxNote = 'skipped: no nginx binary on PATH or in /usr/sbin (Debian: apt-get install nginx-light)';
+    else {
+      nginx = await startNginxProxy({
+        binary,
+        upstream: mesh.addresses.worker,
+        startTimeoutMs: 30_000,
+        signal: abort.signal,
+        log: (line) => say(line),
+        onUnexpectedExit: (message) => abort.abort(new Error(message)),
+      });
+      say(`nginx ${nginx.version} ready: ${nginx.address} -> worker ${mesh.addresses.worker} (grpc_pass, ${NGINX_WORKER_PROCESSES} worker process)`);
+    }
+    if (nginxNote) say(`note: nginx row ${nginxNote}`);
+    cells = await measure(options, mesh, nginx, abort.signal);
   } finally {
+    await nginx?.stop();
     await mesh.stop();
   }
   const loadAfter = loadavg();
   releaseSignals();
 
-  const report = buildReport(options, cells, code, loadBefore, loadAfter);
+  const report = buildReport(options, cells, code, loadBefore, loadAfter, nginx?.version, nginxNote);
   process.stdout.write(`\n${report.text}\n`);
   if (profileDir) {
     const profile = profileReport(options, cells, code, profileDir);
@@ -184,66 +207,75 @@ async function main(): Promise<number> {
 }
 
 /** Runs every mode at every concurrency: warm-ups, then measured slices in ABBA order. */
-async function measure(o: BenchOptions, mesh: LocalMesh, signal: AbortSignal): Promise<Cell[]> {
+async function measure(o: BenchOptions, mesh: LocalMesh, nginx: NginxProxy | undefined, signal: AbortSignal): Promise<Cell[]> {
   const channels: Channel[] = [];
   const open = (address: string) => {
     const channel = openChannel(address);
     channels.push(channel);
     return channel;
   };
+  const modes: Mode[] = nginx ? ['direct', 'nginx', 'mesh'] : ['direct', 'mesh'];
   const worker = createMeshClient(WorkerServiceDefinition, open(mesh.addresses.worker));
+  const viaNginx = nginx && createMeshClient(WorkerServiceDefinition, open(nginx.address));
   const gateway = createMeshClient(InferenceServiceDefinition, open(mesh.addresses.gateway));
   const input = o.input;
 
-  const calls: Record<Mode, (signal: AbortSignal) => Promise<void>> = {
-    async direct(callSignal) {
-      const task = {
-        requestId: randomUUID(),
-        tenant: 'bench',
-        request: { $case: 'predict' as const, predict: { model: MODEL, input, priority: Priority.PRIORITY_NORMAL } },
-      };
-      let answered = false;
-      for await (const response of worker.execute({ task }, { signal: callSignal })) {
-        const output = response.output?.output;
-        if (output?.$case === 'prediction') {
-          if (output.prediction.text !== input) throw new Error(`worker answered "${output.prediction.text}", expected the input back`);
-          answered = true;
-        }
+  /** WorkerService/Execute of a Predict on `client`: straight to the worker, or through nginx. */
+  async function execute(client: typeof worker, callSignal: AbortSignal): Promise<void> {
+    const task = {
+      requestId: randomUUID(),
+      tenant: 'bench',
+      request: { $case: 'predict' as const, predict: { model: MODEL, input, priority: Priority.PRIORITY_NORMAL } },
+    };
+    let answered = false;
+    for await (const response of client.execute({ task }, { signal: callSignal })) {
+      const output = response.output?.output;
+      if (output?.$case === 'prediction') {
+        if (output.prediction.text !== input) throw new Error(`worker answered "${output.prediction.text}", expected the input back`);
+        answered = true;
       }
-      if (!answered) throw new Error('worker answered no prediction');
-    },
+    }
+    if (!answered) throw new Error('worker answered no prediction');
+  }
+
+  const calls: Record<Mode, (signal: AbortSignal) => Promise<void>> = {
+    direct: (callSignal) => execute(worker, callSignal),
+    nginx: (callSignal) => execute(viaNginx!, callSignal),
     async mesh(callSignal) {
       const response = await gateway.predict({ model: MODEL, input, priority: Priority.PRIORITY_NORMAL }, { signal: callSignal });
       if (response.text !== input) throw new Error(`gateway answered "${response.text}", expected the input back`);
     },
   };
 
-  const pids: Record<CpuOwner, number | 'self'> = { client: 'self', ...mesh.pids };
-  const cpuNow = cpuSampler(pids);
-
   try {
     // One call each way first, so that a broken path fails in moments, not after the warm-up.
-    for (const mode of MODES) await calls[mode](signal);
+    for (const mode of modes) await calls[mode](signal);
+
+    // nginx's worker process, forked by now, does the relaying; its master only supervises.
+    const nginxWorker = nginx?.workerPids()[0];
+    const pids: Partial<Record<CpuOwner, number | 'self'>> = { client: 'self', ...mesh.pids, ...(nginxWorker ? { nginx: nginxWorker } : {}) };
+    const cpuNow = cpuSampler(pids as Record<CpuOwner, number | 'self'>);
+    const accounts = [...(Object.keys(pids) as CpuOwner[]), 'machine'] as const;
 
     const cells: Cell[] = [];
     for (const concurrency of o.concurrencies) {
       const cellOf = Object.fromEntries(
-        MODES.map((mode) => {
-          const cell: Cell = { mode, concurrency, slices: [], windows: [], cpuMs: Object.fromEntries(CPU_ACCOUNTS.map((p) => [p, 0])) as Record<CpuAccount, number> };
+        modes.map((mode) => {
+          const cell: Cell = { mode, concurrency, slices: [], windows: [], cpuMs: Object.fromEntries(accounts.map((p) => [p, 0])) as Record<CpuAccount, number> };
           cells.push(cell);
           return [mode, cell];
         }),
       ) as Record<Mode, Cell>;
       const sliceMs = o.durationMs / o.rounds;
       const run = (mode: Mode, ms: number) => runSlice(calls[mode], concurrency, ms, signal);
-      for (const mode of MODES) {
+      for (const mode of modes) {
         if (o.warmupMs <= 0) break;
         say(`c=${concurrency} ${mode}: warm-up ${o.warmupMs / 1000} s`);
         const warm = await run(mode, o.warmupMs);
         if (warm.latenciesMs.length === 0) throw new Error(`${mode} at c=${concurrency}: every warm-up call failed: ${[...warm.errorMessages.keys()][0]}`);
       }
       for (let round = 0; round < o.rounds; round++) {
-        for (const mode of round % 2 === 0 ? MODES : [...MODES].reverse()) {
+        for (const mode of round % 2 === 0 ? modes : [...modes].reverse()) {
           const cell = cellOf[mode];
           say(`c=${concurrency} ${mode}: slice ${round + 1}/${o.rounds}, ${(sliceMs / 1000).toFixed(1)} s`);
           const cpuBefore = cpuNow();
@@ -251,7 +283,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, signal: AbortSignal): P
           const sample = await run(mode, sliceMs);
           cell.windows.push({ startUs, endUs: monotonicUs() });
           const cpuAfter = cpuNow();
-          for (const p of CPU_ACCOUNTS) cell.cpuMs[p] += cpuAfter[p] - cpuBefore[p];
+          for (const p of accounts) cell.cpuMs[p] += cpuAfter[p] - cpuBefore[p];
           cell.slices.push(sample);
           if (sample.errors > 0) say(`  ${sample.errors} calls failed: ${describeErrors(sample.errorMessages)}`);
         }
@@ -266,7 +298,7 @@ async function measure(o: BenchOptions, mesh: LocalMesh, signal: AbortSignal): P
 const ms = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : 'n/a');
 
 /** The printed and the markdown report of a run. */
-function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: number[], loadAfter: number[]): { text: string; markdown: string } {
+function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: number[], loadAfter: number[], nginxVersion: string | undefined, nginxNote: string | undefined): { text: string; markdown: string } {
   const summaries = cells.map((c) => ({ cell: c, s: summarise(mergeSamples(c.slices)) }));
   const find = (mode: Mode, concurrency: number): LatencySummary | undefined =>
     summaries.find((x) => x.cell.mode === mode && x.cell.concurrency === concurrency)?.s;
@@ -276,8 +308,9 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   const rows = summaries.map(({ cell, s }) => [cell.mode, cell.concurrency, s.requests, s.errors, s.rps.toFixed(0), ms(s.p50Ms), ms(s.p99Ms)]);
 
   // CPU per request, per process: where the mesh's cost lands (Linux /proc; 10 ms resolution).
+  const owners: CpuOwner[] = ['client', ...MESH_PROCESS_NAMES, ...(cells.some((c) => 'nginx' in c.cpuMs) ? ['nginx' as const] : [])];
   const cpu = cpuPerRequestTable(
-    CPU_OWNERS,
+    owners,
     summaries.map(({ cell, s }) => ({ label: cell.mode, concurrency: cell.concurrency, requests: s.requests, wallMs: cell.slices.reduce((t, x) => t + x.elapsedMs, 0), cpuMs: cell.cpuMs })),
   );
 
@@ -303,6 +336,12 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   } else {
     ratioLines.push('mesh/direct throughput at c=64: not measured (run with concurrency 64)');
   }
+  // nginx: what a proxy a user would choose instead costs, in the same run (no target of its own).
+  const n1 = find('nginx', 1);
+  const n64 = find('nginx', 64);
+  if (n1 && d1) ratioLines.push(`nginx added latency at p50, c=1: ${ms(n1.p50Ms - d1.p50Ms)} ms (nginx ${ms(n1.p50Ms)} - direct ${ms(d1.p50Ms)}); for comparison, no target`);
+  if (n64 && d64) ratioLines.push(`nginx/direct throughput at c=64: ${((100 * n64.rps) / d64.rps).toFixed(1)}% (nginx ${n64.rps.toFixed(0)} rps / direct ${d64.rps.toFixed(0)} rps); for comparison, no target`);
+  if (nginxNote) ratioLines.push(`nginx row ${nginxNote}`);
 
   const failed = failedCallLines(
     summaries.filter(({ s }) => s.errors > 0).map(({ cell }) => `${cell.mode} c=${cell.concurrency}: ${describeErrors(mergeSamples(cell.slices).errorMessages)}`),
@@ -310,24 +349,27 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   const run = runFrame('bench', 'online', o.argv, code, loadBefore, loadAfter);
   const settings =
     `warm-up ${o.warmupMs / 1000} s per mode and concurrency (discarded); ${o.durationMs / 1000} s measured per mode and concurrency, ` +
-    `in ${o.rounds} slice${o.rounds > 1 ? 's' : ''} alternating direct/mesh (ABBA); closed loop; Predict input "${o.input}" (${o.input.length} chars); ` +
+    `in ${o.rounds} slice${o.rounds > 1 ? 's' : ''} alternating ${nginxVersion ? 'direct/nginx/mesh (ABCCBA)' : 'direct/mesh (ABBA)'}; closed loop; Predict input "${o.input}" (${o.input.length} chars); ` +
     `echo delay 0; one client process (this one) with one channel per target`;
 
   const text = [
-    ...textReportHead(`Predict on ${MODEL}: mesh (gateway -> scheduler -> balancer -> worker) vs direct worker (WorkerService/Execute)`, run, settings),
+    ...textReportHead(`Predict on ${MODEL}: mesh (gateway -> scheduler -> balancer -> worker)${nginxVersion ? ` and nginx ${nginxVersion} grpc_pass` : ''} vs direct worker (WorkerService/Execute)`, run, settings),
     '',
     textTable(headers, rows, right),
     '',
     ...ratioLines,
     ...failed.text,
     '',
-    'CPU per request, by process (from /proc; the client is this bench process; cores busy: ours = these five processes, machine = every process):',
+    `CPU per request, by process (from /proc; the client is this bench process${nginxVersion ? ", nginx is nginx's worker process" : ''}; cores busy: ours = these processes, machine = every process):`,
     textTable(cpu.headers, cpu.rows, cpu.right),
   ].join('\n');
 
   const markdown = [
     ...markdownReportHead('Online: Predict on echo, mesh vs direct worker', run, 'is a short run that leaves this file alone', 'The machine is shared, so runs vary; the baseline is measured in the same run.'),
     `- What: requests per second and latency of \`maas.v1.InferenceService/Predict\` on \`${MODEL}\` at the gateway, through gateway -> scheduler -> balancer -> worker (each its own process), against the same call made straight to the worker (\`maas.internal.v1.WorkerService/Execute\`).`,
+    nginxVersion
+      ? `- nginx row: the direct call (\`WorkerService/Execute\`) through nginx ${nginxVersion} (\`grpc_pass\` over kept-alive upstream connections, ${NGINX_WORKER_PROCESSES} worker process, started by the bench; see \`bench/nginx-proxy.ts\`): what a user would put in front of the worker instead of the mesh.`
+      : `- nginx row: ${nginxNote}.`,
     `- Settings: ${settings}.`,
     '',
     markdownTable(headers, rows, right),
@@ -335,7 +377,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     ...markdownVerdicts(ratioLines),
     ...failed.markdown,
     '',
-    'CPU per request, by process, during the measured slices (from /proc, 10 ms resolution; `client` is the bench process; `cores busy` is CPU time over wall time, of these five processes (`ours`) and of the whole machine, whose other work competes for the same cores):',
+    'CPU per request, by process, during the measured slices (from /proc, 10 ms resolution; `client` is the bench process; `cores busy` is CPU time over wall time, of these processes (`ours`) and of the whole machine, whose other work competes for the same cores):',
     '',
     markdownTable(cpu.headers, cpu.rows, cpu.right),
   ].join('\n');

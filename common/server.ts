@@ -4,7 +4,7 @@
  * descriptors the proto compiler produced, so grpcurl works with no proto files at hand.
  */
 import http2 = require('node:http2');
-import { CompatServiceDefinition, createServer } from 'nice-grpc';
+import { CompatServiceDefinition, ServerMiddleware, createServer } from 'nice-grpc';
 import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
@@ -12,7 +12,7 @@ import { deadlineInterceptor } from './deadline';
 import { MeshTls, authorizationInterceptor, checkListenSecurity, isLoopbackHost, serverCredentials } from './tls';
 import { loadDescriptorSet } from './descriptors';
 import { Logger } from './log';
-import { deadlineAndErrorMiddleware } from './middleware';
+import { MeshContextExt, deadlineAndErrorMiddleware } from './middleware';
 import { tracingEnabled } from './tracing';
 import { TsProtoDefinition, guardRequestDecoding } from './wire-integers';
 
@@ -56,6 +56,11 @@ export interface GrpcServerOptions {
    * client certificate (Kubernetes gRPC probes). 0 or undefined: none.
    */
   healthPort?: number;
+  /**
+   * Middleware for the services of `services` only (not health, not reflection), run after the
+   * mesh's stack so its errors are mapped like a handler's: the gateway's authentication.
+   */
+  serviceMiddleware?: ServerMiddleware<object, MeshContextExt>;
 }
 
 /** A running server. */
@@ -127,7 +132,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const server = (tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base).use(deadlineAndErrorMiddleware(options.log));
   // A 64-bit integer beyond 2^53 reaches the middleware as a marker (INVALID_ARGUMENT), not as
   // an exception inside grpc-js's deserializer (INTERNAL).
-  for (const s of options.services) server.add(guardRequestDecoding(s.definition as unknown as TsProtoDefinition) as unknown as typeof s.definition, s.implementation);
+  const services = options.serviceMiddleware ? server.with(options.serviceMiddleware) : server;
+  for (const s of options.services) services.add(guardRequestDecoding(s.definition as unknown as TsProtoDefinition) as unknown as typeof s.definition, s.implementation);
 
   const health = HealthState();
   const names = options.services.map((s) => s.definition.fullName);

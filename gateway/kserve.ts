@@ -1,14 +1,14 @@
 /**
  * The KServe v2 / Open Inference Protocol at the gateway: `inference.GRPCInferenceService`,
  * served on the same port as maas.v1. Its calls take the mesh's normal path: the caller's API key
- * names the tenant, ModelInfer is validated against the model's metadata here and admitted by the
- * scheduler like Predict (priorities, tenant limits, deadlines, cancellation), and the repository
- * calls go to the balancer, which fans them out to the workers.
+ * names the tenant (`context.tenant`, set by the gateway's authentication middleware; ServerLive
+ * and ServerReady take no key), ModelInfer is validated against the model's metadata here and
+ * admitted by the scheduler like Predict (priorities, tenant limits, deadlines, cancellation), and
+ * the repository calls go to the balancer, which fans them out to the workers.
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { MeshError, invalidField, quoteInput } from '../common/errors';
-import { MeshCallContext } from '../common/middleware';
 import { createMeshClient } from '../common/client';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { SchedulerServiceDefinition } from '../generated/maas/internal/v1/scheduler';
@@ -35,6 +35,7 @@ import { Model, ModelTask } from '../generated/maas/v1/models';
 import { ModelCatalog, newestServed } from './catalog';
 import { InferLimits, MAX_VERSION_CHARS, resolveModelVersion, validateInferEnvelope, validateInferTensors } from './infer-request';
 import { validateModelName } from './validation';
+import { GatewayCallContext } from './authentication';
 
 /** The name ServerMetadata reports. */
 export const SERVER_NAME = 'maas-mesh';
@@ -69,10 +70,8 @@ export interface KserveDeps {
   catalog: ModelCatalog<Model>;
   scheduler: ReturnType<typeof createMeshClient<typeof SchedulerServiceDefinition>>;
   balancer: ReturnType<typeof createMeshClient<typeof BalancerServiceDefinition>>;
-  /** The caller's tenant (UNAUTHENTICATED without a valid key). */
-  tenantOf(context: MeshCallContext): string;
   /** A task for the scheduler, with its request id and deadline. */
-  newTask(context: MeshCallContext, request: Task['request']): { task: Task; deadline: number };
+  newTask(context: GatewayCallContext, request: Task['request']): { task: Task; deadline: number };
   limits: InferLimits;
   /** Tenants that may load and unload models (--repository-tenants). */
   repositoryTenants: readonly string[];
@@ -80,7 +79,7 @@ export interface KserveDeps {
 }
 
 /** The implementation of inference.GRPCInferenceService. */
-export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementation<MeshCallContext> {
+export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementation<GatewayCallContext> {
   const version = packageVersion();
   const { catalog } = deps;
 
@@ -103,17 +102,16 @@ export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementat
     return { model: resolveModelVersion(name, v, versions, newestServed(versions)), versions };
   }
 
-  function requireRepositoryTenant(context: MeshCallContext): void {
-    const tenant = deps.tenantOf(context);
-    if (!deps.repositoryTenants.includes(tenant)) {
-      throw new MeshError('permission_denied', `tenant ${quoteInput(tenant)} may not load or unload models; allowed: ${deps.repositoryTenants.join(', ') || 'nobody'} (--repository-tenants)`);
+  function requireRepositoryTenant(context: GatewayCallContext): void {
+    if (!deps.repositoryTenants.includes(context.tenant)) {
+      throw new MeshError('permission_denied', `tenant ${quoteInput(context.tenant)} may not load or unload models; allowed: ${deps.repositoryTenants.join(', ') || 'nobody'} (--repository-tenants)`);
     }
   }
 
-  const balancerCall = (context: MeshCallContext) => ({ signal: context.signal, deadline: context.deadline ?? Date.now() + deps.defaultDeadlineMs });
+  const balancerCall = (context: GatewayCallContext) => ({ signal: context.signal, deadline: context.deadline ?? Date.now() + deps.defaultDeadlineMs });
 
   return {
-    // Live and Ready answer without a key: they are what probes and load balancers ask.
+    // Live and Ready answer without a key (KEYLESS_METHODS): they are what probes and load balancers ask.
     async serverLive(): Promise<ServerLiveResponse> {
       return { live: true };
     },
@@ -125,11 +123,9 @@ export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementat
       }
     },
     async serverMetadata(_request, context): Promise<ServerMetadataResponse> {
-      deps.tenantOf(context);
       return { name: SERVER_NAME, version, extensions: SERVER_EXTENSIONS };
     },
     async modelReady(request: ModelReadyRequest, context): Promise<ModelReadyResponse> {
-      deps.tenantOf(context);
       validateModelName('name', request.name);
       checkVersionField(request.version);
       const versions = await catalog.versions(request.name);
@@ -137,7 +133,6 @@ export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementat
       return { ready: model !== undefined && model.readyWorkers > 0 };
     },
     async modelMetadata(request: ModelMetadataRequest, context): Promise<ModelMetadataResponse> {
-      deps.tenantOf(context);
       validateModelName('name', request.name);
       checkVersionField(request.version);
       const { model, versions } = await requireVersion(request.name, request.version);
@@ -150,7 +145,6 @@ export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementat
       };
     },
     async modelInfer(request: ModelInferRequest, context): Promise<ModelInferResponse> {
-      deps.tenantOf(context);
       const envelope = validateInferEnvelope(request, deps.limits);
       const { model } = await requireVersion(envelope.modelName, envelope.modelVersion);
       if (!model.tasks.includes(ModelTask.MODEL_TASK_INFER)) {
@@ -167,7 +161,6 @@ export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementat
       return { ...answer, modelName: model.name, modelVersion: answer.modelVersion || model.version, id: valid.id };
     },
     async repositoryIndex(request: RepositoryIndexRequest, context): Promise<RepositoryIndexResponse> {
-      deps.tenantOf(context);
       requireRepository(request.repositoryName);
       const { response } = await deps.balancer.repositoryIndex({ request }, balancerCall(context));
       return response ?? { models: [] };

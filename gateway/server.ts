@@ -1,7 +1,8 @@
 /**
- * The gateway: the public edge. It authenticates, validates every field, checks the model exists,
- * sets a default deadline, and hands the call to the scheduler; the telemetry middleware opens the
- * root span of the call's trace here.
+ * The gateway: the public edge. It authenticates (once per call, in the middleware of
+ * ./authentication, which hands the tenant to the handlers in the call context), validates every
+ * field, checks the model exists, sets a default deadline, and hands the call to the scheduler; the
+ * telemetry middleware opens the root span of the call's trace here.
  */
 import { randomUUID } from 'node:crypto';
 import { ClientError, Status } from 'nice-grpc';
@@ -9,7 +10,6 @@ import { createMeshClient, openMeshChannel } from '../common/client';
 import { ConfigOf } from '../common/config';
 import { MeshError, quoteInput } from '../common/errors';
 import { Logger, callerContent } from '../common/log';
-import { MeshCallContext } from '../common/middleware';
 import { startGrpcServer } from '../common/server';
 import { StartedService } from '../common/service-main';
 import { loadMeshTls } from '../common/tls';
@@ -36,6 +36,7 @@ import {
 } from '../generated/maas/v1/jobs';
 import { ListWorkersResponse, MeshServiceDefinition } from '../generated/maas/v1/mesh';
 import { createAuthenticator } from './auth';
+import { GatewayCallContext, authenticationMiddleware } from './authentication';
 import { loadKeyFile, watchKeyFile } from './key-file';
 import { JobSpecContext, validateJobSpec } from './job-spec';
 import { parseCallbackAllowlist } from '../common/callback-target';
@@ -123,15 +124,13 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     return model;
   }
 
-  function newTask(context: MeshCallContext, request: Task['request']): { task: Task; deadline: number } {
-    const tenant = auth.tenantOf(context.metadata.get('authorization'));
+  function newTask(context: GatewayCallContext, request: Task['request']): { task: Task; deadline: number } {
     const requestId = randomUUID();
     context.header.set('x-request-id', requestId);
-    return { task: { requestId, tenant, request }, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs };
+    return { task: { requestId, tenant: context.tenant, request }, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs };
   }
 
-  async function* generate(request: GenerateRequest, context: MeshCallContext): AsyncGenerator<GenerateResponse> {
-    auth.tenantOf(context.metadata.get('authorization'));
+  async function* generate(request: GenerateRequest, context: GatewayCallContext): AsyncGenerator<GenerateResponse> {
     const valid = validateGenerateRequest(request, limits);
     await requireModel(valid.model, valid.messages.length > 0 ? ModelTask.MODEL_TASK_CHAT : ModelTask.MODEL_TASK_GENERATE);
     const { task, deadline } = newTask(context, { $case: 'generate', generate: valid });
@@ -141,8 +140,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     }
   }
 
-  async function predict(request: PredictRequest, context: MeshCallContext): Promise<PredictResponse> {
-    auth.tenantOf(context.metadata.get('authorization'));
+  async function predict(request: PredictRequest, context: GatewayCallContext): Promise<PredictResponse> {
     const valid = validatePredictRequest(request, limits);
     await requireModel(valid.model, ModelTask.MODEL_TASK_CLASSIFY);
     const { task, deadline } = newTask(context, { $case: 'predict', predict: valid });
@@ -158,13 +156,11 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     return prediction;
   }
 
-  async function listModels(_request: unknown, context: MeshCallContext): Promise<ListModelsResponse> {
-    auth.tenantOf(context.metadata.get('authorization'));
+  async function listModels(): Promise<ListModelsResponse> {
     return { models: await catalog.list() };
   }
 
-  async function getModel(request: GetModelRequest, context: MeshCallContext): Promise<GetModelResponse> {
-    auth.tenantOf(context.metadata.get('authorization'));
+  async function getModel(request: GetModelRequest, context: GatewayCallContext): Promise<GetModelResponse> {
     const name = validateModelName('name', request.name);
     // A model offered before is described as last listed, with no ready worker now.
     const before = newestServed(catalog.offeredBefore(name));
@@ -189,38 +185,33 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   };
 
   /** Calls to the scheduler's job methods: the caller's deadline if set, else the default. */
-  const jobCall = (context: MeshCallContext) => ({ signal: context.signal, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs });
+  const jobCall = (context: GatewayCallContext) => ({ signal: context.signal, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs });
   const requireJobId = (id: string) => validateJobId('job_id', id);
 
   const jobService = {
-    async submit(request: SubmitRequest, context: MeshCallContext): Promise<SubmitResponse> {
-      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+    async submit(request: SubmitRequest, context: GatewayCallContext): Promise<SubmitResponse> {
       const spec = await validateJobSpec(request.spec ?? JobSpec.fromPartial({}), jobSpecContext);
-      const { job } = await scheduler.submitJob({ tenant, spec }, jobCall(context));
-      log.debug('job submitted', { job: job?.id, tenant });
+      const { job } = await scheduler.submitJob({ tenant: context.tenant, spec }, jobCall(context));
+      log.debug('job submitted', { job: job?.id, tenant: context.tenant });
       return { job };
     },
-    async *watch(request: WatchRequest, context: MeshCallContext): AsyncGenerator<WatchResponse> {
-      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+    async *watch(request: WatchRequest, context: GatewayCallContext): AsyncGenerator<WatchResponse> {
       const jobId = requireJobId(request.jobId);
       // A watch lasts as long as the job: only the caller's own deadline applies.
-      for await (const r of scheduler.watchJob({ tenant, jobId, afterSequence: request.afterSequence }, { signal: context.signal, deadline: context.deadline })) {
+      for await (const r of scheduler.watchJob({ tenant: context.tenant, jobId, afterSequence: request.afterSequence }, { signal: context.signal, deadline: context.deadline })) {
         yield { event: r.event };
       }
     },
-    async get(request: GetRequest, context: MeshCallContext): Promise<GetResponse> {
-      const tenant = auth.tenantOf(context.metadata.get('authorization'));
-      return { job: (await scheduler.getJob({ tenant, jobId: requireJobId(request.jobId) }, jobCall(context))).job };
+    async get(request: GetRequest, context: GatewayCallContext): Promise<GetResponse> {
+      return { job: (await scheduler.getJob({ tenant: context.tenant, jobId: requireJobId(request.jobId) }, jobCall(context))).job };
     },
-    async list(request: ListRequest, context: MeshCallContext): Promise<ListResponse> {
-      const tenant = auth.tenantOf(context.metadata.get('authorization'));
+    async list(request: ListRequest, context: GatewayCallContext): Promise<ListResponse> {
       if (request.pageSize > 1000) throw new MeshError('invalid_argument', `page_size must be <= 1000, given ${request.pageSize}`);
       const pageToken = validatePageToken('page_token', request.pageToken);
-      return scheduler.listJobs({ tenant, pageSize: request.pageSize, pageToken }, jobCall(context));
+      return scheduler.listJobs({ tenant: context.tenant, pageSize: request.pageSize, pageToken }, jobCall(context));
     },
-    async cancel(request: CancelRequest, context: MeshCallContext): Promise<CancelResponse> {
-      const tenant = auth.tenantOf(context.metadata.get('authorization'));
-      return { job: (await scheduler.cancelJob({ tenant, jobId: requireJobId(request.jobId) }, jobCall(context))).job };
+    async cancel(request: CancelRequest, context: GatewayCallContext): Promise<CancelResponse> {
+      return { job: (await scheduler.cancelJob({ tenant: context.tenant, jobId: requireJobId(request.jobId) }, jobCall(context))).job };
     },
   };
 
@@ -236,6 +227,8 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     publicEdge: true,
     insecure: config.insecure,
     healthPort: config.healthPort,
+    // The caller's key is resolved to its tenant here, once, for every method of every service below.
+    serviceMiddleware: authenticationMiddleware(auth),
     services: [
       { definition: InferenceServiceDefinition, implementation: { generate, predict } },
       { definition: ModelServiceDefinition, implementation: { listModels, getModel } },
@@ -245,7 +238,6 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
           catalog,
           scheduler,
           balancer,
-          tenantOf: (context) => auth.tenantOf(context.metadata.get('authorization')),
           newTask,
           limits: { maxTensorElements: config.maxTensorElements },
           repositoryTenants: config.repositoryTenants,
@@ -256,9 +248,8 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
       {
         definition: MeshServiceDefinition,
         implementation: {
-          async listWorkers(_request: unknown, context: MeshCallContext): Promise<ListWorkersResponse> {
-            auth.tenantOf(context.metadata.get('authorization'));
-            return balancer.listWorkers({}, { signal: context.signal, deadline: Date.now() + 5000 });
+          async listWorkers(_request: unknown, context: GatewayCallContext): Promise<ListWorkersResponse> {
+                    return balancer.listWorkers({}, { signal: context.signal, deadline: Date.now() + 5000 });
           },
         },
       },

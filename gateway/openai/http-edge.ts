@@ -183,6 +183,7 @@ async function serve(options: OpenAiEdgeOptions, req: IncomingMessage, res: Serv
     res.setHeader('allow', method);
     throw httpError(405, `${path} takes ${method}, given ${String(req.method).slice(0, 10)}`, 'method_not_allowed');
   }
+  // The edge's one point of authentication: every route below runs with this tenant.
   const tenant = options.tenantOf(req.headers.authorization);
   if (method === 'GET') {
     req.resume();

@@ -1,8 +1,15 @@
 /**
- * Worker membership: who has joined, what each serves, how loaded each is. Plain data, no gRPC:
- * the server adapts join streams and load reports to these calls.
+ * Worker membership: who has joined, what each serves, how loaded each is, and everything the
+ * routing knows of each worker. Each worker is one {@link Member} object that owns its state
+ * (membership, load, latency estimate, slow-start ramp, ejection record, and the server's link to
+ * it), as linkerd2-proxy's p2c pool and grpc-js's round robin keep one object per endpoint; the
+ * policies read a {@link Candidate} from it. Plain TypeScript, no gRPC: the server adapts join
+ * streams, load reports and call outcomes to these calls.
  */
+import { DEFAULT_EWMA_DECAY_MS, PeakEwma } from './ewma';
+import { EjectionReason, OutlierDetector, OutlierOptions, OutlierRecord } from './outliers';
 import { Candidate } from './policy';
+import { SlowStart, SlowStartOptions, SlowStartRamp } from './slow-start';
 
 /** A model as a worker describes it; `M` is the wire type, opaque here. */
 export interface MemberModel<M> {
@@ -35,8 +42,19 @@ function newest<M>(versions: ReadonlyMap<string, ReadonlyMap<string, M>>): Map<s
   return new Map([...versions].map(([name, vs]) => [name, vs.get([...vs.keys()].sort(compareVersions).at(-1)!)!]));
 }
 
-/** A worker that has joined. */
-export interface Member<M> extends Candidate {
+/** What a worker says when it joins. */
+export interface JoiningWorker<M> {
+  id: string;
+  address: string;
+  models: MemberModel<M>[];
+  capacity: number;
+}
+
+/**
+ * A worker that has joined: one object with all the balancer holds for it. `L` is what the server
+ * keeps to reach it (its channel), opaque here.
+ */
+export class Member<M, L = unknown> implements Candidate {
   readonly id: string;
   readonly address: string;
   /** The models it serves, by name (the description of the newest version). */
@@ -47,23 +65,49 @@ export interface Member<M> extends Candidate {
   /** Requests this balancer has in flight to the worker. */
   outstanding: number;
   /** In-flight count in the worker's last report. */
-  reportedInFlight: number;
+  reportedInFlight = 0;
   /** Queue depth in the worker's last report. */
-  reportedQueueDepth: number;
+  reportedQueueDepth = 0;
   /** The worker's own latency average in its last report, ms; 0 before it has one. */
-  reportedLatencyMs: number;
+  reportedLatencyMs = 0;
   /**
    * Load the worker carries that this balancer did not send (another balancer's, a direct
    * caller's): its last reported in-flight plus queued tasks, minus this balancer's outstanding
    * when the report arrived, never below 0.
    */
-  foreignLoad: number;
+  foreignLoad = 0;
   /** True once the worker said it is shutting down: no new tasks go to it. */
-  draining: boolean;
+  draining = false;
   /** False while the worker's gRPC health says NOT_SERVING: no new tasks go to it. */
-  serving: boolean;
+  serving = true;
   /** Clock time of the last hello or report. */
   lastSeen: number;
+  /** Peak-EWMA of the time to first output of the calls this balancer made to it (for p2c_ewma). */
+  readonly latency: PeakEwma;
+  /** Its slow-start ramp: begun when it joins, and again when it returns from an ejection. */
+  readonly ramp: SlowStartRamp;
+  /** Its outlier-ejection record; a rejoin under the same id keeps it, as it keeps `outstanding`. */
+  readonly outlier: OutlierRecord;
+  /** The server's link to the worker (its channel), while it has one. */
+  link: L | undefined;
+
+  constructor(worker: JoiningWorker<M>, now: number, state: { latency: PeakEwma; ramp: SlowStartRamp; outlier: OutlierRecord; outstanding: number }) {
+    this.id = worker.id;
+    this.address = worker.address;
+    this.modelVersions = byVersion(worker.models);
+    this.models = newest(this.modelVersions);
+    this.capacity = worker.capacity;
+    this.outstanding = state.outstanding;
+    this.lastSeen = now;
+    this.latency = state.latency;
+    this.ramp = state.ramp;
+    this.outlier = state.outlier;
+  }
+
+  /** What the policies see of it at `now` ({@link candidateOf}). */
+  candidate(now: number): Candidate {
+    return candidateOf(this, this.latency.value, this.ramp.weight(now));
+  }
 }
 
 /** What a worker's load report says, as membership keeps it. */
@@ -91,7 +135,7 @@ export function loadOf(m: Pick<Member<unknown>, 'outstanding' | 'foreignLoad'>):
  * and as latency the balancer's own estimate `ewmaMs`, or before its first sample the latency the
  * worker reports (undefined if neither is known, and the policy then gives it a prior).
  */
-export function candidateOf(m: Member<unknown>, ewmaMs: number | undefined, weight: number): Candidate {
+export function candidateOf(m: Pick<Member<unknown>, 'id' | 'outstanding' | 'foreignLoad' | 'capacity' | 'reportedLatencyMs'>, ewmaMs: number | undefined, weight: number): Candidate {
   return {
     id: m.id,
     outstanding: loadOf(m),
@@ -101,28 +145,53 @@ export function candidateOf(m: Member<unknown>, ewmaMs: number | undefined, weig
   };
 }
 
-/** The set of workers, with the queries routing needs. */
-export class Membership<M> {
-  private readonly members = new Map<string, Member<M>>();
+/** Settings of the routing state each member carries; every one has a default. */
+export interface MembershipOptions {
+  /** Clock of the latency estimates, ms (default Date.now). */
+  readonly now?: () => number;
+  /** Decay time constant of each member's latency estimate, ms (default {@link DEFAULT_EWMA_DECAY_MS}). */
+  readonly ewmaDecayMs?: number;
+  /** The slow-start ramp of a member that joins or returns from ejection. */
+  readonly slowStart?: SlowStartOptions;
+  /** Outlier ejection: when a member is ejected, for how long, and what share may be out at once. */
+  readonly outliers?: OutlierOptions;
+}
 
-  /** Adds (or replaces) a worker. */
-  join(worker: { id: string; address: string; models: MemberModel<M>[]; capacity: number }, now: number): Member<M> {
-    const modelVersions = byVersion(worker.models);
-    const member: Member<M> = {
-      id: worker.id,
-      address: worker.address,
-      models: newest(modelVersions),
-      modelVersions,
-      capacity: worker.capacity,
-      outstanding: this.members.get(worker.id)?.outstanding ?? 0,
-      reportedInFlight: 0,
-      reportedQueueDepth: 0,
-      reportedLatencyMs: 0,
-      foreignLoad: 0,
-      draining: false,
-      serving: true,
-      lastSeen: now,
-    };
+/** The set of workers, with the queries routing needs. */
+export class Membership<M, L = unknown> {
+  private readonly members = new Map<string, Member<M, L>>();
+  /** Members ejected, until a pick finds their ejection over and starts their ramp. */
+  private readonly ejectedMembers = new Set<Member<M, L>>();
+  private readonly now: () => number;
+  private readonly ewmaDecayMs: number;
+  private readonly slowStart: SlowStart;
+  /** The settings of ejection and the share rule. */
+  readonly outliers: OutlierDetector;
+
+  /** @throws RangeError naming a setting that is out of range */
+  constructor(options: MembershipOptions = {}) {
+    this.now = options.now ?? Date.now;
+    this.ewmaDecayMs = options.ewmaDecayMs ?? DEFAULT_EWMA_DECAY_MS;
+    this.slowStart = new SlowStart(options.slowStart);
+    this.outliers = new OutlierDetector(options.outliers);
+  }
+
+  /**
+   * Adds (or replaces) a worker: a fresh latency estimate and a slow-start ramp begun at `now`; a
+   * worker that rejoins under its id keeps its outstanding count and its ejection record.
+   */
+  join(worker: JoiningWorker<M>, now: number): Member<M, L> {
+    const previous = this.members.get(worker.id);
+    const ramp = this.slowStart.newRamp();
+    ramp.begin(now);
+    const member = new Member<M, L>(worker, now, {
+      latency: new PeakEwma({ now: this.now, decayMs: this.ewmaDecayMs }),
+      ramp,
+      outlier: previous?.outlier ?? this.outliers.newRecord(),
+      outstanding: previous?.outstanding ?? 0,
+    });
+    // The ejection goes on under the new object: its ramp starts when the ejection ends.
+    if (previous && this.ejectedMembers.delete(previous)) this.ejectedMembers.add(member);
     this.members.set(worker.id, member);
     return member;
   }
@@ -155,36 +224,85 @@ export class Membership<M> {
   }
 
   /** Removes a worker; returns it if it was a member. */
-  leave(id: string, member?: Member<M>): Member<M> | undefined {
+  leave(id: string, member?: Member<M, L>): Member<M, L> | undefined {
     const m = this.members.get(id);
     // A worker that rejoined under the same id must not be removed by its old stream ending.
     if (!m || (member && m !== member)) return undefined;
     this.members.delete(id);
+    this.ejectedMembers.delete(m);
     return m;
   }
 
   /** Removes and returns the workers not heard from since `now - silenceMs`. */
-  expire(now: number, silenceMs: number): Member<M>[] {
+  expire(now: number, silenceMs: number): Member<M, L>[] {
     const gone = [...this.members.values()].filter((m) => now - m.lastSeen > silenceMs);
-    for (const m of gone) this.members.delete(m.id);
+    for (const m of gone) {
+      this.members.delete(m.id);
+      this.ejectedMembers.delete(m);
+    }
     return gone;
   }
 
   /** Every member, in join order. */
-  all(): Member<M>[] {
+  all(): Member<M, L>[] {
     return [...this.members.values()];
   }
 
   /** The member with this id, if any. */
-  get(id: string): Member<M> | undefined {
+  get(id: string): Member<M, L> | undefined {
     return this.members.get(id);
+  }
+
+  /** True while `member` is the member under its id (not one that left or was replaced by a rejoin). */
+  isMember(member: Member<M, L>): boolean {
+    return this.members.get(member.id) === member;
+  }
+
+  /**
+   * Records a call to `member` that succeeded at `now` (for its ejection record); ignored for a
+   * member that left or was replaced.
+   */
+  recordSuccess(member: Member<M, L>, now: number): void {
+    if (this.isMember(member)) member.outlier.recordSuccess(now);
+  }
+
+  /**
+   * Records a call to `member` that failed at `now`; returns why it was ejected when this failure
+   * ejected it (never more than the detector's share of the members at once). Ignored for a member
+   * that left or was replaced: its record would outlive it.
+   */
+  recordFailure(member: Member<M, L>, now: number): EjectionReason | undefined {
+    if (!this.isMember(member)) return undefined;
+    const reason = member.outlier.recordFailure(now, () => this.outliers.roomToEject(this.all().filter((m) => m.outlier.isEjected(now)).length, this.members.size));
+    if (reason) this.ejectedMembers.add(member);
+    return reason;
+  }
+
+  /**
+   * The members a pick for `model` (at `version`, when given) may choose, minus `exclude`, in join
+   * order: ready ({@link candidatesFor}) and not ejected. A member whose ejection is over starts its
+   * slow-start ramp here, at the first pick after it.
+   */
+  routable(model: string, exclude: ReadonlySet<string>, version: string | undefined, now: number): Member<M, L>[] {
+    for (const m of this.ejectedMembers) {
+      if (!m.outlier.isEjected(now)) {
+        this.ejectedMembers.delete(m);
+        m.ramp.begin(now);
+      }
+    }
+    return this.candidatesFor(model, exclude, version).filter((m) => !m.outlier.isEjected(now));
+  }
+
+  /** Members ejected and not yet found back by a pick. */
+  get ejectedCount(): number {
+    return this.ejectedMembers.size;
   }
 
   /**
    * Ready (not draining) workers that serve `model` (at `version`, when given), minus `exclude`,
    * in join order.
    */
-  candidatesFor(model: string, exclude: ReadonlySet<string> = new Set(), version?: string): Member<M>[] {
+  candidatesFor(model: string, exclude: ReadonlySet<string> = new Set(), version?: string): Member<M, L>[] {
     return [...this.members.values()].filter(
       (m) => !m.draining && m.serving && m.models.has(model) && (!version || m.modelVersions.get(model)?.has(version)) && !exclude.has(m.id),
     );

@@ -50,16 +50,6 @@ export interface OutlierState {
   readonly lastReason: EjectionReason | undefined;
 }
 
-interface WorkerRecord {
-  ejections: number;
-  ejectedUntil: number | undefined;
-  consecutiveFailures: number;
-  probationRun: number;
-  lastReason: EjectionReason | undefined;
-  readonly requests: SlidingWindowCounter;
-  readonly failures: SlidingWindowCounter;
-}
-
 function positiveInteger(name: string, value: number): number {
   if (!(Number.isInteger(value) && value >= 1)) throw new RangeError(`${name} must be an integer >= 1, given ${value}`);
   return value;
@@ -71,11 +61,100 @@ function positiveNumber(name: string, value: number): number {
 }
 
 /**
- * Tracks successes and failures per worker and decides who is ejected. The workers it counts for
- * the ejected share are those {@link add}ed (or recorded) and not {@link remove}d.
+ * The ejection state of one worker: its counts, its ejections, its probation. The balancer keeps
+ * one in each worker's object ({@link OutlierDetector.newRecord}); the detector holds the settings
+ * and the rule that never more than a share of the workers is out at once.
  *
- * Results that arrive while a worker is ejected (requests that were in flight when it was
- * ejected) are ignored, and an ejection starts the worker's counts afresh.
+ * Results that arrive while the worker is ejected (requests that were in flight when it was
+ * ejected) are ignored, and an ejection starts its counts afresh.
+ */
+export class OutlierRecord {
+  private ejections = 0;
+  private ejectedUntil: number | undefined;
+  private consecutiveFailures = 0;
+  private probationRun = 0;
+  private lastReason: EjectionReason | undefined;
+  private readonly requests: SlidingWindowCounter;
+  private readonly failures: SlidingWindowCounter;
+
+  constructor(private readonly settings: OutlierDetector) {
+    this.requests = new SlidingWindowCounter(settings.failureRateWindowMs);
+    this.failures = new SlidingWindowCounter(settings.failureRateWindowMs);
+  }
+
+  /** Records a request that succeeded at `now`. */
+  recordSuccess(now: number): void {
+    if (this.isEjected(now)) return;
+    this.requests.add(now);
+    this.consecutiveFailures = 0;
+    if (this.ejections > 0 && ++this.probationRun >= this.settings.probationSuccesses) {
+      this.ejections = 0;
+      this.probationRun = 0;
+    }
+  }
+
+  /**
+   * Records a request that failed at `now`; returns why the worker was ejected when this failure
+   * ejected it, undefined otherwise. `roomToEject` is asked only when the failure would eject: false
+   * (the ejected share is at its limit) keeps the worker in.
+   */
+  recordFailure(now: number, roomToEject: () => boolean): EjectionReason | undefined {
+    if (this.isEjected(now)) return undefined;
+    this.requests.add(now);
+    this.failures.add(now);
+    this.consecutiveFailures++;
+    this.probationRun = 0;
+    const reason = this.verdict(now);
+    if (reason === undefined || !roomToEject()) return undefined;
+    this.eject(reason, now);
+    return reason;
+  }
+
+  /** Whether the worker is out of rotation at `now`. */
+  isEjected(now: number): boolean {
+    return this.ejectedUntil !== undefined && now < this.ejectedUntil;
+  }
+
+  /** How the worker stands at `now`. */
+  state(now: number): OutlierState {
+    const ejected = this.isEjected(now);
+    return {
+      ejected,
+      ejectedUntil: this.ejectedUntil,
+      ejections: this.ejections,
+      probation: !ejected && this.ejections > 0,
+      consecutiveFailures: this.consecutiveFailures,
+      windowRequests: this.requests.total(now),
+      windowFailures: this.failures.total(now),
+      lastReason: this.lastReason,
+    };
+  }
+
+  private verdict(now: number): EjectionReason | undefined {
+    // Back from an ejection, the worker has used up its trust: one failure sends it out again.
+    if (this.ejections > 0) return 'probation_failure';
+    if (this.consecutiveFailures >= this.settings.consecutiveFailures) return 'consecutive_failures';
+    const requests = this.requests.total(now);
+    if (requests >= this.settings.failureRateMinRequests && this.failures.total(now) >= this.settings.failureRate * requests) return 'failure_rate';
+    return undefined;
+  }
+
+  private eject(reason: EjectionReason, now: number): void {
+    this.ejections++;
+    this.ejectedUntil = now + Math.min(this.settings.baseEjectionMs * this.ejections, this.settings.maxEjectionMs);
+    this.lastReason = reason;
+    this.consecutiveFailures = 0;
+    this.probationRun = 0;
+    this.requests.clear();
+    this.failures.clear();
+  }
+}
+
+/**
+ * The settings of outlier ejection and the share rule, and a record per worker id for callers
+ * that key workers by id (the balancer keeps each worker's {@link OutlierRecord} in that worker's
+ * own object instead). The workers it counts for the ejected share are those {@link add}ed (or
+ * recorded) and not {@link remove}d.
  */
 export class OutlierDetector {
   readonly consecutiveFailures: number;
@@ -86,7 +165,7 @@ export class OutlierDetector {
   readonly maxEjectionMs: number;
   readonly maxEjectedShare: number;
   readonly probationSuccesses: number;
-  private readonly workers = new Map<string, WorkerRecord>();
+  private readonly workers = new Map<string, OutlierRecord>();
 
   /** @throws RangeError naming the first setting that is out of range */
   constructor(options: OutlierOptions = {}) {
@@ -103,6 +182,16 @@ export class OutlierDetector {
     this.maxEjectedShare = options.maxEjectedShare ?? 0.5;
     if (!(this.maxEjectedShare >= 0 && this.maxEjectedShare <= 1)) throw new RangeError(`maxEjectedShare must be in [0, 1], given ${this.maxEjectedShare}`);
     this.probationSuccesses = positiveInteger('probationSuccesses', options.probationSuccesses ?? 10);
+  }
+
+  /** A fresh record for one worker, under these settings. */
+  newRecord(): OutlierRecord {
+    return new OutlierRecord(this);
+  }
+
+  /** Whether one more worker may be ejected when `ejected` of `workers` are out: the share, rounded down. */
+  roomToEject(ejected: number, workers: number): boolean {
+    return ejected < Math.floor(this.maxEjectedShare * workers);
   }
 
   /** Starts tracking a worker (a join); a no-op for one already tracked. */
@@ -122,14 +211,7 @@ export class OutlierDetector {
 
   /** Records a request to `id` that succeeded at `now`. */
   recordSuccess(id: string, now: number): void {
-    const w = this.record(id);
-    if (this.ejectedAt(w, now)) return;
-    w.requests.add(now);
-    w.consecutiveFailures = 0;
-    if (w.ejections > 0 && ++w.probationRun >= this.probationSuccesses) {
-      w.ejections = 0;
-      w.probationRun = 0;
-    }
+    this.record(id).recordSuccess(now);
   }
 
   /**
@@ -137,88 +219,30 @@ export class OutlierDetector {
    * failure ejected it, undefined otherwise (including when the ejected share is at its limit).
    */
   recordFailure(id: string, now: number): EjectionReason | undefined {
-    const w = this.record(id);
-    if (this.ejectedAt(w, now)) return undefined;
-    w.requests.add(now);
-    w.failures.add(now);
-    w.consecutiveFailures++;
-    w.probationRun = 0;
-    const reason = this.verdict(w, now);
-    if (reason === undefined || !this.roomToEject(now)) return undefined;
-    this.eject(w, reason, now);
-    return reason;
+    return this.record(id).recordFailure(now, () => this.roomToEject(this.ejected(now).length, this.workers.size));
   }
 
   /** Whether `id` is out of rotation at `now`; false for a worker the detector does not know. */
   isEjected(id: string, now: number): boolean {
-    const w = this.workers.get(id);
-    return w !== undefined && this.ejectedAt(w, now);
+    return this.workers.get(id)?.isEjected(now) ?? false;
   }
 
   /** Workers ejected at `now`. */
   ejected(now: number): string[] {
-    return [...this.workers].filter(([, w]) => this.ejectedAt(w, now)).map(([id]) => id);
+    return [...this.workers].filter(([, w]) => w.isEjected(now)).map(([id]) => id);
   }
 
   /** How `id` stands at `now`; undefined for a worker the detector does not know. */
   state(id: string, now: number): OutlierState | undefined {
-    const w = this.workers.get(id);
-    if (!w) return undefined;
-    const ejected = this.ejectedAt(w, now);
-    return {
-      ejected,
-      ejectedUntil: w.ejectedUntil,
-      ejections: w.ejections,
-      probation: !ejected && w.ejections > 0,
-      consecutiveFailures: w.consecutiveFailures,
-      windowRequests: w.requests.total(now),
-      windowFailures: w.failures.total(now),
-      lastReason: w.lastReason,
-    };
+    return this.workers.get(id)?.state(now);
   }
 
-  private record(id: string): WorkerRecord {
+  private record(id: string): OutlierRecord {
     let w = this.workers.get(id);
     if (!w) {
-      w = {
-        ejections: 0,
-        ejectedUntil: undefined,
-        consecutiveFailures: 0,
-        probationRun: 0,
-        lastReason: undefined,
-        requests: new SlidingWindowCounter(this.failureRateWindowMs),
-        failures: new SlidingWindowCounter(this.failureRateWindowMs),
-      };
+      w = this.newRecord();
       this.workers.set(id, w);
     }
     return w;
-  }
-
-  private ejectedAt(w: WorkerRecord, now: number): boolean {
-    return w.ejectedUntil !== undefined && now < w.ejectedUntil;
-  }
-
-  private verdict(w: WorkerRecord, now: number): EjectionReason | undefined {
-    // Back from an ejection, the worker has used up its trust: one failure sends it out again.
-    if (w.ejections > 0) return 'probation_failure';
-    if (w.consecutiveFailures >= this.consecutiveFailures) return 'consecutive_failures';
-    const requests = w.requests.total(now);
-    if (requests >= this.failureRateMinRequests && w.failures.total(now) >= this.failureRate * requests) return 'failure_rate';
-    return undefined;
-  }
-
-  private roomToEject(now: number): boolean {
-    const limit = Math.floor(this.maxEjectedShare * this.workers.size);
-    return this.ejected(now).length < limit;
-  }
-
-  private eject(w: WorkerRecord, reason: EjectionReason, now: number): void {
-    w.ejections++;
-    w.ejectedUntil = now + Math.min(this.baseEjectionMs * w.ejections, this.maxEjectionMs);
-    w.lastReason = reason;
-    w.consecutiveFailures = 0;
-    w.probationRun = 0;
-    w.requests.clear();
-    w.failures.clear();
   }
 }

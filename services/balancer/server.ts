@@ -37,12 +37,9 @@ import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker
 import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema, parseModelPolicies } from './config';
-import { candidateOf, compareVersions, Member, Membership } from './membership';
-import { PeakEwma } from './ewma';
-import { OutlierDetector } from './outliers';
+import { compareVersions, Member as MemberOf, Membership } from './membership';
 import { RetryBudget } from './retry-budget';
 import { createPolicy } from './policy';
-import { SlowStart } from './slow-start';
 
 /**
  * Worker failures that mean "try another worker" when they happen before any output. CANCELLED
@@ -126,9 +123,12 @@ const MAX_ATTEMPTS = 2;
 /** How much per-worker and per-model state the balancer holds: each returns to 0 when every worker has left. */
 export interface BalancerState {
   members: number;
-  /** Open worker links: a channel and a health watch each. */
+  /** Open worker links: a channel and a health watch each (a replaced member's until its stream ends). */
   links: number;
-  /** Latency estimates, slow-start ramps, outlier records and ejections, by worker id. */
+  /**
+   * Members holding a latency estimate, a slow-start ramp still running, an outlier record, and
+   * an ejection not yet found over (each member object owns these).
+   */
   latency: number;
   slowStart: number;
   outliers: number;
@@ -141,16 +141,17 @@ export interface BalancerState {
 export interface RunningBalancer extends StartedService {
   readonly port: number;
   /** The current members, for tests and diagnostics. */
-  readonly membership: Membership<Model>;
+  readonly membership: Membership<Model, WorkerLink>;
   /** Sizes of what it holds per worker and per model, for tests and diagnostics. */
   state(): BalancerState;
 }
 
 /**
- * What the balancer holds for one member while it is a member: one channel to the worker (for its
- * tasks and its health watch) and a signal that ends the membership. Closed exactly once.
+ * What the balancer holds to reach one member while it is a member (its `link`): one channel to
+ * the worker (for its tasks and its health watch) and a signal that ends the membership. Closed
+ * exactly once.
  */
-interface WorkerLink {
+export interface WorkerLink {
   readonly client: ReturnType<typeof createWorkerClient>;
   /** Aborted when the member leaves or is removed: its health watch stops and its join stream ends. */
   readonly left: AbortSignal;
@@ -175,20 +176,30 @@ async function nextUnlessLeft<T>(messages: AsyncIterator<T>, left: AbortSignal):
 /** Starts the balancer. */
 export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log: Logger): Promise<RunningBalancer> {
   const tls = loadMeshTls(config, 'balancer');
-  const membership = new Membership<Model>();
+  /** The workers: each one object with its membership, load, latency, slow start, ejection and link. */
+  const membership = new Membership<Model, WorkerLink>({
+    ewmaDecayMs: config.ewmaDecayMs,
+    outliers: {
+      consecutiveFailures: config.ejectAfterFailures,
+      failureRate: config.ejectFailureRate,
+      failureRateMinRequests: config.ejectMinRequests,
+      baseEjectionMs: config.ejectionBaseMs,
+      maxEjectedShare: config.maxEjectedShare,
+    },
+  });
   const policy = createPolicy(config.policy);
   // Per-model overrides; a mapper task routes by its 'mapper:' name and takes the default.
   const modelPolicies = new Map([...parseModelPolicies(config.modelPolicies)].map(([model, name]) => [model, createPolicy(name)]));
   const allPolicies = [policy, ...modelPolicies.values()];
   /**
-   * One link per member, keyed by the member itself (not its address or id): two workers may
-   * advertise one address, and a worker that rejoins under its id gets a new link while its old
-   * stream winds down.
+   * Links open now, to close them all at shutdown. Each member object holds its own (not one per
+   * address or id: two workers may advertise one address, and a worker that rejoins under its id
+   * gets a new link while its old stream winds down).
    */
-  const links = new Map<Member<Model>, WorkerLink>();
+  const openLinks = new Set<WorkerLink>();
 
   /** Opens the link of a member that just joined: its channel, and the watch of its health. */
-  function openLink(member: Member<Model>): WorkerLink {
+  function openLink(member: Member): WorkerLink {
     // With TLS, the server at the address must be the worker that joined: its id, its certificate.
     const channel: Channel = openMeshChannel(member.address, config.maxMessageBytes, tls, { worker: member.id });
     const left = new AbortController();
@@ -198,62 +209,43 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       close() {
         if (left.signal.aborted) return;
         left.abort();
-        links.delete(member);
+        if (member.link === link) member.link = undefined;
+        openLinks.delete(link);
         closeChannel(channel);
       },
     };
-    links.set(member, link);
+    member.link = link;
+    openLinks.add(link);
     void watchHealth(member, channel, left.signal);
     return link;
   }
 
-  function workerClient(member: Member<Model>) {
-    const link = links.get(member);
+  function workerClient(member: Member) {
+    const link = member.link;
     // The member left between the pick and the call: as if its connection had failed.
     if (!link) throw new ClientError(WORKER_EXECUTE_PATH, Status.UNAVAILABLE, `worker ${member.id} left`);
     return link.client;
   }
 
   /** True while `member` is the current member under its id (not one that left or was replaced). */
-  const isMember = (member: Member<Model>) => membership.get(member.id) === member;
+  const isMember = (member: Member) => membership.isMember(member);
 
-  /** Per worker: peak-EWMA latency (for p2c_ewma) and the slow-start ramp after it joins. */
-  const latency = new Map<string, PeakEwma>();
-  const slowStart = new SlowStart();
-
-  const outliers = new OutlierDetector({
-    consecutiveFailures: config.ejectAfterFailures,
-    failureRate: config.ejectFailureRate,
-    failureRateMinRequests: config.ejectMinRequests,
-    baseEjectionMs: config.ejectionBaseMs,
-    maxEjectedShare: config.maxEjectedShare,
-  });
   const retryBudget = new RetryBudget({ ratio: config.retryBudget, minRetriesPerSecond: config.retryMinPerSecond });
 
   /** Counts a failure against a worker; ejects it when it is an outlier, ramping it back after. */
-  function noteFailure(member: Member<Model>) {
-    // A worker that has left keeps no record: state by id would outlive it.
-    if (!isMember(member)) return;
-    const reason = outliers.recordFailure(member.id, Date.now());
+  function noteFailure(member: Member) {
+    // A worker that has left (or was replaced) keeps no record.
+    const reason = membership.recordFailure(member, Date.now());
     if (!reason) return;
-    const state = outliers.state(member.id, Date.now());
-    log.warn('worker ejected', { worker: member.id, reason, until: new Date(state?.ejectedUntil ?? 0).toISOString(), ejections: state?.ejections ?? 0 });
-    ejectedAt.set(member.id, state?.ejectedUntil ?? 0);
+    const state = member.outlier.state(Date.now());
+    log.warn('worker ejected', { worker: member.id, reason, until: new Date(state.ejectedUntil ?? 0).toISOString(), ejections: state.ejections });
   }
-  /** Ejected workers and when their ejection ends: on return they start slow. */
-  const ejectedAt = new Map<string, number>();
 
   /** The worker for a task under the policy, among ready workers that serve `model`, minus `tried`. */
-  function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string, version?: string): Member<Model> | undefined {
+  function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string, version?: string): Member | undefined {
     const now = Date.now();
-    for (const [id, until] of ejectedAt) {
-      if (until <= now && !outliers.isEjected(id, now)) {
-        ejectedAt.delete(id);
-        slowStart.begin(id, now);
-      }
-    }
-    const members = membership.candidatesFor(model, tried, version).filter((m) => !outliers.isEjected(m.id, now));
-    const candidates = members.map((m) => candidateOf(m, latency.get(m.id)?.value, slowStart.weight(m.id, now)));
+    const members = membership.routable(model, tried, version, now);
+    const candidates = members.map((m) => m.candidate(now));
     const picked = (modelPolicies.get(model) ?? policy).pick(model, candidates, { affinityKey });
     return picked && members.find((m) => m.id === picked.id);
   }
@@ -262,7 +254,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
    * Follows a member's gRPC health: NOT_SERVING (draining, failing) takes it out of rotation at
    * once, before its next load report would. Reconnects while the membership lasts.
    */
-  async function watchHealth(member: Member<Model>, channel: Channel, signal: AbortSignal): Promise<void> {
+  async function watchHealth(member: Member, channel: Channel, signal: AbortSignal): Promise<void> {
     const health = createClient(HealthDefinition, channel);
     while (!signal.aborted) {
       try {
@@ -277,12 +269,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   }
 
   /** Drops everything held for a member that is no longer one: its link, its state by id, and the routing state of models nobody serves now. */
-  function forget(member: Member<Model>, why: string) {
-    links.get(member)?.close();
-    latency.delete(member.id);
-    slowStart.forget(member.id);
-    outliers.remove(member.id);
-    ejectedAt.delete(member.id);
+  function forget(member: Member, why: string) {
+    member.link?.close();
     for (const model of member.models.keys()) {
       if (membership.serves(model)) continue;
       for (const p of allPolicies) p.forget(model);
@@ -326,11 +314,11 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       try {
         for await (const response of workerClient(member).execute({ task }, { signal: context.signal, deadline: context.deadline })) {
           // Time to first output is the latency sample: a stream's length depends on the request.
-          if (!started) latency.get(member.id)?.observe(Date.now() - startedAt);
+          if (!started) member.latency.observe(Date.now() - startedAt);
           started = true;
           yield { output: response.output };
         }
-        if (isMember(member)) outliers.recordSuccess(member.id, Date.now());
+        membership.recordSuccess(member, Date.now());
         return;
       } catch (err) {
         if (context.signal.aborted || !(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
@@ -382,9 +370,6 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       Date.now(),
     );
     const link = openLink(member);
-    latency.set(member.id, new PeakEwma({ now: Date.now, decayMs: config.ewmaDecayMs }));
-    slowStart.begin(member.id, Date.now());
-    outliers.add(member.id);
     log.info('worker joined', { worker: member.id, address: member.address, models: [...member.models.keys()].join(',') });
     let why = 'stream ended';
     try {
@@ -457,12 +442,12 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
    * fails naming those that did not. When every member fails with one status, that status is the
    * answer's (NOT_FOUND from all: no worker has the model).
    */
-  async function fanOut(what: string, model: string, context: MeshCallContext, call: (member: Member<Model>) => Promise<unknown>, ignoreNotFound = false): Promise<Member<Model>[]> {
+  async function fanOut(what: string, model: string, context: MeshCallContext, call: (member: Member) => Promise<unknown>, ignoreNotFound = false): Promise<Member[]> {
     const members = membership.all().filter((m) => !m.draining);
     if (members.length === 0) throw new MeshError('unavailable', `no worker is a member: cannot ${what} model ${quoteInput(model)}`);
     const results = await Promise.allSettled(members.map((m) => call(m)));
-    const ok: Member<Model>[] = [];
-    const failed: { member: Member<Model>; code: Status; details: string }[] = [];
+    const ok: Member[] = [];
+    const failed: { member: Member; code: Status; details: string }[] = [];
     results.forEach((r, i) => {
       if (r.status === 'fulfilled') ok.push(members[i]);
       else {
@@ -533,7 +518,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   }
 
   /** One call of a unary task to one worker, cancellable on its own; settles with its output. */
-  function callWorker(member: Member<Model>, task: Task, context: MeshCallContext) {
+  function callWorker(member: Member, task: Task, context: MeshCallContext) {
     const controller = new AbortController();
     const onAbort = () => controller.abort();
     context.signal.addEventListener('abort', onAbort, { once: true });
@@ -542,8 +527,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const result = (async () => {
       let output: RouteResponse['output'];
       for await (const response of workerClient(member).execute({ task }, { signal: controller.signal, deadline: context.deadline })) output ??= response.output;
-      latency.get(member.id)?.observe(Date.now() - startedAt);
-      if (isMember(member)) outliers.recordSuccess(member.id, Date.now());
+      member.latency.observe(Date.now() - startedAt);
+      membership.recordSuccess(member, Date.now());
       return { output };
     })();
     result
@@ -553,7 +538,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         }
         // A hedge loser cut off unanswered took at least this long: a latency sample all the same,
         // else a worker that is always hedged away would never show how slow it is.
-        else if (controller.signal.aborted && !context.signal.aborted) latency.get(member.id)?.observe(Date.now() - startedAt);
+        else if (controller.signal.aborted && !context.signal.aborted) member.latency.observe(Date.now() - startedAt);
       })
       .finally(() => {
         member.outstanding--;
@@ -606,9 +591,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const workers = membership
       .all()
       .map((m): WorkerInfo => {
-        const ejection = outliers.state(m.id, now);
-        const ejected = outliers.isEjected(m.id, now);
-        const weight = slowStart.weight(m.id, now);
+        const ejection = m.outlier.state(now);
+        const ejected = ejection.ejected;
+        const weight = m.ramp.weight(now);
         return {
           workerId: m.id,
           address: m.address,
@@ -625,9 +610,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
           reportedQueueDepth: m.reportedQueueDepth,
           reportedLatencyMs: m.reportedLatencyMs,
           capacity: m.capacity,
-          ewmaLatencyMs: latency.get(m.id)?.value ?? 0,
-          ejections: ejection?.ejections ?? 0,
-          ejectedUntilMs: ejected ? (ejection?.ejectedUntil ?? 0) : 0,
+          ewmaLatencyMs: m.latency.value ?? 0,
+          ejections: ejection.ejections,
+          ejectedUntilMs: ejected ? (ejection.ejectedUntil ?? 0) : 0,
           weight,
         };
       })
@@ -660,17 +645,17 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     membership,
     state: () => ({
       members: membership.size,
-      links: links.size,
-      latency: latency.size,
-      slowStart: slowStart.size,
-      outliers: outliers.size,
-      ejected: ejectedAt.size,
+      links: openLinks.size,
+      latency: membership.size,
+      slowStart: membership.all().filter((m) => m.ramp.active).length,
+      outliers: membership.size,
+      ejected: membership.ejectedCount,
       policyKeys: allPolicies.reduce((n, p) => n + p.keys, 0),
     }),
     async shutdown() {
       clearInterval(sweeper);
       await server.shutdown(2000);
-      for (const link of [...links.values()]) link.close();
+      for (const link of [...openLinks]) link.close();
     },
   };
 }
@@ -678,3 +663,6 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
 function createWorkerClient(channel: Channel) {
   return createMeshClient(WorkerServiceDefinition, channel);
 }
+
+/** A member of this balancer: a worker serving models described as on the wire, reached by its link. */
+type Member = MemberOf<Model, WorkerLink>;

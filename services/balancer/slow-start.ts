@@ -39,32 +39,68 @@ export function slowStartWeight(elapsedMs: number, options: SlowStartOptions = {
   return minWeight + (1 - minWeight) * (elapsedMs / windowMs);
 }
 
-/** The ramp of every worker that is in one: when each started, and its weight now. */
+/**
+ * The ramp of one worker: when it began, and its weight now. The balancer keeps one in each
+ * worker's object; {@link SlowStart} keeps them by worker id.
+ */
+export class SlowStartRamp {
+  private startedAt: number | undefined;
+
+  /** @param options validated settings (see {@link SlowStart}) */
+  constructor(private readonly options: Required<SlowStartOptions>) {}
+
+  /** Starts (or restarts) the ramp at `now`: the worker joined or came back. */
+  begin(now: number): void {
+    this.startedAt = now;
+  }
+
+  /** Weight at `now`; 1 when not ramping (never begun, or past its window, which ends the ramp). */
+  weight(now: number): number {
+    if (this.startedAt === undefined) return 1;
+    const elapsed = now - this.startedAt;
+    if (elapsed >= this.options.windowMs) {
+      this.startedAt = undefined;
+      return 1;
+    }
+    return slowStartWeight(elapsed, this.options);
+  }
+
+  /** True from {@link begin} until a {@link weight} call finds the window over. */
+  get active(): boolean {
+    return this.startedAt !== undefined;
+  }
+}
+
+/** The ramp of every worker that is in one, by worker id. */
 export class SlowStart {
   private readonly options: Required<SlowStartOptions>;
-  private readonly started = new Map<string, number>();
+  private readonly ramps = new Map<string, SlowStartRamp>();
 
   /** @throws RangeError for a window that is negative or a minimum weight outside (0, 1] */
   constructor(options: SlowStartOptions = {}) {
     this.options = validated(options);
   }
 
+  /** A ramp for one worker under these settings, not yet begun. */
+  newRamp(): SlowStartRamp {
+    return new SlowStartRamp(this.options);
+  }
+
   /** Starts (or restarts) the ramp of a worker that joined or came back at `now`. */
   begin(id: string, now: number): void {
-    this.started.set(id, now);
+    const ramp = this.ramps.get(id) ?? this.newRamp();
+    ramp.begin(now);
+    this.ramps.set(id, ramp);
   }
 
   /** Weight of `id` at `now`; 1 for a worker that is not ramping (never begun, or past its window). */
   weight(id: string, now: number): number {
-    const since = this.started.get(id);
-    if (since === undefined) return 1;
-    const elapsed = now - since;
+    const ramp = this.ramps.get(id);
+    if (!ramp) return 1;
+    const weight = ramp.weight(now);
     // A finished ramp is dropped so the map holds only workers still ramping.
-    if (elapsed >= this.options.windowMs) {
-      this.started.delete(id);
-      return 1;
-    }
-    return slowStartWeight(elapsed, this.options);
+    if (!ramp.active) this.ramps.delete(id);
+    return weight;
   }
 
   /** Whether `id` is still ramping at `now`. */
@@ -74,11 +110,11 @@ export class SlowStart {
 
   /** Number of workers ramping (or not yet asked about since their ramp ended). */
   get size(): number {
-    return this.started.size;
+    return this.ramps.size;
   }
 
   /** Forgets a worker that left. */
   forget(id: string): void {
-    this.started.delete(id);
+    this.ramps.delete(id);
   }
 }
