@@ -4,7 +4,7 @@
  * descriptors the proto compiler produced, so grpcurl works with no proto files at hand.
  */
 import http2 = require('node:http2');
-import { CompatServiceDefinition, createServer } from 'nice-grpc';
+import { CompatServiceDefinition, ServerMiddleware, createServer } from 'nice-grpc';
 import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
@@ -56,6 +56,8 @@ export interface GrpcServerOptions {
    * client certificate (Kubernetes gRPC probes). 0 or undefined: none.
    */
   healthPort?: number;
+  /** Counts every call (common/call-metrics.ts); it runs outside the error mapping, to see the status sent. */
+  callMetrics?: ServerMiddleware;
 }
 
 /** A running server. */
@@ -124,7 +126,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     'grpc.max_concurrent_streams': options.maxConcurrentStreams,
   });
   // Telemetry first, so its span covers everything below; only when tracing is on.
-  const server = (tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base).use(deadlineAndErrorMiddleware(options.log));
+  const traced = tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base;
+  const server = (options.callMetrics ? traced.use(options.callMetrics) : traced).use(deadlineAndErrorMiddleware(options.log));
   // A 64-bit integer beyond 2^53 reaches the middleware as a marker (INVALID_ARGUMENT), not as
   // an exception inside grpc-js's deserializer (INTERNAL).
   for (const s of options.services) server.add(guardRequestDecoding(s.definition as unknown as TsProtoDefinition) as unknown as typeof s.definition, s.implementation);

@@ -56,6 +56,8 @@ export interface JobRunnerOptions {
    * down waits for the balancer instead of using an attempt. Default: always up.
    */
   balancerReachable?: () => boolean;
+  /** Told of every event appended to a job's log (for metrics: tasks retried and failed, records done). */
+  onEvent?: (event: JobEvent['event']) => void;
 }
 
 /** First pause of a job that waits for a worker, ms; doubles while it waits, up to WAIT_MAX_MS. */
@@ -549,6 +551,7 @@ export class JobRunner {
 
   private append(jobId: string, event: JobEvent['event']): void {
     this.events.append(jobId, JobEvent.toJSON(eventOf(event)), Date.now());
+    this.options.onEvent?.(event);
   }
 }
 
