@@ -56,7 +56,7 @@ export interface JobRunnerOptions {
    * down waits for the balancer instead of using an attempt. Default: always up.
    */
   balancerReachable?: () => boolean;
-  /** Told of every event appended to a job's log (for metrics: tasks retried and failed, records done). */
+  /** Told of every event appended to a job's log after its acceptance, the final one included (for metrics). */
   onEvent?: (event: JobEvent['event']) => void;
 }
 
@@ -512,6 +512,7 @@ export class JobRunner {
     const ended = this.store.finishJob(id, state, { result: outcome.result ? JobResult.toJSON(outcome.result) : undefined, error: outcome.error }, JobEvent.toJSON(finalEvent), Date.now());
     if (!ended) return;
     this.events.notify(id);
+    this.options.onEvent?.(finalEvent.event);
     if (job) {
       job.ended = true;
       clearTimeout(job.deadlineTimer);

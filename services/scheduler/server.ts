@@ -80,10 +80,9 @@ function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store:
   return {
     refused: (reason: RefusalReason, tenant: string) => refused.inc({ reason, tenant }),
     waited: (priority: Priority, ms: number) => queueWait.observe({ priority }, ms / 1000),
+    accepted: () => accepted.inc(),
     onEvent(event: JobEvent['event']) {
       switch (event?.$case) {
-        case 'accepted':
-          return accepted.inc();
         case 'taskRetried':
           return retried.inc();
         case 'taskFailed':
@@ -214,7 +213,9 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     insecure: config.insecure,
     healthPort: config.healthPort,
     services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken, schedulerCounts) } }],
-    callMetrics: callMetrics(metrics).middleware,
+    // Its one caller, the gateway, refuses a model or mapper its catalog does not hold (NOT_FOUND)
+    // before it schedules anything: a model name that reaches the scheduler names a real model.
+    callMetrics: callMetrics(metrics, { knownModel: () => true }).middleware,
   });
   const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
     server.kill();
@@ -325,7 +326,9 @@ function jobMethods(jobs: JobRunner, limits: TenantLimits, watches: TenantCounte
       if (!request.spec) throw new MeshError('invalid_argument', 'spec must be set');
       takeRateToken(request.tenant);
       try {
-        return { job: await jobs.submit(request.tenant, request.spec, context.signal) };
+        const job = await jobs.submit(request.tenant, request.spec, context.signal);
+        counts.accepted();
+        return { job };
       } catch (err) {
         // The runner's only RESOURCE_EXHAUSTED is a limit on unfinished jobs (all tenants' or this one's).
         if (err instanceof MeshError && err.kind === 'resource_exhausted') counts.refused('active_jobs', request.tenant);
