@@ -3,7 +3,7 @@
  * format: each family moves as calls are made, labels hold no caller content, and the service
  * processes serve /metrics on the port their flag names and log where.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'chai';
@@ -12,7 +12,7 @@ import { JobSpec, JobState } from '../../generated/maas/v1/jobs';
 import { createEchoModel } from '../../services/worker/models/echo';
 import { ModelRuntime } from '../../services/worker/models/runtime';
 import { Status, TestMesh, collect, freePort, grpcError, startMesh, until } from '../support';
-import { ProcessGroup } from '../processes';
+import { ProcessGroup, REPO_ROOT } from '../processes';
 import { Scrape, httpGet, parseMetrics, scrape } from '../prometheus';
 
 /** Every service's metrics, scraped now. */
@@ -53,6 +53,15 @@ describe('metrics', function () {
       expect(other.status).to.equal(404);
       const post = await httpGet(mesh.gateway.metricsAddress!, '/metrics', 'POST');
       expect(post.status).to.equal(405);
+    });
+
+    it('every maas_ metric the Grafana dashboard queries is a family some service exports', async () => {
+      const all = await scrapeAll(mesh);
+      const exported = new Set(Object.values(all).flatMap((s) => [...s.types.keys()]));
+      const dashboard = readFileSync(join(REPO_ROOT, 'deploy/grafana/dashboards/maas-mesh.json'), 'utf8');
+      const queried = new Set([...dashboard.matchAll(/\b(maas_[a-z_]+?)(?:_bucket|_sum|_count)?\b/g)].map((m) => m[1]));
+      expect(queried.size).to.be.greaterThan(15);
+      expect([...queried].filter((name) => !exported.has(name))).to.deep.equal([]);
     });
 
     it('a Predict counts OK for its model at the gateway and the scheduler, a pick at the balancer, a batch and an execution at the worker', async () => {
