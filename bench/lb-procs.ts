@@ -45,7 +45,7 @@ export interface ServiceSpec {
 /** Starts a service process (does not wait for it to serve: see {@link waitForServing}). */
 export function startService(spec: ServiceSpec): ServiceProcess {
   const address = `127.0.0.1:${spec.port}`;
-  const child: ChildProcess = spawn(process.execPath, [resolve(spec.distDir, spec.entry), '--host', '127.0.0.1', '--port', String(spec.port), ...spec.args], {
+  const child: ChildProcess = spawn(process.execPath, [resolve(spec.distDir, spec.entry), '--host', '127.0.0.1', '--port', String(spec.port), '--metrics-port=0', ...spec.args], {
     cwd: spec.repoDir,
     env: { ...process.env, ...spec.env },
     // Own process group: a terminal's Ctrl-C reaches only the bench, which stops its children itself.

@@ -174,7 +174,8 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
       if (!files) throw new Error(`no certificate for ${spec.name} in ${o.certs.dir}`);
       spec.args.push('--tls', '--tls-cert', files.cert, '--tls-key', files.key, '--tls-ca', o.certs.ca);
     }
-    spec.args.push(...(o.extraArgs?.[spec.name] ?? []));
+    // Metrics on a free port each: the defaults (9401..) may be taken, and workers share a host.
+    spec.args.push('--metrics-port=0', ...(o.extraArgs?.[spec.name] ?? []));
   }
   // With TLS, readiness is checked as the operator (a client-only mesh identity), as `maas up --tls` does.
   const operator = o.certs ? operatorTls(o.certs.dir) : undefined;

@@ -61,6 +61,8 @@ export interface GrpcServerOptions {
    * mesh's stack so its errors are mapped like a handler's: the gateway's authentication.
    */
   serviceMiddleware?: ServerMiddleware<object, MeshContextExt>;
+  /** Counts every call (common/call-metrics.ts); it runs outside the error mapping, to see the status sent. */
+  callMetrics?: ServerMiddleware;
 }
 
 /** A running server. */
@@ -129,7 +131,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     'grpc.max_concurrent_streams': options.maxConcurrentStreams,
   });
   // Telemetry first, so its span covers everything below; only when tracing is on.
-  const server = (tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base).use(deadlineAndErrorMiddleware(options.log));
+  const traced = tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base;
+  const server = (options.callMetrics ? traced.use(options.callMetrics) : traced).use(deadlineAndErrorMiddleware(options.log));
   // A 64-bit integer beyond 2^53 reaches the middleware as a marker (INVALID_ARGUMENT), not as
   // an exception inside grpc-js's deserializer (INTERNAL).
   const services = options.serviceMiddleware ? server.with(options.serviceMiddleware) : server;

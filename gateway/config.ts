@@ -1,6 +1,7 @@
 /** Settings of the gateway. */
 import { callbackAllowSetting } from '../common/callback-target';
 import { address, integer, text } from '../common/config';
+import { metricsPortSetting } from '../common/metrics';
 import { tlsSchema } from '../common/tls';
 import { KeyEntry, parseApiKeys } from './auth';
 
@@ -45,6 +46,7 @@ export const gatewaySchema = {
     show: (v: KeyEntry[]) => (v.length === 0 ? '(empty)' : '(set)'),
   },
   apiKeysFile: text({ flag: '--api-keys-file', env: 'MAAS_GATEWAY_API_KEYS_FILE', default: '', allowEmpty: true, doc: 'File of API key hashes, one `<tenant> sha256:<hex>` per line (`maas keys add` writes them); reloaded when it changes and on SIGHUP. Empty: none.' }),
+  metricsPort: metricsPortSetting('MAAS_GATEWAY', 9401),
   ...gatewayTls,
   tls: {
     ...gatewayTls.tls,

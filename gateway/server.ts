@@ -10,6 +10,8 @@ import { createMeshClient, openMeshChannel } from '../common/client';
 import { ConfigOf } from '../common/config';
 import { MeshError, quoteInput } from '../common/errors';
 import { Logger, callerContent } from '../common/log';
+import { callMetrics } from '../common/call-metrics';
+import { ServiceMetrics, serveMetrics } from '../common/metrics';
 import { startGrpcServer } from '../common/server';
 import { StartedService } from '../common/service-main';
 import { loadMeshTls } from '../common/tls';
@@ -52,6 +54,8 @@ export interface RunningGateway extends StartedService {
   readonly port: number;
   /** Port of the OpenAI-compatible HTTP API; undefined when it is off (--http-port -1). */
   readonly httpPort: number | undefined;
+  /** host:port of the /metrics endpoint; undefined with --metrics-port -1. */
+  readonly metricsAddress: string | undefined;
   /**
    * Reads the API key file again and, if it parses, replaces the keys in use; otherwise keeps them
    * and logs why (by line number). Returns whether the new keys took effect. Also runs on its own
@@ -215,7 +219,9 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     },
   };
 
+  const metrics = new ServiceMetrics('gateway');
   const server = await startGrpcServer({
+    callMetrics: callMetrics(metrics, { knownModel: (name) => catalog.offeredBefore(name).length > 0 }).middleware,
     host: config.host,
     port: config.port,
     maxMessageBytes: config.maxMessageBytes,
@@ -277,14 +283,19 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
           throw new Error(`the OpenAI-compatible HTTP API could not listen on ${config.host}:${config.httpPort} (--http-port): ${(err as Error).message}`);
         });
   if (http) log.info('OpenAI-compatible HTTP API listening', { host: config.host, port: http.port });
+  const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch(async (err: unknown) => {
+    await Promise.all([server.shutdown(0), http?.close(0)]);
+    throw err;
+  });
   return {
     port: server.port,
     address: server.address,
     httpPort: http?.port,
+    metricsAddress: metricsServer?.address,
     reloadApiKeys,
     async shutdown() {
       keyWatch?.close();
-      await Promise.all([server.shutdown(5000), http?.close(5000)]);
+      await Promise.all([server.shutdown(5000), http?.close(5000), metricsServer?.close()]);
       schedulerChannel.close();
       balancerChannel.close();
     },

@@ -45,7 +45,9 @@ export interface ServiceSpec {
 function cleanEnv(extra: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MAAS_') && !k.startsWith('OTEL_')) env[k] = v;
-  return { ...env, OTEL_TRACES_EXPORTER: 'none', MAAS_PARENT_PID: String(process.pid), ...extra };
+  // Metrics on a free port each: the defaults (9401..) may be taken on a shared machine.
+  const metrics = Object.fromEntries(['GATEWAY', 'SCHEDULER', 'BALANCER', 'AGGREGATOR', 'WORKER'].map((s) => [`MAAS_${s}_METRICS_PORT`, '0']));
+  return { ...env, ...metrics, OTEL_TRACES_EXPORTER: 'none', MAAS_PARENT_PID: String(process.pid), ...extra };
 }
 
 /** A service process that can be killed and started again with the same flags. */
@@ -263,6 +265,8 @@ export interface MaasUp {
 export function spawnMaasUp(args: string[], env: NodeJS.ProcessEnv): MaasUp {
   // The HTTP API's default port (8080) may be taken on a shared machine: off unless a test asks.
   const http = args.some((a) => a.startsWith('--http-port')) ? [] : ['--http-port=-1'];
+  // Likewise the metrics ports (9401..): a free port each unless a test asks.
+  if (!args.some((a) => a.startsWith('--metrics-port'))) http.push('--metrics-port=0');
   const child = spawn(process.execPath, [resolve(DIST, 'gateway/cli/maas.js'), 'up', ...args, ...http], { cwd: REPO_ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.setEncoding('utf8').on('data', (d: string) => (output += d));

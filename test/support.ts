@@ -86,10 +86,11 @@ export function tlsSettings(certs: MeshCertificates | undefined, name: string) {
   return { tls: true, tlsCert: files.cert, tlsKey: files.key, tlsCa: certs.ca };
 }
 
-const gatewayDefaults = () => parseConfig(gatewaySchema, [], {});
-const schedulerDefaults = () => parseConfig(schedulerSchema, [], {});
-const balancerDefaults = () => parseConfig(balancerSchema, [], {});
-const aggregatorDefaults = () => parseConfig(aggregatorSchema, [], {});
+// Metrics on a free port: the defaults (9401..) may be taken on a shared machine.
+const gatewayDefaults = () => ({ ...parseConfig(gatewaySchema, [], {}), metricsPort: 0 });
+const schedulerDefaults = () => ({ ...parseConfig(schedulerSchema, [], {}), metricsPort: 0 });
+const balancerDefaults = () => ({ ...parseConfig(balancerSchema, [], {}), metricsPort: 0 });
+const aggregatorDefaults = () => ({ ...parseConfig(aggregatorSchema, [], {}), metricsPort: 0 });
 const workerDefaults = () => parseConfig(workerSchema, [], {});
 
 /** A mesh running in this process. */
@@ -183,7 +184,7 @@ export async function startMesh(options: MeshOptions = {}): Promise<TestMesh> {
   );
   const dataDir = mkdtempSync(join(tmpdir(), 'maas-mesh-test-'));
   const aggregator = await startAggregator(
-    { ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'aggregator'), outputRoot: join(dataDir, 'output'), protectedDirs: `${join(dataDir, 'scheduler')},${MODEL_CACHE_DIR}`, ...options.aggregator, ...tls('aggregator') },
+    { ...aggregatorDefaults(), port: 0, dataDir: join(dataDir, 'aggregator'), outputRoot: join(dataDir, 'output'), protectedDirs: `${join(dataDir, 'scheduler')},${MODEL_CACHE_DIR}`, ...options.aggregator, ...tls('aggregator') },
     silentLogger,
   );
   const scheduler = await startScheduler(

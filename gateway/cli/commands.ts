@@ -94,6 +94,7 @@ export const COMMANDS: readonly CommandSpec[] = [
       'balancer-port': { value: 'N', check: PORT, doc: 'the balancer (default gateway port + 2)' },
       'aggregator-port': { value: 'N', check: PORT, doc: 'the aggregator (default gateway port + 3)' },
       'worker-base-port': { value: 'N', check: PORT, doc: 'the first worker (default gateway port + 4)' },
+      'metrics-port': { value: 'N', default: '9401', check: { int: [-1, 65535] }, doc: "Prometheus /metrics of the gateway; scheduler N+1, balancer N+2, aggregator N+3, workers a free port each (0: every service a free port, -1: off)" },
       workers: { value: 'N', default: '2', check: { int: [1, 64] }, doc: 'number of worker processes' },
       'max-restarts': { value: 'N', default: '5', check: { int: [0, 1000] }, doc: 'a service that exits unexpectedly is started again after 0.5 s, 1 s, 2 s.. (reset after 30 s of serving); after N restarts in a row maas up gives up and stops the mesh' },
       policy: { value: 'P', default: 'p2c', doc: 'balancing policy: round_robin, random, least_outstanding, p2c, p2c_ewma, weighted, consistent_hash' },

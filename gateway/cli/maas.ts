@@ -74,6 +74,7 @@ async function main(argv: string[], state: RunState): Promise<number> {
         balancerPort: int('balancer-port') ?? int('gateway-port')! + 2,
         aggregatorPort: int('aggregator-port') ?? int('gateway-port')! + 3,
         workerBasePort: int('worker-base-port') ?? int('gateway-port')! + 4,
+        metricsPort: int('metrics-port')!,
         workers: int('workers')!,
         maxRestarts: int('max-restarts')!,
         policy: str('policy')!,

@@ -39,6 +39,11 @@ export interface UpOptions {
   balancerPort: number;
   aggregatorPort: number;
   workerBasePort: number;
+  /**
+   * The gateway's metrics port; the scheduler, balancer and aggregator take the next three, workers
+   * a free port each. 0: every service a free port; -1: no metrics; unset: each service's default.
+   */
+  metricsPort?: number;
   workers: number;
   policy: string;
   /** The gateway's API key file (`--api-keys-file`); given to the gateway only. */
@@ -89,18 +94,24 @@ export function meshProcesses(o: UpOptions): ProcessSpec[] {
   const inputRoot = ['--input-root', resolve(o.inputRoot ?? '.maas/input')];
   const outputRoot = ['--output-root', resolve(o.outputRoot ?? '.maas/output')];
   const modelRepository = ['--model-repository', resolve(o.modelRepository ?? '.maas/models')];
+  const metricsAt = (offset: number): string[] => {
+    if (o.metricsPort === undefined) return [];
+    return [`--metrics-port=${o.metricsPort <= 0 ? o.metricsPort : o.metricsPort + offset}`];
+  };
+  // Several workers on one host: each picks a free metrics port (it logs which).
+  const workerMetrics = o.metricsPort === undefined ? [] : [`--metrics-port=${o.metricsPort < 0 ? -1 : 0}`];
   const specs: ProcessSpec[] = [
-    { name: 'balancer', service: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy], address: balancer, identity: 'balancer' },
-    { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort), ...outputRoot], address: aggregator, identity: 'aggregator' },
+    { name: 'balancer', service: 'balancer', entry: 'services/balancer/main.js', args: ['--host', o.host, '--port', String(o.balancerPort), '--policy', o.policy, ...metricsAt(2)], address: balancer, identity: 'balancer' },
+    { name: 'aggregator', service: 'aggregator', entry: 'services/aggregator/main.js', args: ['--host', o.host, '--port', String(o.aggregatorPort), ...outputRoot, ...metricsAt(3)], address: aggregator, identity: 'aggregator' },
   ];
   for (let i = 0; i < o.workers; i++) {
     const port = o.workerBasePort + i;
     const id = `worker-${i + 1}`;
-    specs.push({ name: id, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', id, ...inputRoot, ...modelRepository], address: at(port), identity: { worker: id } });
+    specs.push({ name: id, service: 'worker', entry: 'services/worker/main.js', args: ['--host', o.host, '--port', String(port), '--balancer', balancer, '--aggregator', aggregator, '--worker-id', id, ...inputRoot, ...modelRepository, ...workerMetrics], address: at(port), identity: { worker: id } });
   }
   specs.push(
-    { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator, ...inputRoot, ...outputRoot], address: at(o.schedulerPort), identity: 'scheduler' },
-    { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--http-port', String(o.httpPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : [])], address: at(o.gatewayPort), identity: 'gateway' },
+    { name: 'scheduler', service: 'scheduler', entry: 'services/scheduler/main.js', args: ['--host', o.host, '--port', String(o.schedulerPort), '--balancer', balancer, '--aggregator', aggregator, ...inputRoot, ...outputRoot, ...metricsAt(1)], address: at(o.schedulerPort), identity: 'scheduler' },
+    { name: 'gateway', service: 'gateway', entry: 'gateway/main.js', args: ['--host', o.host, '--port', String(o.gatewayPort), '--http-port', String(o.httpPort), '--scheduler', at(o.schedulerPort), '--balancer', balancer, ...(o.apiKeysFile ? ['--api-keys-file', resolve(o.apiKeysFile)] : []), ...metricsAt(0)], address: at(o.gatewayPort), identity: 'gateway' },
   );
   for (const spec of specs) {
     if (o.certsDir) {

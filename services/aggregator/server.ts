@@ -8,6 +8,8 @@ import { resolve } from 'node:path';
 import { ConfigOf } from '../../common/config';
 import { MeshError, invalidField } from '../../common/errors';
 import { Logger } from '../../common/log';
+import { callMetrics } from '../../common/call-metrics';
+import { ServiceMetrics, serveMetrics } from '../../common/metrics';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
 import { loadMeshTls } from '../../common/tls';
@@ -33,6 +35,8 @@ import { AggregatorStore, checkSameSpec } from './store';
 /** A running aggregator. */
 export interface RunningAggregator extends StartedService {
   readonly port: number;
+  /** host:port of the /metrics endpoint; undefined with --metrics-port -1. */
+  readonly metricsAddress: string | undefined;
 }
 
 /** The spec of a request, validated: INVALID_ARGUMENT names the field. */
@@ -113,6 +117,10 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
   const store = new AggregatorStore(resolve(config.dataDir), { cachedJobs: config.cachedJobs, maxOutputBytes: config.maxOutputBytes });
   if (store.schema.from !== store.schema.to) log.info('store schema migrated', { file: store.path, from_version: store.schema.from, to_version: store.schema.to });
   log.info('store open', { path: store.path });
+  const metrics = new ServiceMetrics('aggregator');
+  const commits = metrics.counter('maas_aggregator_commits_total', "Task outputs committed (each task of a job once), by the job's reducer.", ['reducer']);
+  const duplicates = metrics.counter('maas_aggregator_duplicates_total', 'Commits of a task already committed (a retried or re-run task), ignored, by reducer.', ['reducer']);
+  const finalized = metrics.counter('maas_aggregator_jobs_finalized_total', 'Jobs whose final result was reduced, by reducer.', ['reducer']);
 
   const implementation: AggregatorServiceImplementation = {
     async commit(request: CommitRequest): Promise<CommitResponse> {
@@ -123,6 +131,7 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
       }
       const output = validOutput(request.output);
       const outcome = store.commit(jobId, request.taskIndex, request.attempt, spec, output);
+      (outcome.duplicate ? duplicates : commits).inc({ reducer: spec.reducer });
       if (outcome.duplicate) {
         log.info('task already committed; duplicate ignored', { job: jobId, task: request.taskIndex, attempt: request.attempt });
       } else if (outcome.tasksCommitted === spec.tasksTotal) {
@@ -159,6 +168,7 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
         }
       }
       log.info('job finalized', { job: jobId, reducer: spec.reducer, tasks: spec.tasksTotal });
+      finalized.inc({ reducer: spec.reducer });
       return { result: toJobResult(result) };
     },
 
@@ -180,7 +190,13 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
     insecure: config.insecure,
     healthPort: config.healthPort,
     services: [{ definition: AggregatorServiceDefinition, implementation }],
+    callMetrics: callMetrics(metrics, { labelModels: false }).middleware,
   }).catch((err: unknown) => {
+    store.close();
+    throw err;
+  });
+  const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
+    server.kill();
     store.close();
     throw err;
   });
@@ -188,8 +204,10 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
   return {
     port: server.port,
     address: server.address,
+    metricsAddress: metricsServer?.address,
     async shutdown() {
       await server.shutdown(2000);
+      await metricsServer?.close();
       store.close();
     },
   };

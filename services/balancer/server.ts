@@ -13,6 +13,8 @@ import { ConfigOf } from '../../common/config';
 import { ErrorKind, MeshError, NO_READY_WORKER_TRAILER, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
+import { callMetrics } from '../../common/call-metrics';
+import { ServiceMetrics, serveMetrics } from '../../common/metrics';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
 import { loadMeshTls } from '../../common/tls';
@@ -144,6 +146,8 @@ export interface RunningBalancer extends StartedService {
   readonly membership: Membership<Model, WorkerLink>;
   /** Sizes of what it holds per worker and per model, for tests and diagnostics. */
   state(): BalancerState;
+  /** host:port of the /metrics endpoint; undefined with --metrics-port -1. */
+  readonly metricsAddress: string | undefined;
 }
 
 /**
@@ -232,11 +236,29 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
 
   const retryBudget = new RetryBudget({ ratio: config.retryBudget, minRetriesPerSecond: config.retryMinPerSecond });
 
+  const metrics = new ServiceMetrics('balancer');
+  const picks = metrics.counter('maas_balancer_picks_total', 'Workers picked for a call (first tries, retries and hedges), by worker.', ['worker']);
+  const retries = metrics.counter('maas_balancer_retries_total', 'Calls tried again on another worker after a failure before the first output.');
+  const budgetRefusals = metrics.counter('maas_balancer_retry_budget_exhausted_total', 'Retries not made because the retry budget was spent.');
+  const hedges = metrics.counter('maas_balancer_hedges_total', 'Second copies of a unary Predict sent to another worker after --hedge-delay-ms.');
+  const ejections = metrics.counter('maas_balancer_ejections_total', 'Workers ejected as outliers, by worker and reason.', ['worker', 'reason']);
+  metrics.gauge('maas_balancer_outstanding', 'Calls this balancer has open on each worker now.', ['worker'], (g) => {
+    g.reset();
+    for (const m of membership.all()) g.set({ worker: m.id }, m.outstanding);
+  });
+  metrics.gauge('maas_balancer_workers', 'Member workers now, by state (ready, draining, ejected).', ['state'], (g) => {
+    const now = Date.now();
+    const counts = { ready: 0, draining: 0, ejected: 0 };
+    for (const m of membership.all()) counts[m.draining || !m.serving ? 'draining' : m.outlier.isEjected(now) ? 'ejected' : 'ready']++;
+    for (const [state, n] of Object.entries(counts)) g.set({ state }, n);
+  });
+
   /** Counts a failure against a worker; ejects it when it is an outlier, ramping it back after. */
   function noteFailure(member: Member) {
     // A worker that has left (or was replaced) keeps no record.
     const reason = membership.recordFailure(member, Date.now());
     if (!reason) return;
+    ejections.inc({ worker: member.id, reason });
     const state = member.outlier.state(Date.now());
     log.warn('worker ejected', { worker: member.id, reason, until: new Date(state.ejectedUntil ?? 0).toISOString(), ejections: state.ejections });
   }
@@ -247,7 +269,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const members = membership.routable(model, tried, version, now);
     const candidates = members.map((m) => m.candidate(now));
     const picked = (modelPolicies.get(model) ?? policy).pick(model, candidates, { affinityKey });
-    return picked && members.find((m) => m.id === picked.id);
+    const member = picked && members.find((m) => m.id === picked.id);
+    if (member) picks.inc({ worker: member.id });
+    return member;
   }
 
   /**
@@ -271,6 +295,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   /** Drops everything held for a member that is no longer one: its link, its state by id, and the routing state of models nobody serves now. */
   function forget(member: Member, why: string) {
     member.link?.close();
+    // A departed worker's series go with it: ids of restarted workers would pile up otherwise.
+    picks.remove({ worker: member.id });
     for (const model of member.models.keys()) {
       if (membership.serves(model)) continue;
       for (const p of allPolicies) p.forget(model);
@@ -332,10 +358,12 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         failure = { worker: member.id, details: `${Status[err.code]}: ${err.details}` };
         // Retries may add only a bounded share of load, so a failing worker cannot set off a storm.
         if (!retryBudget.tryRetry(Date.now())) {
+          budgetRefusals.inc();
           const kind = allFull ? 'resource_exhausted' : 'unavailable';
           throw new MeshError(kind, `worker ${member.id} failed before its first output (${failure.details}); retry budget exhausted`);
         }
         log.warn('worker failed before its first output; trying another', { worker: member.id, request_id: task.requestId, error: failure.details });
+        retries.inc();
       } finally {
         member.outstanding--;
       }
@@ -572,7 +600,10 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     if (early?.done) return early.r;
     if (early && !early.done && (context.signal.aborted || !(early.err instanceof ClientError) || !RETRYABLE.has(early.err.code))) throw early.err;
     const second = pickWorker(model, new Set([first.id]), key);
-    if (second && retryBudget.tryRetry(Date.now())) calls.push(callWorker(second, task, context));
+    if (second && retryBudget.tryRetry(Date.now())) {
+      hedges.inc();
+      calls.push(callWorker(second, task, context));
+    }
     else if (early) throw early.err;
     try {
       return await Promise.any(calls.map((c) => c.result));
@@ -631,6 +662,11 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     insecure: config.insecure,
     healthPort: config.healthPort,
     services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
+    callMetrics: callMetrics(metrics, { knownModel: (name) => membership.serves(name) }).middleware,
+  });
+  const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
+    server.kill();
+    throw err;
   });
 
   const sweeper = setInterval(() => {
@@ -643,6 +679,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     port: server.port,
     address: server.address,
     membership,
+    metricsAddress: metricsServer?.address,
     state: () => ({
       members: membership.size,
       links: openLinks.size,
@@ -655,6 +692,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     async shutdown() {
       clearInterval(sweeper);
       await server.shutdown(2000);
+      await metricsServer?.close();
       for (const link of [...openLinks]) link.close();
     },
   };

@@ -2,6 +2,7 @@
 import { callbackAllowSetting } from '../../common/callback-target';
 import { address, decimal, integer, text } from '../../common/config';
 import { TENANT_NAME_PATTERN } from '../../common/tenant';
+import { metricsPortSetting } from '../../common/metrics';
 import { tlsSchema } from '../../common/tls';
 import { parseWebhookSecret } from './jobs/callback';
 import { TenantOverrides, parseTenantOverrides } from './tenant-limits';
@@ -51,5 +52,6 @@ export const schedulerSchema = {
     parse: (raw: string): TenantOverrides => parseTenantOverrides(raw, (name) => TENANT_NAME_PATTERN.test(name)),
     show: (v: TenantOverrides) => (v.size === 0 ? '(empty)' : [...v.keys()].join(', ')),
   },
+  metricsPort: metricsPortSetting('MAAS_SCHEDULER', 9402),
   ...tlsSchema('MAAS_SCHEDULER', 'scheduler'),
 };

@@ -56,6 +56,8 @@ export interface JobRunnerOptions {
    * down waits for the balancer instead of using an attempt. Default: always up.
    */
   balancerReachable?: () => boolean;
+  /** Told of every event appended to a job's log after its acceptance, the final one included (for metrics). */
+  onEvent?: (event: JobEvent['event']) => void;
 }
 
 /** First pause of a job that waits for a worker, ms; doubles while it waits, up to WAIT_MAX_MS. */
@@ -510,6 +512,7 @@ export class JobRunner {
     const ended = this.store.finishJob(id, state, { result: outcome.result ? JobResult.toJSON(outcome.result) : undefined, error: outcome.error }, JobEvent.toJSON(finalEvent), Date.now());
     if (!ended) return;
     this.events.notify(id);
+    this.options.onEvent?.(finalEvent.event);
     if (job) {
       job.ended = true;
       clearTimeout(job.deadlineTimer);
@@ -549,6 +552,7 @@ export class JobRunner {
 
   private append(jobId: string, event: JobEvent['event']): void {
     this.events.append(jobId, JobEvent.toJSON(eventOf(event)), Date.now());
+    this.options.onEvent?.(event);
   }
 }
 

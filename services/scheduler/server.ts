@@ -11,6 +11,8 @@ import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
+import { callMetrics } from '../../common/call-metrics';
+import { ServiceMetrics, serveMetrics } from '../../common/metrics';
 import { startGrpcServer } from '../../common/server';
 import { StartedService } from '../../common/service-main';
 import { loadMeshTls } from '../../common/tls';
@@ -37,6 +39,7 @@ import { prepareRoot } from '../../common/file-roots';
 import { JobRunner } from './job-runner';
 import { JobStore } from './jobs/store';
 import { Task } from '../../generated/maas/internal/v1/task';
+import { JobEvent } from '../../generated/maas/v1/jobs';
 import { Priority as ProtoPriority } from '../../generated/maas/v1/inference';
 import { inferPriorityOf } from '../../common/infer-parameters';
 import { schedulerSchema } from './config';
@@ -53,7 +56,50 @@ export interface RunningScheduler extends StartedService {
   readonly jobs: JobRunner;
   /** Open WatchJob streams per tenant, for tests and diagnostics. */
   readonly watches: TenantCounter;
+  /** host:port of the /metrics endpoint; undefined with --metrics-port -1. */
+  readonly metricsAddress: string | undefined;
 }
+
+/** Why a request or job was refused, as `maas_scheduler_refused_total` labels it. */
+export type RefusalReason = 'queue_full' | 'tenant_in_flight' | 'tenant_queued' | 'tenant_rate' | 'deadline_in_queue' | 'tenant_watches' | 'active_jobs';
+
+/** The scheduler's own metric families (the gRPC ones are common/call-metrics.ts's). */
+function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store: JobStore) {
+  metrics.gauge('maas_scheduler_queued', 'Online requests waiting in the admission queue now.', [], (g) => g.set(queue.stats().queued));
+  metrics.gauge('maas_scheduler_in_flight', 'Online requests holding an admission permit (running) now.', [], (g) => g.set(queue.stats().inFlight));
+  metrics.gauge('maas_scheduler_jobs', 'Batch jobs in the store, by state (queued, running, succeeded, failed, cancelled).', ['state'], (g) => {
+    for (const [state, n] of Object.entries(store.countJobsByState())) g.set({ state }, n);
+  });
+  const refused = metrics.counter('maas_scheduler_refused_total', 'Requests and jobs refused at admission, by reason and tenant.', ['reason', 'tenant']);
+  const queueWait = metrics.histogram('maas_scheduler_queue_wait_seconds', 'Time an online request waited in the admission queue for a permit, in seconds (0 when one was free), by priority.', ['priority']);
+  const accepted = metrics.counter('maas_scheduler_jobs_accepted_total', 'Batch jobs accepted (stored and split into tasks).');
+  const ended = metrics.counter('maas_scheduler_jobs_ended_total', 'Batch jobs that ended, by final state (succeeded, failed, cancelled).', ['state']);
+  const retried = metrics.counter('maas_scheduler_tasks_retried_total', 'Map task attempts that failed and were scheduled again.');
+  const failed = metrics.counter('maas_scheduler_tasks_failed_total', 'Map tasks that failed their last attempt (their job fails).');
+  const records = metrics.counter('maas_scheduler_records_processed_total', 'Input records of batch jobs mapped and committed (rate() gives records per second).');
+  return {
+    refused: (reason: RefusalReason, tenant: string) => refused.inc({ reason, tenant }),
+    waited: (priority: Priority, ms: number) => queueWait.observe({ priority }, ms / 1000),
+    accepted: () => accepted.inc(),
+    onEvent(event: JobEvent['event']) {
+      switch (event?.$case) {
+        case 'taskRetried':
+          return retried.inc();
+        case 'taskFailed':
+          return failed.inc();
+        case 'taskDone':
+          return records.inc(event.taskDone.records);
+        case 'completed':
+          return ended.inc({ state: 'succeeded' });
+        case 'failed':
+          return ended.inc({ state: 'failed' });
+        case 'cancelled':
+          return ended.inc({ state: 'cancelled' });
+      }
+    },
+  };
+}
+type SchedulerMetrics = ReturnType<typeof schedulerMetrics>;
 
 /** The flag of each per-tenant limit and the key of its override in --tenant-limits. */
 const LIMIT_SETTINGS: Record<keyof TenantLimitValues, [flag: string, key: string]> = {
@@ -94,10 +140,14 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued, tenantLimits: (t) => limits.of(t) });
   const rates = new RateLimiter((t) => limits.of(t), () => Date.now());
   const watches = new TenantCounter();
+  const metrics = new ServiceMetrics('scheduler');
+  // Set once the store is open; refusals before that cannot happen (nothing serves yet).
+  let counted: SchedulerMetrics | undefined;
   /** RESOURCE_EXHAUSTED when `tenant` is over its request rate. */
   const takeRateToken = (tenant: string): void => {
     const waitMs = rates.take(tenant);
     if (waitMs === 0) return;
+    counted?.refused('tenant_rate', tenant);
     const { rate, burst } = limits.of(tenant);
     throw new MeshError(
       'resource_exhausted',
@@ -111,6 +161,8 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
   const store = new JobStore(resolve(config.dataDir));
+  counted = schedulerMetrics(metrics, queue, store);
+  const schedulerCounts = counted;
   if (store.schema.from !== store.schema.to) log.info('store schema migrated', { file: store.path, from_version: store.schema.from, to_version: store.schema.to });
   const jobs = new JobRunner(
     store,
@@ -130,6 +182,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       callbackTimeoutMs: config.callbackTimeoutMs,
       callbackAllow: parseCallbackAllowlist(config.callbackAllow),
       balancerReachable: () => channel.getConnectivityState(false) === connectivityState.READY,
+      onEvent: (event) => schedulerCounts.onEvent(event),
     },
     log,
   );
@@ -139,7 +192,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     requireTenant(task.tenant);
     takeRateToken(task.tenant);
-    const permit = await admit(queue, task, context, limits);
+    const permit = await admit(queue, task, context, limits, schedulerCounts);
     log.debug('admitted', { request_id: task.requestId, tenant: task.tenant, task: task.request.$case, waited_ms: permit.waitedMs });
     try {
       for await (const response of balancer.route({ task }, { signal: context.signal, deadline: context.deadline })) {
@@ -160,7 +213,14 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     tls,
     insecure: config.insecure,
     healthPort: config.healthPort,
-    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken) } }],
+    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken, schedulerCounts) } }],
+    // Its one caller, the gateway, refuses a model or mapper its catalog does not hold (NOT_FOUND)
+    // before it schedules anything: a model name that reaches the scheduler names a real model.
+    callMetrics: callMetrics(metrics, { knownModel: () => true }).middleware,
+  });
+  const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
+    server.kill();
+    throw err;
   });
   log.info('admission limits', {
     max_in_flight: config.maxInFlight,
@@ -178,9 +238,11 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     queue,
     jobs,
     watches,
+    metricsAddress: metricsServer?.address,
     async shutdown() {
       jobs.close();
       await server.shutdown(5000);
+      await metricsServer?.close();
       channel.close();
       aggregatorChannel.close();
       store.close();
@@ -189,21 +251,29 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
 }
 
 /** Waits for a slot, inside a queue-wait span; maps the queue's refusals to mesh errors. */
-async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext, limits: TenantLimits): Promise<Permit> {
+async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext, limits: TenantLimits, counts: SchedulerMetrics): Promise<Permit> {
   const priority = priorityOf(task);
   const span = meshTracer().startSpan('scheduler.queue_wait', { attributes: { 'maas.priority': priority, 'maas.request_id': task.requestId, ...taskAttributes(task) } });
   try {
     const permit = await queue.admitOrReject({ priority, tenant: task.tenant, deadline: context.deadline, signal: context.signal });
     span.setAttribute('maas.waited_ms', permit.waitedMs);
+    counts.waited(priority, permit.waitedMs);
     endSpan(span);
     return permit;
   } catch (err) {
     endSpan(span, err);
-    if (err instanceof QueueFullError) throw new MeshError('resource_exhausted', err.message);
+    if (err instanceof QueueFullError) {
+      counts.refused('queue_full', task.tenant);
+      throw new MeshError('resource_exhausted', err.message);
+    }
     if (err instanceof TenantLimitError) {
+      counts.refused(err.limit === 'in_flight' ? 'tenant_in_flight' : 'tenant_queued', task.tenant);
       throw new MeshError('resource_exhausted', `${err.message} (${limitSetting(limits, err.tenant, err.limit === 'in_flight' ? 'maxInFlight' : 'maxQueued')})`);
     }
-    if (err instanceof DeadlineInQueueError) throw new MeshError('deadline_exceeded', err.message);
+    if (err instanceof DeadlineInQueueError) {
+      counts.refused('deadline_in_queue', task.tenant);
+      throw new MeshError('deadline_exceeded', err.message);
+    }
     // The call's own deadline timer may fire just before the queue's: same outcome, same status.
     if (err instanceof MeshError && err.kind === 'deadline_exceeded') {
       throw new MeshError('deadline_exceeded', 'deadline passed while waiting in the scheduler queue');
@@ -250,13 +320,21 @@ function taskAttributes(task: Task): Record<string, string> {
 
 
 /** The job methods of SchedulerService: thin adapters over the runner. */
-function jobMethods(jobs: JobRunner, limits: TenantLimits, watches: TenantCounter, takeRateToken: (tenant: string) => void) {
+function jobMethods(jobs: JobRunner, limits: TenantLimits, watches: TenantCounter, takeRateToken: (tenant: string) => void, counts: SchedulerMetrics) {
   return {
     async submitJob(request: SubmitJobRequest, context: MeshCallContext): Promise<SubmitJobResponse> {
       requireTenant(request.tenant);
       if (!request.spec) throw new MeshError('invalid_argument', 'spec must be set');
       takeRateToken(request.tenant);
-      return { job: await jobs.submit(request.tenant, request.spec, context.signal) };
+      try {
+        const job = await jobs.submit(request.tenant, request.spec, context.signal);
+        counts.accepted();
+        return { job };
+      } catch (err) {
+        // The runner's only RESOURCE_EXHAUSTED is a limit on unfinished jobs (all tenants' or this one's).
+        if (err instanceof MeshError && err.kind === 'resource_exhausted') counts.refused('active_jobs', request.tenant);
+        throw err;
+      }
     },
     async getJob(request: GetJobRequest): Promise<GetJobResponse> {
       return { job: jobs.get(requireTenant(request.tenant), request.jobId) };
@@ -273,6 +351,7 @@ function jobMethods(jobs: JobRunner, limits: TenantLimits, watches: TenantCounte
       jobs.get(tenant, request.jobId);
       const max = limits.of(tenant).maxWatches;
       if (!watches.tryAcquire(tenant, max)) {
+        counts.refused('tenant_watches', tenant);
         throw new MeshError('resource_exhausted', `tenant "${tenant}" has ${watches.count(tenant)} Watch stream${watches.count(tenant) === 1 ? '' : 's'} open, its limit (${limitSetting(limits, tenant, 'maxWatches')})`);
       }
       try {

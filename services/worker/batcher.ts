@@ -105,6 +105,8 @@ export interface BatcherOptions {
   readonly tracer?: Tracer;
   /** Clock for deadlines and queue delay, in ms (default `Date.now`). */
   readonly now?: () => number;
+  /** Told of each batch that ran to completion: its requests and rows (for metrics). */
+  readonly onBatch?: (requests: number, rows: number) => void;
 }
 
 /** Counters, for load reports and tests. */
@@ -360,6 +362,7 @@ export class DynamicBatcher {
       members.forEach((pending, i) => settle(pending, () => pending.resolve(split[i])));
       this.batchCount++;
       this.rowCount += rows;
+      this.options.onBatch?.(members.length, rows);
     } catch (err) {
       span.setStatus({ code: SpanStatusCode.ERROR, message: err instanceof Error ? err.message : String(err) });
       for (const pending of members) settle(pending, () => pending.reject(err));

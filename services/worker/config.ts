@@ -1,5 +1,6 @@
 /** Settings of the worker service. */
 import { address, decimal, integer, text } from '../../common/config';
+import { metricsPortSetting } from '../../common/metrics';
 import { tlsSchema } from '../../common/tls';
 import { UpstreamSpec, parseUpstreams } from './models/upstream';
 
@@ -44,6 +45,7 @@ export const workerSchema = {
   drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: 30000, min: 0, max: 3600000, doc: 'On SIGTERM, how long running tasks may take to finish before they are cut.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_WORKER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_WORKER_MAX_CONCURRENT_STREAMS', default: 1024, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); keep it above --concurrency plus --max-queued.' }),
+  metricsPort: metricsPortSetting('MAAS_WORKER', 0, ' (the default: several workers share a host)'),
   ...workerTls,
   tlsCert: {
     ...workerTls.tlsCert,

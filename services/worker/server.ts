@@ -13,6 +13,8 @@ import { ConfigOf } from '../../common/config';
 import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { MeshCallContext } from '../../common/middleware';
+import { callMetrics } from '../../common/call-metrics';
+import { BATCH_SIZE_BUCKETS, ServiceMetrics, UNKNOWN_MODEL, serveMetrics } from '../../common/metrics';
 import { startGrpcServer } from '../../common/server';
 import { meshTracer } from '../../common/tracing';
 import {
@@ -71,6 +73,8 @@ export interface RunningWorker {
   shutdown(): Promise<void>;
   /** Abrupt stop, as if the process died: connections are cut, nothing is finished. Tests use it. */
   crash(): void;
+  /** host:port of the /metrics endpoint; undefined with --metrics-port -1. */
+  readonly metricsAddress: string | undefined;
 }
 
 /** How long a load or unload waits for its ModelsUpdate to be sent to the balancer. */
@@ -114,6 +118,26 @@ export async function startWorker(
   const latency = new MovingAverage(LATENCY_SMOOTHING);
   let completed = 0;
   let draining = false;
+  /** A task waiting for a model's own place (a llama.cpp sequence) holds a worker slot but is queued, not in flight. */
+  const waitingInModels = () => models.all().reduce((sum, m) => sum + (m.load?.().waiting ?? 0), 0);
+
+  const metrics = new ServiceMetrics('worker');
+  metrics.gauge('maas_worker_in_flight', 'Tasks running on this worker now.', [], (g) => g.set(running.size - waitingInModels()));
+  metrics.gauge('maas_worker_queued', 'Tasks waiting on this worker now: for a slot (--concurrency) or for a place in a model.', [], (g) => g.set(slots.waiting + waitingInModels()));
+  const batchSize = metrics.histogram(
+    'maas_worker_batch_size',
+    'Requests run together in one model run, by model: dynamic batches of a batching model; 1 for each task of a model that does not batch.',
+    ['model'],
+    BATCH_SIZE_BUCKETS,
+  );
+  const execution = metrics.histogram('maas_worker_model_execution_seconds', 'Time a task ran on the worker, from getting a slot to its last output, in seconds, by model.', ['model']);
+  /** The model label of a task: a model the worker hosts, a built-in mapper, or (unknown). */
+  const modelLabel = (task: Task): string => {
+    const name = taskModel(task);
+    if (name !== undefined) return models.versions(name).length > 0 ? name : UNKNOWN_MODEL;
+    const mapper = task.request?.$case === 'map' && task.request.map.spec?.map?.$case === 'mapper' ? task.request.map.spec.map.mapper : '';
+    return (MAPPERS as readonly string[]).includes(mapper) ? `mapper:${mapper}` : UNKNOWN_MODEL;
+  };
 
   async function* execute(request: ExecuteRequest, context: MeshCallContext): AsyncGenerator<ExecuteResponse> {
     const task = request.task;
@@ -165,6 +189,7 @@ export async function startWorker(
     });
     let chunks = 0;
     let outcome: TaskEnd['outcome'] = 'ok';
+    const started = performance.now();
     try {
       const outputs =
         task.request?.$case === 'map'
@@ -183,6 +208,10 @@ export async function startWorker(
       if (controller.signal.aborted && outcome === 'ok') outcome = 'cancelled';
       span.setAttribute('maas.chunks', chunks);
       span.end();
+      const label = modelLabel(task);
+      execution.observe({ model: label }, (performance.now() - started) / 1000);
+      // A batching model counts its batches as they run (loadOnnxModel's onBatch).
+      if (!model?.batchStats && outcome === 'ok') batchSize.observe({ model: label }, 1);
       context.signal.removeEventListener('abort', onAbort);
       running.delete(key);
       slots.release();
@@ -204,6 +233,11 @@ export async function startWorker(
     insecure: config.insecure,
     healthPort: config.healthPort,
     services: [{ definition: WorkerServiceDefinition, implementation: { execute, repositoryIndex, loadModel, unloadModel } }],
+    callMetrics: callMetrics(metrics, { knownModel: (name) => models.versions(name).length > 0 || (name.startsWith('mapper:') && (MAPPERS as readonly string[]).includes(name.slice(7))) }).middleware,
+  });
+  const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
+    server.kill();
+    throw err;
   });
   const address = config.advertiseAddress || server.address;
 
@@ -231,9 +265,8 @@ export async function startWorker(
     config.balancer,
     () => ({ workerId: id, address, models: models.all().map(modelMessage), capacity: config.concurrency, mappers: [...MAPPERS] }),
     () => {
-      // A task holding a worker slot but waiting for a model's place (a llama.cpp sequence) is queued, not in flight.
-      const waitingInModels = models.all().reduce((sum, m) => sum + (m.load?.().waiting ?? 0), 0);
-      return { inFlight: running.size - waitingInModels, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting + waitingInModels, latencyMs: latency.value ?? 0 };
+      const waiting = waitingInModels();
+      return { inFlight: running.size - waiting, capacity: config.concurrency, completed, draining, queueDepth: slots.waiting + waiting, latencyMs: latency.value ?? 0 };
     },
     log,
     tls,
@@ -279,7 +312,7 @@ export async function startWorker(
                 contextLength: plan!.config.contextLength ?? LLAMA_DEFAULTS.contextLength,
                 threads: plan!.config.threads ?? LLAMA_DEFAULTS.threads,
               })
-            : await loadOnnxModel(plan!, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued });
+            : await loadOnnxModel(plan!, { intraOpThreads: config.onnxIntraOpThreads, maxBatchQueue: config.concurrency + config.maxQueued, onBatch: (name, requests) => batchSize.observe({ model: name }, requests) });
         const retired = models.replace(name, loaded);
         repositoryState.set(name, { state: 'READY', reason: '' });
         log.info('model loaded', { model: name, versions: loaded.map((m) => m.info.version).join(',') });
@@ -355,6 +388,7 @@ export async function startWorker(
     activity,
     joined: membership.joined,
     models,
+    metricsAddress: metricsServer?.address,
     inFlight: () => running.size,
     async shutdown() {
       draining = true;
@@ -373,11 +407,13 @@ export async function startWorker(
       }
       await membership.leave();
       await server.shutdown(1000);
+      await metricsServer?.close();
       aggregatorChannel.close();
     },
     crash() {
       // Connections go first, so no caller receives a status: as if the process had died.
       server.kill();
+      void metricsServer?.close();
       aggregatorChannel.close();
       membership.abandon();
       slots.refuseWaiting(new MeshError('unavailable', `worker ${id} crashed`));

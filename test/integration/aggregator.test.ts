@@ -47,7 +47,7 @@ describe('aggregator service', function () {
   let client: Client;
 
   async function start(): Promise<void> {
-    aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(dataDir, 'store'), outputRoot: join(dataDir, 'output'), maxOutputBytes: 4096 }, silentLogger);
+    aggregator = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, metricsPort: 0, dataDir: join(dataDir, 'store'), outputRoot: join(dataDir, 'output'), maxOutputBytes: 4096 }, silentLogger);
     ({ channel, client } = connect(aggregator.address));
   }
 
@@ -230,7 +230,7 @@ describe('aggregator service', function () {
 
   it('a commit acknowledged by an aggregator process survives kill -9 of that process', async () => {
     const processDir = mkdtempSync(join(tmpdir(), 'maas-aggregator-kill-'));
-    const child = spawn(process.execPath, [resolve(dist, 'services/aggregator/main.js'), '--port', '0', '--data-dir', join(processDir, 'store'), '--output-root', join(processDir, 'output')], {
+    const child = spawn(process.execPath, [resolve(dist, 'services/aggregator/main.js'), '--port', '0', '--metrics-port', '0', '--data-dir', join(processDir, 'store'), '--output-root', join(processDir, 'output')], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, MAAS_LOG_LEVEL: 'info' },
     });
@@ -258,7 +258,7 @@ describe('aggregator service', function () {
       const [, signal] = await exited;
       expect(signal).to.equal('SIGKILL');
 
-      restarted = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, dataDir: join(processDir, 'store'), outputRoot: join(processDir, 'output') }, silentLogger);
+      restarted = await startAggregator({ ...parseConfig(aggregatorSchema, [], {}), port: 0, metricsPort: 0, dataDir: join(processDir, 'store'), outputRoot: join(processDir, 'output') }, silentLogger);
       const local = connect(restarted.address);
       try {
         const again = await local.client.commit({ jobId: 'job-kill', taskIndex: 1, attempt: 2, reduce: spec, output: words({ lost: 1 }) });

@@ -46,7 +46,7 @@ describe('balancer state per worker', function () {
   const word = () => Math.floor(random() * 2 ** 32).toString(36);
 
   before(async () => {
-    balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, policy: 'round_robin', reportIntervalMs: 100 }, createLogger('balancer', 'silent'));
+    balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, metricsPort: 0, policy: 'round_robin', reportIntervalMs: 100 }, createLogger('balancer', 'silent'));
     channel = openChannel(`127.0.0.1:${balancer.port}`);
     client = createMeshClient(BalancerServiceDefinition, channel);
   });

@@ -75,7 +75,7 @@ describe('ONNX models on the worker', function () {
     // FP16 travels only raw, so the typed round trip uses a model without it.
     writeModel(repo, 'identity-typed', 1, identityModel(DATATYPES.filter((dt) => dt !== 'FP16')));
     writeModel(repo, 'broken', 1, Buffer.from('not an onnx file'));
-    balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, reportIntervalMs: 200 }, silentLogger);
+    balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: 0, metricsPort: 0, reportIntervalMs: 200 }, silentLogger);
     const config = { ...parseConfig(workerSchema, [], {}), port: 0, balancer: balancer.address, aggregator: '127.0.0.1:1', workerId: 'w1', modelRepository: repo, inputRoot: join(repo, '..', `${repo.split('/').pop()}-input`), cacheDir: MODEL_CACHE_DIR };
     worker = await startWorker(config, silentLogger, createBuiltinRuntime({ cacheDir: MODEL_CACHE_DIR, echoDelayMs: 0 }));
     await worker.joined;

@@ -219,7 +219,7 @@ describe('OpenAI-compatible HTTP API (openai SDK)', function () {
 
   it('503 when the scheduler cannot be reached', async () => {
     const gateway = await startGateway(
-      { ...parseConfig(gatewaySchema, [], {}), port: 0, httpPort: 0, scheduler: `127.0.0.1:${await freePort()}`, balancer: mesh.balancer.address, catalogTtlMs: 0, defaultDeadlineMs: 5000 },
+      { ...parseConfig(gatewaySchema, [], {}), port: 0, httpPort: 0, metricsPort: 0, scheduler: `127.0.0.1:${await freePort()}`, balancer: mesh.balancer.address, catalogTtlMs: 0, defaultDeadlineMs: 5000 },
       silentLogger,
     );
     try {
@@ -235,7 +235,7 @@ describe('OpenAI-compatible HTTP API (openai SDK)', function () {
     let keyed: RunningGateway;
     before(async () => {
       keyed = await startGateway(
-        { ...parseConfig(gatewaySchema, [], { MAAS_GATEWAY_API_KEYS: 'acme=sk-acme-123' }), port: 0, httpPort: 0, scheduler: mesh.scheduler.address, balancer: mesh.balancer.address, catalogTtlMs: 0 },
+        { ...parseConfig(gatewaySchema, [], { MAAS_GATEWAY_API_KEYS: 'acme=sk-acme-123' }), port: 0, httpPort: 0, metricsPort: 0, scheduler: mesh.scheduler.address, balancer: mesh.balancer.address, catalogTtlMs: 0 },
         silentLogger,
       );
     });

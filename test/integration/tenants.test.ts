@@ -218,7 +218,7 @@ describe('tenants', function () {
 
     it('keeps the keys in use when the edited file is bad, and logs why without any line of it', async () => {
       const gateway = await startGateway(
-        { ...parseConfig(gatewaySchema, [], {}), port: 0, httpPort: 0, scheduler: mesh.scheduler.address, balancer: mesh.balancer.address, apiKeysFile: file },
+        { ...parseConfig(gatewaySchema, [], {}), port: 0, httpPort: 0, metricsPort: 0, scheduler: mesh.scheduler.address, balancer: mesh.balancer.address, apiKeysFile: file },
         createLogger('gateway', 'info', (line) => logged.push(line)),
       );
       try {
@@ -237,7 +237,7 @@ describe('tenants', function () {
 
     it('refuses to start with a bad key file, naming the line', async () => {
       writeFileSync(file, `acme ${hashApiKey(KEYS.acme)}\n\nACME ${hashApiKey('x')}\n`);
-      const started = startGateway({ ...parseConfig(gatewaySchema, [], {}), port: 0, httpPort: 0, apiKeysFile: file }, createLogger('gateway', 'silent'));
+      const started = startGateway({ ...parseConfig(gatewaySchema, [], {}), port: 0, httpPort: 0, metricsPort: 0, apiKeysFile: file }, createLogger('gateway', 'silent'));
       const err = await started.then(
         (g) => g.shutdown().then(() => expect.fail('started')),
         (e: Error) => e,

@@ -66,3 +66,27 @@ describe('maas up: the model repository', () => {
     expect(env).to.deep.equal({ MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_PARENT_PID: '1', MALLOC_ARENA_MAX: '2' });
   });
 });
+
+describe('maas up: metrics ports', () => {
+  const base = { host: '127.0.0.1', gatewayPort: 1, httpPort: 8080, schedulerPort: 2, balancerPort: 3, aggregatorPort: 4, workerBasePort: 5, workers: 2, policy: 'p2c', startTimeoutMs: 1 };
+  const metricsFlags = async (metricsPort: number | undefined) => {
+    const { meshProcesses } = await import('../../gateway/cli/up.js');
+    return Object.fromEntries(meshProcesses({ ...base, metricsPort }).map((s) => [s.name, s.args.filter((a) => a.startsWith('--metrics-port'))]));
+  };
+
+  it('gives the gateway N, the scheduler N+1, the balancer N+2, the aggregator N+3 and each worker a free port, so one machine has no clash', async () => {
+    expect(await metricsFlags(9500)).to.deep.equal({
+      gateway: ['--metrics-port=9500'],
+      scheduler: ['--metrics-port=9501'],
+      balancer: ['--metrics-port=9502'],
+      aggregator: ['--metrics-port=9503'],
+      'worker-1': ['--metrics-port=0'],
+      'worker-2': ['--metrics-port=0'],
+    });
+  });
+
+  it('0 gives every service a free port, -1 turns metrics off everywhere', async () => {
+    expect(new Set(Object.values(await metricsFlags(0)).flat())).to.deep.equal(new Set(['--metrics-port=0']));
+    expect(new Set(Object.values(await metricsFlags(-1)).flat())).to.deep.equal(new Set(['--metrics-port=-1']));
+  });
+});

@@ -376,6 +376,7 @@ function prepareStatements(db: Database.Database) {
     ),
     unfinished: db.prepare<[], JobRow>(`SELECT * FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id`),
     countUnfinished: db.prepare<[], { n: number }>(`SELECT COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running')`),
+    countByState: db.prepare<[], { state: StoredJobState; n: number }>(`SELECT state, COUNT(*) AS n FROM jobs GROUP BY state`),
     countUnfinishedOf: db.prepare<[string], { n: number }>(
       `SELECT COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'running') AND tenant = ?`,
     ),
@@ -605,6 +606,14 @@ export class JobStore {
   /** How many jobs are queued or running: of one tenant, or of all when `tenant` is undefined (for admission quotas). */
   countUnfinishedJobs(tenant?: string): number {
     return (tenant === undefined ? this.stmt.countUnfinished.get() : this.stmt.countUnfinishedOf.get(tenant))!.n;
+  }
+
+  /** How many stored jobs are in each state (states with none are 0), for metrics. */
+  countJobsByState(): Record<StoredJobState, number> {
+    const counts: Record<StoredJobState, number> = { queued: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 };
+    if (!this.db.open) return counts;
+    for (const row of this.stmt.countByState.all()) counts[row.state] = row.n;
+    return counts;
   }
 
   /**

@@ -23,6 +23,8 @@ export interface OnnxOptions {
   intraOpThreads: number;
   /** Most requests that may wait in one model version's dynamic batcher (the worker's slots bound it anyway). */
   maxBatchQueue: number;
+  /** Told of each dynamic batch run: the model and the requests in it (for metrics). */
+  onBatch?: (model: string, requests: number) => void;
 }
 
 const ORT_TO_DATATYPE: Record<string, DataType> = {
@@ -171,7 +173,7 @@ function onnxModel(parts: OnnxModelParts): Model {
   // With dynamic_batching, calls close together run as one batch (services/worker/batcher.ts);
   // the batcher belongs to this session, so a reload's new session batches apart from the old.
   const batching = config.dynamicBatching;
-  const batcher = batching && new DynamicBatcher({ run: (batch) => runOnSession(batch.inputs), maxQueuedRequests: options.maxBatchQueue });
+  const batcher = batching && new DynamicBatcher({ run: (batch) => runOnSession(batch.inputs), maxQueuedRequests: options.maxBatchQueue, onBatch: (requests) => options.onBatch?.(name, requests) });
   const policy = batching && { maxBatchSize: config.maxBatchSize, maxQueueDelayMs: batching.maxQueueDelayMs, preferredBatchSizes: batching.preferredBatchSizes };
 
   async function infer(call: InferCall, signal: AbortSignal): Promise<Tensor[]> {
