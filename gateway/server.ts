@@ -232,6 +232,10 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     publicEdge: true,
     insecure: config.insecure,
     healthPort: config.healthPort,
+    // Job watches last until the job ends; their clients reconnect and lose no event.
+    longLivedMethods: ['/maas.v1.JobService/Watch'],
+    maxConnectionAgeMs: config.maxConnectionAgeMs,
+    maxConnectionAgeGraceMs: config.maxConnectionAgeGraceMs,
     services: [
       { definition: InferenceServiceDefinition, implementation: { generate, predict } },
       { definition: ModelServiceDefinition, implementation: { listModels, getModel } },
@@ -289,7 +293,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     reloadApiKeys,
     async shutdown() {
       keyWatch?.close();
-      await Promise.all([server.shutdown(5000), http?.close(5000)]);
+      await Promise.all([server.shutdown(config.drainTimeoutMs), http?.close(config.drainTimeoutMs)]);
       schedulerChannel.close();
       balancerChannel.close();
     },

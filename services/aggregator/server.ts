@@ -189,7 +189,7 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
     port: server.port,
     address: server.address,
     async shutdown() {
-      await server.shutdown(2000);
+      await server.shutdown(config.drainTimeoutMs);
       store.close();
     },
   };

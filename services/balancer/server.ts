@@ -644,6 +644,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     tls,
     insecure: config.insecure,
     healthPort: config.healthPort,
+    // A worker's Join stream lasts as long as the worker; it rejoins the next balancer by itself.
+    longLivedMethods: ['/maas.internal.v1.BalancerService/Join'],
     services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
   });
 
@@ -668,7 +670,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     }),
     async shutdown() {
       clearInterval(sweeper);
-      await server.shutdown(2000);
+      await server.shutdown(config.drainTimeoutMs);
       for (const link of [...links.values()]) link.close();
     },
   };

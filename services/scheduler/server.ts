@@ -159,6 +159,8 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     tls,
     insecure: config.insecure,
     healthPort: config.healthPort,
+    // Job watches last until the job ends; the gateway's relay reconnects and loses no event.
+    longLivedMethods: ['/maas.internal.v1.SchedulerService/WatchJob'],
     services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken) } }],
   });
   log.info('admission limits', {
@@ -179,7 +181,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     watches,
     async shutdown() {
       jobs.close();
-      await server.shutdown(5000);
+      await server.shutdown(config.drainTimeoutMs);
       channel.close();
       aggregatorChannel.close();
       store.close();
