@@ -3,6 +3,8 @@
  * setting's name), installs tracing, starts the service, and shuts it down on SIGTERM or SIGINT.
  */
 import { ConfigError, ConfigOf, Schema, describeConfig, parseConfig } from './config';
+import { HEALTHCHECK_FLAG, HealthcheckConfig, checkOwnHealth } from './healthcheck';
+import { MeshService } from './mesh-identity';
 import { LogLevel, Logger, createLogger } from './log';
 import { initTracing } from './tracing';
 
@@ -25,15 +27,31 @@ export function runService<S extends Schema>(
     process.stdout.write(`maas ${name}: settings (flag, environment variable, default)\n\n${describeConfig(schema)}\n`);
     return;
   }
+  // `--healthcheck`: with the same flags and environment, ask the running service's health (the
+  // image's HEALTHCHECK does this), print one line and exit 0 (SERVING) or 1.
+  const healthcheck = argv.includes(HEALTHCHECK_FLAG);
   let config: ConfigOf<S>;
   try {
-    config = parseConfig(schema, argv, process.env);
+    config = parseConfig(schema, argv.filter((a) => a !== HEALTHCHECK_FLAG), process.env);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`maas ${name}: ${err.message}\n`);
       process.exit(2);
     }
     throw err;
+  }
+  if (healthcheck) {
+    checkOwnHealth(name as Exclude<MeshService, 'operator'>, config as unknown as HealthcheckConfig).then(
+      () => {
+        process.stdout.write(`maas ${name}: SERVING\n`);
+        process.exit(0);
+      },
+      (err: unknown) => {
+        process.stderr.write(`maas ${name}: not healthy: ${err instanceof Error ? err.message : String(err)}\n`);
+        process.exit(1);
+      },
+    );
+    return;
   }
   const level = (process.env.MAAS_LOG_LEVEL ?? 'info') as LogLevel;
   const log = createLogger(name, ['info', 'warn', 'error', 'silent'].includes(level) ? level : 'info');
