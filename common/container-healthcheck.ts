@@ -1,13 +1,15 @@
 /**
  * The image's HEALTHCHECK (`node dist/common/container-healthcheck.js`): one command for every
  * service of the image. It reads the command line, working directory and environment of the
- * container's main process (PID 1; MAAS_HEALTHCHECK_PID for another), and runs that service's entry
- * point with the same flags and environment plus --healthcheck, which asks the service's own
- * grpc.health.v1 (see healthcheck.ts). Exit 0: SERVING; 1: not (or not a mesh service).
+ * container's main process (PID 1; MAAS_HEALTHCHECK_PID for another), parses that service's
+ * settings from them as `<entry> --healthcheck` would, and asks the service's own grpc.health.v1
+ * (see healthcheck.ts). Exit 0: SERVING; 1: not (or not a mesh
+ * service, or a setting it cannot parse).
  */
 import { readFileSync, readlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { HEALTHCHECK_FLAG } from './healthcheck';
+import { Schema, parseConfig } from './config';
+import { HealthcheckConfig, checkOwnHealth } from './healthcheck';
 
 /** Entry points this check runs: the services' main.js under dist/, nothing else. */
 const SERVICE_ENTRY = /(^|\/)(gateway|services\/(scheduler|balancer|aggregator|worker))\/main\.js$/;
@@ -31,14 +33,30 @@ try {
 }
 const at = argv.findIndex((a) => SERVICE_ENTRY.test(a));
 if (at < 0) fail(`process ${pid} runs no mesh service (${argv.slice(0, 3).join(' ').slice(0, 120)})`);
-const entry = resolve(cwd, argv[at]);
+const match = SERVICE_ENTRY.exec(argv[at])!;
+const service = (match[3] ?? 'gateway') as 'gateway' | 'scheduler' | 'balancer' | 'aggregator' | 'worker';
 // The service's environment, not this command's: what it parsed at start is what it runs with.
-for (const key of Object.keys(process.env)) if (key.startsWith('MAAS_') && key !== 'MAAS_HEALTHCHECK_PID') delete process.env[key];
+const env: Record<string, string> = {};
 for (const line of environ) {
   const eq = line.indexOf('=');
-  const key = line.slice(0, eq);
-  if (key.startsWith('MAAS_') && key !== 'MAAS_PARENT_PID') process.env[key] = line.slice(eq + 1);
+  if (line.startsWith('MAAS_')) env[line.slice(0, eq)] = line.slice(eq + 1);
 }
+// Only the service's config schema is loaded, not the service (a worker's models and runtimes):
+// the check starts in a fraction of the time, every few seconds.
+const configModule = resolve(cwd, argv[at].replace(/main\.js$/, 'config.js'));
+const schema = (require(configModule) as Record<string, Schema>)[`${service}Schema`];
+if (!schema) fail(`${configModule} exports no ${service}Schema`);
 process.chdir(cwd);
-process.argv = [process.argv[0], entry, ...argv.slice(at + 1), HEALTHCHECK_FLAG];
-require(entry);
+let config: HealthcheckConfig;
+try {
+  config = parseConfig(schema, argv.slice(at + 1), env) as unknown as HealthcheckConfig;
+} catch (err) {
+  fail(`maas ${service}: ${(err as Error).message}`);
+}
+checkOwnHealth(service, config).then(
+  () => {
+    process.stdout.write(`maas ${service}: SERVING\n`);
+    process.exit(0);
+  },
+  (err: unknown) => fail(`maas ${service}: not healthy: ${err instanceof Error ? err.message : String(err)}`),
+);
