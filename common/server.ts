@@ -63,7 +63,31 @@ export interface GrpcServerOptions {
   serviceMiddleware?: ServerMiddleware<object, MeshContextExt>;
   /** Counts every call (common/call-metrics.ts); it runs outside the error mapping, to see the status sent. */
   callMetrics?: ServerMiddleware;
+  /**
+   * Methods whose calls may stay open for good (watches, membership streams): a graceful shutdown
+   * does not wait for them, it cuts them once the other calls have finished. Health Watch and
+   * reflection are always such.
+   */
+  longLivedMethods?: readonly string[];
+  /**
+   * After this long, a client connection is told to go away (HTTP/2 GOAWAY) and the client
+   * reconnects, through its resolver and load balancer, for its next calls: without it a client
+   * stays on one replica for good. 0 or undefined: never.
+   */
+  maxConnectionAgeMs?: number;
+  /** How long calls in flight on a connection past its age may still run before it is closed. */
+  maxConnectionAgeGraceMs?: number;
 }
+
+/** How long a drain waits, once the last counted call has returned, for its status to be sent. */
+const STATUS_FLUSH_MS = 200;
+
+/** Methods every server has that never end by themselves. */
+const ALWAYS_LONG_LIVED = [
+  '/grpc.health.v1.Health/Watch',
+  '/grpc.reflection.v1.ServerReflection/ServerReflectionInfo',
+  '/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo',
+];
 
 /** A running server. */
 export interface RunningGrpcServer {
@@ -75,7 +99,10 @@ export interface RunningGrpcServer {
   readonly address: string;
   /** Sets the health of the server and of each of its services. */
   setServing(serving: boolean): void;
-  /** Stops taking calls, waits up to graceMs for calls in flight, then cuts what remains. */
+  /**
+   * Stops taking calls (GOAWAY, NOT_SERVING), waits up to graceMs for the calls in flight other
+   * than the long-lived ones, then cuts what remains.
+   */
   shutdown(graceMs?: number): Promise<void>;
   /** Cuts every connection at once, with no status sent: what callers see when a process dies. */
   kill(): void;
@@ -129,9 +156,12 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     'grpc.max_receive_message_length': options.maxMessageBytes,
     'grpc.max_send_message_length': options.maxMessageBytes,
     'grpc.max_concurrent_streams': options.maxConcurrentStreams,
+    ...(options.maxConnectionAgeMs ? { 'grpc.max_connection_age_ms': options.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': options.maxConnectionAgeGraceMs ?? 0 } : {}),
   });
+  const inFlight = callsInFlight(new Set([...ALWAYS_LONG_LIVED, ...(options.longLivedMethods ?? [])]));
   // Telemetry first, so its span covers everything below; only when tracing is on.
-  const traced = tracingEnabled() ? base.use(openTelemetryServerMiddleware()) : base;
+  const counted = base.use(inFlight.middleware);
+  const traced = tracingEnabled() ? counted.use(openTelemetryServerMiddleware()) : counted;
   const server = (options.callMetrics ? traced.use(options.callMetrics) : traced).use(deadlineAndErrorMiddleware(options.log));
   // A 64-bit integer beyond 2^53 reaches the middleware as a marker (INVALID_ARGUMENT), not as
   // an exception inside grpc-js's deserializer (INTERNAL).
@@ -173,13 +203,16 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     async shutdown(graceMs = 5000) {
       setServing(false);
       let timer: NodeJS.Timeout | undefined;
-      // Health Watch streams never end by themselves: after the grace period, cut what remains.
-      await Promise.race([
-        server.shutdown(),
-        new Promise<void>((r) => {
-          timer = setTimeout(r, graceMs);
-        }),
-      ]);
+      // No new calls from here (GOAWAY on every connection); the calls in flight finish, up to
+      // graceMs. Long-lived streams never end by themselves: they are cut once the others are done.
+      const closed = server.shutdown().catch(() => {});
+      const graceOver = new Promise<void>((r) => {
+        timer = setTimeout(r, graceMs);
+      });
+      // A handler that has returned still has its status to send: a moment for it to go out
+      // (the connections close by themselves, unless a long-lived stream holds one open).
+      const drained = inFlight.drained().then(() => Promise.race([closed, new Promise<void>((r) => setTimeout(r, STATUS_FLUSH_MS).unref())]));
+      await Promise.race([closed, drained, graceOver]);
       clearTimeout(timer);
       server.forceShutdown();
       healthServer?.forceShutdown();
@@ -188,5 +221,23 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       server.forceShutdown();
       healthServer?.forceShutdown();
     },
+  };
+}
+
+/** Counts the calls in flight other than the long-lived ones, to know when a drain is done. */
+function callsInFlight(longLived: ReadonlySet<string>): { middleware: ServerMiddleware; drained(): Promise<void> } {
+  let count = 0;
+  const waiters: (() => void)[] = [];
+  return {
+    middleware: async function* countCalls(call, context) {
+      if (longLived.has(call.method.path)) return yield* call.next(call.request, context);
+      count++;
+      try {
+        return yield* call.next(call.request, context);
+      } finally {
+        if (--count === 0) for (const resolve of waiters.splice(0)) resolve();
+      }
+    },
+    drained: () => (count === 0 ? Promise.resolve() : new Promise((resolve) => waiters.push(resolve))),
   };
 }

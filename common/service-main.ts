@@ -3,6 +3,8 @@
  * setting's name), installs tracing, starts the service, and shuts it down on SIGTERM or SIGINT.
  */
 import { ConfigError, ConfigOf, Schema, describeConfig, parseConfig } from './config';
+import { HEALTHCHECK_FLAG, HealthcheckConfig, checkOwnHealth } from './healthcheck';
+import { MeshService } from './mesh-identity';
 import { Logger, createLogger, logSchema } from './log';
 import { initTracing } from './tracing';
 
@@ -27,9 +29,12 @@ export function runService<S extends Schema>(
     process.stdout.write(`maas ${name}: settings (flag, environment variable, default)\n\n${describeConfig(full)}\n`);
     return;
   }
+  // `--healthcheck`: with the same flags and environment, ask the running service's health (the
+  // image's HEALTHCHECK does this), print one line and exit 0 (SERVING) or 1.
+  const healthcheck = argv.includes(HEALTHCHECK_FLAG);
   let parsed: Record<string, unknown>;
   try {
-    parsed = parseConfig(full, argv, process.env);
+    parsed = parseConfig(full, argv.filter((a) => a !== HEALTHCHECK_FLAG), process.env);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`maas ${name}: ${err.message}\n`);
@@ -39,6 +44,19 @@ export function runService<S extends Schema>(
   }
   const { logLevel, logFormat, logContent, ...own } = parsed as Record<string, unknown> & ConfigOf<typeof logSchema>;
   const config = own as ConfigOf<S>;
+  if (healthcheck) {
+    checkOwnHealth(name as Exclude<MeshService, 'operator'>, config as unknown as HealthcheckConfig).then(
+      () => {
+        process.stdout.write(`maas ${name}: SERVING\n`);
+        process.exit(0);
+      },
+      (err: unknown) => {
+        process.stderr.write(`maas ${name}: not healthy: ${err instanceof Error ? err.message : String(err)}\n`);
+        process.exit(1);
+      },
+    );
+    return;
+  }
   const log = createLogger(name, { level: logLevel, format: logFormat, content: logContent });
   const tracing = initTracing(`maas-${name}`);
   start(config, log).then(

@@ -2,6 +2,7 @@
 import { callbackAllowSetting } from '../common/callback-target';
 import { address, integer, text } from '../common/config';
 import { metricsPortSetting } from '../common/metrics';
+import { drainTimeoutSetting } from '../common/drain';
 import { tlsSchema } from '../common/tls';
 import { KeyEntry, parseApiKeys } from './auth';
 
@@ -19,6 +20,9 @@ export const gatewaySchema = {
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_GATEWAY_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: 1000000, doc: 'Most calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); more wait for one to end.' }),
   maxPromptChars: integer({ flag: '--max-prompt-chars', env: 'MAAS_GATEWAY_MAX_PROMPT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Generate prompt, in characters.' }),
   maxInputChars: integer({ flag: '--max-input-chars', env: 'MAAS_GATEWAY_MAX_INPUT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Predict input, in characters.' }),
+  drainTimeoutMs: drainTimeoutSetting('MAAS_GATEWAY'),
+  maxConnectionAgeMs: integer({ flag: '--max-connection-age-ms', env: 'MAAS_GATEWAY_MAX_CONNECTION_AGE_MS', default: 300000, min: 0, max: 86400000, doc: 'After this long a client connection is told to go away (HTTP/2 GOAWAY) and the client reconnects for its next calls, so clients spread over the replicas behind a Service or load balancer; calls in flight go on (see --max-connection-age-grace-ms). 0: never.' }),
+  maxConnectionAgeGraceMs: integer({ flag: '--max-connection-age-grace-ms', env: 'MAAS_GATEWAY_MAX_CONNECTION_AGE_GRACE_MS', default: 60000, min: 0, max: 86400000, doc: 'How long calls in flight on a connection past --max-connection-age-ms may still run before the connection is closed; the default is the default call deadline.' }),
   defaultDeadlineMs: integer({ flag: '--default-deadline-ms', env: 'MAAS_GATEWAY_DEFAULT_DEADLINE_MS', default: 60000, min: 1, max: 86400000, doc: 'Deadline of a call whose client set none.' }),
   maxInlineRecords: integer({ flag: '--max-inline-records', env: 'MAAS_GATEWAY_MAX_INLINE_RECORDS', default: 10000, min: 1, max: 10000000, doc: 'Most records a job may carry inline (larger inputs go in a file).' }),
   catalogTtlMs: integer({ flag: '--catalog-ttl-ms', env: 'MAAS_GATEWAY_CATALOG_TTL_MS', default: 1000, min: 0, max: 600000, doc: 'How long the model list from the balancer is cached; a call for a model the expired list holds is not held: the list is refreshed behind it (an unknown name refreshes first).' }),

@@ -235,6 +235,10 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     healthPort: config.healthPort,
     // The caller's key is resolved to its tenant here, once, for every method of every service below.
     serviceMiddleware: authenticationMiddleware(auth),
+    // Job watches last until the job ends; their clients reconnect and lose no event.
+    longLivedMethods: ['/maas.v1.JobService/Watch'],
+    maxConnectionAgeMs: config.maxConnectionAgeMs,
+    maxConnectionAgeGraceMs: config.maxConnectionAgeGraceMs,
     services: [
       { definition: InferenceServiceDefinition, implementation: { generate, predict } },
       { definition: ModelServiceDefinition, implementation: { listModels, getModel } },
@@ -295,7 +299,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     reloadApiKeys,
     async shutdown() {
       keyWatch?.close();
-      await Promise.all([server.shutdown(5000), http?.close(5000), metricsServer?.close()]);
+      await Promise.all([server.shutdown(config.drainTimeoutMs), http?.close(config.drainTimeoutMs), metricsServer?.close()]);
       schedulerChannel.close();
       balancerChannel.close();
     },

@@ -1,6 +1,7 @@
 /** Settings of the aggregator service. */
 import { integer, text } from '../../common/config';
 import { metricsPortSetting } from '../../common/metrics';
+import { drainTimeoutSetting } from '../../common/drain';
 import { tlsSchema } from '../../common/tls';
 
 /** The aggregator's config schema: flag, environment variable and default of every setting. */
@@ -13,6 +14,7 @@ export const aggregatorSchema = {
   maxOutputBytes: integer({ flag: '--max-output-bytes', env: 'MAAS_AGGREGATOR_MAX_OUTPUT_BYTES', default: 256 * 1024 * 1024, min: 1, max: Number.MAX_SAFE_INTEGER, doc: "Largest collected output of one job, in bytes (its JSON Lines, in the result or the output file); a job over it fails, naming the limit, and nothing of it is written." }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_AGGREGATOR_MAX_MESSAGE_BYTES', default: 64 * 1024 * 1024, min: 1024, max: 1 << 30, doc: "Largest gRPC message accepted or sent: a commit carries a whole shard's output." }),
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_AGGREGATOR_MAX_CONCURRENT_STREAMS', default: 1024, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).' }),
+  drainTimeoutMs: drainTimeoutSetting('MAAS_AGGREGATOR'),
   cachedJobs: integer({ flag: '--cached-jobs', env: 'MAAS_AGGREGATOR_CACHED_JOBS', default: 64, min: 1, max: 100000, doc: 'Jobs whose running result is kept in memory; others are rebuilt from the store when next used.' }),
   metricsPort: metricsPortSetting('MAAS_AGGREGATOR', 9404),
   ...tlsSchema('MAAS_AGGREGATOR', 'aggregator'),

@@ -206,7 +206,7 @@ export async function startAggregator(config: ConfigOf<typeof aggregatorSchema>,
     address: server.address,
     metricsAddress: metricsServer?.address,
     async shutdown() {
-      await server.shutdown(2000);
+      await server.shutdown(config.drainTimeoutMs);
       await metricsServer?.close();
       store.close();
     },

@@ -1,6 +1,7 @@
 /** Settings of the balancer service. */
 import { choice, decimal, integer, text } from '../../common/config';
 import { metricsPortSetting } from '../../common/metrics';
+import { drainTimeoutSetting } from '../../common/drain';
 import { tlsSchema } from '../../common/tls';
 import { DEFAULT_EWMA_DECAY_MS } from './ewma';
 import { POLICY_NAMES, PolicyName } from './policy';
@@ -27,6 +28,7 @@ export const balancerSchema = {
   retryBudget: decimal({ flag: '--retry-budget', env: 'MAAS_BALANCER_RETRY_BUDGET', default: 0.2, min: 0, max: 10, doc: 'Retries on another worker may add at most this share of extra calls, counted over a 10 s window (plus --retry-min-per-second).' }),
   retryMinPerSecond: integer({ flag: '--retry-min-per-second', env: 'MAAS_BALANCER_RETRY_MIN_PER_SECOND', default: 10, min: 0, max: 100000, doc: 'Retries allowed per second on top of --retry-budget, so a quiet service can still retry (100 per 10 s window at the default).' }),
   hedgeDelayMs: integer({ flag: '--hedge-delay-ms', env: 'MAAS_BALANCER_HEDGE_DELAY_MS', default: 0, min: 0, max: 600000, doc: 'Hedging of unary Predict: after this delay without an answer, a second copy goes to another worker and the loser is cancelled. 0 turns hedging off.' }),
+  drainTimeoutMs: drainTimeoutSetting('MAAS_BALANCER'),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_BALANCER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_BALANCER_MAX_CONCURRENT_STREAMS', default: 4096, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the scheduler\'s connection carries every routed call.' }),
   metricsPort: metricsPortSetting('MAAS_BALANCER', 9403),

@@ -661,6 +661,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     tls,
     insecure: config.insecure,
     healthPort: config.healthPort,
+    // A worker's Join stream lasts as long as the worker; it rejoins the next balancer by itself.
+    longLivedMethods: ['/maas.internal.v1.BalancerService/Join'],
     services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
     callMetrics: callMetrics(metrics, { knownModel: (name) => membership.serves(name) }).middleware,
   });
@@ -691,7 +693,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     }),
     async shutdown() {
       clearInterval(sweeper);
-      await server.shutdown(2000);
+      await server.shutdown(config.drainTimeoutMs);
       await metricsServer?.close();
       for (const link of [...openLinks]) link.close();
     },

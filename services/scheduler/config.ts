@@ -3,6 +3,7 @@ import { callbackAllowSetting } from '../../common/callback-target';
 import { address, decimal, integer, text } from '../../common/config';
 import { TENANT_NAME_PATTERN } from '../../common/tenant';
 import { metricsPortSetting } from '../../common/metrics';
+import { drainTimeoutSetting } from '../../common/drain';
 import { tlsSchema } from '../../common/tls';
 import { parseWebhookSecret } from './jobs/callback';
 import { TenantOverrides, parseTenantOverrides } from './tenant-limits';
@@ -18,6 +19,7 @@ export const schedulerSchema = {
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_SCHEDULER_MAX_CONCURRENT_STREAMS', default: 4096, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the gateway\'s connection carries every caller\'s calls and Watch streams, so keep it above --max-in-flight plus --max-queued.' }),
   aggregator: address({ flag: '--aggregator', env: 'MAAS_AGGREGATOR_ADDRESS', default: '127.0.0.1:50054', doc: 'Address of the aggregator, which reduces batch jobs.' }),
   dataDir: text({ flag: '--data-dir', env: 'MAAS_SCHEDULER_DATA_DIR', default: '.maas/scheduler', doc: 'Directory of the durable job store (SQLite, WAL), relative to the working directory.' }),
+  drainTimeoutMs: drainTimeoutSetting('MAAS_SCHEDULER'),
   maxBatchTasks: integer({ flag: '--max-batch-tasks', env: 'MAAS_SCHEDULER_MAX_BATCH_TASKS', default: 4, min: 1, max: 10000, doc: 'Map tasks in flight at once across all jobs; the rest of the workers\' capacity stays with online calls.' }),
   maxTasksPerJob: integer({ flag: '--max-tasks-per-job', env: 'MAAS_SCHEDULER_MAX_TASKS_PER_JOB', default: 4, min: 1, max: 10000, doc: 'Map tasks in flight at once for one job; jobs of equal priority take turns.' }),
   maxActiveJobs: integer({ flag: '--max-active-jobs', env: 'MAAS_SCHEDULER_MAX_ACTIVE_JOBS', default: 100, min: 1, max: 100000, doc: 'Unfinished jobs at once; one more is refused with RESOURCE_EXHAUSTED.' }),

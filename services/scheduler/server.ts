@@ -213,6 +213,8 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     tls,
     insecure: config.insecure,
     healthPort: config.healthPort,
+    // Job watches last until the job ends; the gateway's relay reconnects and loses no event.
+    longLivedMethods: ['/maas.internal.v1.SchedulerService/WatchJob'],
     services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken, schedulerCounts) } }],
     // Its one caller, the gateway, refuses a model or mapper its catalog does not hold (NOT_FOUND)
     // before it schedules anything: a model name that reaches the scheduler names a real model.
@@ -241,7 +243,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     metricsAddress: metricsServer?.address,
     async shutdown() {
       jobs.close();
-      await server.shutdown(5000);
+      await server.shutdown(config.drainTimeoutMs);
       await metricsServer?.close();
       channel.close();
       aggregatorChannel.close();

@@ -1,6 +1,7 @@
 /** Settings of the worker service. */
 import { address, decimal, integer, text } from '../../common/config';
 import { metricsPortSetting } from '../../common/metrics';
+import { DEFAULT_DRAIN_TIMEOUT_MS } from '../../common/drain';
 import { tlsSchema } from '../../common/tls';
 import { UpstreamSpec, parseUpstreams } from './models/upstream';
 
@@ -42,7 +43,7 @@ export const workerSchema = {
     show: (v: string) => (v === '' ? '(empty)' : '(set)'),
   },
   upstreamConnectTimeoutMs: integer({ flag: '--upstream-connect-timeout-ms', env: 'MAAS_WORKER_UPSTREAM_CONNECT_TIMEOUT_MS', default: 10000, min: 1, max: 600000, doc: 'How long an upstream engine may take to answer a call\'s headers before the call moves to another replica (the call\'s own deadline still bounds it all).' }),
-  drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: 30000, min: 0, max: 3600000, doc: 'On SIGTERM, how long running tasks may take to finish before they are cut.' }),
+  drainTimeoutMs: integer({ flag: '--drain-timeout-ms', env: 'MAAS_WORKER_DRAIN_TIMEOUT_MS', default: DEFAULT_DRAIN_TIMEOUT_MS, min: 0, max: 3600000, doc: 'On SIGTERM: report NOT_SERVING and draining to the balancer, take no new task, and let running tasks finish for up to this long before they are cut. The default is the default call deadline.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_WORKER_MAX_MESSAGE_BYTES', default: 16 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent.' }),
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_WORKER_MAX_CONCURRENT_STREAMS', default: 1024, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); keep it above --concurrency plus --max-queued.' }),
   metricsPort: metricsPortSetting('MAAS_WORKER', 0, ' (the default: several workers share a host)'),
