@@ -12,6 +12,7 @@
  * directory, the compose service names are loopback ports (each service gets its own port, where
  * containers would each have their own address), and Jaeger is a small OTLP/HTTP receiver here.
  */
+import { serviceAllocator } from '../../common/process-env';
 import { expect } from 'chai';
 import { ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -106,6 +107,8 @@ describe('deploy: the image entry points, run as compose runs them', function ()
     const compose = loadCompose();
     const hostPort = new Map<string, string>([...MESH_SERVICES.map((n) => [`${n}:${COMPOSE_PORTS[n] ?? 50054}`, `127.0.0.1:${ports[n]}`] as [string, string]), ['jaeger:4318', `127.0.0.1:${otlpPort}`]]);
     const rewrite = (value: string) => {
+      // The image links jemalloc to /usr/local/lib; here it is Debian's path, when installed.
+      if (value === '/usr/local/lib/libjemalloc.so.2') return serviceAllocator({}) ?? '';
       let v = value.replace(/\/etc\/maas\/tls/g, join(tmp, 'tls')).replace(/^\/data\//, `${join(tmp, 'data')}/`).replace(/^\/app\/\.cache\/models$/, join(tmp, 'cache'));
       for (const [from, to] of hostPort) v = v.replace(new RegExp(`(^|//)${from.replace('.', '\\.')}($|/)`), `$1${to}$2`);
       return v;
@@ -127,6 +130,7 @@ describe('deploy: the image entry points, run as compose runs them', function ()
       // Where a container has an address of its own, a service here has a port of its own.
       const prefix = name.startsWith('worker') ? 'MAAS_WORKER' : `MAAS_${name.toUpperCase()}`;
       e[`${prefix}_PORT`] = String(ports[name]);
+      e[`${prefix}_METRICS_PORT`] = String(await freePort());
       if (name === 'gateway') e.MAAS_GATEWAY_HTTP_PORT = String(await freePort());
       env[name] = e;
       args[name] = command.slice(1).map((a, i, all) => (all[i - 1] === '--port' ? String(ports[name]) : rewrite(a)));
