@@ -3,6 +3,7 @@
  * each reports SERVING through gRPC health, prints the endpoints, and stops them all, in order, on
  * Ctrl-C. It spawns processes and asks them for health over gRPC; it imports no service code.
  */
+import { DEFAULT_DRAIN_TIMEOUT_MS } from '../../common/drain';
 import { ChildProcess, spawn } from 'node:child_process';
 import { join, resolve } from 'node:path';
 import { createChannel, createClient } from 'nice-grpc';
@@ -217,7 +218,9 @@ export async function up(o: UpOptions, out: NodeJS.WritableStream = process.stdo
       if (!child || child.exitCode !== null || child.signalCode !== null) continue;
       const exited = new Promise((r) => child.once('exit', r));
       child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 35_000);
+      // A service drains for up to its --drain-timeout-ms (60 s by default, the default call
+      // deadline); the kill comes only after that and a margin.
+      const timer = setTimeout(() => child.kill('SIGKILL'), DEFAULT_DRAIN_TIMEOUT_MS + 5_000);
       await exited;
       clearTimeout(timer);
     }
