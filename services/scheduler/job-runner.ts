@@ -57,7 +57,7 @@ export interface JobRunnerOptions {
    */
   balancerReachable?: () => boolean;
   /** Told of every event appended to a job's log after its acceptance, the final one included (for metrics). */
-  onEvent?: (event: JobEvent['event']) => void;
+  onEvent?: (event: JobEvent['event'], ended?: { durationMs: number }) => void;
 }
 
 /** First pause of a job that waits for a worker, ms; doubles while it waits, up to WAIT_MAX_MS. */
@@ -512,7 +512,8 @@ export class JobRunner {
     const ended = this.store.finishJob(id, state, { result: outcome.result ? JobResult.toJSON(outcome.result) : undefined, error: outcome.error }, JobEvent.toJSON(finalEvent), Date.now());
     if (!ended) return;
     this.events.notify(id);
-    this.options.onEvent?.(finalEvent.event);
+    const stored = this.store.getJob(id);
+    this.options.onEvent?.(finalEvent.event, stored && stored.finishedAt !== undefined ? { durationMs: stored.finishedAt - stored.createdAt } : undefined);
     if (job) {
       job.ended = true;
       clearTimeout(job.deadlineTimer);

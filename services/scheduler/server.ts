@@ -74,6 +74,7 @@ function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store:
   const queueWait = metrics.histogram('maas_scheduler_queue_wait_seconds', 'Time an online request waited in the admission queue for a permit, in seconds (0 when one was free), by priority.', ['priority']);
   const accepted = metrics.counter('maas_scheduler_jobs_accepted_total', 'Batch jobs accepted (stored and split into tasks).');
   const ended = metrics.counter('maas_scheduler_jobs_ended_total', 'Batch jobs that ended, by final state (succeeded, failed, cancelled).', ['state']);
+  const duration = metrics.histogram('maas_scheduler_job_duration_seconds', 'Time from a batch job\'s acceptance to its end, in seconds, by final state.', ['state'], [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600]);
   const retried = metrics.counter('maas_scheduler_tasks_retried_total', 'Map task attempts that failed and were scheduled again.');
   const failed = metrics.counter('maas_scheduler_tasks_failed_total', 'Map tasks that failed their last attempt (their job fails).');
   const records = metrics.counter('maas_scheduler_records_processed_total', 'Input records of batch jobs mapped and committed (rate() gives records per second).');
@@ -81,7 +82,9 @@ function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store:
     refused: (reason: RefusalReason, tenant: string) => refused.inc({ reason, tenant }),
     waited: (priority: Priority, ms: number) => queueWait.observe({ priority }, ms / 1000),
     accepted: () => accepted.inc(),
-    onEvent(event: JobEvent['event']) {
+    onEvent(event: JobEvent['event'], end?: { durationMs: number }) {
+      const state = event?.$case === 'completed' ? 'succeeded' : event?.$case;
+      if (end && (state === 'succeeded' || state === 'failed' || state === 'cancelled')) duration.observe({ state }, end.durationMs / 1000);
       switch (event?.$case) {
         case 'taskRetried':
           return retried.inc();
@@ -182,7 +185,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       callbackTimeoutMs: config.callbackTimeoutMs,
       callbackAllow: parseCallbackAllowlist(config.callbackAllow),
       balancerReachable: () => channel.getConnectivityState(false) === connectivityState.READY,
-      onEvent: (event) => schedulerCounts.onEvent(event),
+      onEvent: (event, ended) => schedulerCounts.onEvent(event, ended),
     },
     log,
   );

@@ -103,7 +103,7 @@ describe('metrics', function () {
       expect(chunks.length).to.be.greaterThan(1);
     });
 
-    it('a job moves the job-state counts, the records processed and the aggregator\'s commits', async () => {
+    it('a job moves the job-state counts, its duration, the records processed and the aggregator\'s commits', async () => {
       const records = ['alpha beta', 'gamma', 'delta epsilon', 'zeta', 'eta theta'].map((text) => ({ text, label: '' }));
       const before = await scrapeAll(mesh);
       const { job } = await mesh.jobs.submit({ spec: JobSpec.fromPartial({ map: { $case: 'mapper', mapper: 'wordcount' }, input: { $case: 'inline', inline: { records } }, shardSize: 2, reducer: 'sum' }) });
@@ -115,6 +115,8 @@ describe('metrics', function () {
       expect(after.scheduler.value('maas_scheduler_jobs', { state: 'running' })).to.equal(0);
       expect(delta('scheduler', 'maas_scheduler_jobs_accepted_total')).to.equal(1);
       expect(delta('scheduler', 'maas_scheduler_jobs_ended_total', { state: 'succeeded' })).to.equal(1);
+      expect(delta('scheduler', 'maas_scheduler_job_duration_seconds_count', { state: 'succeeded' })).to.equal(1);
+      expect(delta('scheduler', 'maas_scheduler_job_duration_seconds_sum', { state: 'succeeded' })).to.be.greaterThan(0);
       expect(delta('scheduler', 'maas_scheduler_records_processed_total')).to.equal(records.length);
       expect(delta('aggregator', 'maas_aggregator_commits_total', { reducer: 'sum' })).to.equal(3);
       expect(delta('aggregator', 'maas_aggregator_jobs_finalized_total', { reducer: 'sum' })).to.equal(1);
