@@ -92,22 +92,28 @@ export interface LocalMesh {
   stop(graceMs?: number): Promise<void>;
 }
 
-/** Free TCP ports on 127.0.0.1, all distinct (held open together, then released). */
+/**
+ * Free TCP ports on 127.0.0.1, all distinct, below Linux's ephemeral range (32768-60999): a port
+ * the kernel picks for a listener comes from that range, and an outgoing connection (the fuzz makes
+ * thousands) could take it between its release here and the service's bind.
+ */
 export async function freePorts(count: number): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: count },
-      () =>
-        new Promise<ReturnType<typeof createServer>>((ok, fail) => {
-          const s = createServer();
-          s.once('error', fail);
-          s.listen(0, '127.0.0.1', () => ok(s));
-        }),
-    ),
-  );
-  const ports = servers.map((s) => (s.address() as { port: number }).port);
-  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
-  return ports;
+  const ports = new Set<number>();
+  for (let attempt = 0; ports.size < count && attempt < 1000; attempt++) {
+    const port = 20000 + Math.floor(Math.random() * (32767 - 20000 + 1));
+    if (!ports.has(port) && (await bindable(port))) ports.add(port);
+  }
+  if (ports.size < count) throw new Error(`found only ${ports.size} of ${count} free ports in 20000-32767`);
+  return [...ports];
+}
+
+/** True when `port` can be bound on 127.0.0.1 now. */
+function bindable(port: number): Promise<boolean> {
+  return new Promise((ok) => {
+    const s = createServer();
+    s.once('error', () => ok(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => ok(true)));
+  });
 }
 
 /** Starts the mesh and resolves once every process is SERVING and the gateway lists the model. */

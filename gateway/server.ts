@@ -220,6 +220,9 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   };
 
   const metrics = new ServiceMetrics('gateway');
+  // The OpenAI-compatible HTTP edge's requests (its calls into the mesh are counted by the scheduler's gRPC metrics).
+  const httpAnswered = metrics.counter('maas_http_requests_total', 'Requests answered by the OpenAI-compatible HTTP API, by route and HTTP status.', ['route', 'code']);
+  const httpSeconds = metrics.histogram('maas_http_request_duration_seconds', 'Time from an HTTP API request to the end of its answer (the whole stream for SSE), in seconds, by route.', ['route']);
   const server = await startGrpcServer({
     callMetrics: callMetrics(metrics, { knownModel: (name) => catalog.offeredBefore(name).length > 0 }).middleware,
     host: config.host,
@@ -282,6 +285,10 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
           validate: (request) => validateGenerateRequest(request, limits),
           schedule: (task, options) => scheduler.schedule({ task }, options),
           log,
+          onAnswered: (route, status, seconds) => {
+            httpAnswered.inc({ route, code: String(status) });
+            httpSeconds.observe({ route }, seconds);
+          },
         }).catch(async (err: unknown) => {
           await server.shutdown(0);
           throw new Error(`the OpenAI-compatible HTTP API could not listen on ${config.host}:${config.httpPort} (--http-port): ${(err as Error).message}`);

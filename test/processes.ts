@@ -181,15 +181,21 @@ export class ProcessGroup {
   }
 }
 
-/** A free TCP port on 127.0.0.1 (bound and released). */
+/**
+ * Ports a test hands to a process to bind later: below Linux's ephemeral range (32768-60999), from
+ * which every outgoing connection takes its local port. A port the kernel picks for us (listen on
+ * 0) is in that range, and under load (a fuzz run's thousands of connections) another connection
+ * took one between our release and the process's bind: EADDRINUSE.
+ */
+const FIXED_PORTS = { low: 20000, high: 32767 } as const;
+
+/** A free TCP port on 127.0.0.1 (bound and released), outside the ephemeral range. */
 export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  server.close();
-  await once(server, 'close');
-  return port;
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const port = FIXED_PORTS.low + Math.floor(Math.random() * (FIXED_PORTS.high - FIXED_PORTS.low + 1));
+    if (await isFree(port)) return port;
+  }
+  throw new Error(`found no free port in ${FIXED_PORTS.low}-${FIXED_PORTS.high}`);
 }
 
 /** True when `port` can be bound on 127.0.0.1 right now. */
@@ -204,12 +210,12 @@ async function isFree(port: number): Promise<boolean> {
 /** A port N such that N..N+count-1 are all free on 127.0.0.1. */
 export async function freePortRun(count: number): Promise<number> {
   for (let attempt = 0; attempt < 200; attempt++) {
-    const base = 20000 + Math.floor(Math.random() * (60000 - 20000 - count));
+    const base = FIXED_PORTS.low + Math.floor(Math.random() * (FIXED_PORTS.high - FIXED_PORTS.low + 1 - count));
     let ok = true;
     for (let i = 0; i < count && ok; i++) ok = await isFree(base + i);
     if (ok) return base;
   }
-  throw new Error(`found no run of ${count} free ports in 20000-60000`);
+  throw new Error(`found no run of ${count} free ports in ${FIXED_PORTS.low}-${FIXED_PORTS.high}`);
 }
 
 /** Pids of the processes whose parent is `ppid` (from /proc). */

@@ -67,6 +67,8 @@ export interface OpenAiEdgeOptions {
   /** The scheduler's Schedule. */
   schedule(task: Task, options: { signal: AbortSignal; deadline: number }): AsyncIterable<ScheduleResponse>;
   log: Logger;
+  /** Called once per request when its answer ends: the route (a fixed list), the HTTP status and the time taken. */
+  onAnswered?(route: string, status: number, seconds: number): void;
 }
 
 /** The running edge. */
@@ -118,6 +120,8 @@ async function handleRequest(options: OpenAiEdgeOptions, req: IncomingMessage, r
     if (!res.writableFinished) controller.abort(new MeshError('cancelled', 'the client disconnected'));
     active.delete(controller);
   });
+  const started = performance.now();
+  res.once('close', () => options.onAnswered?.(route, res.statusCode, (performance.now() - started) / 1000));
   const parent = propagation.extract(ROOT_CONTEXT, req.headers);
   const span = meshTracer().startSpan(`${req.method} ${route}`, { kind: SpanKind.SERVER, attributes: { 'http.request.method': req.method ?? '', 'url.path': route, 'maas.request_id': requestId } }, parent);
   try {

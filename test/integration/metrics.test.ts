@@ -93,6 +93,28 @@ describe('metrics', function () {
       expect(after.text).not.to.include(name);
     });
 
+    it('the OpenAI HTTP API counts each request by route and status, and its time', async () => {
+      const before = await scrape(mesh.gateway.metricsAddress);
+      const base = `http://127.0.0.1:${mesh.gateway.httpPort}`;
+      const ok = await fetch(`${base}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'echo', prompt: 'secret-http-prompt-z9', max_tokens: 4 }) });
+      expect(ok.status).to.equal(200);
+      await ok.text();
+      const missing = await fetch(`${base}/v1/nothing-here`);
+      expect(missing.status).to.equal(404);
+      await missing.text();
+      // The answer is counted when its connection's response closes: wait for that, not a time.
+      let after = await scrape(mesh.gateway.metricsAddress);
+      for (let tries = 0; tries < 50 && after.value('maas_http_requests_total', { route: 'unknown', code: '404' }) === before.value('maas_http_requests_total', { route: 'unknown', code: '404' }); tries++) {
+        after = await scrape(mesh.gateway.metricsAddress);
+      }
+      const delta = (name: string, labels: Record<string, string>) => after.value(name, labels) - before.value(name, labels);
+      expect(delta('maas_http_requests_total', { route: '/v1/completions', code: '200' })).to.equal(1);
+      expect(delta('maas_http_requests_total', { route: 'unknown', code: '404' })).to.equal(1);
+      expect(delta('maas_http_request_duration_seconds_count', { route: '/v1/completions' })).to.equal(1);
+      expect(after.text).not.to.include('secret-http-prompt-z9');
+      expect(after.text).not.to.include('nothing-here');
+    });
+
     it('a Generate stream counts its time to first output and each output it sends', async () => {
       const before = await scrape(mesh.gateway.metricsAddress);
       const chunks = await collect(mesh.inference.generate(GenerateRequest.fromPartial({ model: 'echo', prompt: 'one two three four', maxTokens: 16 })));
