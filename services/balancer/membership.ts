@@ -90,6 +90,13 @@ export class Member<M, L = unknown> implements Candidate {
   readonly outlier: OutlierRecord;
   /** The server's link to the worker (its channel), while it has one. */
   link: L | undefined;
+  private readonly goneController = new AbortController();
+  /**
+   * Aborted when the member is declared gone for silence ({@link Membership.expire}): the calls
+   * open on it stop waiting for a worker that no longer answers. Not aborted when it leaves by its
+   * own stream ending (a draining worker finishes its calls).
+   */
+  readonly gone: AbortSignal = this.goneController.signal;
 
   constructor(worker: JoiningWorker<M>, now: number, state: { latency: PeakEwma; ramp: SlowStartRamp; outlier: OutlierRecord; outstanding: number }) {
     this.id = worker.id;
@@ -102,6 +109,11 @@ export class Member<M, L = unknown> implements Candidate {
     this.latency = state.latency;
     this.ramp = state.ramp;
     this.outlier = state.outlier;
+  }
+
+  /** Declares the member gone: aborts {@link gone} with `reason`, once. */
+  declareGone(reason: string): void {
+    if (!this.gone.aborted) this.goneController.abort(reason);
   }
 
   /** What the policies see of it at `now` ({@link candidateOf}). */
@@ -233,12 +245,16 @@ export class Membership<M, L = unknown> {
     return m;
   }
 
-  /** Removes and returns the workers not heard from since `now - silenceMs`. */
+  /**
+   * Removes and returns the workers not heard from since `now - silenceMs`, each declared gone
+   * ({@link Member.gone}), so the calls open on it can be retried elsewhere at once.
+   */
   expire(now: number, silenceMs: number): Member<M, L>[] {
     const gone = [...this.members.values()].filter((m) => now - m.lastSeen > silenceMs);
     for (const m of gone) {
       this.members.delete(m.id);
       this.ejectedMembers.delete(m);
+      m.declareGone(`worker ${m.id} was removed: no load report for ${now - m.lastSeen} ms (limit ${silenceMs} ms)`);
     }
     return gone;
   }

@@ -337,8 +337,11 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       let started = false;
       const startedAt = Date.now();
       if (attempt === 0) retryBudget.recordRequest(startedAt);
+      // The attempt ends when the caller goes, or when the membership sweeper declares the worker
+      // gone (silent for 3 report intervals: stopped, hung, cut off), instead of at the deadline.
+      const signal = AbortSignal.any([context.signal, member.gone]);
       try {
-        for await (const response of workerClient(member).execute({ task }, { signal: context.signal, deadline: context.deadline })) {
+        for await (const response of workerClient(member).execute({ task }, { signal, deadline: context.deadline })) {
           // Time to first output is the latency sample: a stream's length depends on the request.
           if (!started) member.latency.observe(Date.now() - startedAt);
           started = true;
@@ -347,15 +350,23 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         membership.recordSuccess(member, Date.now());
         return;
       } catch (err) {
-        if (context.signal.aborted || !(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
-        if (err.code !== Status.RESOURCE_EXHAUSTED) {
-          noteFailure(member);
+        if (context.signal.aborted) throw err;
+        if (member.gone.aborted) {
           allFull = false;
+          const why = String(member.gone.reason);
+          if (started) throw new MeshError('unavailable', `${why}; its output had begun, so the call is not retried`);
+          failure = { worker: member.id, details: why };
+        } else {
+          if (!(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
+          if (err.code !== Status.RESOURCE_EXHAUSTED) {
+            noteFailure(member);
+            allFull = false;
+          }
+          if (started) {
+            throw new MeshError('unavailable', `worker ${member.id} failed after its output began: ${err.details}`);
+          }
+          failure = { worker: member.id, details: `${Status[err.code]}: ${err.details}` };
         }
-        if (started) {
-          throw new MeshError('unavailable', `worker ${member.id} failed after its output began: ${err.details}`);
-        }
-        failure = { worker: member.id, details: `${Status[err.code]}: ${err.details}` };
         // Retries may add only a bounded share of load, so a failing worker cannot set off a storm.
         if (!retryBudget.tryRetry(Date.now())) {
           budgetRefusals.inc();
@@ -550,11 +561,21 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const controller = new AbortController();
     const onAbort = () => controller.abort();
     context.signal.addEventListener('abort', onAbort, { once: true });
+    // A worker declared gone for silence answers no more: its call fails now, so the hedge (or
+    // the replacement of a first call that failed early) goes to another worker.
+    const onGone = () => controller.abort();
+    member.gone.addEventListener('abort', onGone, { once: true });
     member.outstanding++;
     const startedAt = Date.now();
     const result = (async () => {
       let output: RouteResponse['output'];
-      for await (const response of workerClient(member).execute({ task }, { signal: controller.signal, deadline: context.deadline })) output ??= response.output;
+      try {
+        for await (const response of workerClient(member).execute({ task }, { signal: controller.signal, deadline: context.deadline })) output ??= response.output;
+      } catch (err) {
+        // Cut off because the worker is gone: a worker failure, which the hedge logic retries.
+        if (member.gone.aborted && !context.signal.aborted) throw new ClientError(WORKER_EXECUTE_PATH, Status.UNAVAILABLE, String(member.gone.reason));
+        throw err;
+      }
       member.latency.observe(Date.now() - startedAt);
       membership.recordSuccess(member, Date.now());
       return { output };
@@ -571,6 +592,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       .finally(() => {
         member.outstanding--;
         context.signal.removeEventListener('abort', onAbort);
+        member.gone.removeEventListener('abort', onGone);
       });
     return { member, controller, result };
   }

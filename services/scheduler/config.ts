@@ -1,6 +1,6 @@
 /** Settings of the scheduler service. */
 import { callbackAllowSetting } from '../../common/callback-target';
-import { address, decimal, integer, text } from '../../common/config';
+import { address, boolean, decimal, integer, text } from '../../common/config';
 import { TENANT_NAME_PATTERN } from '../../common/tenant';
 import { metricsPortSetting } from '../../common/metrics';
 import { drainTimeoutSetting } from '../../common/drain';
@@ -15,6 +15,7 @@ export const schedulerSchema = {
   balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer.' }),
   maxInFlight: integer({ flag: '--max-in-flight', env: 'MAAS_SCHEDULER_MAX_IN_FLIGHT', default: 256, min: 1, max: 100000, doc: 'Requests running at once; more wait in the queue.' }),
   maxQueued: integer({ flag: '--max-queued', env: 'MAAS_SCHEDULER_MAX_QUEUED', default: 1024, min: 0, max: 1000000, doc: 'Requests waiting at once; one more is refused with RESOURCE_EXHAUSTED.' }),
+  deadlineAdmission: boolean({ flag: '--deadline-admission', env: 'MAAS_SCHEDULER_DEADLINE_ADMISSION', default: true, doc: 'Refuse at once with RESOURCE_EXHAUSTED a request that would wait when its expected wait (requests ahead, --max-in-flight slots, an EWMA of recent service times) plus one service time exceeds what its deadline leaves.' }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_SCHEDULER_MAX_MESSAGE_BYTES', default: 64 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest gRPC message accepted or sent (a job with inline records, a shard of them).' }),
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_SCHEDULER_MAX_CONCURRENT_STREAMS', default: 4096, min: 1, max: 1000000, doc: 'Most calls one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); the gateway\'s connection carries every caller\'s calls and Watch streams, so keep it above --max-in-flight plus --max-queued.' }),
   aggregator: address({ flag: '--aggregator', env: 'MAAS_AGGREGATOR_ADDRESS', default: '127.0.0.1:50054', doc: 'Address of the aggregator, which reduces batch jobs.' }),

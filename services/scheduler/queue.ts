@@ -10,8 +10,13 @@
  * once, so callers can answer RESOURCE_EXHAUSTED instead of piling up work they cannot finish. A
  * waiting request leaves the queue when its deadline passes or its signal aborts.
  *
+ * With `deadlineAdmission`, a request that would wait is also refused at once when its expected
+ * wait plus its expected service time (from an EWMA of how long recent requests held a slot)
+ * exceeds what its deadline leaves ({@link judgeDeadline}).
+ *
  * Plain TypeScript: no gRPC, and time comes from an injected {@link Clock}.
  */
+import { ServiceTimeEstimate, judgeDeadline } from './wait-estimate';
 
 /** Scheduling priority of a request; strict between levels. */
 export type Priority = 'low' | 'normal' | 'high';
@@ -66,6 +71,20 @@ export class TenantLimitError extends Error {
   }
 }
 
+/** The request would wait, and its expected wait and service exceed what its deadline leaves. */
+export class DeadlineUnmeetableError extends Error {
+  override readonly name = 'DeadlineUnmeetableError';
+  constructor(
+    message: string,
+    /** The expected wait in the queue, ms. */
+    readonly expectedWaitMs: number,
+    /** What the deadline left when the request arrived, ms. */
+    readonly remainingMs: number,
+  ) {
+    super(message);
+  }
+}
+
 /** The request's deadline passed before it got a slot (while waiting, or before it arrived). */
 export class DeadlineInQueueError extends Error {
   override readonly name = 'DeadlineInQueueError';
@@ -104,6 +123,11 @@ export interface AdmissionQueueOptions {
    * Defaults to none beyond the queue's own.
    */
   tenantLimits?: (tenant: string) => { maxInFlight: number; maxQueued: number };
+  /**
+   * Refuse at once ({@link DeadlineUnmeetableError}) a request that would wait when its expected
+   * wait plus service exceeds what its deadline leaves (default false).
+   */
+  deadlineAdmission?: boolean;
 }
 
 /** What one tenant holds in the queue now. */
@@ -128,6 +152,10 @@ export interface AdmissionStats {
   expired: number;
   /** Requests whose signal aborted before they got a permit. */
   cancelled: number;
+  /** Of the rejected, those refused because their deadline could not be met. */
+  unmeetable: number;
+  /** The service-time estimate (EWMA of the time a permit is held), ms; undefined before the first release. */
+  serviceMs: number | undefined;
 }
 
 /** One waiting request: a node of an intrusive doubly linked list, so removal from the middle is O(1). */
@@ -183,8 +211,11 @@ class WaiterList {
  */
 class Level {
   private readonly tenants = new Map<string, WaiterList>();
+  /** Waiters in this level, all tenants. */
+  size = 0;
 
   push(waiter: Waiter): void {
+    this.size++;
     let list = this.tenants.get(waiter.tenant);
     if (!list) {
       list = new WaiterList();
@@ -198,6 +229,7 @@ class Level {
     const list = waiter.list;
     if (!list) return;
     list.remove(waiter);
+    this.size--;
     if (list.size === 0) this.tenants.delete(waiter.tenant);
   }
 
@@ -240,6 +272,10 @@ export class AdmissionQueue {
   private rejectedCount = 0;
   private expiredCount = 0;
   private cancelledCount = 0;
+  private unmeetableCount = 0;
+  private readonly deadlineAdmission: boolean;
+  /** How long recent requests held their permit. */
+  readonly serviceTime = new ServiceTimeEstimate();
 
   /** @throws RangeError when a limit is not an integer in range (the message names it). */
   constructor(options: AdmissionQueueOptions) {
@@ -254,6 +290,7 @@ export class AdmissionQueue {
     this.maxQueued = maxQueued;
     this.clock = options.clock ?? systemClock;
     this.tenantLimits = options.tenantLimits ?? (() => UNLIMITED);
+    this.deadlineAdmission = options.deadlineAdmission ?? false;
   }
 
   /** What `tenant` holds now. */
@@ -281,6 +318,8 @@ export class AdmissionQueue {
       rejected: this.rejectedCount,
       expired: this.expiredCount,
       cancelled: this.cancelledCount,
+      unmeetable: this.unmeetableCount,
+      serviceMs: this.serviceTime.valueMs,
     };
   }
 
@@ -340,7 +379,25 @@ export class AdmissionQueue {
       this.rejectedCount++;
       return Promise.reject(new TenantLimitError(tenant, 'queued', usage.queued));
     }
+    if (this.deadlineAdmission && deadline !== undefined) {
+      const verdict = judgeDeadline({ ahead: this.waitingAhead(priority), slots: this.maxInFlight, serviceMs: this.serviceTime.valueMs, remainingMs: deadline - now });
+      if (!verdict.admit) {
+        this.rejectedCount++;
+        this.unmeetableCount++;
+        return Promise.reject(new DeadlineUnmeetableError(verdict.message, verdict.expectedWaitMs, verdict.remainingMs));
+      }
+    }
     return this.enqueue(this.levels[priority], tenant, now, deadline, signal);
+  }
+
+  /** Requests waiting that a new request of `priority` would be served after: its level and those above. */
+  private waitingAhead(priority: Priority): number {
+    let ahead = 0;
+    for (const p of SERVICE_ORDER) {
+      ahead += this.levels[p].size;
+      if (p === priority) break;
+    }
+    return ahead;
   }
 
   /** Adds to what `tenant` holds (negative to take away); forgets a tenant that holds nothing. */
@@ -422,11 +479,13 @@ export class AdmissionQueue {
 
   private createPermit(tenant: string, waitedMs: number): Permit {
     let released = false;
+    const admittedAt = this.clock.now();
     return Object.freeze({
       waitedMs,
       release: (): void => {
         if (released) return;
         released = true;
+        this.serviceTime.observe(this.clock.now() - admittedAt);
         this.count(tenant, -1, 0);
         this.releaseSlot();
       },

@@ -43,7 +43,7 @@ import { JobEvent } from '../../generated/maas/v1/jobs';
 import { Priority as ProtoPriority } from '../../generated/maas/v1/inference';
 import { inferPriorityOf } from '../../common/infer-parameters';
 import { schedulerSchema } from './config';
-import { AdmissionQueue, DeadlineInQueueError, Permit, Priority, QueueFullError, TenantLimitError } from './queue';
+import { AdmissionQueue, DeadlineInQueueError, DeadlineUnmeetableError, Permit, Priority, QueueFullError, TenantLimitError } from './queue';
 import { RateLimiter, TenantCounter, TenantLimits, TenantLimitValues } from './tenant-limits';
 import { tenantNameProblem } from '../../common/tenant';
 
@@ -61,7 +61,7 @@ export interface RunningScheduler extends StartedService {
 }
 
 /** Why a request or job was refused, as `maas_scheduler_refused_total` labels it. */
-export type RefusalReason = 'queue_full' | 'tenant_in_flight' | 'tenant_queued' | 'tenant_rate' | 'deadline_in_queue' | 'tenant_watches' | 'active_jobs';
+export type RefusalReason = 'queue_full' | 'deadline_unmeetable' | 'tenant_in_flight' | 'tenant_queued' | 'tenant_rate' | 'deadline_in_queue' | 'tenant_watches' | 'active_jobs';
 
 /** The scheduler's own metric families (the gRPC ones are common/call-metrics.ts's). */
 function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store: JobStore) {
@@ -140,7 +140,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     },
     config.tenantLimits,
   );
-  const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued, tenantLimits: (t) => limits.of(t) });
+  const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued, tenantLimits: (t) => limits.of(t), deadlineAdmission: config.deadlineAdmission });
   const rates = new RateLimiter((t) => limits.of(t), () => Date.now());
   const watches = new TenantCounter();
   const metrics = new ServiceMetrics('scheduler');
@@ -270,6 +270,10 @@ async function admit(queue: AdmissionQueue, task: Task, context: MeshCallContext
     if (err instanceof QueueFullError) {
       counts.refused('queue_full', task.tenant);
       throw new MeshError('resource_exhausted', err.message);
+    }
+    if (err instanceof DeadlineUnmeetableError) {
+      counts.refused('deadline_unmeetable', task.tenant);
+      throw new MeshError('resource_exhausted', `${err.message} (--deadline-admission)`);
     }
     if (err instanceof TenantLimitError) {
       counts.refused(err.limit === 'in_flight' ? 'tenant_in_flight' : 'tenant_queued', task.tenant);

@@ -157,6 +157,17 @@ describe('Membership', () => {
       members.join(worker('w1', ['echo']), 2000);
       expect(ids(members.expire(4000, 3000))).to.deep.equal([]);
     });
+
+    it('declares an expired member gone (its calls stop waiting), and no member that left by its stream or stays', () => {
+      const quiet = members.join(worker('quiet', ['echo']), 0);
+      const leaving = members.join(worker('leaving', ['echo']), 0);
+      const chatty = members.join(worker('chatty', ['echo']), 0);
+      members.report('chatty', { inFlight: 0, draining: false }, 2500);
+      members.leave('leaving', leaving);
+      members.expire(3001, 3000);
+      expect([quiet.gone.aborted, leaving.gone.aborted, chatty.gone.aborted]).to.deep.equal([true, false, false]);
+      expect(String(quiet.gone.reason)).to.match(/worker quiet was removed: no load report for 3001 ms \(limit 3000 ms\)/);
+    });
   });
 
   describe('candidatesFor', () => {

@@ -548,14 +548,14 @@ describe('AdmissionQueue', () => {
       const cancelled = queue.admitOrReject({ priority: 'normal', signal: controller.signal });
       const full = queue.admitOrReject({ priority: 'high' }); // rejected 1
       const late = queue.admitOrReject({ priority: 'high', deadline: clock.now() - 1 }); // expired 1
-      expect(queue.stats()).to.deep.equal({ inFlight: 2, queued: 2, admitted: 2, rejected: 1, expired: 1, cancelled: 0 });
+      expect(queue.stats()).to.include({ inFlight: 2, queued: 2, admitted: 2, rejected: 1, expired: 1, cancelled: 0 });
 
       clock.advance(10); // expired 2
       controller.abort(); // cancelled 1
       const waiting = queue.admitOrReject({ priority: 'low' });
       a!.release(); // admitted 3, handed to `waiting`
       await Promise.allSettled([expiring, cancelled, full, late, waiting]);
-      expect(queue.stats()).to.deep.equal({ inFlight: 2, queued: 0, admitted: 3, rejected: 1, expired: 2, cancelled: 1 });
+      expect(queue.stats()).to.include({ inFlight: 2, queued: 0, admitted: 3, rejected: 1, expired: 2, cancelled: 1 });
     });
   });
 
