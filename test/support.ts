@@ -256,3 +256,20 @@ export async function collect<T>(stream: AsyncIterable<T>): Promise<T[]> {
 export { freePort } from './processes';
 
 export { Status };
+
+/** An echo model (named echo) that fails every Predict while `state.failing` is set: a worker to eject. */
+export function flakyEchoRuntime(state: { failing: boolean }): ModelRuntime {
+  const echo = createEchoModel();
+  return {
+    name: 'flaky',
+    load: async () => [
+      {
+        info: echo.info,
+        predict: async (input, signal) => {
+          if (state.failing) throw new Error('injected failure');
+          return echo.predict!(input, signal);
+        },
+      },
+    ],
+  };
+}

@@ -7,28 +7,29 @@
  *
  * Plain TypeScript: no gRPC, no clock (times come in as arguments).
  */
+import { MovingAverage } from '../../common/moving-average';
 
 /** Weight of a new sample in the service-time EWMA: about the last 10 completions count. */
 export const DEFAULT_SERVICE_TIME_WEIGHT = 0.2;
 
 /** Exponentially weighted moving average of the time requests hold a slot (admission to release). */
 export class ServiceTimeEstimate {
-  private estimate: number | undefined;
+  private readonly average: MovingAverage;
 
   /** @throws RangeError when `weight` is not in (0, 1] */
   constructor(readonly weight = DEFAULT_SERVICE_TIME_WEIGHT) {
     if (!(weight > 0 && weight <= 1)) throw new RangeError(`service time weight must be in (0, 1], given ${weight}`);
+    this.average = new MovingAverage(weight);
   }
 
   /** Adds the service time of one completed request, ms; ignores a negative or non-finite one. */
   observe(ms: number): void {
-    if (!Number.isFinite(ms) || ms < 0) return;
-    this.estimate = this.estimate === undefined ? ms : this.estimate + this.weight * (ms - this.estimate);
+    if (Number.isFinite(ms) && ms >= 0) this.average.add(ms);
   }
 
   /** The current estimate, ms; undefined before the first completion. */
   get valueMs(): number | undefined {
-    return this.estimate;
+    return this.average.value;
   }
 }
 

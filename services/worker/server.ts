@@ -46,7 +46,8 @@ import { workerSchema } from './config';
 import { joinBalancer, Membership } from './join';
 import { createBuiltinRuntime } from './models/builtin';
 import { FinishReason as ModelFinishReason, Model, ModelRuntime } from './models/runtime';
-import { MovingAverage, SlotQueue } from './slots';
+import { MovingAverage } from '../../common/moving-average';
+import { SlotQueue } from './slots';
 
 /** Weight of each new sample in the latency the worker reports (about the last 10 tasks count). */
 const LATENCY_SMOOTHING = 0.1;

@@ -9,68 +9,17 @@
 import { expect } from 'chai';
 import { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import { IncomingMessage, Server, ServerResponse, createServer as createHttpServer } from 'node:http';
-import { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { Channel, ClientError, Metadata, Status } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
 import { InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
 import { JobServiceDefinition, JobSpec, JobState } from '../../generated/maas/v1/jobs.js';
 import { MaasUp, ProcessGroup, freePort, freePortRun, spawnMaasUp } from '../processes.js';
+import { OtlpReceiver } from '../otlp-receiver';
 
 const repoRoot = resolve(__dirname, '../../..');
 const WORKERS = 2;
 const PORTS_NEEDED = 4 + WORKERS;
-
-/** One span as received: its service, ids and name. */
-interface ReceivedSpan {
-  service: string;
-  traceId: string;
-  spanId: string;
-  name: string;
-}
-
-/** An OTLP/HTTP JSON receiver that keeps every request body as text, and the spans in it. */
-class OtlpBodies {
-  readonly bodies: string[] = [];
-  readonly spans: ReceivedSpan[] = [];
-  private readonly server: Server = createHttpServer((req, res) => void this.handle(req, res));
-  port = 0;
-
-  async start(): Promise<void> {
-    this.server.listen(0, '127.0.0.1');
-    await once(this.server, 'listening');
-    this.port = (this.server.address() as AddressInfo).port;
-  }
-
-  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const parts: Buffer[] = [];
-    for await (const part of req) parts.push(part as Buffer);
-    let body = Buffer.concat(parts);
-    if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
-    const text = body.toString('utf8');
-    this.bodies.push(text);
-    try {
-      const request = JSON.parse(text) as {
-        resourceSpans?: Array<{ resource?: { attributes?: Array<{ key: string; value?: { stringValue?: string } }> }; scopeSpans?: Array<{ spans?: Array<{ traceId: string; spanId: string; name: string }> }> }>;
-      };
-      for (const rs of request.resourceSpans ?? []) {
-        const service = rs.resource?.attributes?.find((a) => a.key === 'service.name')?.value?.stringValue ?? '?';
-        for (const ss of rs.scopeSpans ?? []) for (const s of ss.spans ?? []) this.spans.push({ service, traceId: s.traceId, spanId: s.spanId, name: s.name });
-      }
-    } catch {
-      // not JSON: kept as text for the grep all the same
-    }
-    res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-  }
-
-  async close(): Promise<void> {
-    this.server.closeAllConnections();
-    await new Promise<void>((r) => this.server.close(() => r()));
-  }
-}
 
 /** The JSON lines of `maas up`'s output (`[service] {...}`), with the service that wrote each. */
 function jsonLines(output: string): Array<{ from: string; line: Record<string, unknown> }> {
@@ -101,7 +50,7 @@ describe('logs: JSON lines with the trace of the call, and no caller content', f
   const traceId = randomBytes(16).toString('hex');
   const callerSpanId = randomBytes(8).toString('hex');
 
-  let receiver: OtlpBodies;
+  let receiver: OtlpReceiver;
   let run: MaasUp | undefined;
   let up: ChildProcess | undefined;
   let channel: Channel | undefined;
@@ -113,7 +62,7 @@ describe('logs: JSON lines with the trace of the call, and no caller content', f
   before(async function () {
     this.timeout(180_000);
     process.on('exit', killOnExit);
-    receiver = new OtlpBodies();
+    receiver = new OtlpReceiver();
     await receiver.start();
     const gatewayPort = await freePortRun(PORTS_NEEDED);
     schedulerPort = gatewayPort + 1;

@@ -6,17 +6,14 @@
  */
 import { expect } from 'chai';
 import { ChildProcess } from 'node:child_process';
-import { EventEmitter, once } from 'node:events';
-import { IncomingMessage, Server, ServerResponse, createServer as createHttpServer } from 'node:http';
-import { AddressInfo } from 'node:net';
 import { resolve } from 'node:path';
-import { gunzipSync } from 'node:zlib';
 import { Channel } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
 import { FinishReason, GenerateResponse, InferenceServiceDefinition } from '../../generated/maas/v1/inference.js';
 import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
 import OpenAI from 'openai';
 import { MaasUp, childPids, cmdlineOf, freePort, freePortRun, meshProcessesOn, spawnMaasUp } from '../processes.js';
+import { CollectedSpan, OtlpReceiver } from '../otlp-receiver';
 
 /** The repository root (this file runs from dist/test/e2e). */
 const repoRoot = resolve(__dirname, '../../..');
@@ -27,105 +24,6 @@ const PORTS_NEEDED = 4 + WORKERS;
 // OTLP span kinds (the API's SpanKind + 1).
 const KIND_SERVER = 2;
 const KIND_CLIENT = 3;
-
-/** One span as the OTLP/HTTP JSON exporter sends it, with its resource's service.name. */
-interface CollectedSpan {
-  service: string;
-  traceId: string;
-  spanId: string;
-  parentSpanId?: string;
-  name: string;
-  kind: number;
-}
-
-interface OtlpJsonRequest {
-  resourceSpans?: Array<{
-    resource?: { attributes?: Array<{ key: string; value?: { stringValue?: string } }> };
-    scopeSpans?: Array<{ spans?: Array<Omit<CollectedSpan, 'service'>> }>;
-  }>;
-}
-
-/**
- * A minimal OTLP/HTTP trace receiver. The installed @opentelemetry/exporter-trace-otlp-http
- * (0.223.x, Node) posts JSON (`application/json`, JsonTraceSerializer: hex ids, numeric kinds),
- * uncompressed unless OTEL_EXPORTER_OTLP_COMPRESSION=gzip, which is handled too.
- */
-class OtlpReceiver {
-  readonly spans: CollectedSpan[] = [];
-  private readonly arrivals = new EventEmitter();
-  private readonly server: Server;
-  port = 0;
-
-  constructor() {
-    this.server = createHttpServer((req, res) => void this.handle(req, res));
-  }
-
-  async start(): Promise<void> {
-    this.server.listen(0, '127.0.0.1');
-    await once(this.server, 'listening');
-    this.port = (this.server.address() as AddressInfo).port;
-  }
-
-  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const parts: Buffer[] = [];
-    for await (const part of req) parts.push(part as Buffer);
-    if (req.method !== 'POST' || req.url !== '/v1/traces') {
-      res.writeHead(404).end();
-      return;
-    }
-    let body = Buffer.concat(parts);
-    if (req.headers['content-encoding'] === 'gzip') body = gunzipSync(body);
-    const type = req.headers['content-type'] ?? '';
-    if (!type.startsWith('application/json')) {
-      res.writeHead(415, { 'content-type': 'application/json' }).end(JSON.stringify({ error: `unsupported content-type ${type}` }));
-      return;
-    }
-    const request = JSON.parse(body.toString('utf8')) as OtlpJsonRequest;
-    const added: CollectedSpan[] = [];
-    for (const rs of request.resourceSpans ?? []) {
-      const service = rs.resource?.attributes?.find((a) => a.key === 'service.name')?.value?.stringValue ?? '?';
-      for (const ss of rs.scopeSpans ?? []) {
-        for (const s of ss.spans ?? []) {
-          added.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind });
-        }
-      }
-    }
-    this.spans.push(...added);
-    res.writeHead(200, { 'content-type': 'application/json' }).end('{}');
-    if (added.length > 0) this.arrivals.emit('spans');
-  }
-
-  /**
-   * Resolves with the first non-undefined result of `check(spans)`, evaluated now and each time new
-   * spans arrive; rejects after `timeoutMs` with `describe(spans)` in the message.
-   */
-  async waitFor<T>(check: (spans: CollectedSpan[]) => T | undefined, timeoutMs: number, describe: (spans: CollectedSpan[]) => string): Promise<T> {
-    const first = check(this.spans);
-    if (first !== undefined) return first;
-    return new Promise<T>((resolvePromise, reject) => {
-      const onSpans = () => {
-        const result = check(this.spans);
-        if (result === undefined) return;
-        cleanup();
-        resolvePromise(result);
-      };
-      const timer = setTimeout(() => {
-        cleanup();
-        reject(new Error(`gave up after ${timeoutMs} ms: ${describe(this.spans)}`));
-      }, timeoutMs);
-      const cleanup = () => {
-        clearTimeout(timer);
-        this.arrivals.off('spans', onSpans);
-      };
-      this.arrivals.on('spans', onSpans);
-    });
-  }
-
-  async close(): Promise<void> {
-    this.server.closeAllConnections();
-    await new Promise<void>((r) => this.server.close(() => r()));
-  }
-}
 
 function exited(child: ChildProcess): boolean {
   return child.exitCode !== null || child.signalCode !== null;

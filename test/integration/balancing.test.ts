@@ -9,7 +9,7 @@ import { RunningWorker, TaskEnd } from '../../services/worker/server';
 import { createEchoModel } from '../../services/worker/models/echo';
 import { ModelRuntime } from '../../services/worker/models/runtime';
 import { mulberry32 } from '../../common/random';
-import { Status, TestMesh, collect, grpcError, nextEvent, startMesh, until } from '../support';
+import { Status, TestMesh, collect, flakyEchoRuntime, grpcError, nextEvent, startMesh, until } from '../support';
 
 const generate = (o: Partial<GenerateRequest>): GenerateRequest => ({ model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: "", messages: [], ...o });
 
@@ -106,26 +106,9 @@ describe('balancing', function () {
   });
 
   describe('outlier ejection and retry budget', () => {
-    /** An echo model that fails every call while `failing` is set. */
-    function flakyRuntime(state: { failing: boolean }): ModelRuntime {
-      const echo = createEchoModel();
-      return {
-        name: 'flaky',
-        load: async () => [
-          {
-            info: echo.info,
-            predict: async (input, signal) => {
-              if (state.failing) throw new Error('injected failure');
-              return echo.predict!(input, signal);
-            },
-          },
-        ],
-      };
-    }
-
     it('ejects a worker that keeps failing, then readmits it once it recovers', async () => {
       const state = { failing: true };
-      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, {}], balancer: { ejectAfterFailures: 3, ejectionBaseMs: 1000 } });
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyEchoRuntime(state) }, {}], balancer: { ejectAfterFailures: 3, ejectionBaseMs: 1000 } });
       try {
         const [flaky] = mesh.workers;
         const starts = countStarts(mesh.workers);
@@ -154,7 +137,7 @@ describe('balancing', function () {
 
     it('the retry budget caps retries when every worker fails', async () => {
       const state = { failing: true };
-      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyRuntime(state) }, { runtime: flakyRuntime(state) }], balancer: { ejectAfterFailures: 1000, ejectMinRequests: 1_000_000, retryBudget: 0.2, retryMinPerSecond: 0 } });
+      const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flakyEchoRuntime(state) }, { runtime: flakyEchoRuntime(state) }], balancer: { ejectAfterFailures: 1000, ejectMinRequests: 1_000_000, retryBudget: 0.2, retryMinPerSecond: 0 } });
       try {
         const starts = countStarts(mesh.workers);
         const calls = 100;

@@ -9,9 +9,7 @@ import { join } from 'node:path';
 import { expect } from 'chai';
 import { GenerateRequest } from '../../generated/maas/v1/inference';
 import { JobSpec, JobState } from '../../generated/maas/v1/jobs';
-import { createEchoModel } from '../../services/worker/models/echo';
-import { ModelRuntime } from '../../services/worker/models/runtime';
-import { Status, TestMesh, collect, freePort, grpcError, startMesh, until } from '../support';
+import { Status, TestMesh, collect, flakyEchoRuntime, freePort, grpcError, startMesh, until } from '../support';
 import { ProcessGroup, REPO_ROOT } from '../processes';
 import { Scrape, httpGet, parseMetrics, scrape } from '../prometheus';
 
@@ -188,19 +186,7 @@ describe('metrics', function () {
 
     it('the balancer counts retries and the ejection of a failing worker, and picks per worker', async () => {
       const state = { failing: true };
-      const echo = createEchoModel();
-      const flaky: ModelRuntime = {
-        name: 'flaky',
-        load: async () => [
-          {
-            info: echo.info,
-            predict: async (input, signal) => {
-              if (state.failing) throw new Error('injected failure');
-              return echo.predict!(input, signal);
-            },
-          },
-        ],
-      };
+      const flaky = flakyEchoRuntime(state);
       const mesh = await startMesh({ policy: 'round_robin', workers: [{ runtime: flaky }, {}], balancer: { ejectAfterFailures: 3, ejectionBaseMs: 60000 } });
       try {
         const [bad, good] = mesh.workers;

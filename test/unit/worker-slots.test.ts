@@ -1,5 +1,6 @@
 import { expect } from 'chai';
-import { MovingAverage, SlotQueue } from '../../services/worker/slots.js';
+import { MovingAverage } from '../../common/moving-average.js';
+import { SlotQueue } from '../../services/worker/slots.js';
 
 /** Settles `p` into 'resolved' / 'rejected: <message>', or 'pending' if it has not settled after the microtasks run. */
 async function stateOf(p: Promise<unknown>): Promise<string> {
@@ -87,7 +88,7 @@ describe('worker SlotQueue', () => {
   });
 });
 
-describe('worker MovingAverage', () => {
+describe('MovingAverage (common)', () => {
   it('takes the first sample as it is, then moves alpha of the way to each new one', () => {
     const avg = new MovingAverage(0.25);
     expect(avg.value).to.equal(undefined);
