@@ -6,6 +6,7 @@
  * policies read a {@link Candidate} from it. Plain TypeScript, no gRPC: the server adapts join
  * streams, load reports and call outcomes to these calls.
  */
+import { setMaxListeners } from 'node:events';
 import { DEFAULT_EWMA_DECAY_MS, PeakEwma } from './ewma';
 import { EjectionReason, OutlierDetector, OutlierOptions, OutlierRecord } from './outliers';
 import { Candidate } from './policy';
@@ -96,7 +97,7 @@ export class Member<M, L = unknown> implements Candidate {
    * open on it stop waiting for a worker that no longer answers. Not aborted when it leaves by its
    * own stream ending (a draining worker finishes its calls).
    */
-  readonly gone: AbortSignal = this.goneController.signal;
+  readonly gone: AbortSignal = noListenerLimit(this.goneController.signal);
 
   constructor(worker: JoiningWorker<M>, now: number, state: { latency: PeakEwma; ramp: SlowStartRamp; outlier: OutlierRecord; outstanding: number }) {
     this.id = worker.id;
@@ -354,4 +355,10 @@ export class Membership<M, L = unknown> {
   get size(): number {
     return this.members.size;
   }
+}
+
+/** `signal`, which every call open on a member listens to: as many listeners as calls, no warning. */
+function noListenerLimit(signal: AbortSignal): AbortSignal {
+  setMaxListeners(0, signal);
+  return signal;
 }

@@ -339,7 +339,16 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       if (attempt === 0) retryBudget.recordRequest(startedAt);
       // The attempt ends when the caller goes, or when the membership sweeper declares the worker
       // gone (silent for 3 report intervals: stopped, hung, cut off), instead of at the deadline.
-      const signal = AbortSignal.any([context.signal, member.gone]);
+      // Listeners removed when the attempt ends, rather than AbortSignal.any: a composite signal
+      // that has listeners stays reachable from its sources for as long as they live, and `gone`
+      // lives as long as the member, so with AbortSignal.any each call's signal would be freed only
+      // once the gRPC library had removed its own listener.
+      const attemptController = new AbortController();
+      const abortAttempt = () => attemptController.abort();
+      context.signal.addEventListener('abort', abortAttempt, { once: true });
+      member.gone.addEventListener('abort', abortAttempt, { once: true });
+      if (context.signal.aborted || member.gone.aborted) attemptController.abort();
+      const signal = attemptController.signal;
       try {
         for await (const response of workerClient(member).execute({ task }, { signal, deadline: context.deadline })) {
           // Time to first output is the latency sample: a stream's length depends on the request.
@@ -377,6 +386,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         retries.inc();
       } finally {
         member.outstanding--;
+        context.signal.removeEventListener('abort', abortAttempt);
+        member.gone.removeEventListener('abort', abortAttempt);
       }
     }
     throw new MeshError('unavailable', `model ${quoteInput(model)} failed on ${MAX_ATTEMPTS} workers; last: ${failure?.worker} (${failure?.details})`);
