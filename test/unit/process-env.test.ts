@@ -9,12 +9,15 @@ describe('the environment services start with: allocator settings', () => {
   it('preloads jemalloc when Debian\'s libjemalloc2 is installed, and keeps two glibc arenas as the fallback', () => {
     const env = withServiceProcessEnv({ PATH: '/usr/bin' }, installed);
     expect(env.LD_PRELOAD).to.equal(JEMALLOC_PATHS[0]);
+    expect(env.MALLOC_CONF).to.equal('background_thread:true');
     expect(env.MALLOC_ARENA_MAX).to.equal('2');
+    expect(withServiceProcessEnv({ MALLOC_CONF: 'narenas:2' }, installed).MALLOC_CONF, 'the caller\'s MALLOC_CONF').to.equal('narenas:2');
   });
 
   it('runs on glibc when jemalloc is not installed', () => {
     const env = withServiceProcessEnv({ PATH: '/usr/bin' }, missing);
     expect(env).to.not.have.property('LD_PRELOAD');
+    expect(env).to.not.have.property('MALLOC_CONF');
     expect(env.MALLOC_ARENA_MAX).to.equal('2');
   });
 

@@ -19,7 +19,7 @@ describe('maas up: the environment of each service', () => {
 
   it('gives the gateway its own settings, its keys and the shared variables, and nothing else', () => {
     // LD_PRELOAD (jemalloc, when installed) is test/unit/process-env.test.ts's subject.
-    const { LD_PRELOAD: _allocator, ...env } = childEnv('gateway', shell, 42);
+    const { LD_PRELOAD: _allocator, MALLOC_CONF: _allocatorConf, ...env } = childEnv('gateway', shell, 42);
     expect(env).to.deep.equal({
       PATH: '/usr/bin',
       HOME: '/home/me',
@@ -64,7 +64,7 @@ describe('maas up: the model repository', () => {
       const at = w.args.indexOf('--model-repository');
       expect(w.args[at + 1]).to.equal(`${process.cwd()}/repo`);
     }
-    const { LD_PRELOAD: _allocator, ...env } = childEnv('worker', { MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_GATEWAY_API_KEYS: 'x' }, 1);
+    const { LD_PRELOAD: _allocator, MALLOC_CONF: _allocatorConf, ...env } = childEnv('worker', { MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_GATEWAY_API_KEYS: 'x' }, 1);
     expect(env).to.deep.equal({ MAAS_MODEL_REPOSITORY: '/models', MAAS_ONNX_INTRA_OP_THREADS: '2', MAAS_PARENT_PID: '1', MALLOC_ARENA_MAX: '2' });
   });
 });
