@@ -406,6 +406,11 @@ export class JobRunner {
     const timer = setTimeout(() => {
       this.retryTimers.delete(timer);
       job.waitTimer = undefined;
+      // The pause ends when its timer fires. A timer can fire a millisecond before Date.now()
+      // reaches waitUntil; nextJob would then skip the job, and with no timer left and nothing
+      // else to dispatch, the job would wait for good (seen under maas up: a job submitted while
+      // its only worker restarted stayed running with no task started).
+      job.waitUntil = Math.min(job.waitUntil, Date.now());
       this.dispatch();
     }, job.waitUntil - now);
     job.waitTimer = timer;
