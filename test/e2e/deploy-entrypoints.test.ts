@@ -161,10 +161,15 @@ describe('deploy: the image entry points, run as compose runs them', function ()
 
     for (const name of order) {
       const [entry, ...rest] = args[name];
+      // The image preloads jemalloc with its background thread. Preloaded into `unshare` too, that
+      // thread makes it multithreaded, and the kernel refuses a user namespace to a
+      // multithreaded process (EINVAL): the service gets it, `unshare` and `sh` do not.
+      const { LD_PRELOAD: preload = '', ...serviceEnv } = env[name];
       const command = readOnly
-        ? ['unshare', ['-rm', 'sh', '-c', 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && cd "$0" && exec "$@"', REPO_ROOT, process.execPath, entry, ...rest]]
+        ? ['unshare', ['-rm', 'sh', '-c', 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && cd "$0" && exec env LD_PRELOAD="$SERVICE_LD_PRELOAD" "$@"', REPO_ROOT, process.execPath, entry, ...rest]]
         : [process.execPath, [entry, ...rest]];
-      const child = spawn(command[0] as string, command[1] as string[], { cwd: REPO_ROOT, env: { PATH: process.env.PATH, ...env[name] }, stdio: ['ignore', 'pipe', 'pipe'] });
+      const childEnv = readOnly ? { ...serviceEnv, SERVICE_LD_PRELOAD: preload } : env[name];
+      const child = spawn(command[0] as string, command[1] as string[], { cwd: REPO_ROOT, env: { PATH: process.env.PATH, ...childEnv }, stdio: ['ignore', 'pipe', 'pipe'] });
       const r: Running = { name, child, output: [], exited: once(child, 'exit').then(([code]) => code as number | null) };
       forEachLine(child.stdout, (l) => r.output.push(l));
       forEachLine(child.stderr, (l) => r.output.push(l));
