@@ -20,6 +20,21 @@ import { MaasUp, REPO_ROOT, childPids, cmdlineOf, freePortRun, meshProcessesOn, 
 /** gateway, scheduler, balancer, aggregator, one worker. */
 const PORTS_NEEDED = 5;
 
+/**
+ * The environment of a `maas up` under test: this process's, minus every MAAS_* and OTEL_* setting,
+ * with the built-in models' cache and stores of its own in `dataDir` (a fresh store, which a
+ * restarted scheduler must reopen).
+ */
+function upEnv(dataDir: string): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MAAS_') && !k.startsWith('OTEL_')) env[k] = v;
+  env.OTEL_TRACES_EXPORTER = 'none';
+  env.MAAS_WORKER_CACHE_DIR = join(REPO_ROOT, '.cache/models');
+  env.MAAS_SCHEDULER_DATA_DIR = join(dataDir, 'scheduler');
+  env.MAAS_AGGREGATOR_DATA_DIR = join(dataDir, 'aggregator');
+  return env;
+}
+
 describe('maas up supervises its services (kill -9, each comes back by itself)', function () {
   let run: MaasUp | undefined;
   let ports: number[] = [];
@@ -111,13 +126,7 @@ describe('maas up supervises its services (kill -9, each comes back by itself)',
     dataDir = mkdtempSync(join(tmpdir(), 'maas-supervise-'));
     const gatewayPort = await freePortRun(PORTS_NEEDED);
     ports = Array.from({ length: PORTS_NEEDED }, (_, i) => gatewayPort + i);
-    const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MAAS_') && !k.startsWith('OTEL_')) env[k] = v;
-    env.OTEL_TRACES_EXPORTER = 'none';
-    env.MAAS_WORKER_CACHE_DIR = join(REPO_ROOT, '.cache/models');
-    // Stores of their own, so the test's jobs are in a fresh store that the restart must reopen.
-    env.MAAS_SCHEDULER_DATA_DIR = join(dataDir, 'scheduler');
-    env.MAAS_AGGREGATOR_DATA_DIR = join(dataDir, 'aggregator');
+    const env = upEnv(dataDir);
     run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--workers', '1'], env);
     await run.ready(180_000);
     for (const entry of ['gateway/main.js', 'services/scheduler/main.js', 'services/balancer/main.js', 'services/aggregator/main.js', 'services/worker/main.js']) pidOf(entry);
@@ -223,12 +232,7 @@ describe('maas up gives up on a crash loop', function () {
     dataDir = mkdtempSync(join(tmpdir(), 'maas-crash-loop-'));
     const gatewayPort = await freePortRun(PORTS_NEEDED);
     ports = Array.from({ length: PORTS_NEEDED }, (_, i) => gatewayPort + i);
-    const env: NodeJS.ProcessEnv = {};
-    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('MAAS_') && !k.startsWith('OTEL_')) env[k] = v;
-    env.OTEL_TRACES_EXPORTER = 'none';
-    env.MAAS_WORKER_CACHE_DIR = join(REPO_ROOT, '.cache/models');
-    env.MAAS_SCHEDULER_DATA_DIR = join(dataDir, 'scheduler');
-    env.MAAS_AGGREGATOR_DATA_DIR = join(dataDir, 'aggregator');
+    const env = upEnv(dataDir);
     run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--workers', '1', '--max-restarts', '1'], env);
     await run.ready(180_000);
   });
