@@ -91,6 +91,7 @@ export type Allowed = readonly MeshService[] | 'any mesh identity';
 export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   // The scheduler's methods carry a tenant, which only the gateway (that authenticated it) may set.
   '/maas.internal.v1.SchedulerService/Schedule': ['gateway'],
+  '/maas.internal.v1.SchedulerService/ScheduleCalls': ['gateway'],
   '/maas.internal.v1.SchedulerService/SubmitJob': ['gateway'],
   '/maas.internal.v1.SchedulerService/WatchJob': ['gateway'],
   '/maas.internal.v1.SchedulerService/GetJob': ['gateway'],
@@ -99,6 +100,7 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   // The scheduler dispatches every task; a worker joins only as the id its certificate names
   // (checked by the Join handler against the hello's worker_id).
   '/maas.internal.v1.BalancerService/Route': ['scheduler'],
+  '/maas.internal.v1.BalancerService/Dispatch': ['scheduler'],
   '/maas.internal.v1.BalancerService/Join': ['worker'],
   '/maas.internal.v1.BalancerService/ListModels': ['gateway', 'operator'],
   '/maas.internal.v1.BalancerService/ListWorkers': ['gateway', 'operator'],
@@ -111,8 +113,10 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   '/maas.internal.v1.AggregatorService/Commit': ['worker'],
   '/maas.internal.v1.AggregatorService/Finalize': ['scheduler'],
   '/maas.internal.v1.AggregatorService/Forget': ['scheduler'],
-  // Tasks run on a worker only when the balancer sends them.
+  // Tasks run on a worker only when the balancer sends them (Route, batch tasks) or the scheduler
+  // dispatches them on the balancer's word (Dispatch, online calls).
   '/maas.internal.v1.WorkerService/Execute': ['balancer'],
+  '/maas.internal.v1.WorkerService/ExecuteCalls': ['scheduler'],
   '/maas.internal.v1.WorkerService/RepositoryIndex': ['balancer'],
   '/maas.internal.v1.WorkerService/LoadModel': ['balancer'],
   '/maas.internal.v1.WorkerService/UnloadModel': ['balancer'],

@@ -154,6 +154,168 @@ export interface ListModelsResponse {
   models: Model[];
 }
 
+/** DispatchRequest is one batch of messages from a dispatcher. */
+export interface DispatchRequest {
+  /** The messages, in order. */
+  messages: DispatcherMessage[];
+}
+
+/** DispatcherMessage is one message from a dispatcher on its Dispatch stream. */
+export interface DispatcherMessage {
+  /** The message. */
+  message?:
+    | //
+    /** A new call to route. */
+    { $case: "route"; route: RouteCall }
+    | //
+    /** What an attempt the balancer asked for did. */
+    { $case: "event"; event: AttemptEvent }
+    | //
+    /**
+     * The call's caller went away: the balancer stops routing it (its attempts are cancelled by
+     * the dispatcher itself).
+     */
+    { $case: "cancelCallId"; cancelCallId: number }
+    | undefined;
+}
+
+/** RouteCall names a call to route: what the policy needs, not the call's input. */
+export interface RouteCall {
+  /** The call, chosen by the dispatcher: unique among its open calls on the stream, never 0. */
+  callId: number;
+  /** The name the call routes by: its model (a mapper task routes as "mapper:<name>"). */
+  model: string;
+  /** The model version the call must run on; empty for any. */
+  version: string;
+  /** The call's affinity key, for consistent_hash; empty for none. */
+  affinityKey: string;
+  /** True for a unary Predict, which the balancer may hedge (--hedge-delay-ms). */
+  hedgeable: boolean;
+  /** The request id given by the gateway, for logs. */
+  requestId: string;
+  /** W3C trace context of the dispatcher's span for this call, so the routing span joins its trace. */
+  traceparent: string;
+  /** W3C tracestate that goes with traceparent. */
+  tracestate: string;
+}
+
+/** AttemptEvent reports what one attempt did. */
+export interface AttemptEvent {
+  /** The call. */
+  callId: number;
+  /** The attempt, as the balancer numbered it in its AttemptOrder. */
+  attempt: number;
+  /** What happened. */
+  event?:
+    | //
+    /** The worker sent the attempt's first output (the latency sample; no retry after this). */
+    { $case: "started"; started: AttemptStarted }
+    | //
+    /** The attempt ended with OK. */
+    { $case: "done"; done: AttemptDone }
+    | //
+    /** The attempt ended with an error. */
+    { $case: "failed"; failed: AttemptFailed }
+    | undefined;
+}
+
+/** AttemptStarted has no fields. */
+export interface AttemptStarted {
+}
+
+/** AttemptDone has no fields. */
+export interface AttemptDone {
+}
+
+/** AttemptFailed is an attempt's error. */
+export interface AttemptFailed {
+  /** The gRPC status code the worker (or the connection to it) ended the attempt with. */
+  code: number;
+  /** Its message. */
+  details: string;
+}
+
+/** DispatchResponse is one batch of messages from the balancer. */
+export interface DispatchResponse {
+  /** The messages, in order. */
+  messages: BalancerMessage[];
+}
+
+/** BalancerMessage is one message from the balancer on a Dispatch stream. */
+export interface BalancerMessage {
+  /** The message. */
+  message?:
+    | //
+    /** Run the call on a worker (its first try, a retry or a hedge). */
+    { $case: "attempt"; attempt: AttemptOrder }
+    | //
+    /** Cancel an attempt (a hedge that lost, a worker declared gone). */
+    { $case: "cancel"; cancel: AttemptCancel }
+    | //
+    /** The call cannot be routed or failed for good: end it with this status. */
+    { $case: "failed"; failed: CallRouteFailed }
+    | //
+    /** The balancer's routing state: sent first on every stream and again whenever it changes. */
+    { $case: "state"; state: RoutingState }
+    | undefined;
+}
+
+/** AttemptOrder tells the dispatcher to run a call on one worker. */
+export interface AttemptOrder {
+  /** The call. */
+  callId: number;
+  /** The attempt, numbered from 1 within the call. */
+  attempt: number;
+  /** The worker. */
+  workerId: string;
+  /** Its address, host:port, for WorkerService. */
+  address: string;
+}
+
+/** AttemptCancel tells the dispatcher to cancel an attempt. */
+export interface AttemptCancel {
+  /** The call. */
+  callId: number;
+  /** The attempt. */
+  attempt: number;
+}
+
+/** CallRouteFailed ends a call. */
+export interface CallRouteFailed {
+  /** The call. */
+  callId: number;
+  /** The gRPC status code. */
+  code: number;
+  /** The status message. */
+  details: string;
+  /** True when no ready worker serves the call's model. */
+  noReadyWorker: boolean;
+}
+
+/** RoutingState is what a dispatcher needs to go on routing while the balancer is away. */
+export interface RoutingState {
+  /** The members that take calls now (ready or in slow start; not draining, not ejected). */
+  workers: RoutableWorker[];
+}
+
+/** RoutableWorker is one member of a RoutingState. */
+export interface RoutableWorker {
+  /** The worker's id. */
+  workerId: string;
+  /** Its address, host:port. */
+  address: string;
+  /** What it serves, as routing keys (model names, "mapper:<name>"). */
+  models: RoutableModel[];
+}
+
+/** RoutableModel is one model (or mapper) a worker serves. */
+export interface RoutableModel {
+  /** The routing key. */
+  name: string;
+  /** The version it serves. */
+  version: string;
+}
+
 function createBaseRepositoryIndexRequest(): RepositoryIndexRequest {
   return { request: undefined };
 }
@@ -1536,6 +1698,1564 @@ export const ListModelsResponse: MessageFns<ListModelsResponse> = {
   },
 };
 
+function createBaseDispatchRequest(): DispatchRequest {
+  return { messages: [] };
+}
+
+export const DispatchRequest: MessageFns<DispatchRequest> = {
+  encode(message: DispatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.messages) {
+      DispatcherMessage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DispatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDispatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(DispatcherMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DispatchRequest {
+    return {
+      messages: globalThis.Array.isArray(object?.messages)
+        ? object.messages.map((e: any) => DispatcherMessage.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DispatchRequest): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => DispatcherMessage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DispatchRequest>): DispatchRequest {
+    return DispatchRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DispatchRequest>): DispatchRequest {
+    const message = createBaseDispatchRequest();
+    message.messages = object.messages?.map((e) => DispatcherMessage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseDispatcherMessage(): DispatcherMessage {
+  return { message: undefined };
+}
+
+export const DispatcherMessage: MessageFns<DispatcherMessage> = {
+  encode(message: DispatcherMessage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.message?.$case) {
+      case "route":
+        RouteCall.encode(message.message.route, writer.uint32(10).fork()).join();
+        break;
+      case "event":
+        AttemptEvent.encode(message.message.event, writer.uint32(18).fork()).join();
+        break;
+      case "cancelCallId":
+        writer.uint32(24).uint64(message.message.cancelCallId);
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DispatcherMessage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDispatcherMessage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.message = { $case: "route", route: RouteCall.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = { $case: "event", event: AttemptEvent.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.message = { $case: "cancelCallId", cancelCallId: longToNumber(reader.uint64()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DispatcherMessage {
+    return {
+      message: isSet(object.route)
+        ? { $case: "route", route: RouteCall.fromJSON(object.route) }
+        : isSet(object.event)
+        ? { $case: "event", event: AttemptEvent.fromJSON(object.event) }
+        : isSet(object.cancelCallId)
+        ? { $case: "cancelCallId", cancelCallId: globalThis.Number(object.cancelCallId) }
+        : isSet(object.cancel_call_id)
+        ? { $case: "cancelCallId", cancelCallId: globalThis.Number(object.cancel_call_id) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: DispatcherMessage): unknown {
+    const obj: any = {};
+    if (message.message?.$case === "route") {
+      obj.route = RouteCall.toJSON(message.message.route);
+    } else if (message.message?.$case === "event") {
+      obj.event = AttemptEvent.toJSON(message.message.event);
+    } else if (message.message?.$case === "cancelCallId") {
+      obj.cancelCallId = Math.round(message.message.cancelCallId);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DispatcherMessage>): DispatcherMessage {
+    return DispatcherMessage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DispatcherMessage>): DispatcherMessage {
+    const message = createBaseDispatcherMessage();
+    switch (object.message?.$case) {
+      case "route": {
+        if (object.message?.route !== undefined && object.message?.route !== null) {
+          message.message = { $case: "route", route: RouteCall.fromPartial(object.message.route) };
+        }
+        break;
+      }
+      case "event": {
+        if (object.message?.event !== undefined && object.message?.event !== null) {
+          message.message = { $case: "event", event: AttemptEvent.fromPartial(object.message.event) };
+        }
+        break;
+      }
+      case "cancelCallId": {
+        if (object.message?.cancelCallId !== undefined && object.message?.cancelCallId !== null) {
+          message.message = { $case: "cancelCallId", cancelCallId: object.message.cancelCallId };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseRouteCall(): RouteCall {
+  return {
+    callId: 0,
+    model: "",
+    version: "",
+    affinityKey: "",
+    hedgeable: false,
+    requestId: "",
+    traceparent: "",
+    tracestate: "",
+  };
+}
+
+export const RouteCall: MessageFns<RouteCall> = {
+  encode(message: RouteCall, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.callId !== 0) {
+      writer.uint32(8).uint64(message.callId);
+    }
+    if (message.model !== "") {
+      writer.uint32(18).string(message.model);
+    }
+    if (message.version !== "") {
+      writer.uint32(26).string(message.version);
+    }
+    if (message.affinityKey !== "") {
+      writer.uint32(34).string(message.affinityKey);
+    }
+    if (message.hedgeable !== false) {
+      writer.uint32(40).bool(message.hedgeable);
+    }
+    if (message.requestId !== "") {
+      writer.uint32(50).string(message.requestId);
+    }
+    if (message.traceparent !== "") {
+      writer.uint32(58).string(message.traceparent);
+    }
+    if (message.tracestate !== "") {
+      writer.uint32(66).string(message.tracestate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RouteCall {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRouteCall();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.callId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.affinityKey = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.hedgeable = reader.bool();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.requestId = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.traceparent = reader.string();
+            continue;
+          }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.tracestate = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RouteCall {
+    return {
+      callId: isSet(object.callId)
+        ? globalThis.Number(object.callId)
+        : isSet(object.call_id)
+        ? globalThis.Number(object.call_id)
+        : 0,
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+      affinityKey: isSet(object.affinityKey)
+        ? globalThis.String(object.affinityKey)
+        : isSet(object.affinity_key)
+        ? globalThis.String(object.affinity_key)
+        : "",
+      hedgeable: isSet(object.hedgeable) ? globalThis.Boolean(object.hedgeable) : false,
+      requestId: isSet(object.requestId)
+        ? globalThis.String(object.requestId)
+        : isSet(object.request_id)
+        ? globalThis.String(object.request_id)
+        : "",
+      traceparent: isSet(object.traceparent) ? globalThis.String(object.traceparent) : "",
+      tracestate: isSet(object.tracestate) ? globalThis.String(object.tracestate) : "",
+    };
+  },
+
+  toJSON(message: RouteCall): unknown {
+    const obj: any = {};
+    if (message.callId !== 0) {
+      obj.callId = Math.round(message.callId);
+    }
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    if (message.affinityKey !== "") {
+      obj.affinityKey = message.affinityKey;
+    }
+    if (message.hedgeable !== false) {
+      obj.hedgeable = message.hedgeable;
+    }
+    if (message.requestId !== "") {
+      obj.requestId = message.requestId;
+    }
+    if (message.traceparent !== "") {
+      obj.traceparent = message.traceparent;
+    }
+    if (message.tracestate !== "") {
+      obj.tracestate = message.tracestate;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RouteCall>): RouteCall {
+    return RouteCall.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RouteCall>): RouteCall {
+    const message = createBaseRouteCall();
+    message.callId = object.callId ?? 0;
+    message.model = object.model ?? "";
+    message.version = object.version ?? "";
+    message.affinityKey = object.affinityKey ?? "";
+    message.hedgeable = object.hedgeable ?? false;
+    message.requestId = object.requestId ?? "";
+    message.traceparent = object.traceparent ?? "";
+    message.tracestate = object.tracestate ?? "";
+    return message;
+  },
+};
+
+function createBaseAttemptEvent(): AttemptEvent {
+  return { callId: 0, attempt: 0, event: undefined };
+}
+
+export const AttemptEvent: MessageFns<AttemptEvent> = {
+  encode(message: AttemptEvent, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.callId !== 0) {
+      writer.uint32(8).uint64(message.callId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).uint32(message.attempt);
+    }
+    switch (message.event?.$case) {
+      case "started":
+        AttemptStarted.encode(message.event.started, writer.uint32(26).fork()).join();
+        break;
+      case "done":
+        AttemptDone.encode(message.event.done, writer.uint32(34).fork()).join();
+        break;
+      case "failed":
+        AttemptFailed.encode(message.event.failed, writer.uint32(42).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttemptEvent {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttemptEvent();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.callId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.event = { $case: "started", started: AttemptStarted.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.event = { $case: "done", done: AttemptDone.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.event = { $case: "failed", failed: AttemptFailed.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttemptEvent {
+    return {
+      callId: isSet(object.callId)
+        ? globalThis.Number(object.callId)
+        : isSet(object.call_id)
+        ? globalThis.Number(object.call_id)
+        : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      event: isSet(object.started)
+        ? { $case: "started", started: AttemptStarted.fromJSON(object.started) }
+        : isSet(object.done)
+        ? { $case: "done", done: AttemptDone.fromJSON(object.done) }
+        : isSet(object.failed)
+        ? { $case: "failed", failed: AttemptFailed.fromJSON(object.failed) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: AttemptEvent): unknown {
+    const obj: any = {};
+    if (message.callId !== 0) {
+      obj.callId = Math.round(message.callId);
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.event?.$case === "started") {
+      obj.started = AttemptStarted.toJSON(message.event.started);
+    } else if (message.event?.$case === "done") {
+      obj.done = AttemptDone.toJSON(message.event.done);
+    } else if (message.event?.$case === "failed") {
+      obj.failed = AttemptFailed.toJSON(message.event.failed);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AttemptEvent>): AttemptEvent {
+    return AttemptEvent.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AttemptEvent>): AttemptEvent {
+    const message = createBaseAttemptEvent();
+    message.callId = object.callId ?? 0;
+    message.attempt = object.attempt ?? 0;
+    switch (object.event?.$case) {
+      case "started": {
+        if (object.event?.started !== undefined && object.event?.started !== null) {
+          message.event = { $case: "started", started: AttemptStarted.fromPartial(object.event.started) };
+        }
+        break;
+      }
+      case "done": {
+        if (object.event?.done !== undefined && object.event?.done !== null) {
+          message.event = { $case: "done", done: AttemptDone.fromPartial(object.event.done) };
+        }
+        break;
+      }
+      case "failed": {
+        if (object.event?.failed !== undefined && object.event?.failed !== null) {
+          message.event = { $case: "failed", failed: AttemptFailed.fromPartial(object.event.failed) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseAttemptStarted(): AttemptStarted {
+  return {};
+}
+
+export const AttemptStarted: MessageFns<AttemptStarted> = {
+  encode(_: AttemptStarted, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttemptStarted {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttemptStarted();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AttemptStarted {
+    return {};
+  },
+
+  toJSON(_: AttemptStarted): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<AttemptStarted>): AttemptStarted {
+    return AttemptStarted.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<AttemptStarted>): AttemptStarted {
+    const message = createBaseAttemptStarted();
+    return message;
+  },
+};
+
+function createBaseAttemptDone(): AttemptDone {
+  return {};
+}
+
+export const AttemptDone: MessageFns<AttemptDone> = {
+  encode(_: AttemptDone, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttemptDone {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttemptDone();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): AttemptDone {
+    return {};
+  },
+
+  toJSON(_: AttemptDone): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<AttemptDone>): AttemptDone {
+    return AttemptDone.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<AttemptDone>): AttemptDone {
+    const message = createBaseAttemptDone();
+    return message;
+  },
+};
+
+function createBaseAttemptFailed(): AttemptFailed {
+  return { code: 0, details: "" };
+}
+
+export const AttemptFailed: MessageFns<AttemptFailed> = {
+  encode(message: AttemptFailed, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.code !== 0) {
+      writer.uint32(8).uint32(message.code);
+    }
+    if (message.details !== "") {
+      writer.uint32(18).string(message.details);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttemptFailed {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttemptFailed();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttemptFailed {
+    return {
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
+    };
+  },
+
+  toJSON(message: AttemptFailed): unknown {
+    const obj: any = {};
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.details !== "") {
+      obj.details = message.details;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AttemptFailed>): AttemptFailed {
+    return AttemptFailed.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AttemptFailed>): AttemptFailed {
+    const message = createBaseAttemptFailed();
+    message.code = object.code ?? 0;
+    message.details = object.details ?? "";
+    return message;
+  },
+};
+
+function createBaseDispatchResponse(): DispatchResponse {
+  return { messages: [] };
+}
+
+export const DispatchResponse: MessageFns<DispatchResponse> = {
+  encode(message: DispatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.messages) {
+      BalancerMessage.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DispatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDispatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.messages.push(BalancerMessage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): DispatchResponse {
+    return {
+      messages: globalThis.Array.isArray(object?.messages)
+        ? object.messages.map((e: any) => BalancerMessage.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: DispatchResponse): unknown {
+    const obj: any = {};
+    if (message.messages?.length) {
+      obj.messages = message.messages.map((e) => BalancerMessage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<DispatchResponse>): DispatchResponse {
+    return DispatchResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<DispatchResponse>): DispatchResponse {
+    const message = createBaseDispatchResponse();
+    message.messages = object.messages?.map((e) => BalancerMessage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseBalancerMessage(): BalancerMessage {
+  return { message: undefined };
+}
+
+export const BalancerMessage: MessageFns<BalancerMessage> = {
+  encode(message: BalancerMessage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    switch (message.message?.$case) {
+      case "attempt":
+        AttemptOrder.encode(message.message.attempt, writer.uint32(10).fork()).join();
+        break;
+      case "cancel":
+        AttemptCancel.encode(message.message.cancel, writer.uint32(18).fork()).join();
+        break;
+      case "failed":
+        CallRouteFailed.encode(message.message.failed, writer.uint32(26).fork()).join();
+        break;
+      case "state":
+        RoutingState.encode(message.message.state, writer.uint32(34).fork()).join();
+        break;
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BalancerMessage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBalancerMessage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.message = { $case: "attempt", attempt: AttemptOrder.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.message = { $case: "cancel", cancel: AttemptCancel.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.message = { $case: "failed", failed: CallRouteFailed.decode(reader, reader.uint32()) };
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.message = { $case: "state", state: RoutingState.decode(reader, reader.uint32()) };
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BalancerMessage {
+    return {
+      message: isSet(object.attempt)
+        ? { $case: "attempt", attempt: AttemptOrder.fromJSON(object.attempt) }
+        : isSet(object.cancel)
+        ? { $case: "cancel", cancel: AttemptCancel.fromJSON(object.cancel) }
+        : isSet(object.failed)
+        ? { $case: "failed", failed: CallRouteFailed.fromJSON(object.failed) }
+        : isSet(object.state)
+        ? { $case: "state", state: RoutingState.fromJSON(object.state) }
+        : undefined,
+    };
+  },
+
+  toJSON(message: BalancerMessage): unknown {
+    const obj: any = {};
+    if (message.message?.$case === "attempt") {
+      obj.attempt = AttemptOrder.toJSON(message.message.attempt);
+    } else if (message.message?.$case === "cancel") {
+      obj.cancel = AttemptCancel.toJSON(message.message.cancel);
+    } else if (message.message?.$case === "failed") {
+      obj.failed = CallRouteFailed.toJSON(message.message.failed);
+    } else if (message.message?.$case === "state") {
+      obj.state = RoutingState.toJSON(message.message.state);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<BalancerMessage>): BalancerMessage {
+    return BalancerMessage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<BalancerMessage>): BalancerMessage {
+    const message = createBaseBalancerMessage();
+    switch (object.message?.$case) {
+      case "attempt": {
+        if (object.message?.attempt !== undefined && object.message?.attempt !== null) {
+          message.message = { $case: "attempt", attempt: AttemptOrder.fromPartial(object.message.attempt) };
+        }
+        break;
+      }
+      case "cancel": {
+        if (object.message?.cancel !== undefined && object.message?.cancel !== null) {
+          message.message = { $case: "cancel", cancel: AttemptCancel.fromPartial(object.message.cancel) };
+        }
+        break;
+      }
+      case "failed": {
+        if (object.message?.failed !== undefined && object.message?.failed !== null) {
+          message.message = { $case: "failed", failed: CallRouteFailed.fromPartial(object.message.failed) };
+        }
+        break;
+      }
+      case "state": {
+        if (object.message?.state !== undefined && object.message?.state !== null) {
+          message.message = { $case: "state", state: RoutingState.fromPartial(object.message.state) };
+        }
+        break;
+      }
+    }
+    return message;
+  },
+};
+
+function createBaseAttemptOrder(): AttemptOrder {
+  return { callId: 0, attempt: 0, workerId: "", address: "" };
+}
+
+export const AttemptOrder: MessageFns<AttemptOrder> = {
+  encode(message: AttemptOrder, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.callId !== 0) {
+      writer.uint32(8).uint64(message.callId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).uint32(message.attempt);
+    }
+    if (message.workerId !== "") {
+      writer.uint32(26).string(message.workerId);
+    }
+    if (message.address !== "") {
+      writer.uint32(34).string(message.address);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttemptOrder {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttemptOrder();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.callId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttemptOrder {
+    return {
+      callId: isSet(object.callId)
+        ? globalThis.Number(object.callId)
+        : isSet(object.call_id)
+        ? globalThis.Number(object.call_id)
+        : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+    };
+  },
+
+  toJSON(message: AttemptOrder): unknown {
+    const obj: any = {};
+    if (message.callId !== 0) {
+      obj.callId = Math.round(message.callId);
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AttemptOrder>): AttemptOrder {
+    return AttemptOrder.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AttemptOrder>): AttemptOrder {
+    const message = createBaseAttemptOrder();
+    message.callId = object.callId ?? 0;
+    message.attempt = object.attempt ?? 0;
+    message.workerId = object.workerId ?? "";
+    message.address = object.address ?? "";
+    return message;
+  },
+};
+
+function createBaseAttemptCancel(): AttemptCancel {
+  return { callId: 0, attempt: 0 };
+}
+
+export const AttemptCancel: MessageFns<AttemptCancel> = {
+  encode(message: AttemptCancel, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.callId !== 0) {
+      writer.uint32(8).uint64(message.callId);
+    }
+    if (message.attempt !== 0) {
+      writer.uint32(16).uint32(message.attempt);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AttemptCancel {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAttemptCancel();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.callId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.attempt = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AttemptCancel {
+    return {
+      callId: isSet(object.callId)
+        ? globalThis.Number(object.callId)
+        : isSet(object.call_id)
+        ? globalThis.Number(object.call_id)
+        : 0,
+      attempt: isSet(object.attempt) ? globalThis.Number(object.attempt) : 0,
+    };
+  },
+
+  toJSON(message: AttemptCancel): unknown {
+    const obj: any = {};
+    if (message.callId !== 0) {
+      obj.callId = Math.round(message.callId);
+    }
+    if (message.attempt !== 0) {
+      obj.attempt = Math.round(message.attempt);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AttemptCancel>): AttemptCancel {
+    return AttemptCancel.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AttemptCancel>): AttemptCancel {
+    const message = createBaseAttemptCancel();
+    message.callId = object.callId ?? 0;
+    message.attempt = object.attempt ?? 0;
+    return message;
+  },
+};
+
+function createBaseCallRouteFailed(): CallRouteFailed {
+  return { callId: 0, code: 0, details: "", noReadyWorker: false };
+}
+
+export const CallRouteFailed: MessageFns<CallRouteFailed> = {
+  encode(message: CallRouteFailed, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.callId !== 0) {
+      writer.uint32(8).uint64(message.callId);
+    }
+    if (message.code !== 0) {
+      writer.uint32(16).uint32(message.code);
+    }
+    if (message.details !== "") {
+      writer.uint32(26).string(message.details);
+    }
+    if (message.noReadyWorker !== false) {
+      writer.uint32(32).bool(message.noReadyWorker);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CallRouteFailed {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCallRouteFailed();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.callId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.code = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.details = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.noReadyWorker = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CallRouteFailed {
+    return {
+      callId: isSet(object.callId)
+        ? globalThis.Number(object.callId)
+        : isSet(object.call_id)
+        ? globalThis.Number(object.call_id)
+        : 0,
+      code: isSet(object.code) ? globalThis.Number(object.code) : 0,
+      details: isSet(object.details) ? globalThis.String(object.details) : "",
+      noReadyWorker: isSet(object.noReadyWorker)
+        ? globalThis.Boolean(object.noReadyWorker)
+        : isSet(object.no_ready_worker)
+        ? globalThis.Boolean(object.no_ready_worker)
+        : false,
+    };
+  },
+
+  toJSON(message: CallRouteFailed): unknown {
+    const obj: any = {};
+    if (message.callId !== 0) {
+      obj.callId = Math.round(message.callId);
+    }
+    if (message.code !== 0) {
+      obj.code = Math.round(message.code);
+    }
+    if (message.details !== "") {
+      obj.details = message.details;
+    }
+    if (message.noReadyWorker !== false) {
+      obj.noReadyWorker = message.noReadyWorker;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<CallRouteFailed>): CallRouteFailed {
+    return CallRouteFailed.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<CallRouteFailed>): CallRouteFailed {
+    const message = createBaseCallRouteFailed();
+    message.callId = object.callId ?? 0;
+    message.code = object.code ?? 0;
+    message.details = object.details ?? "";
+    message.noReadyWorker = object.noReadyWorker ?? false;
+    return message;
+  },
+};
+
+function createBaseRoutingState(): RoutingState {
+  return { workers: [] };
+}
+
+export const RoutingState: MessageFns<RoutingState> = {
+  encode(message: RoutingState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.workers) {
+      RoutableWorker.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoutingState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoutingState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workers.push(RoutableWorker.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoutingState {
+    return {
+      workers: globalThis.Array.isArray(object?.workers)
+        ? object.workers.map((e: any) => RoutableWorker.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: RoutingState): unknown {
+    const obj: any = {};
+    if (message.workers?.length) {
+      obj.workers = message.workers.map((e) => RoutableWorker.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoutingState>): RoutingState {
+    return RoutingState.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoutingState>): RoutingState {
+    const message = createBaseRoutingState();
+    message.workers = object.workers?.map((e) => RoutableWorker.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRoutableWorker(): RoutableWorker {
+  return { workerId: "", address: "", models: [] };
+}
+
+export const RoutableWorker: MessageFns<RoutableWorker> = {
+  encode(message: RoutableWorker, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.workerId !== "") {
+      writer.uint32(10).string(message.workerId);
+    }
+    if (message.address !== "") {
+      writer.uint32(18).string(message.address);
+    }
+    for (const v of message.models) {
+      RoutableModel.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoutableWorker {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoutableWorker();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.models.push(RoutableModel.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoutableWorker {
+    return {
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+      models: globalThis.Array.isArray(object?.models) ? object.models.map((e: any) => RoutableModel.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: RoutableWorker): unknown {
+    const obj: any = {};
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    if (message.models?.length) {
+      obj.models = message.models.map((e) => RoutableModel.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoutableWorker>): RoutableWorker {
+    return RoutableWorker.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoutableWorker>): RoutableWorker {
+    const message = createBaseRoutableWorker();
+    message.workerId = object.workerId ?? "";
+    message.address = object.address ?? "";
+    message.models = object.models?.map((e) => RoutableModel.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseRoutableModel(): RoutableModel {
+  return { name: "", version: "" };
+}
+
+export const RoutableModel: MessageFns<RoutableModel> = {
+  encode(message: RoutableModel, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.version !== "") {
+      writer.uint32(18).string(message.version);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RoutableModel {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRoutableModel();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RoutableModel {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+    };
+  },
+
+  toJSON(message: RoutableModel): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RoutableModel>): RoutableModel {
+    return RoutableModel.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RoutableModel>): RoutableModel {
+    const message = createBaseRoutableModel();
+    message.name = object.name ?? "";
+    message.version = object.version ?? "";
+    return message;
+  },
+};
+
 /**
  * BalancerService owns worker membership and routing: workers join it over a stream that carries
  * their models and load, and it forwards each task to one worker chosen by the configured policy.
@@ -1555,6 +3275,24 @@ export const BalancerServiceDefinition = {
       requestType: RouteRequest as typeof RouteRequest,
       requestStream: false,
       responseType: RouteResponse as typeof RouteResponse,
+      responseStream: true,
+      options: {},
+    },
+    /**
+     * Dispatch is routing off the data path, for a dispatcher (the scheduler) that calls workers
+     * itself: on one long-lived stream the dispatcher names each call it must route (model, version,
+     * affinity key: never its input), the balancer answers with the worker to try (and later, under
+     * the same policy, retry and hedge decisions, or cancels), and the dispatcher reports what each
+     * attempt did (first output, done, failed) so the policies keep learning. The balancer also
+     * sends its routing state whenever it changes, so that a dispatcher whose balancer is gone keeps
+     * dispatching on the last state it was given. Retries, budgets, hedging, ejection and the "worker
+     * gone" rule are exactly Route's: only the bytes go elsewhere.
+     */
+    dispatch: {
+      name: "Dispatch",
+      requestType: DispatchRequest as typeof DispatchRequest,
+      requestStream: true,
+      responseType: DispatchResponse as typeof DispatchResponse,
       responseStream: true,
       options: {},
     },
@@ -1633,6 +3371,20 @@ export interface BalancerServiceImplementation<CallContextExt = {}> {
     context: CallContext & CallContextExt,
   ): ServerStreamingMethodResult<DeepPartial<RouteResponse>>;
   /**
+   * Dispatch is routing off the data path, for a dispatcher (the scheduler) that calls workers
+   * itself: on one long-lived stream the dispatcher names each call it must route (model, version,
+   * affinity key: never its input), the balancer answers with the worker to try (and later, under
+   * the same policy, retry and hedge decisions, or cancels), and the dispatcher reports what each
+   * attempt did (first output, done, failed) so the policies keep learning. The balancer also
+   * sends its routing state whenever it changes, so that a dispatcher whose balancer is gone keeps
+   * dispatching on the last state it was given. Retries, budgets, hedging, ejection and the "worker
+   * gone" rule are exactly Route's: only the bytes go elsewhere.
+   */
+  dispatch(
+    request: AsyncIterable<DispatchRequest>,
+    context: CallContext & CallContextExt,
+  ): ServerStreamingMethodResult<DeepPartial<DispatchResponse>>;
+  /**
    * Join is the membership stream of one worker: the worker sends a hello, then load reports; the
    * balancer answers with the reporting interval. The worker is a member while the stream is
    * open and its reports keep coming; it leaves by ending the stream.
@@ -1678,6 +3430,20 @@ export interface BalancerServiceClient<CallOptionsExt = {}> {
    * output it never retries and ends with UNAVAILABLE. No ready worker for the model: UNAVAILABLE.
    */
   route(request: DeepPartial<RouteRequest>, options?: CallOptions & CallOptionsExt): AsyncIterable<RouteResponse>;
+  /**
+   * Dispatch is routing off the data path, for a dispatcher (the scheduler) that calls workers
+   * itself: on one long-lived stream the dispatcher names each call it must route (model, version,
+   * affinity key: never its input), the balancer answers with the worker to try (and later, under
+   * the same policy, retry and hedge decisions, or cancels), and the dispatcher reports what each
+   * attempt did (first output, done, failed) so the policies keep learning. The balancer also
+   * sends its routing state whenever it changes, so that a dispatcher whose balancer is gone keeps
+   * dispatching on the last state it was given. Retries, budgets, hedging, ejection and the "worker
+   * gone" rule are exactly Route's: only the bytes go elsewhere.
+   */
+  dispatch(
+    request: AsyncIterable<DeepPartial<DispatchRequest>>,
+    options?: CallOptions & CallOptionsExt,
+  ): AsyncIterable<DispatchResponse>;
   /**
    * Join is the membership stream of one worker: the worker sends a hello, then load reports; the
    * balancer answers with the reporting interval. The worker is a member while the stream is

@@ -8,6 +8,7 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
 import { Job, JobEvent, JobSpec } from "../../v1/jobs";
+import { CallFrame, CallReply } from "./calls";
 import { Task, TaskOutput } from "./task";
 
 export const protobufPackage = "maas.internal.v1";
@@ -100,6 +101,20 @@ export interface ScheduleRequest {
 export interface ScheduleResponse {
   /** The output. */
   output?: TaskOutput | undefined;
+}
+
+/** ScheduleCallsRequest is one batch of call frames (a CallFrames on the wire: see calls.proto). */
+export interface ScheduleCallsRequest {
+  /** The frames, in order. */
+  frames: CallFrame[];
+}
+
+/** ScheduleCallsResponse is one batch of call replies (a CallReplies on the wire: see calls.proto). */
+export interface ScheduleCallsResponse {
+  /** The replies, in order. */
+  replies: CallReply[];
+  /** True once the callee is draining (see CallReplies.draining). */
+  draining: boolean;
 }
 
 function createBaseSubmitJobRequest(): SubmitJobRequest {
@@ -1078,6 +1093,160 @@ export const ScheduleResponse: MessageFns<ScheduleResponse> = {
   },
 };
 
+function createBaseScheduleCallsRequest(): ScheduleCallsRequest {
+  return { frames: [] };
+}
+
+export const ScheduleCallsRequest: MessageFns<ScheduleCallsRequest> = {
+  encode(message: ScheduleCallsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.frames) {
+      CallFrame.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScheduleCallsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScheduleCallsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.frames.push(CallFrame.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScheduleCallsRequest {
+    return {
+      frames: globalThis.Array.isArray(object?.frames) ? object.frames.map((e: any) => CallFrame.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ScheduleCallsRequest): unknown {
+    const obj: any = {};
+    if (message.frames?.length) {
+      obj.frames = message.frames.map((e) => CallFrame.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ScheduleCallsRequest>): ScheduleCallsRequest {
+    return ScheduleCallsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ScheduleCallsRequest>): ScheduleCallsRequest {
+    const message = createBaseScheduleCallsRequest();
+    message.frames = object.frames?.map((e) => CallFrame.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseScheduleCallsResponse(): ScheduleCallsResponse {
+  return { replies: [], draining: false };
+}
+
+export const ScheduleCallsResponse: MessageFns<ScheduleCallsResponse> = {
+  encode(message: ScheduleCallsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.replies) {
+      CallReply.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.draining !== false) {
+      writer.uint32(16).bool(message.draining);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ScheduleCallsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseScheduleCallsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replies.push(CallReply.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.draining = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ScheduleCallsResponse {
+    return {
+      replies: globalThis.Array.isArray(object?.replies) ? object.replies.map((e: any) => CallReply.fromJSON(e)) : [],
+      draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : false,
+    };
+  },
+
+  toJSON(message: ScheduleCallsResponse): unknown {
+    const obj: any = {};
+    if (message.replies?.length) {
+      obj.replies = message.replies.map((e) => CallReply.toJSON(e));
+    }
+    if (message.draining !== false) {
+      obj.draining = message.draining;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ScheduleCallsResponse>): ScheduleCallsResponse {
+    return ScheduleCallsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ScheduleCallsResponse>): ScheduleCallsResponse {
+    const message = createBaseScheduleCallsResponse();
+    message.replies = object.replies?.map((e) => CallReply.fromPartial(e)) || [];
+    message.draining = object.draining ?? false;
+    return message;
+  },
+};
+
 /**
  * SchedulerService admits online work: bounded queues with priorities, deadlines enforced while
  * a task waits, then hands the task to the balancer and relays its output.
@@ -1097,6 +1266,19 @@ export const SchedulerServiceDefinition = {
       requestType: ScheduleRequest as typeof ScheduleRequest,
       requestStream: false,
       responseType: ScheduleResponse as typeof ScheduleResponse,
+      responseStream: true,
+      options: {},
+    },
+    /**
+     * ScheduleCalls carries many Schedule calls on one stream (see calls.proto): each call's request
+     * is a ScheduleRequest and its messages ScheduleResponses, with the same statuses as Schedule.
+     * The gateway sends its online calls this way.
+     */
+    scheduleCalls: {
+      name: "ScheduleCalls",
+      requestType: ScheduleCallsRequest as typeof ScheduleCallsRequest,
+      requestStream: true,
+      responseType: ScheduleCallsResponse as typeof ScheduleCallsResponse,
       responseStream: true,
       options: {},
     },
@@ -1158,6 +1340,15 @@ export interface SchedulerServiceImplementation<CallContextExt = {}> {
     request: ScheduleRequest,
     context: CallContext & CallContextExt,
   ): ServerStreamingMethodResult<DeepPartial<ScheduleResponse>>;
+  /**
+   * ScheduleCalls carries many Schedule calls on one stream (see calls.proto): each call's request
+   * is a ScheduleRequest and its messages ScheduleResponses, with the same statuses as Schedule.
+   * The gateway sends its online calls this way.
+   */
+  scheduleCalls(
+    request: AsyncIterable<ScheduleCallsRequest>,
+    context: CallContext & CallContextExt,
+  ): ServerStreamingMethodResult<DeepPartial<ScheduleCallsResponse>>;
   /** SubmitJob validates a batch job's input, stores the job durably, and only then acknowledges. */
   submitJob(request: SubmitJobRequest, context: CallContext & CallContextExt): Promise<DeepPartial<SubmitJobResponse>>;
   /** WatchJob replays a job's events after a sequence, then follows them live until it ends. */
@@ -1183,6 +1374,15 @@ export interface SchedulerServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<ScheduleRequest>,
     options?: CallOptions & CallOptionsExt,
   ): AsyncIterable<ScheduleResponse>;
+  /**
+   * ScheduleCalls carries many Schedule calls on one stream (see calls.proto): each call's request
+   * is a ScheduleRequest and its messages ScheduleResponses, with the same statuses as Schedule.
+   * The gateway sends its online calls this way.
+   */
+  scheduleCalls(
+    request: AsyncIterable<DeepPartial<ScheduleCallsRequest>>,
+    options?: CallOptions & CallOptionsExt,
+  ): AsyncIterable<ScheduleCallsResponse>;
   /** SubmitJob validates a batch job's input, stores the job durably, and only then acknowledges. */
   submitJob(request: DeepPartial<SubmitJobRequest>, options?: CallOptions & CallOptionsExt): Promise<SubmitJobResponse>;
   /** WatchJob replays a job's events after a sequence, then follows them live until it ends. */

@@ -8,6 +8,7 @@
 import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import type { CallContext, CallOptions } from "nice-grpc-common";
 import { RepositoryIndexRequest, RepositoryIndexResponse } from "../../../inference/grpc_service";
+import { CallFrame, CallReply } from "./calls";
 import { Task, TaskOutput } from "./task";
 
 export const protobufPackage = "maas.internal.v1";
@@ -56,6 +57,20 @@ export interface ExecuteRequest {
 export interface ExecuteResponse {
   /** The output. */
   output?: TaskOutput | undefined;
+}
+
+/** ExecuteCallsRequest is one batch of call frames (a CallFrames on the wire: see calls.proto). */
+export interface ExecuteCallsRequest {
+  /** The frames, in order. */
+  frames: CallFrame[];
+}
+
+/** ExecuteCallsResponse is one batch of call replies (a CallReplies on the wire: see calls.proto). */
+export interface ExecuteCallsResponse {
+  /** The replies, in order. */
+  replies: CallReply[];
+  /** True once the callee is draining (see CallReplies.draining). */
+  draining: boolean;
 }
 
 function createBaseWorkerServiceRepositoryIndexRequest(): WorkerServiceRepositoryIndexRequest {
@@ -582,6 +597,160 @@ export const ExecuteResponse: MessageFns<ExecuteResponse> = {
   },
 };
 
+function createBaseExecuteCallsRequest(): ExecuteCallsRequest {
+  return { frames: [] };
+}
+
+export const ExecuteCallsRequest: MessageFns<ExecuteCallsRequest> = {
+  encode(message: ExecuteCallsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.frames) {
+      CallFrame.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExecuteCallsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExecuteCallsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.frames.push(CallFrame.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExecuteCallsRequest {
+    return {
+      frames: globalThis.Array.isArray(object?.frames) ? object.frames.map((e: any) => CallFrame.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ExecuteCallsRequest): unknown {
+    const obj: any = {};
+    if (message.frames?.length) {
+      obj.frames = message.frames.map((e) => CallFrame.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExecuteCallsRequest>): ExecuteCallsRequest {
+    return ExecuteCallsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExecuteCallsRequest>): ExecuteCallsRequest {
+    const message = createBaseExecuteCallsRequest();
+    message.frames = object.frames?.map((e) => CallFrame.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseExecuteCallsResponse(): ExecuteCallsResponse {
+  return { replies: [], draining: false };
+}
+
+export const ExecuteCallsResponse: MessageFns<ExecuteCallsResponse> = {
+  encode(message: ExecuteCallsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.replies) {
+      CallReply.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.draining !== false) {
+      writer.uint32(16).bool(message.draining);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExecuteCallsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExecuteCallsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.replies.push(CallReply.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.draining = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExecuteCallsResponse {
+    return {
+      replies: globalThis.Array.isArray(object?.replies) ? object.replies.map((e: any) => CallReply.fromJSON(e)) : [],
+      draining: isSet(object.draining) ? globalThis.Boolean(object.draining) : false,
+    };
+  },
+
+  toJSON(message: ExecuteCallsResponse): unknown {
+    const obj: any = {};
+    if (message.replies?.length) {
+      obj.replies = message.replies.map((e) => CallReply.toJSON(e));
+    }
+    if (message.draining !== false) {
+      obj.draining = message.draining;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ExecuteCallsResponse>): ExecuteCallsResponse {
+    return ExecuteCallsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ExecuteCallsResponse>): ExecuteCallsResponse {
+    const message = createBaseExecuteCallsResponse();
+    message.replies = object.replies?.map((e) => CallReply.fromPartial(e)) || [];
+    message.draining = object.draining ?? false;
+    return message;
+  },
+};
+
 /** WorkerService runs tasks on the models a worker hosts. */
 export type WorkerServiceDefinition = typeof WorkerServiceDefinition;
 export const WorkerServiceDefinition = {
@@ -598,6 +767,19 @@ export const WorkerServiceDefinition = {
       requestType: ExecuteRequest as typeof ExecuteRequest,
       requestStream: false,
       responseType: ExecuteResponse as typeof ExecuteResponse,
+      responseStream: true,
+      options: {},
+    },
+    /**
+     * ExecuteCalls carries many Execute calls on one stream (see calls.proto): each call's request
+     * is an ExecuteRequest and its messages ExecuteResponses, with the same statuses as Execute.
+     * The scheduler dispatches online calls this way, straight to the worker the balancer picked.
+     */
+    executeCalls: {
+      name: "ExecuteCalls",
+      requestType: ExecuteCallsRequest as typeof ExecuteCallsRequest,
+      requestStream: true,
+      responseType: ExecuteCallsResponse as typeof ExecuteCallsResponse,
       responseStream: true,
       options: {},
     },
@@ -645,6 +827,15 @@ export interface WorkerServiceImplementation<CallContextExt = {}> {
     request: ExecuteRequest,
     context: CallContext & CallContextExt,
   ): ServerStreamingMethodResult<DeepPartial<ExecuteResponse>>;
+  /**
+   * ExecuteCalls carries many Execute calls on one stream (see calls.proto): each call's request
+   * is an ExecuteRequest and its messages ExecuteResponses, with the same statuses as Execute.
+   * The scheduler dispatches online calls this way, straight to the worker the balancer picked.
+   */
+  executeCalls(
+    request: AsyncIterable<ExecuteCallsRequest>,
+    context: CallContext & CallContextExt,
+  ): ServerStreamingMethodResult<DeepPartial<ExecuteCallsResponse>>;
   /** RepositoryIndex lists the models of this worker's model repository, loaded or not. */
   repositoryIndex(
     request: WorkerServiceRepositoryIndexRequest,
@@ -670,6 +861,15 @@ export interface WorkerServiceClient<CallOptionsExt = {}> {
    * model does not support the task), RESOURCE_EXHAUSTED (at capacity), UNAVAILABLE (draining).
    */
   execute(request: DeepPartial<ExecuteRequest>, options?: CallOptions & CallOptionsExt): AsyncIterable<ExecuteResponse>;
+  /**
+   * ExecuteCalls carries many Execute calls on one stream (see calls.proto): each call's request
+   * is an ExecuteRequest and its messages ExecuteResponses, with the same statuses as Execute.
+   * The scheduler dispatches online calls this way, straight to the worker the balancer picked.
+   */
+  executeCalls(
+    request: AsyncIterable<DeepPartial<ExecuteCallsRequest>>,
+    options?: CallOptions & CallOptionsExt,
+  ): AsyncIterable<ExecuteCallsResponse>;
   /** RepositoryIndex lists the models of this worker's model repository, loaded or not. */
   repositoryIndex(
     request: DeepPartial<WorkerServiceRepositoryIndexRequest>,
