@@ -5,6 +5,8 @@
  */
 import http2 = require('node:http2');
 import { CompatServiceDefinition, ServerMiddleware, createServer } from 'nice-grpc';
+import { composeServerMiddleware } from 'nice-grpc-common';
+import { callStreamHandler } from './call-stream';
 import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
@@ -77,6 +79,23 @@ export interface GrpcServerOptions {
   maxConnectionAgeMs?: number;
   /** How long calls in flight on a connection past its age may still run before it is closed. */
   maxConnectionAgeGraceMs?: number;
+  /**
+   * Call streams to serve (common/call-stream.ts): for each, the bidi method `calls` of the
+   * service at `definitionIndex` in `services` carries calls of its server-streaming method
+   * `carries`, each run through the same middleware and handler as a plain call of it. The stream
+   * itself is long-lived; its calls count for the drain.
+   */
+  callStreams?: readonly CallStreamRegistration[];
+}
+
+/** One call stream method of a service (see GrpcServerOptions.callStreams). */
+export interface CallStreamRegistration {
+  /** Index of the service in `services`. */
+  service: number;
+  /** Key of the bidi method in the definition's methods, e.g. 'scheduleCalls'. */
+  calls: string;
+  /** Key of the server-streaming method it carries, e.g. 'schedule'. */
+  carries: string;
 }
 
 /** How long a drain waits, once the last counted call has returned, for its status to be sent. */
@@ -158,15 +177,44 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     'grpc.max_concurrent_streams': options.maxConcurrentStreams,
     ...(options.maxConnectionAgeMs ? { 'grpc.max_connection_age_ms': options.maxConnectionAgeMs, 'grpc.max_connection_age_grace_ms': options.maxConnectionAgeGraceMs ?? 0 } : {}),
   });
-  const inFlight = callsInFlight(new Set([...ALWAYS_LONG_LIVED, ...(options.longLivedMethods ?? [])]));
+  const callStreamPaths = (options.callStreams ?? []).map((c) => methodPath(options.services[c.service].definition, c.calls));
+  const inFlight = callsInFlight(new Set([...ALWAYS_LONG_LIVED, ...(options.longLivedMethods ?? []), ...callStreamPaths]));
   // Telemetry first, so its span covers everything below; only when tracing is on.
-  const counted = base.use(inFlight.middleware);
-  const traced = tracingEnabled() ? counted.use(openTelemetryServerMiddleware()) : counted;
-  const server = (options.callMetrics ? traced.use(options.callMetrics) : traced).use(deadlineAndErrorMiddleware(options.log));
+  const stack: ServerMiddleware[] = [
+    inFlight.middleware,
+    ...(tracingEnabled() ? [openTelemetryServerMiddleware() as ServerMiddleware] : []),
+    ...(options.callMetrics ? [options.callMetrics] : []),
+    deadlineAndErrorMiddleware(options.log) as ServerMiddleware,
+  ];
+  const server = stack.reduce((s, m) => s.use(m), base as ReturnType<typeof createServer>);
   // A 64-bit integer beyond 2^53 reaches the middleware as a marker (INVALID_ARGUMENT), not as
   // an exception inside grpc-js's deserializer (INTERNAL).
-  const services = options.serviceMiddleware ? server.with(options.serviceMiddleware) : server;
-  for (const s of options.services) services.add(guardRequestDecoding(s.definition as unknown as TsProtoDefinition) as unknown as typeof s.definition, s.implementation);
+  const services = options.serviceMiddleware ? server.with(options.serviceMiddleware as ServerMiddleware) : server;
+  const draining = new AbortController();
+  const callStack = stack.reduce((a, b) => composeServerMiddleware(a, b));
+  options.services.forEach((s, index) => {
+    const guarded = guardRequestDecoding(s.definition as unknown as TsProtoDefinition);
+    let implementation = s.implementation;
+    for (const c of options.callStreams ?? []) {
+      if (c.service !== index) continue;
+      const carried = (guarded.methods as Record<string, TsProtoDefinition['methods'][string] & { responseType: { encode(m: unknown): { finish(): Uint8Array } } }>)[c.carries];
+      const handler = s.implementation[c.carries] as (request: unknown, context: unknown) => AsyncIterable<unknown>;
+      implementation = {
+        ...implementation,
+        [c.calls]: callStreamHandler({
+          path: methodPath(s.definition, c.carries),
+          decode: (bytes) => carried.requestType.decode(bytes),
+          encode: (message) => carried.responseType.encode(message).finish(),
+          handler: (request, context) => handler.call(s.implementation, request, context),
+          middleware: callStack,
+          draining: draining.signal,
+          maxCallsPerStream: options.maxConcurrentStreams,
+          log: options.log,
+        }),
+      };
+    }
+    services.add(guarded as unknown as typeof s.definition, implementation);
+  });
 
   const health = HealthState();
   const names = options.services.map((s) => s.definition.fullName);
@@ -202,6 +250,8 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     setServing,
     async shutdown(graceMs = 5000) {
       setServing(false);
+      // Call streams refuse new calls (their callers open streams elsewhere) and end once theirs have.
+      draining.abort();
       let timer: NodeJS.Timeout | undefined;
       // No new calls from here (GOAWAY on every connection); the calls in flight finish, up to
       // graceMs. Long-lived streams never end by themselves: they are cut once the others are done.
@@ -222,6 +272,13 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       healthServer?.forceShutdown();
     },
   };
+}
+
+/** The path of a method of a generated definition, as gRPC names it: /package.Service/Method. */
+function methodPath(definition: CompatServiceDefinition & { fullName: string }, key: string): string {
+  const method = (definition as unknown as TsProtoDefinition).methods[key];
+  if (!method) throw new Error(`${definition.fullName} has no method ${key}`);
+  return `/${definition.fullName}/${method.name}`;
 }
 
 /** Counts the calls in flight other than the long-lived ones, to know when a drain is done. */

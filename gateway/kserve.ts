@@ -11,7 +11,8 @@ import { resolve } from 'node:path';
 import { MeshError, invalidField, quoteInput } from '../common/errors';
 import { createMeshClient } from '../common/client';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
-import { SchedulerServiceDefinition } from '../generated/maas/internal/v1/scheduler';
+import { ScheduleResponse } from '../generated/maas/internal/v1/scheduler';
+import { CallStreamCallOptions } from '../common/call-stream';
 import { Task } from '../generated/maas/internal/v1/task';
 import {
   GRPCInferenceServiceImplementation,
@@ -68,7 +69,8 @@ function requireRepository(name: string): void {
 /** What the KServe service needs from the gateway. */
 export interface KserveDeps {
   catalog: ModelCatalog<Model>;
-  scheduler: ReturnType<typeof createMeshClient<typeof SchedulerServiceDefinition>>;
+  /** Runs a task through the scheduler (its ScheduleCalls stream). */
+  schedule(task: Task, options: CallStreamCallOptions): AsyncIterable<ScheduleResponse>;
   balancer: ReturnType<typeof createMeshClient<typeof BalancerServiceDefinition>>;
   /** A task for the scheduler, with its request id and deadline. */
   newTask(context: GatewayCallContext, request: Task['request']): { task: Task; deadline: number };
@@ -154,7 +156,7 @@ export function kserveService(deps: KserveDeps): GRPCInferenceServiceImplementat
       const { task, deadline } = deps.newTask(context, { $case: 'infer', infer: valid });
       let answer: ModelInferResponse | undefined;
       // Read the stream to its end (see predict): leaving early would cancel the call.
-      for await (const response of deps.scheduler.schedule({ task }, { signal: context.signal, deadline })) {
+      for await (const response of deps.schedule(task, { signal: context.signal, deadline })) {
         if (response.output?.output?.$case === 'inferResponse') answer ??= response.output.output.inferResponse;
       }
       if (!answer) throw new MeshError('unavailable', `model ${quoteInput(model.name)} version ${quoteInput(model.version)} returned no outputs`);

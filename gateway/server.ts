@@ -16,7 +16,8 @@ import { startGrpcServer } from '../common/server';
 import { StartedService } from '../common/service-main';
 import { loadMeshTls } from '../common/tls';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
-import { SchedulerServiceDefinition } from '../generated/maas/internal/v1/scheduler';
+import { ScheduleRequest, ScheduleResponse, SchedulerServiceDefinition } from '../generated/maas/internal/v1/scheduler';
+import { CallStreamCallOptions, openCallStreamClient } from '../common/call-stream';
 import { Task } from '../generated/maas/internal/v1/task';
 import { GenerateRequest, GenerateResponse, InferenceServiceDefinition, PredictRequest, PredictResponse } from '../generated/maas/v1/inference';
 import { GetModelRequest, GetModelResponse, ListModelsResponse, Model, ModelServiceDefinition, ModelTask } from '../generated/maas/v1/models';
@@ -90,6 +91,9 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   const schedulerChannel = openMeshChannel(config.scheduler, config.maxMessageBytes, tls, 'scheduler');
   const balancerChannel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const scheduler = createMeshClient(SchedulerServiceDefinition, schedulerChannel);
+  // Online calls go many to a stream (ScheduleCalls): a new HTTP/2 stream per call costs more than the call.
+  const scheduleCalls = openCallStreamClient<ScheduleRequest, ScheduleResponse>(SchedulerServiceDefinition, schedulerChannel, 'scheduleCalls', 'schedule');
+  const schedule = (task: Task, options: CallStreamCallOptions) => scheduleCalls.call({ task }, options);
   const balancer = createMeshClient(BalancerServiceDefinition, balancerChannel);
   const catalog = new ModelCatalog<Model>(async () => {
     try {
@@ -139,7 +143,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     await requireModel(valid.model, valid.messages.length > 0 ? ModelTask.MODEL_TASK_CHAT : ModelTask.MODEL_TASK_GENERATE);
     const { task, deadline } = newTask(context, { $case: 'generate', generate: valid });
     log.debug('generate', { request_id: task.requestId, tenant: task.tenant, model: valid.model, prompt: callerContent(log, valid.prompt), messages: valid.messages.length, max_tokens: valid.maxTokens });
-    for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
+    for await (const response of schedule(task, { signal: context.signal, deadline })) {
       if (response.output?.output?.$case === 'chunk') yield response.output.output.chunk;
     }
   }
@@ -152,7 +156,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     let prediction: PredictResponse | undefined;
     // Read the stream to its end: leaving the loop early would cancel the call, and a burst of
     // cancels (RST_STREAM) makes the HTTP/2 peer close the whole connection.
-    for await (const response of scheduler.schedule({ task }, { signal: context.signal, deadline })) {
+    for await (const response of schedule(task, { signal: context.signal, deadline })) {
       if (response.output?.output?.$case === 'prediction') prediction ??= response.output.output.prediction;
     }
     if (!prediction) throw new MeshError('unavailable', `model ${quoteInput(valid.model)} returned no prediction`);
@@ -249,7 +253,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
         definition: GRPCInferenceServiceDefinition,
         implementation: kserveService({
           catalog,
-          scheduler,
+          schedule,
           balancer,
           newTask,
           limits: { maxTensorElements: config.maxTensorElements },
@@ -283,7 +287,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
           listModels: () => catalog.list(),
           findModel: readyModel,
           validate: (request) => validateGenerateRequest(request, limits),
-          schedule: (task, options) => scheduler.schedule({ task }, options),
+          schedule,
           log,
           onAnswered: (route, status, seconds) => {
             httpAnswered.inc({ route, code: String(status) });
@@ -307,6 +311,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     async shutdown() {
       keyWatch?.close();
       await Promise.all([server.shutdown(config.drainTimeoutMs), http?.close(config.drainTimeoutMs), metricsServer?.close()]);
+      scheduleCalls.close();
       schedulerChannel.close();
       balancerChannel.close();
     },

@@ -696,7 +696,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     healthPort: config.healthPort,
     // A worker's Join stream lasts as long as the worker; it rejoins the next balancer by itself.
     longLivedMethods: ['/maas.internal.v1.BalancerService/Join'],
-    services: [{ definition: BalancerServiceDefinition, implementation: { route, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
+    services: [{ definition: BalancerServiceDefinition, implementation: { route, dispatch: dispatchPlaceholder, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
     callMetrics: callMetrics(metrics, { knownModel: (name) => membership.serves(name) }).middleware,
   });
   const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
@@ -739,3 +739,9 @@ function createWorkerClient(channel: Channel) {
 
 /** A member of this balancer: a worker serving models described as on the wire, reached by its link. */
 type Member = MemberOf<Model, WorkerLink>;
+
+/** Until Dispatch lands: no routing off the data path yet. */
+// eslint-disable-next-line require-yield
+async function* dispatchPlaceholder(): AsyncGenerator<never> {
+  throw new MeshError('unavailable', 'Dispatch is not served by this balancer yet');
+}

@@ -219,6 +219,8 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     // Job watches last until the job ends; the gateway's relay reconnects and loses no event.
     longLivedMethods: ['/maas.internal.v1.SchedulerService/WatchJob'],
     services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken, schedulerCounts) } }],
+    // The gateway's online calls arrive many to a stream (ScheduleCalls), each run as a Schedule.
+    callStreams: [{ service: 0, calls: 'scheduleCalls', carries: 'schedule' }],
     // Its one caller, the gateway, refuses a model or mapper its catalog does not hold (NOT_FOUND)
     // before it schedules anything: a model name that reaches the scheduler names a real model.
     callMetrics: callMetrics(metrics, { knownModel: () => true }).middleware,

@@ -234,6 +234,8 @@ export async function startWorker(
     insecure: config.insecure,
     healthPort: config.healthPort,
     services: [{ definition: WorkerServiceDefinition, implementation: { execute, repositoryIndex, loadModel, unloadModel } }],
+    // The scheduler's online calls arrive many to a stream (ExecuteCalls), each run as an Execute.
+    callStreams: [{ service: 0, calls: 'executeCalls', carries: 'execute' }],
     callMetrics: callMetrics(metrics, { knownModel: (name) => models.versions(name).length > 0 || (name.startsWith('mapper:') && (MAPPERS as readonly string[]).includes(name.slice(7))) }).middleware,
   });
   const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
