@@ -6,7 +6,7 @@
 import http2 = require('node:http2');
 import { CompatServiceDefinition, ServerMiddleware, createServer } from 'nice-grpc';
 import { composeServerMiddleware } from 'nice-grpc-common';
-import { callStreamHandler } from './call-stream';
+import { EncodedMessage, callStreamHandler } from './call-stream';
 import { openTelemetryServerMiddleware } from 'nice-grpc-opentelemetry';
 import { HealthDefinition, HealthServiceImpl, HealthState } from 'nice-grpc-server-health';
 import { ServerReflection, ServerReflectionService } from 'nice-grpc-server-reflection';
@@ -193,7 +193,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const draining = new AbortController();
   const callStack = stack.reduce((a, b) => composeServerMiddleware(a, b));
   options.services.forEach((s, index) => {
-    const guarded = guardRequestDecoding(s.definition as unknown as TsProtoDefinition);
+    const guarded = acceptEncodedResponses(guardRequestDecoding(s.definition as unknown as TsProtoDefinition));
     let implementation = s.implementation;
     for (const c of options.callStreams ?? []) {
       if (c.service !== index) continue;
@@ -272,6 +272,25 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       healthServer?.forceShutdown();
     },
   };
+}
+
+/**
+ * The same definition, whose response encoders pass an {@link EncodedMessage} through as it is: a
+ * relay's handler may yield the bytes it received instead of decoding and encoding them again.
+ */
+function acceptEncodedResponses<D extends TsProtoDefinition>(definition: D): D {
+  const methods: Record<string, unknown> = {};
+  for (const [key, method] of Object.entries(definition.methods) as unknown as [string, { responseType: { encode(m: unknown, w?: unknown): { finish(): Uint8Array } } }][]) {
+    const encode = method.responseType.encode.bind(method.responseType);
+    methods[key] = {
+      ...method,
+      responseType: {
+        ...method.responseType,
+        encode: (message: unknown, writer?: unknown) => (message instanceof EncodedMessage ? { finish: () => message.bytes } : encode(message, writer)),
+      },
+    };
+  }
+  return { ...definition, methods };
 }
 
 /** The path of a method of a generated definition, as gRPC names it: /package.Service/Method. */

@@ -6,6 +6,9 @@
 import { parseCallbackAllowlist } from '../../common/callback-target';
 import { parseWebhookSecret } from './jobs/callback';
 import { connectivityState } from '@grpc/grpc-js';
+import { createClient } from 'nice-grpc';
+import { EncodedMessage } from '../../common/call-stream';
+import { Dispatcher } from './dispatcher';
 import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
@@ -160,6 +163,8 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const tls = loadMeshTls(config, 'scheduler');
   const channel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
+  // The Dispatch stream lasts for hours: no tracing middleware (each call's routing has its own span).
+  const rawBalancer = createClient(BalancerServiceDefinition, channel);
   const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
@@ -190,7 +195,15 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     log,
   );
 
-  async function* schedule(request: ScheduleRequest, context: MeshCallContext): AsyncGenerator<ScheduleResponse> {
+  // Online calls: the balancer decides over its Dispatch stream, the scheduler calls the worker.
+  const dispatcher = new Dispatcher({
+    openDispatch: (requests, options) => rawBalancer.dispatch(requests, options),
+    openWorkerChannel: (workerId, address) => openMeshChannel(address, config.maxMessageBytes, tls, { worker: workerId }),
+    maxMessageBytes: config.maxMessageBytes,
+    log,
+  });
+
+  async function* schedule(request: ScheduleRequest, context: MeshCallContext): AsyncGenerator<ScheduleResponse | EncodedMessage> {
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     requireTenant(task.tenant);
@@ -198,9 +211,8 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     const permit = await admit(queue, task, context, limits, schedulerCounts);
     log.debug('admitted', { request_id: task.requestId, tenant: task.tenant, task: task.request.$case, waited_ms: permit.waitedMs });
     try {
-      for await (const response of balancer.route({ task }, { signal: context.signal, deadline: context.deadline })) {
-        yield { output: response.output };
-      }
+      // The worker's output, as it encoded it: an ExecuteResponse is a ScheduleResponse on the wire.
+      yield* dispatcher.run(task, context.signal, context.deadline);
     } finally {
       permit.release();
     }
@@ -249,6 +261,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     async shutdown() {
       jobs.close();
       await server.shutdown(config.drainTimeoutMs);
+      dispatcher.close();
       await metricsServer?.close();
       channel.close();
       aggregatorChannel.close();

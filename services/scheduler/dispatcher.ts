@@ -1,0 +1,482 @@
+/**
+ * Online dispatch with the balancer off the data path. The balancer decides (which worker, when to
+ * retry or hedge, what to cancel) over one long-lived Dispatch stream; the dispatcher runs what it
+ * decides, calling the worker straight over a call stream (WorkerService.ExecuteCalls), relays the
+ * worker's output as the worker encoded it, and reports what each attempt did so the balancer's
+ * policies keep learning. The task's bytes never pass through the balancer.
+ *
+ * Without a balancer (it died, it restarts, it cannot be reached) calls go on: the dispatcher
+ * routes on the last routing state the balancer gave it, to the worker with the fewest of its own
+ * calls, and tries one other worker when the first fails before its first output. A balancer that
+ * comes back takes over for the next calls.
+ */
+import { Channel, ClientError, Status } from 'nice-grpc';
+import { AbortError } from 'abort-controller-x';
+import { CallStreamClient, EncodedMessage, openCallStreamClient } from '../../common/call-stream';
+import { MeshError, quoteInput } from '../../common/errors';
+import { Logger } from '../../common/log';
+import { Context, propagation, context as otelContext } from '@opentelemetry/api';
+import {
+  AttemptEvent,
+  AttemptOrder,
+  BalancerMessage,
+  DispatchRequest,
+  DispatchResponse,
+  DispatcherMessage,
+  RoutingState,
+} from '../../generated/maas/internal/v1/balancer';
+import { Task } from '../../generated/maas/internal/v1/task';
+import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+
+/** The Dispatch method of a balancer client. */
+export type OpenDispatch = (requests: AsyncIterable<DispatchRequest>, options: { signal: AbortSignal }) => AsyncIterable<DispatchResponse>;
+
+export interface DispatcherOptions {
+  /** Opens a Dispatch stream to the balancer. */
+  openDispatch: OpenDispatch;
+  /** Opens a channel to a worker (mutual TLS checks it is that worker). */
+  openWorkerChannel(workerId: string, address: string): Channel;
+  /** Largest response a worker may send, in bytes (what one call may hold unread is a multiple). */
+  maxMessageBytes: number;
+  log: Logger;
+  /** First wait before reconnecting to a balancer that is gone; doubles up to 2 s. */
+  reconnectMs?: number;
+}
+
+/** How many workers one call may be tried on without a balancer (Route's own limit). */
+const LOCAL_ATTEMPTS = 2;
+/**
+ * After reconnecting to a balancer that had been lost, how long an empty routing state is taken
+ * for a balancer still learning its members (workers rejoin within a few report intervals) rather
+ * than a mesh with no workers: calls keep going to the workers of the last state meanwhile.
+ */
+const REJOIN_GRACE_MS = 10_000;
+const MAX_RECONNECT_MS = 2000;
+
+/** What a call routes by. */
+interface Target {
+  model: string;
+  version: string;
+  affinityKey: string;
+  hedgeable: boolean;
+}
+
+function targetOf(task: Task): Target {
+  switch (task.request?.$case) {
+    case 'generate':
+      return { model: task.request.generate.model, version: '', affinityKey: task.request.generate.affinityKey, hedgeable: false };
+    case 'predict':
+      return { model: task.request.predict.model, version: '', affinityKey: task.request.predict.affinityKey, hedgeable: true };
+    case 'infer': {
+      const p = task.request.infer.parameters['affinity_key']?.parameterChoice;
+      return { model: task.request.infer.modelName, version: task.request.infer.modelVersion, affinityKey: p?.$case === 'stringParam' ? p.stringParam : '', hedgeable: false };
+    }
+    default:
+      throw new MeshError('invalid_argument', 'an online task must be a generate, predict or infer task');
+  }
+}
+
+/** One attempt of a call on one worker. */
+interface Attempt {
+  readonly number: number;
+  readonly workerId: string;
+  readonly controller: AbortController;
+  started: boolean;
+}
+
+/** One worker's call stream client and the channel under it. */
+interface WorkerLink {
+  address: string;
+  channel: Channel;
+  calls: CallStreamClient<ExecuteRequest, ExecuteResponse>;
+  running: number;
+}
+
+/** The dispatcher of one scheduler. */
+export class Dispatcher {
+  private readonly calls = new Map<number, DispatchCall>();
+  private readonly workers = new Map<string, WorkerLink>();
+  private nextId = 1;
+  /** Messages waiting to go to the balancer, and the wake-up of the stream's writer. */
+  private outbox: DispatcherMessage[] = [];
+  private wakeWriter: (() => void) | undefined;
+  private flushQueued = false;
+  /** True while a Dispatch stream is open and has sent its first routing state. */
+  private connected = false;
+  private state: RoutingState | undefined;
+  /** The last routing state that had workers, to dispatch on while a restarted balancer relearns them. */
+  private lastWithWorkers: RoutingState | undefined;
+  private reconnectedAt = 0;
+  private everLost = false;
+  private readonly closed = new AbortController();
+
+  constructor(private readonly o: DispatcherOptions) {
+    void this.maintain();
+  }
+
+  /** True while the balancer's Dispatch stream is up (for health and tests). */
+  get balancerConnected(): boolean {
+    return this.connected;
+  }
+
+  /** Calls in flight (for tests and diagnostics). */
+  get inFlight(): number {
+    return this.calls.size;
+  }
+
+  /**
+   * Runs an online task: its outputs, each an encoded ExecuteResponse (the same bytes as a
+   * ScheduleResponse), as they arrive. Throws the call's status.
+   */
+  async *run(task: Task, signal: AbortSignal, deadline: number | undefined): AsyncGenerator<EncodedMessage> {
+    const call = new DispatchCall(this, this.nextId++, task, targetOf(task), deadline);
+    this.calls.set(call.id, call);
+    const onAbort = () => call.cancel();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      call.begin();
+      yield* call.outputs();
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+      call.cancel();
+      this.calls.delete(call.id);
+    }
+  }
+
+  close() {
+    this.closed.abort();
+    for (const link of this.workers.values()) {
+      link.calls.close();
+      link.channel.close();
+    }
+    this.workers.clear();
+  }
+
+  // --- for DispatchCall ---
+
+  /** True when the balancer should route a call for `target` (else: the last routing state). */
+  useBalancer(target: Target): boolean {
+    if (!this.connected) return false;
+    // A balancer that came back knows no workers until they rejoin: the last state serves meanwhile.
+    const empty = (this.state?.workers.length ?? 0) === 0;
+    if (empty && this.everLost && this.lastWithWorkers && Date.now() - this.reconnectedAt < REJOIN_GRACE_MS) {
+      return !this.candidates(this.lastWithWorkers, target, new Set()).length;
+    }
+    return true;
+  }
+
+  send(message: DispatcherMessage) {
+    if (!this.connected) return;
+    this.outbox.push(message);
+    if (this.flushQueued) return;
+    this.flushQueued = true;
+    setImmediate(() => {
+      this.flushQueued = false;
+      const w = this.wakeWriter;
+      this.wakeWriter = undefined;
+      w?.();
+    });
+  }
+
+  /** A worker for a call without the balancer: fewest calls of ours among the last state's, minus `tried`. */
+  localPick(target: Target, tried: ReadonlySet<string>): { workerId: string; address: string } | undefined {
+    const state = this.state && this.state.workers.length > 0 ? this.state : this.lastWithWorkers;
+    if (!state) return undefined;
+    const candidates = this.candidates(state, target, tried);
+    let best: { workerId: string; address: string } | undefined;
+    let bestLoad = Infinity;
+    for (const w of candidates) {
+      const load = (this.workers.get(w.workerId)?.running ?? 0) + Math.random() * 0.5;
+      if (load < bestLoad) {
+        bestLoad = load;
+        best = { workerId: w.workerId, address: w.address };
+      }
+    }
+    return best;
+  }
+
+  private candidates(state: RoutingState, target: Target, tried: ReadonlySet<string>) {
+    return state.workers.filter((w) => !tried.has(w.workerId) && w.models.some((m) => m.name === target.model && (target.version === '' || m.version === target.version)));
+  }
+
+  /** Runs one attempt on a worker; `onOutput` gets each message, the promise settles with the attempt. */
+  async runAttempt(workerId: string, address: string, task: Task, signal: AbortSignal, deadline: number | undefined, onOutput: (bytes: Uint8Array) => void): Promise<void> {
+    let link = this.workers.get(workerId);
+    if (link && link.address !== address) {
+      if (link.running === 0) this.dropLink(workerId, link);
+      link = undefined;
+    }
+    if (!link) {
+      const channel = this.o.openWorkerChannel(workerId, address);
+      link = { address, channel, calls: openCallStreamClient(WorkerServiceDefinition, channel, 'executeCalls', 'execute', 4 * this.o.maxMessageBytes), running: 0 };
+      this.workers.set(workerId, link);
+    }
+    link.running++;
+    try {
+      for await (const bytes of link.calls.callEncoded({ task }, { signal, deadline })) onOutput(bytes);
+    } finally {
+      link.running--;
+    }
+  }
+
+  call(id: number): DispatchCall | undefined {
+    return this.calls.get(id);
+  }
+
+  // --- the balancer link ---
+
+  private dropLink(workerId: string, link: WorkerLink) {
+    if (this.workers.get(workerId) === link) this.workers.delete(workerId);
+    link.calls.close();
+    link.channel.close();
+  }
+
+  private async maintain() {
+    let wait = this.o.reconnectMs ?? 100;
+    while (!this.closed.signal.aborted) {
+      const stream = new AbortController();
+      const onClose = () => stream.abort();
+      this.closed.signal.addEventListener('abort', onClose, { once: true });
+      try {
+        for await (const batch of this.o.openDispatch(this.writer(stream.signal), { signal: stream.signal })) {
+          for (const message of batch.messages) this.onMessage(message);
+          wait = this.o.reconnectMs ?? 100;
+        }
+      } catch (err) {
+        if (this.connected) this.o.log.warn('balancer dispatch stream lost; dispatching on the last routing state', { error: err instanceof ClientError ? `${Status[err.code]}: ${err.details}` : String(err) });
+      } finally {
+        this.closed.signal.removeEventListener('abort', onClose);
+        stream.abort();
+        const was = this.connected;
+        this.connected = false;
+        this.outbox = [];
+        if (was) this.everLost = true;
+        for (const call of this.calls.values()) call.balancerLost();
+      }
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, wait);
+        this.closed.signal.addEventListener('abort', () => {
+          clearTimeout(timer);
+          resolve();
+        }, { once: true });
+      });
+      wait = Math.min(wait * 2, MAX_RECONNECT_MS);
+    }
+  }
+
+  private async *writer(signal: AbortSignal): AsyncGenerator<DispatchRequest> {
+    while (!signal.aborted) {
+      if (this.outbox.length > 0) {
+        yield { messages: this.outbox.splice(0) };
+        continue;
+      }
+      await new Promise<void>((resolve) => {
+        this.wakeWriter = resolve;
+        signal.addEventListener('abort', () => resolve(), { once: true });
+      });
+    }
+  }
+
+  private onMessage(message: BalancerMessage) {
+    const m = message.message;
+    switch (m?.$case) {
+      case 'state': {
+        if (!this.connected) {
+          this.connected = true;
+          this.reconnectedAt = Date.now();
+        }
+        this.state = m.state;
+        if (m.state.workers.length > 0) this.lastWithWorkers = m.state;
+        // Channels to workers that left go, once they carry nothing.
+        const present = new Set(m.state.workers.map((w) => w.workerId));
+        for (const [id, link] of this.workers) if (!present.has(id) && link.running === 0 && !this.lastWithWorkers?.workers.some((w) => w.workerId === id)) this.dropLink(id, link);
+        return;
+      }
+      case 'attempt':
+        return this.calls.get(m.attempt.callId)?.onOrder(m.attempt);
+      case 'cancel':
+        return this.calls.get(m.cancel.callId)?.onCancel(m.cancel.attempt);
+      case 'failed':
+        return this.calls.get(m.failed.callId)?.onFailed(new ClientError('/maas.internal.v1.BalancerService/Dispatch', m.failed.code, m.failed.details));
+    }
+  }
+
+  /** W3C trace context of the active span, for the balancer's routing span. */
+  static traceContext(): { traceparent: string; tracestate: string } {
+    const carrier: Record<string, string> = {};
+    propagation.inject(otelContext.active(), carrier);
+    return { traceparent: carrier.traceparent ?? '', tracestate: carrier.tracestate ?? '' };
+  }
+}
+
+/** One call being dispatched. */
+class DispatchCall {
+  private readonly attempts = new Map<number, Attempt>();
+  private readonly tried = new Set<string>();
+  private winner: Attempt | undefined;
+  private readonly queue: Uint8Array[] = [];
+  private waiter: (() => void) | undefined;
+  private done = false;
+  private error: unknown;
+  /** True while the balancer routes this call (false: it routes itself, on the last state). */
+  private routedByBalancer = false;
+  private localAttempts = 0;
+  private lastFailure: string | undefined;
+  private readonly trace = Dispatcher.traceContext();
+  /** The scheduler's span of the call: the parent of each attempt's span, whichever event starts it. */
+  private readonly spanContext: Context = otelContext.active();
+
+  constructor(private readonly d: Dispatcher, readonly id: number, private readonly task: Task, private readonly target: Target, private readonly deadline: number | undefined) {}
+
+  begin() {
+    if (this.d.useBalancer(this.target)) {
+      this.routedByBalancer = true;
+      this.d.send({ message: { $case: 'route', route: { callId: this.id, ...this.target, requestId: this.task.requestId, ...this.trace } } });
+    } else this.routeLocally();
+  }
+
+  async *outputs(): AsyncGenerator<EncodedMessage> {
+    for (;;) {
+      const bytes = this.queue.shift();
+      if (bytes !== undefined) {
+        yield new EncodedMessage(bytes);
+        continue;
+      }
+      if (this.done) {
+        if (this.error !== undefined) throw this.error;
+        return;
+      }
+      await new Promise<void>((r) => (this.waiter = r));
+    }
+  }
+
+  /** The caller went away (or the call ended): stop every attempt, tell the balancer. */
+  cancel() {
+    if (this.done) return;
+    for (const a of this.attempts.values()) a.controller.abort();
+    if (this.routedByBalancer) this.d.send({ message: { $case: 'cancelCallId', cancelCallId: this.id } });
+    this.finish(new AbortError());
+  }
+
+  onOrder(order: AttemptOrder) {
+    if (this.done || this.winner) {
+      // Too late: the call has its answer. The balancer hears of it as a cancelled attempt.
+      this.report(order.attempt, { $case: 'failed', failed: { code: Status.CANCELLED, details: 'the call already has its output' } });
+      return;
+    }
+    this.start(order.attempt, order.workerId, order.address);
+  }
+
+  onCancel(attempt: number) {
+    this.attempts.get(attempt)?.controller.abort();
+  }
+
+  onFailed(err: ClientError) {
+    for (const a of this.attempts.values()) if (a !== this.winner) a.controller.abort();
+    this.finish(err);
+  }
+
+  /** The balancer's stream broke: what it would have decided next, this call decides. */
+  balancerLost() {
+    if (!this.routedByBalancer || this.done) return;
+    this.routedByBalancer = false;
+    // Attempts running carry on; with none, route now.
+    if (this.attempts.size === 0 && !this.winner) this.routeLocally();
+  }
+
+  private routeLocally() {
+    if (this.done) return;
+    const pick = this.localAttempts < LOCAL_ATTEMPTS ? this.d.localPick(this.target, this.tried) : undefined;
+    if (!pick) {
+      const label = this.target.version === '' ? `model ${quoteInput(this.target.model)}` : `model ${quoteInput(this.target.model)} version ${quoteInput(this.target.version)}`;
+      this.finish(
+        this.lastFailure
+          ? new MeshError('unavailable', `${this.lastFailure}, and the balancer is unreachable: no other worker of its last routing state serves ${label}`)
+          : new MeshError('unavailable', `no ready worker serves ${label} (the balancer is unreachable; its last routing state was used)`),
+      );
+      return;
+    }
+    this.localAttempts++;
+    this.start(-this.localAttempts, pick.workerId, pick.address);
+  }
+
+  private start(number: number, workerId: string, address: string) {
+    const attempt: Attempt = { number, workerId, controller: new AbortController(), started: false };
+    this.attempts.set(number, attempt);
+    this.tried.add(workerId);
+    void otelContext
+      .with(this.spanContext, () => this.d.runAttempt(workerId, address, this.task, attempt.controller.signal, this.deadline, (bytes) => this.onOutput(attempt, bytes)))
+      .then(
+        () => this.onAttemptEnd(attempt, undefined),
+        (err: unknown) => this.onAttemptEnd(attempt, err),
+      );
+  }
+
+  private onOutput(attempt: Attempt, bytes: Uint8Array) {
+    if (this.done) return;
+    if (!attempt.started) {
+      if (this.winner && this.winner !== attempt) {
+        // A hedge that lost: its answer is not needed.
+        attempt.controller.abort();
+        return;
+      }
+      attempt.started = true;
+      this.winner = attempt;
+      this.report(attempt.number, { $case: 'started', started: {} });
+      for (const other of this.attempts.values()) if (other !== attempt) other.controller.abort();
+    }
+    this.queue.push(bytes);
+    this.wake();
+  }
+
+  private onAttemptEnd(attempt: Attempt, err: unknown) {
+    this.attempts.delete(attempt.number);
+    // Cancelled here (the caller left, a hedge lost, the balancer said so): nothing to report.
+    if (attempt.controller.signal.aborted && !(attempt === this.winner && err === undefined)) return;
+    if (err === undefined) {
+      if (attempt === this.winner || !this.winner) {
+        if (!this.winner) {
+          // An OK end with no output: still the call's answer (a model that streamed nothing).
+          this.winner = attempt;
+          this.report(attempt.number, { $case: 'started', started: {} });
+        }
+        this.report(attempt.number, { $case: 'done', done: {} });
+        this.finish(undefined);
+      }
+      return;
+    }
+    const code = err instanceof ClientError ? err.code : Status.UNKNOWN;
+    const details = err instanceof ClientError ? err.details : String(err);
+    this.report(attempt.number, { $case: 'failed', failed: { code, details } });
+    if (this.routedByBalancer) return; // its verdict follows: a retry order, or the call's failure
+    // Routing alone: the same rule as the balancer's, retry only before the first output.
+    if (attempt.started) {
+      this.finish(new MeshError('unavailable', `worker ${attempt.workerId} failed after its output began: ${details}`));
+      return;
+    }
+    if (code === Status.INVALID_ARGUMENT || code === Status.NOT_FOUND || code === Status.FAILED_PRECONDITION || code === Status.DEADLINE_EXCEEDED || code === Status.PERMISSION_DENIED) {
+      this.finish(err);
+      return;
+    }
+    this.lastFailure = `worker ${attempt.workerId} failed before its first output (${Status[code]}: ${details})`;
+    if (this.attempts.size === 0) this.routeLocally();
+  }
+
+  private report(attempt: number, event: AttemptEvent['event']) {
+    if (!this.routedByBalancer || attempt <= 0) return;
+    this.d.send({ message: { $case: 'event', event: { callId: this.id, attempt, event } } });
+  }
+
+  private finish(error: unknown) {
+    if (this.done) return;
+    this.done = true;
+    this.error = error;
+    this.wake();
+  }
+
+  private wake() {
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.();
+  }
+}
