@@ -26,8 +26,10 @@ function testService(seen: { signals: AbortSignal[]; deadlines: (number | undefi
         yield { output: { workerId: 'w', output: { $case: 'prediction', prediction: { model: 'echo', label: 'started', probabilities: {}, text: '' } } } };
         await new Promise<void>((_, reject) => context.signal.addEventListener('abort', () => reject(context.signal.reason ?? new Error('aborted')), { once: true }));
       }
-      const count = input.startsWith('many') ? 50 : 1;
+      const count = input.startsWith('many') || input.startsWith('flood') ? 50 : 1;
       for (let i = 0; i < count; i++) yield { output: { workerId: 'w', output: { $case: 'prediction', prediction: { model: 'echo', label: `${input}#${i}`, probabilities: {}, text: '' } } } };
+      // A flood stays open once sent, until cancelled.
+      if (input.startsWith('flood')) await new Promise<void>((_, reject) => context.signal.addEventListener('abort', () => reject(new Error('aborted')), { once: true }));
     },
     async repositoryIndex() {
       return {};
@@ -175,7 +177,7 @@ describe('call streams: many calls on one stream', function () {
   it('ends with RESOURCE_EXHAUSTED a call whose reader stops reading, and cancels its handler', async () => {
     const small = openCallStreamClient<ExecuteRequest, ExecuteResponse>(WorkerServiceDefinition, channel, 'executeCalls', 'execute', 256);
     try {
-      const call = small.call(predict('many-unread'));
+      const call = small.call(predict('flood-unread'));
       await call.next();
       await until(() => seen.signals.length === 1, 1000);
       // Not read: its 49 other outputs pile up past 256 bytes.
