@@ -1,7 +1,7 @@
 /**
  * `npm run bench:llm`: streamed generation on a GGUF model (tiny-llama at `bench` size, written by
  * the project's own script) through the mesh, by gRPC Generate and by the OpenAI-compatible HTTP
- * edge's streamed /v1/completions (server-sent events), gateway -> scheduler -> balancer -> worker,
+ * edge's streamed /v1/completions (server-sent events), gateway -> scheduler -> worker (balancer deciding),
  * each its own process, against the same runtime called in this process on the same file (the
  * limit), at concurrency 1, 4 and 16, closed loop: time to first token p50/p99, inter-token latency
  * p50, total tokens per second. The mesh serves the file twice: with 16 sequences (continuous

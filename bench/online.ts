@@ -1,6 +1,6 @@
 /**
  * `npm run bench`: requests per second and p50/p99 latency of Predict on the `echo` model (no
- * delay), through the whole mesh (gateway -> scheduler -> balancer -> worker, each its own process)
+ * delay), through the whole mesh (gateway -> scheduler -> worker, the balancer deciding where each call goes off the data path; each its own process)
  * and, as the baseline in the same run, straight to the one worker (WorkerService/Execute). When
  * an `nginx` binary is installed, a third row makes the same Execute call through nginx's
  * `grpc_pass` in front of that worker (./nginx-proxy): the proxy a user would put there instead.
@@ -20,7 +20,7 @@ import { parseArgs } from 'node:util';
 import { Channel } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../common/client';
 import { WorkerServiceDefinition } from '../generated/maas/internal/v1/worker';
-import { InferenceServiceDefinition, Priority } from '../generated/maas/v1/inference';
+import { GenerateRequest, InferenceServiceDefinition, Priority } from '../generated/maas/v1/inference';
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
 import { TimeWindow, formatProfileSummary, summariseCpuProfile } from './cpu-profile';
 import { LocalMesh, MESH_PROCESS_NAMES, startLocalMesh } from './local-mesh';
@@ -50,6 +50,9 @@ const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online
   --duration-s S      measured time per mode and concurrency        (env BENCH_DURATION_S, default 8)
   --rounds N          measured slices per mode, interleaved ABBA     (env BENCH_ROUNDS, default 4)
   --concurrency LIST  closed-loop callers, comma-separated          (env BENCH_CONCURRENCY, default 1,64)
+  --generate-concurrency LIST
+                      callers of the streamed Generate rows (64 tokens each; 0 leaves them out)
+                                                                     (env BENCH_GENERATE_CONCURRENCY, default 16)
   --input TEXT        the Predict input                              (env BENCH_INPUT)
   --quick             warm-up 0.5 s, 2 s measured, and docs/BENCHMARKS.md left alone
   --no-docs           do not rewrite docs/BENCHMARKS.md
@@ -58,14 +61,19 @@ const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online
                       while the mesh is measured (profiles in .cache/bench-profiles/)
 `;
 
-/** The issue's targets. */
-const TARGET_ADDED_P50_MS_AT_1 = 1.5;
-const TARGET_THROUGHPUT_SHARE_AT_64 = 0.25;
+/** The issue's targets (issue 11). */
+const TARGET_ADDED_P50_MS_AT_1 = 1.0;
+const TARGET_THROUGHPUT_SHARE_AT_64 = 0.5;
+const TARGET_GENERATE_SHARE = 0.7;
+
+/** Streamed Generate: echo streams one token per word of the prompt, this many. */
+const GENERATE_TOKENS = 64;
+const GENERATE_PROMPT = Array.from({ length: GENERATE_TOKENS }, (_, i) => `w${i}`).join(' ');
 
 const MODEL = 'echo';
 const DEFAULT_INPUT = 'the quick brown fox jumps over the lazy dog';
 
-type Mode = 'direct' | 'nginx' | 'mesh';
+type Mode = 'direct' | 'nginx' | 'mesh' | 'direct generate' | 'mesh generate';
 /** Processes whose CPU time is counted: the bench itself (the client), the mesh, and nginx's worker when it runs. */
 type CpuOwner = 'client' | (typeof MESH_PROCESS_NAMES)[number] | 'nginx';
 /** CPU time is also counted for the whole machine, to show how much else ran on the cores. */
@@ -76,6 +84,8 @@ interface BenchOptions {
   durationMs: number;
   rounds: number;
   concurrencies: number[];
+  /** Concurrencies of the streamed Generate rows; empty: none. */
+  generateConcurrencies: number[];
   input: string;
   writeDocs: boolean;
   profile: boolean;
@@ -106,6 +116,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
       'duration-s': { type: 'string', default: env.BENCH_DURATION_S },
       rounds: { type: 'string', default: env.BENCH_ROUNDS },
       concurrency: { type: 'string', default: env.BENCH_CONCURRENCY },
+      'generate-concurrency': { type: 'string', default: env.BENCH_GENERATE_CONCURRENCY },
       input: { type: 'string', default: env.BENCH_INPUT },
       quick: { type: 'boolean', default: false },
       'no-docs': { type: 'boolean', default: false },
@@ -123,7 +134,9 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
   const concurrencies = intListOption('concurrency', values.concurrency, '1,64', 1, 10_000);
   const input = values.input ?? DEFAULT_INPUT;
   if (input === '') throw new Error('--input must not be empty');
+  const generateConcurrencies = values['generate-concurrency'] === '0' ? [] : intListOption('generate-concurrency', values['generate-concurrency'], '16', 1, 10_000);
   return {
+    generateConcurrencies,
     warmupMs: secondsOption('warmup-s', values['warmup-s'], values.quick ? 0.5 : 2, 0),
     durationMs: secondsOption('duration-s', values['duration-s'], values.quick ? 2 : 8, 0.1),
     rounds,
@@ -238,7 +251,26 @@ async function measure(o: BenchOptions, mesh: LocalMesh, nginx: NginxProxy | und
     if (!answered) throw new Error('worker answered no prediction');
   }
 
+  /** A streamed Generate of GENERATE_TOKENS tokens: every token must arrive. */
+  async function generateDirect(callSignal: AbortSignal): Promise<void> {
+    const task = {
+      requestId: randomUUID(),
+      tenant: 'bench',
+      request: { $case: 'generate' as const, generate: GenerateRequest.fromPartial({ model: MODEL, prompt: GENERATE_PROMPT, maxTokens: GENERATE_TOKENS }) },
+    };
+    let tokens = 0;
+    for await (const response of worker.execute({ task }, { signal: callSignal })) if (response.output?.output?.$case === 'chunk') tokens++;
+    if (tokens !== GENERATE_TOKENS) throw new Error(`worker streamed ${tokens} chunks, expected ${GENERATE_TOKENS}`);
+  }
+  async function generateMesh(callSignal: AbortSignal): Promise<void> {
+    let tokens = 0;
+    for await (const _chunk of gateway.generate({ model: MODEL, prompt: GENERATE_PROMPT, maxTokens: GENERATE_TOKENS }, { signal: callSignal })) tokens++;
+    if (tokens !== GENERATE_TOKENS) throw new Error(`gateway streamed ${tokens} chunks, expected ${GENERATE_TOKENS}`);
+  }
+
   const calls: Record<Mode, (signal: AbortSignal) => Promise<void>> = {
+    'direct generate': generateDirect,
+    'mesh generate': generateMesh,
     direct: (callSignal) => execute(worker, callSignal),
     nginx: (callSignal) => execute(viaNginx!, callSignal),
     async mesh(callSignal) {
@@ -258,7 +290,12 @@ async function measure(o: BenchOptions, mesh: LocalMesh, nginx: NginxProxy | und
     const accounts = [...(Object.keys(pids) as CpuOwner[]), 'machine'] as const;
 
     const cells: Cell[] = [];
-    for (const concurrency of o.concurrencies) {
+    const phases: { modes: Mode[]; concurrency: number }[] = [
+      ...o.concurrencies.map((concurrency) => ({ modes, concurrency })),
+      ...o.generateConcurrencies.map((concurrency) => ({ modes: ['direct generate', 'mesh generate'] as Mode[], concurrency })),
+    ];
+    for (const mode of phases.some((p) => p.modes.includes('mesh generate')) ? (['direct generate', 'mesh generate'] as Mode[]) : []) await calls[mode](signal);
+    for (const { modes, concurrency } of phases) {
       const cellOf = Object.fromEntries(
         modes.map((mode) => {
           const cell: Cell = { mode, concurrency, slices: [], windows: [], cpuMs: Object.fromEntries(accounts.map((p) => [p, 0])) as Record<CpuAccount, number> };
@@ -303,9 +340,9 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   const find = (mode: Mode, concurrency: number): LatencySummary | undefined =>
     summaries.find((x) => x.cell.mode === mode && x.cell.concurrency === concurrency)?.s;
 
-  const headers = ['mode', 'concurrency', 'requests', 'errors', 'rps', 'p50 ms', 'p99 ms'];
-  const right = [false, true, true, true, true, true, true];
-  const rows = summaries.map(({ cell, s }) => [cell.mode, cell.concurrency, s.requests, s.errors, s.rps.toFixed(0), ms(s.p50Ms), ms(s.p99Ms)]);
+  const headers = ['mode', 'concurrency', 'requests', 'errors', 'rps', 'p50 ms', 'p99 ms', 'tokens/s'];
+  const right = [false, true, true, true, true, true, true, true];
+  const rows = summaries.map(({ cell, s }) => [cell.mode, cell.concurrency, s.requests, s.errors, s.rps.toFixed(0), ms(s.p50Ms), ms(s.p99Ms), cell.mode.endsWith('generate') ? (s.rps * GENERATE_TOKENS).toFixed(0) : '']);
 
   // CPU per request, per process: where the mesh's cost lands (Linux /proc; 10 ms resolution).
   const owners: CpuOwner[] = ['client', ...MESH_PROCESS_NAMES, ...(cells.some((c) => 'nginx' in c.cpuMs) ? ['nginx' as const] : [])];
@@ -336,6 +373,14 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   } else {
     ratioLines.push('mesh/direct throughput at c=64: not measured (run with concurrency 64)');
   }
+  for (const c of o.generateConcurrencies) {
+    const dg = find('direct generate', c);
+    const mg = find('mesh generate', c);
+    if (!dg || !mg) continue;
+    const share = mg.rps / dg.rps;
+    const target = c === 16 ? `target >= ${100 * TARGET_GENERATE_SHARE}%: ${share >= TARGET_GENERATE_SHARE ? 'MET' : 'MISSED'}` : 'the target is at c=16';
+    ratioLines.push(`mesh/direct streamed Generate tokens/s at c=${c}: ${(100 * share).toFixed(1)}% (mesh ${(mg.rps * GENERATE_TOKENS).toFixed(0)} / direct ${(dg.rps * GENERATE_TOKENS).toFixed(0)} tokens/s, ${GENERATE_TOKENS} tokens a call); ${target}`);
+  }
   // nginx: what a proxy a user would choose instead costs, in the same run (no target of its own).
   const n1 = find('nginx', 1);
   const n64 = find('nginx', 64);
@@ -353,7 +398,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     `echo delay 0; one client process (this one) with one channel per target`;
 
   const text = [
-    ...textReportHead(`Predict on ${MODEL}: mesh (gateway -> scheduler -> balancer -> worker)${nginxVersion ? ` and nginx ${nginxVersion} grpc_pass` : ''} vs direct worker (WorkerService/Execute)`, run, settings),
+    ...textReportHead(`Predict on ${MODEL}: mesh (gateway -> scheduler -> worker, routed by the balancer)${nginxVersion ? ` and nginx ${nginxVersion} grpc_pass` : ''} vs direct worker (WorkerService/Execute)`, run, settings),
     '',
     textTable(headers, rows, right),
     '',
@@ -366,7 +411,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
 
   const markdown = [
     ...markdownReportHead('Online: Predict on echo, mesh vs direct worker', run, 'is a short run that leaves this file alone', 'The machine is shared, so runs vary; the baseline is measured in the same run.'),
-    `- What: requests per second and latency of \`maas.v1.InferenceService/Predict\` on \`${MODEL}\` at the gateway, through gateway -> scheduler -> balancer -> worker (each its own process), against the same call made straight to the worker (\`maas.internal.v1.WorkerService/Execute\`).`,
+    `- What: requests per second and latency of \`maas.v1.InferenceService/Predict\` on \`${MODEL}\` at the gateway, through gateway -> scheduler -> worker (each its own process; the balancer decides each call's worker over its Dispatch stream, off the data path), against the same call made straight to the worker (\`maas.internal.v1.WorkerService/Execute\`).`,
     nginxVersion
       ? `- nginx row: the direct call (\`WorkerService/Execute\`) through nginx ${nginxVersion} (\`grpc_pass\` over kept-alive upstream connections, ${NGINX_WORKER_PROCESSES} worker process, started by the bench; see \`bench/nginx-proxy.ts\`): what a user would put in front of the worker instead of the mesh.`
       : `- nginx row: ${nginxNote}.`,

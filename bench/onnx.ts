@@ -2,7 +2,7 @@
  * `npm run bench:onnx`: the example perceptron (`mlp`, 64-2048-2048-10) served from a model
  * repository, called through the whole mesh with the KServe v2 protocol (gateway
  * `inference.GRPCInferenceService/ModelInfer`, FP32 `raw_input_contents`, one row per request:
- * gateway -> scheduler -> balancer -> worker, each its own process), with the worker's dynamic
+ * gateway -> scheduler -> worker, the balancer deciding; each its own process), with the worker's dynamic
  * batcher on (`mlp`) and off (`mlp-unbatched`: the same model.onnx, its config.json without
  * `dynamic_batching`), against ONNX Runtime called in this process with the same rows and the same
  * session settings (the limit).
@@ -511,7 +511,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     `warm-up ${o.warmupMs / 1000} s per mode and concurrency (discarded); ${o.durationMs / 1000} s measured per mode and concurrency in ${o.rounds} slice${o.rounds > 1 ? 's' : ''}, the four modes' order rotating each round; closed loop; one client process (this one, which also makes the in-process runs) with one channel to the gateway`;
 
   const text = [
-    ...textReportHead('ModelInfer on mlp: mesh (KServe v2 at the gateway -> scheduler -> balancer -> worker) with and without dynamic batching, vs ONNX Runtime in this process', run, settings.replace(/`/g, '')),
+    ...textReportHead('ModelInfer on mlp: mesh (KServe v2 at the gateway -> scheduler -> worker, balancer deciding) with and without dynamic batching, vs ONNX Runtime in this process', run, settings.replace(/`/g, '')),
     '',
     textTable(headers, rows, right),
     '',
@@ -529,7 +529,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
       'is a short run that leaves docs/ alone',
       'The machine is shared, so runs vary; every row is measured in the same run, in interleaved slices.',
     ),
-    '- What: requests per second and latency of `inference.GRPCInferenceService/ModelInfer` at the gateway (FP32 `raw_input_contents`, one row per request, raw outputs back), through gateway -> scheduler -> balancer -> worker (each its own process), ' +
+    '- What: requests per second and latency of `inference.GRPCInferenceService/ModelInfer` at the gateway (FP32 `raw_input_contents`, one row per request, raw outputs back), through gateway -> scheduler -> worker (each its own process; the balancer decides off the data path), ' +
       'for `mlp` (dynamic batching on) and `mlp-unbatched` (off); against ONNX Runtime called in the bench process with the same rows and session settings. ' +
       '**In-process, batched (limit)**: one run at a time; when a run ends, every row waiting (up to max_batch_size) goes into the next run, and a row that arrives while nothing runs runs at once, as the worker\'s batcher does with these settings. ' +
       '**In-process, one row per run**: each row its own `session.run`, called at once, as the worker does without batching. `rows per run` is counted for the in-process batched mode (and for the mesh only in a `--batch-trace` run, where the worker exports its `batch.run` spans).',

@@ -162,7 +162,7 @@ describe('maas up: the whole mesh as separate processes', function () {
     await Promise.all(Array.from({ length: 32 }, caller));
   });
 
-  it('one Generate call is one trace across gateway, scheduler, balancer and worker with correct parents', async function () {
+  it('one Generate call is one trace across gateway, scheduler, balancer and worker with correct parents (the balancer\'s routing beside the data path)', async function () {
     this.timeout(30_000);
     const inference = createMeshClient(InferenceServiceDefinition, channel!);
     const before = new Set(receiver.spans.filter((s) => s.name === 'maas.v1.InferenceService/Generate').map((s) => s.spanId));
@@ -176,9 +176,8 @@ describe('maas up: the whole mesh as separate processes', function () {
       ['maas-gateway', 'maas.internal.v1.SchedulerService/Schedule'],
       ['maas-scheduler', 'maas.internal.v1.SchedulerService/Schedule'],
       ['maas-scheduler', 'scheduler.queue_wait'],
-      ['maas-scheduler', 'maas.internal.v1.BalancerService/Route'],
       ['maas-balancer', 'maas.internal.v1.BalancerService/Route'],
-      ['maas-balancer', 'maas.internal.v1.WorkerService/Execute'],
+      ['maas-scheduler', 'maas.internal.v1.WorkerService/Execute'],
       ['maas-worker', 'maas.internal.v1.WorkerService/Execute'],
       ['maas-worker', 'model.execute'],
     ];
@@ -222,10 +221,11 @@ describe('maas up: the whole mesh as separate processes', function () {
     const gatewayClient = child(trace.root, 'maas-gateway', KIND_CLIENT, 'maas.internal.v1.SchedulerService/Schedule');
     const schedulerServer = child(gatewayClient, 'maas-scheduler', KIND_SERVER, 'maas.internal.v1.SchedulerService/Schedule');
     child(schedulerServer, 'maas-scheduler', undefined, 'scheduler.queue_wait');
-    const schedulerClient = child(schedulerServer, 'maas-scheduler', KIND_CLIENT, 'maas.internal.v1.BalancerService/Route');
-    const balancerServer = child(schedulerClient, 'maas-balancer', KIND_SERVER, 'maas.internal.v1.BalancerService/Route');
-    const balancerClient = child(balancerServer, 'maas-balancer', KIND_CLIENT, 'maas.internal.v1.WorkerService/Execute');
-    const workerServer = child(balancerClient, 'maas-worker', KIND_SERVER, 'maas.internal.v1.WorkerService/Execute');
+    // The balancer decides where the call goes (its routing span, under the scheduler's); the
+    // scheduler calls the worker itself.
+    child(schedulerServer, 'maas-balancer', KIND_SERVER, 'maas.internal.v1.BalancerService/Route');
+    const schedulerClient = child(schedulerServer, 'maas-scheduler', KIND_CLIENT, 'maas.internal.v1.WorkerService/Execute');
+    const workerServer = child(schedulerClient, 'maas-worker', KIND_SERVER, 'maas.internal.v1.WorkerService/Execute');
     child(workerServer, 'maas-worker', undefined, 'model.execute');
   });
 
