@@ -61,6 +61,8 @@ export interface RunningScheduler extends StartedService {
   readonly watches: TenantCounter;
   /** host:port of the /metrics endpoint; undefined with --metrics-port -1. */
   readonly metricsAddress: string | undefined;
+  /** The online dispatcher (routing by the balancer's Dispatch stream), for tests and diagnostics. */
+  readonly dispatcher: Dispatcher;
 }
 
 /** Why a request or job was refused, as `maas_scheduler_refused_total` labels it. */
@@ -257,6 +259,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     queue,
     jobs,
     watches,
+    dispatcher,
     metricsAddress: metricsServer?.address,
     async shutdown() {
       jobs.close();

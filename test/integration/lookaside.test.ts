@@ -1,0 +1,94 @@
+/**
+ * Routing off the data path: the scheduler calls workers itself on the balancer's decisions
+ * (Dispatch), keeps dispatching on the last routing state while the balancer is gone, and hands
+ * routing back to a balancer that restarts on the same address.
+ */
+import { expect } from 'chai';
+import { Status } from 'nice-grpc';
+import { parseConfig } from '../../common/config.js';
+import { silentLogger } from '../../common/log.js';
+import { balancerSchema } from '../../services/balancer/config.js';
+import { RunningBalancer, startBalancer } from '../../services/balancer/server.js';
+import { TestMesh, collect, flakyEchoRuntime, grpcError, startMesh, until } from '../support.js';
+
+/** The value of one series of a Prometheus text exposition (0 when absent). */
+async function metric(address: string | undefined, name: string, labels: Record<string, string>): Promise<number> {
+  const text = await (await fetch(`http://${address}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}
+
+describe('routing off the data path (Dispatch)', function () {
+  this.timeout(60_000);
+  let mesh: TestMesh;
+  let restarted: RunningBalancer | undefined;
+
+  afterEach(async () => {
+    await mesh?.stop().catch(() => undefined);
+    await restarted?.shutdown();
+    restarted = undefined;
+  });
+
+  it('the balancer decides each online call but carries none: its Route serves no online call, its picks count every one', async () => {
+    mesh = await startMesh({ workers: [{}, {}] });
+    await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    const served = [0, 0];
+    mesh.workers.forEach((w, i) => w.activity.on('task-end', () => served[i]++));
+    const routeBefore = await metric(mesh.balancer.metricsAddress, 'maas_grpc_server_handled_total', { method: 'maas.internal.v1.BalancerService/Route' });
+    const picksBefore = await metric(mesh.balancer.metricsAddress, 'maas_balancer_picks_total', {});
+    for (let i = 0; i < 20; i++) {
+      const answer = await mesh.inference.predict({ model: 'echo', input: `call ${i}` });
+      expect(answer.text).to.equal(`call ${i}`);
+    }
+    const chunks = await collect(mesh.inference.generate({ model: 'echo', prompt: 'a b c', maxTokens: 3 }));
+    expect(chunks.map((c) => c.text).join('')).to.match(/a\s*b\s*c/);
+    expect(await metric(mesh.balancer.metricsAddress, 'maas_grpc_server_handled_total', { method: 'maas.internal.v1.BalancerService/Route' })).to.equal(routeBefore);
+    expect((await metric(mesh.balancer.metricsAddress, 'maas_balancer_picks_total', {})) - picksBefore).to.equal(21);
+    // Both workers took calls: the policy spread them.
+    expect(served.every((n) => n > 0), `calls per worker: ${served.join(', ')}`).to.equal(true);
+  });
+
+  it('a worker that fails before its first output is retried on another on the balancer\'s order', async () => {
+    const state = { failing: true };
+    mesh = await startMesh({ workers: [{ runtime: flakyEchoRuntime(state) }, {}] });
+    await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    const retriesBefore = await metric(mesh.balancer.metricsAddress, 'maas_balancer_retries_total', {});
+    for (let i = 0; i < 10; i++) expect((await mesh.inference.predict({ model: 'echo', input: `r${i}` })).text).to.equal(`r${i}`);
+    expect(await metric(mesh.balancer.metricsAddress, 'maas_balancer_retries_total', {}), 'retries the balancer ordered').to.be.greaterThan(retriesBefore);
+  });
+
+  it('keeps serving while the balancer is gone, and a balancer restarted on its address takes over', async () => {
+    mesh = await startMesh({ workers: [{}, {}] });
+    await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    const address = mesh.balancer.address;
+    const port = Number(address.split(':').at(-1));
+    await mesh.balancer.shutdown();
+    await until(() => !mesh.scheduler.dispatcher.balancerConnected, 5000, 'the scheduler to notice');
+    // With the balancer gone, online calls go on, on the last routing state.
+    const down = await Promise.allSettled(Array.from({ length: 50 }, (_, i) => mesh.inference.predict({ model: 'echo', input: `down ${i}` })));
+    const failed = down.filter((r) => r.status === 'rejected');
+    expect(failed, `failed while the balancer was down: ${failed.map((r) => String((r as PromiseRejectedResult).reason)).slice(0, 3).join('; ')}`).to.have.lengthOf(0);
+
+    restarted = await startBalancer({ ...parseConfig(balancerSchema, [], {}), metricsPort: 0, port, policy: 'p2c', reportIntervalMs: 200 }, silentLogger);
+    await until(() => restarted!.membership.all().length === 2, 15_000, 'the workers to rejoin the new balancer');
+    await until(() => mesh.scheduler.dispatcher.balancerConnected, 10_000, 'the scheduler to reconnect');
+    const picksBefore = await metric(restarted.metricsAddress, 'maas_balancer_picks_total', {});
+    for (let i = 0; i < 10; i++) expect((await mesh.inference.predict({ model: 'echo', input: `up ${i}` })).text).to.equal(`up ${i}`);
+    expect((await metric(restarted.metricsAddress, 'maas_balancer_picks_total', {})) - picksBefore, 'calls the new balancer routed').to.equal(10);
+  });
+
+  it('without a balancer and without a worker for the model, a call fails with UNAVAILABLE naming the model', async () => {
+    mesh = await startMesh({ workers: [{}] });
+    await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    await mesh.balancer.shutdown();
+    await until(() => !mesh.scheduler.dispatcher.balancerConnected, 5000, 'the scheduler to notice');
+    await mesh.workers[0].shutdown();
+    const err = await grpcError(mesh.inference.predict({ model: 'echo', input: 'nobody' }));
+    expect(err.code).to.equal(Status.UNAVAILABLE);
+    expect(err.details).to.match(/echo/);
+  });
+});
