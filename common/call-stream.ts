@@ -12,11 +12,12 @@
  * Both sides batch: frames and replies produced within one turn of the event loop travel as one
  * message.
  */
-import { CallContext, Channel, ClientError, ClientMiddleware, Metadata, MethodDescriptor, ServerError, ServerMiddleware, Status, createClient } from 'nice-grpc';
+import * as grpc from '@grpc/grpc-js';
+import { CallContext, Channel, ClientError, ClientMiddleware, Metadata, MethodDescriptor, ServerError, ServerMiddleware, Status } from 'nice-grpc';
 import { composeClientMiddleware, composeServerMiddleware } from 'nice-grpc-common';
 import { AbortError } from 'abort-controller-x';
 import { openTelemetryClientMiddleware } from 'nice-grpc-opentelemetry';
-import { CallEnd, CallFrame, CallReply } from '../generated/maas/internal/v1/calls';
+import { CallEnd, CallFrame, CallFrames as CallFramesCodec, CallReplies as CallRepliesCodec, CallReply } from '../generated/maas/internal/v1/calls';
 import { DEADLINE_HEADER } from './deadline';
 import { NO_READY_WORKER_TRAILER } from './errors';
 import { Logger } from './log';
@@ -68,36 +69,63 @@ export interface CallStreamServerOptions<Req, Res> {
 }
 
 /**
- * The handler of a `...Calls` method: runs each call started on the stream through `middleware`
- * and `handler`, sends its responses and its end.
+ * The handler of a `...Calls` method, on grpc-js directly (nice-grpc's stream wrappers cost more
+ * per message than the message itself): runs each call started on the stream through `middleware`
+ * and `handler`, and sends its responses and its end.
  */
-export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>) {
+export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>): (call: grpc.ServerDuplexStream<CallFrames, CallReplies>) => void {
   const method = carriedMethod(o.path);
   const run = composeServerMiddleware(o.middleware, async function* passThrough(call, context) {
     return yield* call.next(call.request, context);
   });
-  return async function* calls(requests: AsyncIterable<CallFrames>, stream: CallContext): AsyncGenerator<CallReplies> {
+  return (call) => {
     const open = new Map<number, AbortController>();
-    const out: CallReply[] = [];
+    let out: CallReply[] = [];
     let outBytes = 0;
     let inputDone = false;
     let drainingSent = false;
-    let fatal: ServerError | undefined;
-    let wake: (() => void) | undefined;
+    let finished = false;
+    let blocked = false;
     let flushQueued = false;
     const spaceWaiters: (() => void)[] = [];
-    const identity = stream.metadata.get(PEER_IDENTITY_HEADER);
-    // Everything produced within one turn of the event loop goes out as one message.
-    const notify = () => {
-      if (flushQueued) return;
-      flushQueued = true;
-      setImmediate(() => {
-        flushQueued = false;
-        const w = wake;
-        wake = undefined;
-        w?.();
-      });
+    const identity = call.metadata.get(PEER_IDENTITY_HEADER)[0];
+    const peer = call.getPeer();
+
+    const finish = (status?: { code: Status; details: string }) => {
+      if (finished) return;
+      finished = true;
+      o.draining.removeEventListener('abort', onDrain);
+      for (const controller of open.values()) controller.abort();
+      open.clear();
+      for (const resume of spaceWaiters.splice(0)) resume();
+      if (status) call.emit('error', { code: status.code, details: status.details, metadata: new grpc.Metadata() });
+      else call.end();
     };
+    // Everything produced within one turn of the event loop goes out as one message.
+    const flush = () => {
+      flushQueued = false;
+      if (finished) return;
+      const announce = o.draining.aborted && !drainingSent;
+      if (out.length > 0 || announce) {
+        drainingSent ||= o.draining.aborted;
+        const replies = out;
+        out = [];
+        outBytes = 0;
+        if (!call.write({ replies, draining: o.draining.aborted })) blocked = true;
+        if (!blocked) for (const resume of spaceWaiters.splice(0)) resume();
+      }
+      // The caller has stopped sending, or the server drains: the stream ends once its calls have.
+      if (open.size === 0 && (inputDone || o.draining.aborted)) finish();
+    };
+    const notify = () => {
+      if (flushQueued || finished) return;
+      flushQueued = true;
+      setImmediate(flush);
+    };
+    call.on('drain', () => {
+      blocked = false;
+      for (const resume of spaceWaiters.splice(0)) resume();
+    });
     const push = (reply: CallReply, bytes = 0) => {
       out.push(reply);
       outBytes += bytes;
@@ -122,16 +150,16 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
       if (start.traceparent !== '') metadata.set('traceparent', start.traceparent);
       if (start.tracestate !== '') metadata.set('tracestate', start.tracestate);
       if (start.timeoutMs > 0) metadata.set(DEADLINE_HEADER, String(Date.now() + start.timeoutMs));
-      if (identity !== undefined) metadata.set(PEER_IDENTITY_HEADER, identity);
+      if (typeof identity === 'string') metadata.set(PEER_IDENTITY_HEADER, identity);
       const trailer = Metadata();
-      const context: CallContext = { metadata, peer: stream.peer, header: Metadata(), sendHeader: () => {}, trailer, signal: controller.signal };
+      const context: CallContext = { metadata, peer, header: Metadata(), sendHeader: () => {}, trailer, signal: controller.signal };
       const responses = run({ method, requestStream: false, responseStream: true, request, next: (req: unknown, ctx: CallContext) => o.handler(req as Req, ctx) as AsyncGenerator<never> } as never, context as never);
       void (async () => {
         try {
           for await (const message of responses as AsyncIterable<Res | EncodedMessage>) {
             const bytes = asBuffer(message instanceof EncodedMessage ? message.bytes : o.encode(message));
             push({ callId, reply: { $case: 'message', message: bytes } }, bytes.length);
-            if (outBytes > SERVER_HIGH_WATER_BYTES && !controller.signal.aborted) await new Promise<void>((r) => spaceWaiters.push(r));
+            if ((blocked || outBytes > SERVER_HIGH_WATER_BYTES) && !controller.signal.aborted && !finished) await new Promise<void>((r) => spaceWaiters.push(r));
           }
           if (!controller.signal.aborted) end(callId, { code: Status.OK, details: '', refused: false, noReadyWorker: false });
         } catch (err) {
@@ -146,65 +174,32 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
       })();
     };
 
-    const onFrame = (frame: CallFrame) => {
-      const callId = frame.callId;
-      if (frame.frame?.$case === 'start') {
-        if (callId <= 0 || !Number.isSafeInteger(callId)) {
-          fatal = new ServerError(Status.INVALID_ARGUMENT, `${o.path}: call_id must be from 1 to 2^53 - 1, given ${callId}`);
-        } else if (open.has(callId)) {
-          fatal = new ServerError(Status.INVALID_ARGUMENT, `${o.path}: call_id ${callId} is already open on this stream`);
-        } else startCall(callId, frame.frame.start);
-      } else if (frame.frame?.$case === 'cancel') {
-        const controller = open.get(callId);
-        if (controller) {
-          open.delete(callId);
-          controller.abort();
-        }
-      }
-      if (fatal) notify();
-    };
-
     const onDrain = () => notify();
     o.draining.addEventListener('abort', onDrain, { once: true });
-    const reader = (async () => {
-      try {
-        for await (const batch of requests) {
-          for (const frame of batch.frames) onFrame(frame);
-          if (fatal) return;
+    call.on('data', (batch: CallFrames) => {
+      if (finished) return;
+      for (const frame of batch.frames) {
+        const callId = frame.callId;
+        if (frame.frame?.$case === 'start') {
+          if (callId <= 0 || !Number.isSafeInteger(callId)) return finish({ code: Status.INVALID_ARGUMENT, details: `${o.path}: call_id must be from 1 to 2^53 - 1, given ${callId}` });
+          if (open.has(callId)) return finish({ code: Status.INVALID_ARGUMENT, details: `${o.path}: call_id ${callId} is already open on this stream` });
+          startCall(callId, frame.frame.start);
+        } else if (frame.frame?.$case === 'cancel') {
+          const controller = open.get(callId);
+          if (controller) {
+            open.delete(callId);
+            controller.abort();
+          }
         }
-      } catch {
-        // The stream broke: the finally below cancels its calls.
-      } finally {
-        inputDone = true;
-        notify();
       }
-    })();
-    try {
-      for (;;) {
-        if (fatal) throw fatal;
-        const announce = o.draining.aborted && !drainingSent;
-        if (out.length > 0 || announce) {
-          drainingSent ||= o.draining.aborted;
-          const replies = out.splice(0);
-          outBytes = 0;
-          for (const resume of spaceWaiters.splice(0)) resume();
-          yield { replies, draining: o.draining.aborted };
-          continue;
-        }
-        // The caller has stopped sending, or the server drains: the stream ends once its calls have.
-        if (open.size === 0 && (inputDone || o.draining.aborted)) return;
-        await new Promise<void>((r) => {
-          wake = r;
-          if (out.length > 0 || fatal) notify();
-        });
-      }
-    } finally {
-      o.draining.removeEventListener('abort', onDrain);
-      for (const controller of open.values()) controller.abort();
-      open.clear();
-      for (const resume of spaceWaiters.splice(0)) resume();
-      void reader;
-    }
+    });
+    call.on('end', () => {
+      inputDone = true;
+      notify();
+    });
+    // The caller went away (or the connection broke): every call of the stream is cancelled.
+    call.on('cancelled', () => finish());
+    call.on('error', () => finish());
   };
 }
 
@@ -234,8 +229,10 @@ export interface CallStreamCallOptions {
 export interface CallStreamClientOptions<Req, Res> {
   /** The carried method's path, e.g. /maas.internal.v1.SchedulerService/Schedule. */
   path: string;
-  /** Opens one `...Calls` stream (the generated client's method, with the stream's signal). */
-  open(frames: AsyncIterable<CallFrames>, signal: AbortSignal): AsyncIterable<CallReplies>;
+  /** The path of the `...Calls` method, e.g. /maas.internal.v1.SchedulerService/ScheduleCalls. */
+  callsPath: string;
+  /** The channel to the callee. */
+  channel: Channel;
   encode(request: Req): Uint8Array;
   decode(bytes: Uint8Array): Res;
   /** Response bytes one call may hold unread before it is ended with RESOURCE_EXHAUSTED (its reader is stuck). */
@@ -263,100 +260,107 @@ class ClientCall {
   }
 }
 
-/** One open `...Calls` stream of a client. */
+/** One open `...Calls` stream of a client, on grpc-js directly. */
 class ClientStream {
   readonly calls = new Map<number, ClientCall>();
   /** False once the callee drains, the stream fails or ends: no new call goes on it. */
   usable = true;
-  private readonly outbox: CallFrame[] = [];
-  private outWaiter: (() => void) | undefined;
+  private outbox: CallFrame[] = [];
   private flushQueued = false;
-  private readonly controller = new AbortController();
+  private ended = false;
+  private readonly stream: grpc.ClientDuplexStream<CallFrames, CallReplies>;
 
-  constructor(private readonly o: CallStreamClientOptions<unknown, unknown>, private readonly onGone: (s: ClientStream) => void, private readonly maxBuffered: number) {
-    void this.read(o.open(this.frames(), this.controller.signal));
+  constructor(
+    private readonly o: ClientOptions,
+    private readonly hooks: { unusable(s: ClientStream): void; closed(s: ClientStream): void },
+    private readonly maxBuffered: number,
+  ) {
+    this.stream = o.client.makeBidiStreamRequest(o.callsPath, serializeFrames, deserializeReplies);
+    this.stream.on('data', (batch: CallReplies) => this.onReplies(batch));
+    this.stream.on('error', (err: grpc.ServiceError) => this.onEnd(new CallStreamError(this.o.path, err.code ?? Status.UNAVAILABLE, err.details ?? String(err))));
+    this.stream.on('end', () => this.onEnd(new CallStreamError(this.o.path, Status.UNAVAILABLE, 'the call stream ended before the call did')));
   }
 
   send(frame: CallFrame) {
+    if (this.ended) return;
     this.outbox.push(frame);
     if (this.flushQueued) return;
     this.flushQueued = true;
     setImmediate(() => {
       this.flushQueued = false;
-      const w = this.outWaiter;
-      this.outWaiter = undefined;
-      w?.();
+      if (this.ended || this.outbox.length === 0) return;
+      const frames = this.outbox;
+      this.outbox = [];
+      this.stream.write({ frames });
+      this.maybeClose();
     });
   }
 
   /** Forgets a call (its end arrived, or its caller gave up), closing the stream once it is unusable and empty. */
   remove(call: ClientCall) {
     this.calls.delete(call.id);
-    if (!this.usable && this.calls.size === 0) this.wakeOut();
+    this.maybeClose();
   }
 
   close() {
     this.usable = false;
-    this.controller.abort();
+    if (!this.ended) this.stream.cancel();
   }
 
-  private wakeOut() {
-    const w = this.outWaiter;
-    this.outWaiter = undefined;
-    w?.();
-  }
-
-  private async *frames(): AsyncGenerator<CallFrames> {
-    for (;;) {
-      if (this.outbox.length > 0) {
-        yield { frames: this.outbox.splice(0) };
-        continue;
-      }
-      if (!this.usable && this.calls.size === 0) return;
-      await new Promise<void>((r) => (this.outWaiter = r));
+  private maybeClose() {
+    if (!this.usable && this.calls.size === 0 && this.outbox.length === 0 && !this.ended) {
+      this.ended = true;
+      this.stream.end();
     }
   }
 
-  private async read(replies: AsyncIterable<CallReplies>) {
-    let failure: CallStreamError | undefined;
-    try {
-      for await (const batch of replies) {
-        if (batch.draining && this.usable) {
-          this.usable = false;
-          this.onGone(this);
-        }
-        for (const reply of batch.replies) {
-          const call = this.calls.get(reply.callId);
-          if (!call) continue;
-          if (reply.reply?.$case === 'message') {
-            call.deliver({ bytes: reply.reply.message });
-            if (call.buffered > this.maxBuffered) {
-              this.send({ callId: call.id, frame: { $case: 'cancel', cancel: {} } });
-              this.remove(call);
-              call.deliver({ end: new CallStreamError(this.o.path, Status.RESOURCE_EXHAUSTED, `${call.buffered} bytes of output were not read (limit ${this.maxBuffered})`) });
-            }
-          } else if (reply.reply?.$case === 'end') {
-            const e = reply.reply.end;
-            this.remove(call);
-            call.deliver({ end: e.code === Status.OK ? undefined : new CallStreamError(this.o.path, e.code, e.details, e.refused, e.noReadyWorker) });
-          }
-        }
-        if (!this.usable && this.calls.size === 0) this.wakeOut();
-      }
-      failure = new CallStreamError(this.o.path, Status.UNAVAILABLE, 'the call stream ended before the call did');
-    } catch (err) {
-      failure = err instanceof ClientError ? new CallStreamError(this.o.path, err.code, err.details) : new CallStreamError(this.o.path, Status.UNAVAILABLE, `the call stream failed: ${String(err)}`);
-    } finally {
-      if (this.usable) {
-        this.usable = false;
-        this.onGone(this);
-      }
-      for (const call of this.calls.values()) call.deliver({ end: failure });
-      this.calls.clear();
-      this.wakeOut();
-      this.controller.abort();
+  private onReplies(batch: CallReplies) {
+    if (batch.draining && this.usable) {
+      this.usable = false;
+      this.hooks.unusable(this);
     }
+    for (const reply of batch.replies) {
+      const call = this.calls.get(reply.callId);
+      if (!call) continue;
+      if (reply.reply?.$case === 'message') {
+        call.deliver({ bytes: reply.reply.message });
+        if (call.buffered > this.maxBuffered) {
+          this.send({ callId: call.id, frame: { $case: 'cancel', cancel: {} } });
+          this.remove(call);
+          call.deliver({ end: new CallStreamError(this.o.path, Status.RESOURCE_EXHAUSTED, `${call.buffered} bytes of output were not read (limit ${this.maxBuffered})`) });
+        }
+      } else if (reply.reply?.$case === 'end') {
+        const e = reply.reply.end;
+        this.remove(call);
+        call.deliver({ end: e.code === Status.OK ? undefined : new CallStreamError(this.o.path, e.code, e.details, e.refused, e.noReadyWorker) });
+      }
+    }
+    this.maybeClose();
   }
+
+  private onEnd(failure: CallStreamError) {
+    if (this.ended && this.calls.size === 0 && !this.usable && this.closedOnce) return;
+    this.closedOnce = true;
+    this.usable = false;
+    this.ended = true;
+    for (const call of this.calls.values()) call.deliver({ end: failure });
+    this.calls.clear();
+    this.hooks.closed(this);
+  }
+
+  private closedOnce = false;
+}
+
+const serializeFrames = (frames: CallFrames): Buffer => asBuffer(CallFramesCodec.encode(frames as CallFramesCodec).finish());
+const deserializeReplies = (bytes: Buffer): CallReplies => CallRepliesCodec.decode(bytes);
+
+/** What a client stream needs: the grpc-js client on the channel and the paths. */
+interface ClientOptions {
+  /** The carried method's path. */
+  path: string;
+  /** The bidi method's path. */
+  callsPath: string;
+  client: grpc.Client;
 }
 
 /**
@@ -371,9 +375,13 @@ export class CallStreamClient<Req, Res> {
   private readonly maxBuffered: number;
   private readonly traced: ClientMiddleware | undefined;
 
+  private readonly client: grpc.Client;
+
   constructor(private readonly o: CallStreamClientOptions<Req, Res>) {
     this.maxBuffered = o.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED_BYTES;
     this.traced = tracingEnabled() ? openTelemetryClientMiddleware() : undefined;
+    // The channel's credentials apply; these are not used with channelOverride.
+    this.client = new grpc.Client('unused', grpc.credentials.createInsecure(), { channelOverride: o.channel as unknown as grpc.Channel });
   }
 
   /** Streams open now (for tests and diagnostics). */
@@ -407,10 +415,19 @@ export class CallStreamClient<Req, Res> {
 
   private stream(): ClientStream {
     if (this.current?.usable) return this.current;
-    const s = new ClientStream(this.o as CallStreamClientOptions<unknown, unknown>, (gone) => {
-      if (this.current === gone) this.current = undefined;
-      if (gone.calls.size === 0) this.streams.delete(gone);
-    }, this.maxBuffered);
+    const s = new ClientStream(
+      { path: this.o.path, callsPath: this.o.callsPath, client: this.client },
+      {
+        unusable: (gone) => {
+          if (this.current === gone) this.current = undefined;
+        },
+        closed: (gone) => {
+          if (this.current === gone) this.current = undefined;
+          this.streams.delete(gone);
+        },
+      },
+      this.maxBuffered,
+    );
     this.streams.add(s);
     this.current = s;
     return s;
@@ -499,11 +516,11 @@ export function openCallStreamClient<Req, Res>(
 ): CallStreamClient<Req, Res> {
   const carried = definition.methods[carries] as GeneratedMethod | undefined;
   if (!carried || !definition.methods[calls]) throw new Error(`${definition.fullName} has no method ${carried ? calls : carries}`);
-  // The stream itself goes without the tracing middleware: a span per stream would last for hours.
-  const raw = createClient(definition as never, channel) as unknown as Record<string, (frames: AsyncIterable<CallFrames>, options: { signal: AbortSignal }) => AsyncIterable<CallReplies>>;
+  const callsMethod = definition.methods[calls] as GeneratedMethod;
   return new CallStreamClient<Req, Res>({
     path: `/${definition.fullName}/${carried.name}`,
-    open: (frames, signal) => raw[calls](frames, { signal }),
+    callsPath: `/${definition.fullName}/${callsMethod.name}`,
+    channel,
     encode: (request) => carried.requestType.encode(request as never).finish(),
     decode: (bytes) => carried.responseType.decode(bytes) as Res,
     maxBufferedBytes,

@@ -4,6 +4,7 @@
  * descriptors the proto compiler produced, so grpcurl works with no proto files at hand.
  */
 import http2 = require('node:http2');
+import * as grpc from '@grpc/grpc-js';
 import { CompatServiceDefinition, ServerMiddleware, createServer } from 'nice-grpc';
 import { composeServerMiddleware } from 'nice-grpc-common';
 import { EncodedMessage, callStreamHandler } from './call-stream';
@@ -169,7 +170,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
     options.log.warn('serving plaintext beyond loopback (--insecure): no authentication, no encryption', { host: options.host });
   }
   const publicEdge = options.publicEdge ?? false;
+  const serverId = nextServerId++;
   const base = createServer({
+    // Names this server to serveRawHandlers (grpc-js keeps unknown options and ignores them).
+    [SERVER_ID_OPTION]: serverId,
     // Authorization first: a refused call reaches nothing else.
     interceptors: [authorizationInterceptor(options.tls !== undefined && !publicEdge), deadlineInterceptor],
     'grpc.max_receive_message_length': options.maxMessageBytes,
@@ -192,6 +196,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   const services = options.serviceMiddleware ? server.with(options.serviceMiddleware as ServerMiddleware) : server;
   const draining = new AbortController();
   const callStack = stack.reduce((a, b) => composeServerMiddleware(a, b));
+  const rawHandlers = new Map<string, grpc.handleBidiStreamingCall<unknown, unknown>>();
   options.services.forEach((s, index) => {
     const guarded = acceptEncodedResponses(guardRequestDecoding(s.definition as unknown as TsProtoDefinition));
     let implementation = s.implementation;
@@ -199,9 +204,9 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       if (c.service !== index) continue;
       const carried = (guarded.methods as Record<string, TsProtoDefinition['methods'][string] & { responseType: { encode(m: unknown): { finish(): Uint8Array } } }>)[c.carries];
       const handler = s.implementation[c.carries] as (request: unknown, context: unknown) => AsyncIterable<unknown>;
-      implementation = {
-        ...implementation,
-        [c.calls]: callStreamHandler({
+      rawHandlers.set(
+        methodPath(s.definition, c.calls),
+        callStreamHandler({
           path: methodPath(s.definition, c.carries),
           decode: (bytes) => carried.requestType.decode(bytes),
           encode: (message) => carried.responseType.encode(message).finish(),
@@ -210,8 +215,10 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
           draining: draining.signal,
           maxCallsPerStream: options.maxConcurrentStreams,
           log: options.log,
-        }),
-      };
+        }) as grpc.handleBidiStreamingCall<unknown, unknown>,
+      );
+      // A placeholder for nice-grpc, which needs every method: grpc-js gets the handler above (see serveRawHandlers).
+      implementation = { ...implementation, [c.calls]: rawHandlerPlaceholder };
     }
     services.add(guarded as unknown as typeof s.definition, implementation);
   });
@@ -231,7 +238,7 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
   server.add(ServerReflectionService, reflection);
   server.add(REFLECTION_V1ALPHA, reflection);
 
-  const port = await server.listen(`${options.host}:${options.port}`, serverCredentials(options.tls, !publicEdge));
+  const port = await serveRawHandlers(serverId, rawHandlers, () => server.listen(`${options.host}:${options.port}`, serverCredentials(options.tls, !publicEdge)));
   let healthServer: ReturnType<typeof createServer> | undefined;
   let healthPort: number | undefined;
   if (options.healthPort !== undefined && options.healthPort > 0) {
@@ -271,6 +278,54 @@ export async function startGrpcServer(options: GrpcServerOptions): Promise<Runni
       server.forceShutdown();
       healthServer?.forceShutdown();
     },
+  };
+}
+
+/** The option that names a server to serveRawHandlers. */
+const SERVER_ID_OPTION = 'maas.server_id';
+let nextServerId = 1;
+/** Handlers that go to grpc-js as they are, by server and method path, while that server starts. */
+const rawHandlersOf = new Map<number, ReadonlyMap<string, grpc.handleBidiStreamingCall<unknown, unknown>>>();
+
+// eslint-disable-next-line require-yield
+async function* rawHandlerPlaceholder(): AsyncGenerator<never> {
+  throw new Error('a call stream method is served by its grpc-js handler, not through nice-grpc');
+}
+
+/**
+ * Runs `listen` (nice-grpc's, which builds the grpc-js server and adds each service to it) so
+ * that the methods of `handlers` get those grpc-js handlers instead of nice-grpc's wrappers: a
+ * call stream handles its own messages, and nice-grpc's async iteration per message costs more
+ * than the message. nice-grpc has no way to add a raw handler, so grpc-js's addService is wrapped
+ * (once per process) to look the server up by its id option.
+ */
+async function serveRawHandlers<T>(serverId: number, handlers: ReadonlyMap<string, grpc.handleBidiStreamingCall<unknown, unknown>>, listen: () => Promise<T>): Promise<T> {
+  if (handlers.size === 0) return listen();
+  installAddServiceHook();
+  rawHandlersOf.set(serverId, handlers);
+  try {
+    return await listen();
+  } finally {
+    rawHandlersOf.delete(serverId);
+  }
+}
+
+let hookInstalled = false;
+function installAddServiceHook() {
+  if (hookInstalled) return;
+  hookInstalled = true;
+  const addService = grpc.Server.prototype.addService;
+  grpc.Server.prototype.addService = function (this: grpc.Server & { options?: Record<string, unknown> }, service: grpc.ServiceDefinition, implementation: grpc.UntypedServiceImplementation) {
+    const id = (this as unknown as { options: Record<string, unknown> }).options?.[SERVER_ID_OPTION];
+    const handlers = typeof id === 'number' ? rawHandlersOf.get(id) : undefined;
+    if (handlers) {
+      implementation = { ...implementation };
+      for (const [name, method] of Object.entries(service)) {
+        const raw = handlers.get(method.path);
+        if (raw) implementation[name] = raw as grpc.UntypedHandleCall;
+      }
+    }
+    return addService.call(this, service, implementation);
   };
 }
 
