@@ -24,6 +24,8 @@ import {
   BalancerServiceLoadModelResponse,
   BalancerServiceUnloadModelRequest,
   BalancerServiceUnloadModelResponse,
+  DispatchRequest,
+  DispatchResponse,
   JoinRequest,
   JoinResponse,
   ListModelsResponse,
@@ -32,6 +34,7 @@ import {
   RepositoryIndexResponse,
   RouteRequest,
   RouteResponse,
+  RoutingState,
 } from '../../generated/maas/internal/v1/balancer';
 import { RepositoryIndexResponse_ModelIndex } from '../../generated/inference/grpc_service';
 import { Task } from '../../generated/maas/internal/v1/task';
@@ -40,6 +43,7 @@ import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema, parseModelPolicies } from './config';
 import { compareVersions, Member as MemberOf, Membership } from './membership';
+import { AttemptRunner, NoReadyWorkerError, RouteTarget, WORKER_EXECUTE_PATH, serveDispatch } from './dispatch';
 import { RetryBudget } from './retry-budget';
 import { createPolicy } from './policy';
 
@@ -115,9 +119,6 @@ function affinityKeyOf(task: Task): string {
       return '';
   }
 }
-
-/** The path of WorkerService/Execute, as a ClientError names it. */
-const WORKER_EXECUTE_PATH = '/maas.internal.v1.WorkerService/Execute';
 
 /** How many workers one task may be tried on. */
 const MAX_ATTEMPTS = 2;
@@ -253,6 +254,13 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     for (const [state, n] of Object.entries(counts)) g.set({ state }, n);
   });
 
+  /** Listeners of routing changes: the Dispatch streams, which send their dispatcher the new state. */
+  const routingListeners = new Set<() => void>();
+  /** Signals that the routing state may have changed (a member joined, left, changed models, was ejected, drains). */
+  function routingChanged(): void {
+    for (const listener of routingListeners) listener();
+  }
+
   /** Counts a failure against a worker; ejects it when it is an outlier, ramping it back after. */
   function noteFailure(member: Member) {
     // A worker that has left (or was replaced) keeps no record.
@@ -260,6 +268,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     if (!reason) return;
     ejections.inc({ worker: member.id, reason });
     const state = member.outlier.state(Date.now());
+    routingChanged();
+    // Its return is a change of the routing state too.
+    setTimeout(routingChanged, Math.max(0, (state.ejectedUntil ?? 0) - Date.now()) + 1).unref();
     log.warn('worker ejected', { worker: member.id, reason, until: new Date(state.ejectedUntil ?? 0).toISOString(), ejections: state.ejections });
   }
 
@@ -283,7 +294,11 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     while (!signal.aborted) {
       try {
         for await (const { status } of health.watch({ service: '' }, { signal })) {
-          member.serving = status === HealthCheckResponse_ServingStatus.SERVING;
+          const serving = status === HealthCheckResponse_ServingStatus.SERVING;
+          if (serving !== member.serving) {
+            member.serving = serving;
+            routingChanged();
+          }
         }
       } catch {
         // The stream broke (the worker is going or gone); its join stream decides membership.
@@ -301,25 +316,52 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       if (membership.serves(model)) continue;
       for (const p of allPolicies) p.forget(model);
     }
+    routingChanged();
     log.info('worker left', { worker: member.id, address: member.address, why });
   }
 
   async function* route(request: RouteRequest, context: MeshCallContext): AsyncGenerator<RouteResponse> {
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
-    const model = routingKey(task);
-    const version = versionOf(task);
-    if (config.hedgeDelayMs > 0 && task.request.$case === 'predict') {
-      yield await hedgedPredict(task, model, context);
-      return;
+    const target: RouteTarget = {
+      model: routingKey(task),
+      version: versionOf(task),
+      affinityKey: affinityKeyOf(task),
+      requestId: task.requestId,
+      hedge: config.hedgeDelayMs > 0 && task.request.$case === 'predict',
+    };
+    // The attempt calls the worker itself and relays its outputs.
+    const execute: AttemptRunner<Member, RouteResponse> = async function* (member, _attempt, signal) {
+      for await (const response of workerClient(member).execute({ task }, { signal, deadline: context.deadline })) yield { output: response.output };
+    };
+    try {
+      yield* routeCall(target, context.signal, execute);
+    } catch (err) {
+      if (err instanceof NoReadyWorkerError) context.trailer.set(NO_READY_WORKER_TRAILER, '1');
+      throw err;
     }
+  }
+
+  /**
+   * The routing of one call, shared by Route and Dispatch: picks a worker under the policy and runs
+   * `run` on it; a failure before the first output is tried again on another worker (within the
+   * retry budget), none after; a hedged call gets a second attempt after --hedge-delay-ms. Yields
+   * the outputs of the attempt that produced them; ends on success; throws the call's final error;
+   * an abort error once `signal` (the caller) is aborted.
+   */
+  function routeCall<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
+    return target.hedge ? hedgedCall(target, signal, run) : retriedCall(target, signal, run);
+  }
+
+  async function* retriedCall<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
+    const { model, version } = target;
     const tried = new Set<string>();
     let failure: { worker: string; details: string } | undefined;
     // True while every worker tried so far refused for a full queue: the mesh is overloaded, and
     // the client should hear RESOURCE_EXHAUSTED (back off), not UNAVAILABLE.
     let allFull = true;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const member = pickWorker(model, tried, affinityKeyOf(task), version);
+      const member = pickWorker(model, tried, target.affinityKey, version);
       if (!member) {
         const label = routeLabel(model, version);
         if (failure && allFull) {
@@ -328,11 +370,10 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         if (failure) {
           throw new MeshError('unavailable', `worker ${failure.worker} failed before its first output (${failure.details}) and no other ready worker serves ${label}`);
         }
-        context.trailer.set(NO_READY_WORKER_TRAILER, '1');
-        throw new MeshError('unavailable', `no ready worker serves ${label}`);
+        throw new NoReadyWorkerError(`no ready worker serves ${label}`);
       }
       tried.add(member.id);
-      log.debug('routed', { request_id: task.requestId, model, worker: member.id, attempt });
+      log.debug('routed', { request_id: target.requestId, model, worker: member.id, attempt });
       member.outstanding++;
       let started = false;
       const startedAt = Date.now();
@@ -345,21 +386,20 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       // once the gRPC library had removed its own listener.
       const attemptController = new AbortController();
       const abortAttempt = () => attemptController.abort();
-      context.signal.addEventListener('abort', abortAttempt, { once: true });
+      signal.addEventListener('abort', abortAttempt, { once: true });
       member.gone.addEventListener('abort', abortAttempt, { once: true });
-      if (context.signal.aborted || member.gone.aborted) attemptController.abort();
-      const signal = attemptController.signal;
+      if (signal.aborted || member.gone.aborted) attemptController.abort();
       try {
-        for await (const response of workerClient(member).execute({ task }, { signal, deadline: context.deadline })) {
+        for await (const output of run(member, attempt + 1, attemptController.signal)) {
           // Time to first output is the latency sample: a stream's length depends on the request.
           if (!started) member.latency.observe(Date.now() - startedAt);
           started = true;
-          yield { output: response.output };
+          yield output;
         }
         membership.recordSuccess(member, Date.now());
         return;
       } catch (err) {
-        if (context.signal.aborted) throw err;
+        if (signal.aborted) throw err;
         if (member.gone.aborted) {
           allFull = false;
           const why = String(member.gone.reason);
@@ -382,11 +422,11 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
           const kind = allFull ? 'resource_exhausted' : 'unavailable';
           throw new MeshError(kind, `worker ${member.id} failed before its first output (${failure.details}); retry budget exhausted`);
         }
-        log.warn('worker failed before its first output; trying another', { worker: member.id, request_id: task.requestId, error: failure.details });
+        log.warn('worker failed before its first output; trying another', { worker: member.id, request_id: target.requestId, error: failure.details });
         retries.inc();
       } finally {
         member.outstanding--;
-        context.signal.removeEventListener('abort', abortAttempt);
+        signal.removeEventListener('abort', abortAttempt);
         member.gone.removeEventListener('abort', abortAttempt);
       }
     }
@@ -420,6 +460,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       Date.now(),
     );
     const link = openLink(member);
+    routingChanged();
     log.info('worker joined', { worker: member.id, address: member.address, models: [...member.models.keys()].join(',') });
     let why = 'stream ended';
     try {
@@ -441,10 +482,13 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
           for (const name of gone) if (!membership.serves(name)) for (const p of allPolicies) p.forget(name);
           log.info('worker models changed', { worker: member.id, models: [...member.models.keys()].join(',') });
           modelEvents.emit('changed');
+          routingChanged();
           continue;
         }
         if (message?.$case !== 'report') continue;
+        const wasDraining = member.draining;
         if (!membership.report(member.id, message.report, Date.now())) throw removed();
+        if (member.draining !== wasDraining) routingChanged();
       }
     } catch (err) {
       why = `stream failed: ${(err as Error).message}`;
@@ -567,29 +611,40 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     };
   }
 
-  /** One call of a unary task to one worker, cancellable on its own; settles with its output. */
-  function callWorker(member: Member, task: Task, context: MeshCallContext) {
+  /**
+   * One attempt of a hedged call, cancellable on its own: `started` settles at its first output (or
+   * when it ends), `result` with its first output once it has succeeded.
+   */
+  function hedgeAttempt<T>(member: Member, attempt: number, run: AttemptRunner<Member, T>, signal: AbortSignal) {
     const controller = new AbortController();
     const onAbort = () => controller.abort();
-    context.signal.addEventListener('abort', onAbort, { once: true });
-    // A worker declared gone for silence answers no more: its call fails now, so the hedge (or
-    // the replacement of a first call that failed early) goes to another worker.
+    signal.addEventListener('abort', onAbort, { once: true });
+    // A worker declared gone for silence answers no more: its attempt fails now, so the hedge (or
+    // the replacement of a first attempt that failed early) goes to another worker.
     const onGone = () => controller.abort();
     member.gone.addEventListener('abort', onGone, { once: true });
     member.outstanding++;
     const startedAt = Date.now();
+    let first: { output: T } | undefined;
+    let settled = false;
+    let onStarted!: () => void;
+    const started = new Promise<void>((resolve) => (onStarted = resolve));
     const result = (async () => {
-      let output: RouteResponse['output'];
       try {
-        for await (const response of workerClient(member).execute({ task }, { signal: controller.signal, deadline: context.deadline })) output ??= response.output;
+        for await (const output of run(member, attempt, controller.signal)) {
+          if (first) continue;
+          first = { output };
+          member.latency.observe(Date.now() - startedAt);
+          onStarted();
+        }
       } catch (err) {
         // Cut off because the worker is gone: a worker failure, which the hedge logic retries.
-        if (member.gone.aborted && !context.signal.aborted) throw new ClientError(WORKER_EXECUTE_PATH, Status.UNAVAILABLE, String(member.gone.reason));
+        if (member.gone.aborted && !signal.aborted) throw new ClientError(WORKER_EXECUTE_PATH, Status.UNAVAILABLE, String(member.gone.reason));
         throw err;
       }
-      member.latency.observe(Date.now() - startedAt);
+      if (!first) member.latency.observe(Date.now() - startedAt);
       membership.recordSuccess(member, Date.now());
-      return { output };
+      return first;
     })();
     result
       .catch((err) => {
@@ -598,56 +653,114 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         }
         // A hedge loser cut off unanswered took at least this long: a latency sample all the same,
         // else a worker that is always hedged away would never show how slow it is.
-        else if (controller.signal.aborted && !context.signal.aborted) member.latency.observe(Date.now() - startedAt);
+        else if (controller.signal.aborted && !signal.aborted && !first) member.latency.observe(Date.now() - startedAt);
       })
       .finally(() => {
+        settled = true;
+        onStarted();
         member.outstanding--;
-        context.signal.removeEventListener('abort', onAbort);
+        signal.removeEventListener('abort', onAbort);
         member.gone.removeEventListener('abort', onGone);
       });
-    return { member, controller, result };
+    return { member, controller, result, started, hasOutput: () => first !== undefined, isSettled: () => settled };
   }
 
   /**
-   * A Predict with hedging: if the first worker has not answered after --hedge-delay-ms, a second
-   * copy goes to another worker (within the retry budget); the first answer wins and the other
-   * call is cancelled. A first call that fails before the delay is replaced at once.
+   * A hedged call (a unary Predict with --hedge-delay-ms): if the first worker has not answered
+   * after the delay, a second attempt goes to another worker (within the retry budget). The first
+   * attempt to produce output wins and the other is cancelled; there is no retry after output. A
+   * first attempt that fails before the delay is replaced at once.
    */
-  async function hedgedPredict(task: Task, model: string, context: MeshCallContext): Promise<RouteResponse> {
-    const key = affinityKeyOf(task);
+  async function* hedgedCall<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
+    const { model, affinityKey: key } = target;
     const first = pickWorker(model, new Set(), key);
-    if (!first) {
-      context.trailer.set(NO_READY_WORKER_TRAILER, '1');
-      throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(model)}`);
-    }
+    if (!first) throw new NoReadyWorkerError(`no ready worker serves model ${quoteInput(model)}`);
     retryBudget.recordRequest(Date.now());
-    const calls = [callWorker(first, task, context)];
-    let timer: NodeJS.Timeout | undefined;
-    const hedgeDue = new Promise<void>((resolve) => (timer = setTimeout(resolve, config.hedgeDelayMs)));
-    // Wait for the first call to settle or the hedge delay, whichever comes first.
-    const early = await Promise.race([calls[0].result.then(
-      (r) => ({ done: true as const, r }),
-      (err: unknown) => ({ done: false as const, err }),
-    ), hedgeDue.then(() => undefined)]);
-    clearTimeout(timer);
-    if (early?.done) return early.r;
-    if (early && !early.done && (context.signal.aborted || !(early.err instanceof ClientError) || !RETRYABLE.has(early.err.code))) throw early.err;
-    const second = pickWorker(model, new Set([first.id]), key);
-    if (second && retryBudget.tryRetry(Date.now())) {
-      hedges.inc();
-      calls.push(callWorker(second, task, context));
-    }
-    else if (early) throw early.err;
+    const calls = [hedgeAttempt(first, 1, run, signal)];
     try {
-      return await Promise.any(calls.map((c) => c.result));
-    } catch (err) {
-      const last = err instanceof AggregateError ? err.errors.at(-1) : err;
-      if (last instanceof ClientError) throw new MeshError('unavailable', `model ${quoteInput(model)} failed on ${calls.length} workers: ${last.details}`);
+      let timer: NodeJS.Timeout | undefined;
+      const hedgeDue = new Promise<'due'>((resolve) => (timer = setTimeout(() => resolve('due'), config.hedgeDelayMs)));
+      // Wait for the first attempt's output (or end) or the hedge delay, whichever comes first.
+      const early = await Promise.race([calls[0].started.then(() => 'settled' as const), hedgeDue]);
+      clearTimeout(timer);
+      if (early === 'settled' && !calls[0].hasOutput()) {
+        // It failed (or succeeded with no output) before the delay.
+        const err = await calls[0].result.then(() => undefined, (e: unknown) => e);
+        if (err === undefined) return;
+        if (signal.aborted || !(err instanceof ClientError) || !RETRYABLE.has(err.code)) throw err;
+        const second = pickWorker(model, new Set([first.id]), key);
+        if (!second || !retryBudget.tryRetry(Date.now())) throw err;
+        hedges.inc();
+        calls.push(hedgeAttempt(second, 2, run, signal));
+      } else if (early === 'due') {
+        const second = pickWorker(model, new Set([first.id]), key);
+        if (second && retryBudget.tryRetry(Date.now())) {
+          hedges.inc();
+          calls.push(hedgeAttempt(second, 2, run, signal));
+        }
+      }
+      // The first attempt with output wins and the others are cancelled; until one has output,
+      // an attempt that fails leaves the other running.
+      for (;;) {
+        const winner = calls.find((c) => c.hasOutput());
+        if (winner) {
+          for (const c of calls) if (c !== winner) c.controller.abort();
+          let won: { output: T } | undefined;
+          try {
+            won = await winner.result;
+          } catch (err) {
+            if (signal.aborted || !(err instanceof ClientError)) throw err;
+            throw new MeshError('unavailable', `worker ${winner.member.id} failed after its output began: ${err.details}`);
+          }
+          if (won) yield won.output;
+          return;
+        }
+        const open = calls.filter((c) => !c.isSettled());
+        if (open.length === 0) break;
+        await Promise.race(open.map((c) => c.started));
+      }
+      // Every attempt ended with no output: one that succeeded so is the answer, else the last error.
+      const outcomes = await Promise.all(calls.map((c) => c.result.then(() => undefined, (err: unknown) => ({ err }))));
+      if (outcomes.some((o) => o === undefined)) return;
+      const last = outcomes.at(-1)!.err;
+      if (!signal.aborted && last instanceof ClientError) throw new MeshError('unavailable', `model ${quoteInput(model)} failed on ${calls.length} workers: ${last.details}`);
       throw last;
     } finally {
-      // The loser (or a call still running after a failure) is cancelled: its answer is not needed.
+      // The loser (or an attempt still running after a failure) is cancelled: its answer is not needed.
       for (const c of calls) c.controller.abort();
     }
+  }
+
+  /** The members that take calls now (ready or in slow start; not draining, not ejected), with what they serve. */
+  function routingState(): RoutingState {
+    const now = Date.now();
+    const workers = membership
+      .all()
+      .filter((m) => !m.draining && m.serving && !m.outlier.isEjected(now))
+      .sort((a, b) => a.id.localeCompare(b.id))
+      .map((m) => ({
+        workerId: m.id,
+        address: m.address,
+        models: [...m.modelVersions]
+          .flatMap(([name, versions]) => [...versions.keys()].map((version) => ({ name, version })))
+          .sort((a, b) => a.name.localeCompare(b.name) || compareVersions(a.version, b.version)),
+      }));
+    return { workers };
+  }
+
+  /** Routing off the data path: the dispatcher runs the attempts this balancer orders (./dispatch.ts). */
+  function dispatch(requests: AsyncIterable<DispatchRequest>, context: MeshCallContext): AsyncGenerator<DispatchResponse> {
+    return serveDispatch(requests, context.signal, {
+      route: routeCall,
+      routingState,
+      onRoutingChange(listener) {
+        routingListeners.add(listener);
+        return () => routingListeners.delete(listener);
+      },
+      stateIntervalMs: config.reportIntervalMs,
+      hedging: config.hedgeDelayMs > 0,
+      log,
+    });
   }
 
   async function listWorkers(): Promise<ListWorkersResponse> {
@@ -695,8 +808,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     insecure: config.insecure,
     healthPort: config.healthPort,
     // A worker's Join stream lasts as long as the worker; it rejoins the next balancer by itself.
-    longLivedMethods: ['/maas.internal.v1.BalancerService/Join'],
-    services: [{ definition: BalancerServiceDefinition, implementation: { route, dispatch: dispatchPlaceholder, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
+    // A dispatcher's stream lasts as long as the dispatcher; it reconnects by itself.
+    longLivedMethods: ['/maas.internal.v1.BalancerService/Join', '/maas.internal.v1.BalancerService/Dispatch'],
+    services: [{ definition: BalancerServiceDefinition, implementation: { route, dispatch, join, listModels, listWorkers, repositoryIndex, loadModel, unloadModel } }],
     callMetrics: callMetrics(metrics, { knownModel: (name) => membership.serves(name) }).middleware,
   });
   const metricsServer = await serveMetrics(metrics, { host: config.host, port: config.metricsPort, log }).catch((err: unknown) => {
@@ -739,9 +853,3 @@ function createWorkerClient(channel: Channel) {
 
 /** A member of this balancer: a worker serving models described as on the wire, reached by its link. */
 type Member = MemberOf<Model, WorkerLink>;
-
-/** Until Dispatch lands: no routing off the data path yet. */
-// eslint-disable-next-line require-yield
-async function* dispatchPlaceholder(): AsyncGenerator<never> {
-  throw new MeshError('unavailable', 'Dispatch is not served by this balancer yet');
-}

@@ -1,0 +1,403 @@
+/**
+ * The balancer's side of Dispatch: routing off the data path. A dispatcher (the scheduler) names
+ * each call it must route on one long-lived stream; the balancer runs the same routing as Route
+ * for it (policy, retries, retry budget, hedging, ejection, the "worker gone" rule), but instead of
+ * calling the worker it orders each attempt from the dispatcher (AttemptOrder) and learns what the
+ * attempt did from the dispatcher's AttemptEvents. The stream also carries the routing state, sent
+ * first and again whenever it changes, so that a dispatcher whose balancer is gone keeps going.
+ *
+ * This file adapts the stream (call table, attempts, batching, state, tracing); the routing
+ * decisions are the server's, shared with Route ({@link DispatchRouting.route}).
+ */
+import { ROOT_CONTEXT, Span, SpanKind, propagation } from '@opentelemetry/api';
+import { AbortError } from 'abort-controller-x';
+import { ClientError, Status } from 'nice-grpc';
+import { ErrorKind, MeshError, boundMessage } from '../../common/errors';
+import { Logger } from '../../common/log';
+import { toServerError } from '../../common/middleware';
+import { endSpan, meshTracer, tracingEnabled } from '../../common/tracing';
+import {
+  AttemptEvent,
+  BalancerMessage,
+  DispatchRequest,
+  DispatchResponse,
+  DispatcherMessage,
+  RouteCall,
+  RoutingState,
+} from '../../generated/maas/internal/v1/balancer';
+
+/** Calls one Dispatch stream may have open at once; a RouteCall beyond gets RESOURCE_EXHAUSTED. */
+export const MAX_OPEN_CALLS_PER_STREAM = 65_536;
+/** Most messages in one DispatchResponse (a turn that produced more sends several). */
+const MAX_MESSAGES_PER_RESPONSE = 4096;
+/**
+ * Messages waiting to be sent beyond which the stream stops reading the dispatcher's requests
+ * until they have gone: a dispatcher that does not read cannot make the balancer hold without bound.
+ */
+const MAX_OUTBOX = 4 * MAX_OPEN_CALLS_PER_STREAM;
+/** Shortest time between two looks at the routing state after a change. */
+const STATE_MIN_INTERVAL_MS = 100;
+
+/** The path a failed attempt's ClientError names: as if the balancer had called the worker. */
+export const WORKER_EXECUTE_PATH = '/maas.internal.v1.WorkerService/Execute';
+
+/** What a call routes by: what the policy needs, never its input. */
+export interface RouteTarget {
+  /** The routing key: the model, or `mapper:<name>`. */
+  model: string;
+  /** The version it must run on; undefined for any. */
+  version: string | undefined;
+  /** Affinity key for consistent_hash; '' for none. */
+  affinityKey: string;
+  /** The request id, for logs. */
+  requestId: string;
+  /** True when the call is hedged (a unary Predict with --hedge-delay-ms > 0). */
+  hedge: boolean;
+}
+
+/** A worker as an attempt names it. */
+export interface AttemptWorker {
+  readonly id: string;
+  readonly address: string;
+}
+
+/**
+ * One attempt of a call on `member`, numbered from 1 within the call: yields each output (the
+ * first is the latency sample and the point after which there is no retry), returns on success,
+ * throws a ClientError when the worker fails, and stops (throwing) once `signal` is aborted.
+ */
+export type AttemptRunner<W extends AttemptWorker, T> = (member: W, attempt: number, signal: AbortSignal) => AsyncIterable<T>;
+
+/**
+ * Thrown by the routing when no ready worker serves the call's model (workers starting or
+ * restarting): Route answers it with the NO_READY_WORKER trailer, Dispatch with no_ready_worker.
+ */
+export class NoReadyWorkerError extends MeshError {
+  constructor(message: string) {
+    super('unavailable', message);
+  }
+}
+
+/** What a Dispatch stream needs of the balancer. */
+export interface DispatchRouting<W extends AttemptWorker> {
+  /**
+   * Routes one call, exactly as Route does: runs `run` for each attempt the policy, the retries and
+   * the hedging decide; yields each output of the attempt that produced one; ends when the call
+   * succeeded; throws its final error (a MeshError; {@link NoReadyWorkerError}); throws an abort
+   * error once `signal` (the caller) is aborted.
+   */
+  route<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<W, T>): AsyncIterable<T>;
+  /** The routing state now. */
+  routingState(): RoutingState;
+  /** Calls `listener` whenever the routing state may have changed; returns the unsubscribe. */
+  onRoutingChange(listener: () => void): () => void;
+  /** How often the routing state is looked at even with no change signalled, ms. */
+  readonly stateIntervalMs: number;
+  /** True when hedging is on (--hedge-delay-ms > 0). */
+  readonly hedging: boolean;
+  readonly log: Logger;
+}
+
+type AttemptEventKind = NonNullable<AttemptEvent['event']>;
+
+/** The events an attempt has received and not yet handled. */
+interface AttemptSlot {
+  readonly events: AttemptEventKind[];
+  wake: (() => void) | undefined;
+  /** True once it has reported started. */
+  started: boolean;
+  /** True once it has reported done or failed: later events are ignored. */
+  settled: boolean;
+}
+
+/** A call open on the stream. */
+interface OpenCall {
+  readonly id: number;
+  /** Aborted when the dispatcher cancels the call or the stream ends. */
+  readonly controller: AbortController;
+  /** Its attempts still running, by number. */
+  readonly attempts: Map<number, AttemptSlot>;
+  /** The first attempt that reported output: events of its other attempts are ignored from then on. */
+  startedAttempt: number | undefined;
+  readonly span: Span | undefined;
+  readonly workers: string[];
+}
+
+/** What an attempt yields when it reports its first output. */
+const STARTED = Symbol('started');
+
+/** Serves one Dispatch stream until the dispatcher ends it or goes. */
+export async function* serveDispatch<W extends AttemptWorker>(
+  requests: AsyncIterable<DispatchRequest>,
+  signal: AbortSignal,
+  routing: DispatchRouting<W>,
+): AsyncGenerator<DispatchResponse> {
+  const stream = new DispatchStream(routing);
+  const onAbort = () => stream.end();
+  signal.addEventListener('abort', onAbort, { once: true });
+  try {
+    yield* stream.serve(requests);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+    stream.end();
+  }
+}
+
+class DispatchStream<W extends AttemptWorker> {
+  private readonly calls = new Map<number, OpenCall>();
+  private readonly outbox: BalancerMessage[] = [];
+  private flushScheduled = false;
+  /** Wakes the response loop: messages to send, or the end. */
+  private wake: (() => void) | undefined;
+  /** Wakes the request loop once the outbox has room. */
+  private roomWaiters: (() => void)[] = [];
+  private ended = false;
+  private endError: unknown;
+  private lastState: string | undefined;
+  private lastStateAt = 0;
+  private stateTimer: NodeJS.Timeout | undefined;
+  private readonly stateInterval: NodeJS.Timeout;
+  private readonly unsubscribe: () => void;
+
+  constructor(private readonly routing: DispatchRouting<W>) {
+    this.unsubscribe = routing.onRoutingChange(() => this.stateMayHaveChanged());
+    this.stateInterval = setInterval(() => this.sendStateIfChanged(), routing.stateIntervalMs);
+    this.stateInterval.unref();
+  }
+
+  async *serve(requests: AsyncIterable<DispatchRequest>): AsyncGenerator<DispatchResponse> {
+    this.sendStateIfChanged();
+    this.read(requests).then(
+      () => this.end(),
+      (err: unknown) => this.end(err),
+    );
+    for (;;) {
+      if (this.outbox.length > 0 && (!this.flushScheduled || this.ended)) {
+        const messages = this.outbox.splice(0, MAX_MESSAGES_PER_RESPONSE);
+        if (this.outbox.length <= MAX_OUTBOX) for (const resolve of this.roomWaiters.splice(0)) resolve();
+        yield { messages };
+        continue;
+      }
+      if (this.ended) break;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+      this.wake = undefined;
+    }
+    if (this.endError !== undefined) throw this.endError;
+  }
+
+  /** Ends the stream: every open call ends as cancelled (no failure recorded), timers stop. Once. */
+  end(err?: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.endError = err;
+    clearInterval(this.stateInterval);
+    clearTimeout(this.stateTimer);
+    this.unsubscribe();
+    for (const call of this.calls.values()) call.controller.abort();
+    this.calls.clear();
+    for (const resolve of this.roomWaiters.splice(0)) resolve();
+    this.wake?.();
+  }
+
+  private async read(requests: AsyncIterable<DispatchRequest>): Promise<void> {
+    for await (const request of requests) {
+      if (this.ended) return;
+      for (const message of request.messages) this.handle(message);
+      if (this.outbox.length > MAX_OUTBOX) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+    }
+  }
+
+  private handle(message: DispatcherMessage): void {
+    switch (message.message?.$case) {
+      case 'route':
+        return this.open(message.message.route);
+      case 'event':
+        return this.event(message.message.event);
+      case 'cancelCallId': {
+        const call = this.calls.get(message.message.cancelCallId);
+        if (!call) return;
+        // Its id is free from now: the routing unwinds on its own, sending nothing.
+        this.calls.delete(call.id);
+        call.controller.abort();
+        return;
+      }
+      default:
+        // An empty message (or one of a newer dispatcher): nothing to do.
+        return;
+    }
+  }
+
+  private refuse(callId: number, kind: ErrorKind, details: string): void {
+    const code = toServerError(new MeshError(kind, details), false, '', this.routing.log).code;
+    this.send({ $case: 'failed', failed: { callId, code, details, noReadyWorker: false } });
+  }
+
+  private open(route: RouteCall): void {
+    const id = route.callId;
+    if (id === 0) return this.refuse(0, 'invalid_argument', 'route.call_id must not be 0');
+    const existing = this.calls.get(id);
+    if (existing) {
+      // Both calls under that id end here: the dispatcher ends its call on this answer, so the
+      // balancer must not go on ordering attempts for the first one.
+      this.calls.delete(id);
+      existing.controller.abort();
+      return this.refuse(id, 'invalid_argument', `route.call_id ${id} is already open on this stream; the open call under it is ended too`);
+    }
+    if (route.model === '') return this.refuse(id, 'invalid_argument', 'route.model must not be empty');
+    if (this.calls.size >= MAX_OPEN_CALLS_PER_STREAM) {
+      return this.refuse(id, 'resource_exhausted', `route refused: ${this.calls.size} calls are open on this stream (limit ${MAX_OPEN_CALLS_PER_STREAM})`);
+    }
+    const call: OpenCall = { id, controller: new AbortController(), attempts: new Map(), startedAttempt: undefined, span: this.startSpan(route), workers: [] };
+    this.calls.set(id, call);
+    void this.run(call, {
+      model: route.model,
+      version: route.version === '' ? undefined : route.version,
+      affinityKey: route.affinityKey,
+      requestId: route.requestId,
+      hedge: this.routing.hedging && route.hedgeable,
+    });
+  }
+
+  /** The call's routing span, child of the dispatcher's span, when tracing is on and it sent one. */
+  private startSpan(route: RouteCall): Span | undefined {
+    if (!tracingEnabled() || route.traceparent === '') return undefined;
+    const parent = propagation.extract(ROOT_CONTEXT, { traceparent: route.traceparent, tracestate: route.tracestate });
+    return meshTracer().startSpan(
+      'maas.internal.v1.BalancerService/Route',
+      {
+        kind: SpanKind.SERVER,
+        attributes: {
+          'rpc.system': 'grpc',
+          'rpc.service': 'maas.internal.v1.BalancerService',
+          'rpc.method': 'Route',
+          'maas.model': route.model,
+          'maas.request_id': route.requestId,
+          'maas.dispatch': true,
+        },
+      },
+      parent,
+    );
+  }
+
+  /** Runs the routing of one call to its end, and tells the dispatcher when it fails. */
+  private async run(call: OpenCall, target: RouteTarget): Promise<void> {
+    try {
+      // The attempts' outputs are the dispatcher's to relay: nothing to send for them here.
+      for await (const started of this.routing.route(target, call.controller.signal, (member: W, attempt, signal) => this.attempt(call, member, attempt, signal))) void started;
+      if (call.span) endSpan(call.span);
+    } catch (err) {
+      if (call.span) endSpan(call.span, err);
+      if (call.controller.signal.aborted || this.ended) return;
+      const status = toServerError(err, false, '/maas.internal.v1.BalancerService/Dispatch', this.routing.log);
+      this.send({ $case: 'failed', failed: { callId: call.id, code: status.code, details: status.details, noReadyWorker: err instanceof NoReadyWorkerError } });
+    } finally {
+      if (this.calls.get(call.id) === call) this.calls.delete(call.id);
+    }
+  }
+
+  /**
+   * One attempt, run by the dispatcher: orders it, then follows its events. An attempt the routing
+   * gives up (a hedge that lost, a worker declared gone) is cancelled at the dispatcher, except when
+   * the whole call is cancelled, which the dispatcher did itself.
+   */
+  private async *attempt(call: OpenCall, member: W, attempt: number, signal: AbortSignal): AsyncGenerator<typeof STARTED> {
+    const slot: AttemptSlot = { events: [], wake: undefined, started: false, settled: false };
+    call.attempts.set(attempt, slot);
+    call.workers.push(member.id);
+    call.span?.setAttribute('maas.workers', [...call.workers]);
+    this.send({ $case: 'attempt', attempt: { callId: call.id, attempt, workerId: member.id, address: member.address } });
+    let settled = false;
+    try {
+      for (;;) {
+        const event = await nextEvent(slot, signal);
+        switch (event.$case) {
+          case 'started':
+            yield STARTED;
+            break;
+          case 'done':
+            settled = true;
+            return;
+          case 'failed': {
+            settled = true;
+            const code = event.failed.code > Status.OK && event.failed.code <= Status.UNAUTHENTICATED ? (event.failed.code as Status) : Status.UNKNOWN;
+            throw new ClientError(WORKER_EXECUTE_PATH, code, boundMessage(event.failed.details));
+          }
+        }
+      }
+    } finally {
+      call.attempts.delete(attempt);
+      if (!settled && !call.controller.signal.aborted && !this.ended) this.send({ $case: 'cancel', cancel: { callId: call.id, attempt } });
+    }
+  }
+
+  private event(event: AttemptEvent): void {
+    // Events race with the ends of calls and attempts: one for what is over is dropped.
+    const call = this.calls.get(event.callId);
+    const slot = call?.attempts.get(event.attempt);
+    if (!call || !slot || !event.event || slot.settled) return;
+    // Once one attempt has output, the others lost: what the dispatcher says of them no longer counts.
+    if (call.startedAttempt !== undefined && call.startedAttempt !== event.attempt) return;
+    if (event.event.$case === 'started') {
+      if (slot.started) return;
+      slot.started = true;
+      call.startedAttempt = event.attempt;
+    } else {
+      slot.settled = true;
+    }
+    slot.events.push(event.event);
+    slot.wake?.();
+  }
+
+  private send(message: BalancerMessage['message']): void {
+    if (this.ended) return;
+    this.outbox.push({ message });
+    if (this.flushScheduled) return;
+    // What one turn of the event loop produced goes out as one DispatchResponse.
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.wake?.();
+    });
+  }
+
+  /** A change was signalled: a look at the state, at most every STATE_MIN_INTERVAL_MS. */
+  private stateMayHaveChanged(): void {
+    if (this.stateTimer || this.ended) return;
+    const wait = Math.max(0, this.lastStateAt + STATE_MIN_INTERVAL_MS - Date.now());
+    this.stateTimer = setTimeout(() => {
+      this.stateTimer = undefined;
+      this.sendStateIfChanged();
+    }, wait);
+    this.stateTimer.unref();
+  }
+
+  private sendStateIfChanged(): void {
+    if (this.ended) return;
+    this.lastStateAt = Date.now();
+    const state = this.routing.routingState();
+    const key = JSON.stringify(state);
+    if (key === this.lastState) return;
+    this.lastState = key;
+    this.send({ $case: 'state', state });
+  }
+}
+
+/** The attempt's next event; rejects with an AbortError once `signal` is aborted. */
+function nextEvent(slot: AttemptSlot, signal: AbortSignal): Promise<AttemptEventKind> {
+  const ready = slot.events.shift();
+  if (ready) return Promise.resolve(ready);
+  if (signal.aborted) return Promise.reject(new AbortError());
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      slot.wake = undefined;
+      reject(new AbortError());
+    };
+    signal.addEventListener('abort', onAbort, { once: true });
+    slot.wake = () => {
+      slot.wake = undefined;
+      signal.removeEventListener('abort', onAbort);
+      resolve(slot.events.shift()!);
+    };
+  });
+}
+
