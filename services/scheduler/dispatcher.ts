@@ -119,6 +119,11 @@ export class Dispatcher {
     return this.connected;
   }
 
+  /** Workers in the balancer's last routing state (for tests and diagnostics). */
+  get routableWorkers(): number {
+    return this.state?.workers.length ?? 0;
+  }
+
   /** Calls in flight (for tests and diagnostics). */
   get inFlight(): number {
     return this.calls.size;

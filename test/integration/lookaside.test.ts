@@ -34,7 +34,7 @@ describe('routing off the data path (Dispatch)', function () {
   });
 
   it('the balancer decides each online call but carries none: its Route serves no online call, its picks count every one', async () => {
-    mesh = await startMesh({ workers: [{}, {}] });
+    mesh = await startMesh({ workers: [{}, {}], policy: 'round_robin' });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
     const served = [0, 0];
     mesh.workers.forEach((w, i) => w.activity.on('task-end', () => served[i]++));
@@ -64,6 +64,8 @@ describe('routing off the data path (Dispatch)', function () {
   it('keeps serving while the balancer is gone, and a balancer restarted on its address takes over', async () => {
     mesh = await startMesh({ workers: [{}, {}] });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    // The gateway knows the model (its catalog serves the last list while the balancer is away).
+    await mesh.inference.predict({ model: 'echo', input: 'before' });
     const address = mesh.balancer.address;
     const port = Number(address.split(':').at(-1));
     await mesh.balancer.shutdown();
@@ -75,7 +77,7 @@ describe('routing off the data path (Dispatch)', function () {
 
     restarted = await startBalancer({ ...parseConfig(balancerSchema, [], {}), metricsPort: 0, port, policy: 'p2c', reportIntervalMs: 200 }, silentLogger);
     await until(() => restarted!.membership.all().length === 2, 15_000, 'the workers to rejoin the new balancer');
-    await until(() => mesh.scheduler.dispatcher.balancerConnected, 10_000, 'the scheduler to reconnect');
+    await until(() => mesh.scheduler.dispatcher.balancerConnected && mesh.scheduler.dispatcher.routableWorkers === 2, 10_000, 'the scheduler to reconnect and get the new routing state');
     const picksBefore = await metric(restarted.metricsAddress, 'maas_balancer_picks_total', {});
     for (let i = 0; i < 10; i++) expect((await mesh.inference.predict({ model: 'echo', input: `up ${i}` })).text).to.equal(`up ${i}`);
     expect((await metric(restarted.metricsAddress, 'maas_balancer_picks_total', {})) - picksBefore, 'calls the new balancer routed').to.equal(10);
@@ -84,6 +86,7 @@ describe('routing off the data path (Dispatch)', function () {
   it('without a balancer and without a worker for the model, a call fails with UNAVAILABLE naming the model', async () => {
     mesh = await startMesh({ workers: [{}] });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    await mesh.inference.predict({ model: 'echo', input: 'before' });
     await mesh.balancer.shutdown();
     await until(() => !mesh.scheduler.dispatcher.balancerConnected, 5000, 'the scheduler to notice');
     await mesh.workers[0].shutdown();
