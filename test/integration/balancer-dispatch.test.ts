@@ -186,7 +186,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
     channel = openChannel(balancer.address);
   }
 
-  async function addWorker(id: string): Promise<RunningWorker> {
+  async function addWorker(id: string, echoDelayMs = 0): Promise<RunningWorker> {
     const config = {
       ...parseConfig(workerSchema, [], {}),
       port: 0,
@@ -196,7 +196,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
       inputRoot: join(tmp, 'input'),
       modelRepository: join(tmp, 'models'),
     };
-    const worker = await startWorker(config, silentLogger, echoRuntime(0));
+    const worker = await startWorker(config, silentLogger, echoRuntime(echoDelayMs));
     workers.push(worker);
     await worker.joined;
     return worker;
@@ -274,6 +274,29 @@ describe('balancer Dispatch (routing off the data path)', function () {
     await w2.shutdown();
     const later = await d.take('state');
     expect(later.state.workers.map((w) => w.workerId)).to.deep.equal(['w1']);
+  });
+
+  it('Route, on the same routing, still calls the worker itself: relays a stream, and answers a slow Predict by a hedge', async () => {
+    await start({ hedgeDelayMs: 100, policy: 'round_robin' });
+    await addWorker('slow', 600);
+    await addWorker('fast', 0);
+    const route = createMeshClient(BalancerServiceDefinition, channel);
+    const generate = { model: 'echo', prompt: 'a b c', maxTokens: 0, stop: [], priority: 0, affinityKey: '', messages: [] };
+    const predict = (input: string) => ({ task: { requestId: input, tenant: 't', request: { $case: 'predict' as const, predict: { model: 'echo', input, priority: 0, affinityKey: '' } } } });
+    // Round robin: one of the two calls is first sent to the slow worker, and its hedge answers.
+    for (const input of ['one', 'two']) {
+      const startedAt = Date.now();
+      const answers: string[] = [];
+      for await (const r of route.route(predict(input))) answers.push(r.output?.output?.$case === 'prediction' ? r.output.output.prediction.text : '?');
+      expect(answers).to.deep.equal([input]);
+      expect(Date.now() - startedAt, 'answered before the slow worker would').to.be.below(500);
+    }
+    const chunks: string[] = [];
+    const task = { requestId: 'g', tenant: 't', request: { $case: 'generate' as const, generate } };
+    // The slow worker is the one round robin picks next, or not: either way the whole stream comes back.
+    for await (const r of route.route({ task })) if (r.output?.output?.$case === 'chunk') chunks.push(r.output.output.chunk.text);
+    expect(chunks.join('')).to.equal('a b c');
+    await untilOutstanding(0);
   });
 
   it('orders the version asked for, and only from members serving it', async () => {
