@@ -22,6 +22,7 @@ import { DEADLINE_HEADER } from './deadline';
 import { NO_READY_WORKER_TRAILER } from './errors';
 import { Logger } from './log';
 import { toServerError } from './middleware';
+import { UnsafeIntegerRequest } from './wire-integers';
 import { PEER_IDENTITY_HEADER } from './tls';
 import { tracingEnabled } from './tracing';
 
@@ -45,6 +46,10 @@ export class EncodedMessage {
 export function carriedMethod(path: string): MethodDescriptor {
   return { path, requestStream: false, responseStream: true, options: {} };
 }
+
+/** W3C trace context: `version-traceid-parentid-flags`, and a bounded printable tracestate. */
+const TRACEPARENT = /^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+const TRACESTATE = /^[\x20-\x7e]{1,512}$/;
 
 /** Replies queued on a server stream beyond which its calls wait for the stream to take them. */
 const SERVER_HIGH_WATER_BYTES = 1 << 20;
@@ -147,8 +152,11 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
       const controller = new AbortController();
       open.set(callId, controller);
       const metadata = Metadata();
-      if (start.traceparent !== '') metadata.set('traceparent', start.traceparent);
-      if (start.tracestate !== '') metadata.set('tracestate', start.tracestate);
+      // Trace context that is not W3C's shape is dropped, as a malformed header would be.
+      if (TRACEPARENT.test(start.traceparent)) {
+        metadata.set('traceparent', start.traceparent);
+        if (TRACESTATE.test(start.tracestate)) metadata.set('tracestate', start.tracestate);
+      }
       if (start.timeoutMs > 0) metadata.set(DEADLINE_HEADER, String(Date.now() + start.timeoutMs));
       if (typeof identity === 'string') metadata.set(PEER_IDENTITY_HEADER, identity);
       const trailer = Metadata();
@@ -176,8 +184,19 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
 
     const onDrain = () => notify();
     o.draining.addEventListener('abort', onDrain, { once: true });
-    call.on('data', (batch: CallFrames) => {
+    call.on('data', (batch: CallFrames | UnsafeIntegerRequest) => {
       if (finished) return;
+      // grpc-js calls this inside its own socket callback: nothing may escape from here.
+      try {
+        onBatch(batch);
+      } catch (err) {
+        o.log.error('call stream frame failed', { method: o.path, err: err instanceof Error ? err : String(err) });
+        finish({ code: Status.INTERNAL, details: 'internal error' });
+      }
+    });
+    const onBatch = (batch: CallFrames | UnsafeIntegerRequest) => {
+      // A 64-bit integer beyond 2^53 (a call_id) arrives as the decoder's marker (wire-integers.ts).
+      if (batch instanceof UnsafeIntegerRequest) return finish({ code: Status.INVALID_ARGUMENT, details: `${o.path}: ${batch.field} must be from 1 to 2^53 - 1` });
       for (const frame of batch.frames) {
         const callId = frame.callId;
         if (frame.frame?.$case === 'start') {
@@ -192,7 +211,7 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
           }
         }
       }
-    });
+    };
     call.on('end', () => {
       inputDone = true;
       notify();
@@ -276,7 +295,15 @@ class ClientStream {
     private readonly maxBuffered: number,
   ) {
     this.stream = o.client.makeBidiStreamRequest(o.callsPath, serializeFrames, deserializeReplies);
-    this.stream.on('data', (batch: CallReplies) => this.onReplies(batch));
+    this.stream.on('data', (batch: CallReplies) => {
+      // grpc-js calls this inside its own socket callback: nothing may escape from here.
+      try {
+        this.onReplies(batch);
+      } catch (err) {
+        this.stream.cancel();
+        this.onEnd(new CallStreamError(this.o.path, Status.INTERNAL, `a reply could not be handled: ${err instanceof Error ? err.message : String(err)}`));
+      }
+    });
     this.stream.on('error', (err: grpc.ServiceError) => this.onEnd(new CallStreamError(this.o.path, err.code ?? Status.UNAVAILABLE, err.details ?? String(err))));
     this.stream.on('end', () => this.onEnd(new CallStreamError(this.o.path, Status.UNAVAILABLE, 'the call stream ended before the call did')));
   }
@@ -400,9 +427,11 @@ export class CallStreamClient<Req, Res> {
     const transport = (req: Req, metadata: Metadata | undefined) => this.transport(req, options, metadata);
     if (!this.traced) return transport(request, undefined);
     // The same client span as a plain call, its context sent in the start frame.
-    const run = composeClientMiddleware(this.traced, async function* last(call, callOptions) {
+    // composeClientMiddleware(inner, outer): the span's middleware runs first and hands its
+    // metadata (with traceparent) to the transport.
+    const run = composeClientMiddleware(async function* last(call, callOptions) {
       return yield* transport(call.request as Req, callOptions.metadata) as AsyncGenerator<never>;
-    });
+    }, this.traced);
     return run({ method, requestStream: false, responseStream: true, request, next: undefined as never } as never, { metadata: Metadata() }) as AsyncGenerator<Uint8Array>;
   }
 

@@ -155,6 +155,13 @@ describe('call streams: many calls on one stream', function () {
     })());
     expect(twice.err?.code).to.equal(Status.INVALID_ARGUMENT);
     expect(twice.err?.details).to.match(/call_id 7 is already open/);
+    const huge = await send((async function* () {
+      yield { frames: [start(2 ** 60, good)] };
+    })());
+    expect(huge.err?.code, 'a call id past 2^53').to.equal(Status.INVALID_ARGUMENT);
+    expect(huge.err?.details).to.match(/call_id must be from 1 to 2\^53 - 1/);
+    // The server is still up and serving calls.
+    expect(labels(await collect(client.call(predict('after'))))).to.deep.equal(['after#0']);
     const garbage = await send((async function* () {
       yield { frames: [start(3, Buffer.from([0xff, 0xff, 0xff]))] };
     })());
