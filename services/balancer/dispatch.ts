@@ -9,7 +9,7 @@
  * This file adapts the stream (call table, attempts, batching, state, tracing); the routing
  * decisions are the server's, shared with Route ({@link DispatchRouting.route}).
  */
-import { ROOT_CONTEXT, Span, SpanKind, propagation } from '@opentelemetry/api';
+import { ROOT_CONTEXT, Span, SpanKind, context, propagation, trace } from '@opentelemetry/api';
 import { AbortError } from 'abort-controller-x';
 import { ClientError, Status } from 'nice-grpc';
 import { ErrorKind, MeshError, boundMessage } from '../../common/errors';
@@ -249,13 +249,16 @@ class DispatchStream<W extends AttemptWorker> {
     }
     const call: OpenCall = { id, controller: new AbortController(), attempts: new Map(), startedAttempt: undefined, span: this.startSpan(route), workers: [] };
     this.calls.set(id, call);
-    void this.run(call, {
+    const target: RouteTarget = {
       model: route.model,
       version: route.version === '' ? undefined : route.version,
       affinityKey: route.affinityKey,
       requestId: route.requestId,
       hedge: this.routing.hedging && route.hedgeable,
-    });
+    };
+    // The routing runs in its span's context, so its log lines carry the call's trace.
+    if (call.span) void context.with(trace.setSpan(ROOT_CONTEXT, call.span), () => this.run(call, target));
+    else void this.run(call, target);
   }
 
   /** The call's routing span, child of the dispatcher's span, when tracing is on and it sent one. */
