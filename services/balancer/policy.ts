@@ -321,10 +321,12 @@ function median(values: number[]): number {
 
 /**
  * `p2c_ewma`: of the two candidates drawn, the slower is "much slower" when its latency estimate
- * is more than this many times the faster one's; it is then not chosen on cost (see
- * {@link PeakEwmaPolicy}). Healthy workers of one kind differ by less than this (in `bench:lb`
- * their estimates spread over 1.2-1.5x), a worker 10 times slower stays above it on a loaded
- * day, when the healthy estimates rise toward the slow one's.
+ * is more than this many times the reference: the faster one's, or the median of all candidates'
+ * estimates when that is lower (so that one healthy worker whose estimate holds a noise peak does
+ * not make a slow one look near it). It is then not chosen on cost (see {@link PeakEwmaPolicy}).
+ * Healthy workers of one kind differ by less than this (in `bench:lb` their estimates spread over
+ * 1.2-1.5x); a worker 10 times slower stays above it on a loaded day, when the healthy estimates
+ * rise toward the slow one's (3-4x apart on a saturated machine).
  */
 export const MUCH_SLOWER_FACTOR = 2;
 
@@ -333,10 +335,13 @@ export const MUCH_SLOWER_FACTOR = 2;
  * samples, loses its weight: after `t` ms without a sample it counts as
  * `faster + (slower - faster) × exp(-t / τ)`. It is probed (one call, when it has none in flight)
  * once that falls to {@link MUCH_SLOWER_FACTOR} × faster, which takes τ × ln((r - 1) / (f - 1)) for
- * a worker r times slower: 1.1 s at 7x, 2.2 s at 10x, 4.6 s at 100x; a worker just over the
- * factor is probed again within tens of ms.
+ * a worker r times slower: 1.8 s at 3.5x, 3.6 s at 7x, 4.4 s at 10x, 9.2 s at 100x; a worker just
+ * over the factor is probed again within a few hundred ms. So a worker that stays slow gets
+ * under one call in 2 s, and one that recovers is found within seconds, whatever the load; at
+ * 1 s, on a saturated machine (150 calls/s, healthy estimates inflated to a third of the slow
+ * one's) the probes alone came near 1% of the calls in `bench:lb`.
  */
-export const STALE_ESTIMATE_DECAY_MS = 1000;
+export const STALE_ESTIMATE_DECAY_MS = 2000;
 
 /**
  * Power of two choices on the Finagle/Linkerd cost: peak-EWMA latency × (outstanding + 1), divided
@@ -345,10 +350,11 @@ export const STALE_ESTIMATE_DECAY_MS = 1000;
  *
  * The cost takes a worker's latency to grow with every call in flight, as on a worker that runs
  * one call at a time. Most workers run many at once (a slot per call), so a healthy worker with
- * k calls in flight is priced (k + 1) times too high, and an idle worker 10 times slower beats it
- * once k reaches about 9: in a closed loop of c callers that happens whenever the slow worker is
- * idle, and it ends up serving a call at a time, every time, about 1% of all calls at c = 16
- * (enough to put its latency into the p99). So a candidate much slower than the other one
+ * k calls in flight is priced (k + 1) times too high, and an idle worker r times slower beats it
+ * once k reaches r - 1. On a loaded machine the healthy estimates rise (a 10x slower worker looks
+ * 4-7x slower), c = 16 callers keep 3-5 calls on each healthy worker, and so the slow worker won
+ * whenever it was idle: it served a call at a time, every time, 1-1.5% of all calls, enough to
+ * put its latency into the p99. So a candidate much slower than the reference
  * ({@link MUCH_SLOWER_FACTOR}) is not chosen on cost while the faster has a free slot (fewer in
  * flight than its capacity); it is chosen only as a probe: when it has nothing in flight and its
  * estimate is stale ({@link STALE_ESTIMATE_DECAY_MS}), or was never confirmed (a prior, or the
@@ -392,7 +398,7 @@ class PeakEwmaPolicy implements Policy {
       // Measured against the faster of the two, or the candidates' median when that is lower: a
       // healthy worker whose estimate holds a noise peak must not make a slow one look near it.
       let referenceMs = Math.max(fasterMs, MIN_LATENCY_MS);
-      if (slowerMs <= MUCH_SLOWER_FACTOR * referenceMs && candidates.length > 2) referenceMs = Math.min(referenceMs, Math.max(this.typical(candidates), MIN_LATENCY_MS));
+      if (candidates.length > 2) referenceMs = Math.min(referenceMs, Math.max(this.typical(candidates), MIN_LATENCY_MS));
       if (slowerMs > MUCH_SLOWER_FACTOR * referenceMs && hasFreeSlot(faster)) {
         // A prior is no confirmed estimate either: a new worker gets its first call as a probe.
         const ageMs = knownLatency(slower.ewmaMs) ? (slower.ewmaAgeMs ?? 0) : Infinity;

@@ -470,8 +470,8 @@ describe('balancer policies', () => {
     });
 
     it('finds a slow worker again once it recovers, even at light load (c = 4), and gives it a full share', () => {
-      // Worker 4 at 300 ms for the first 10 s, then 30 ms like the others.
-      const after = closedLoop({ policy: 'p2c_ewma', concurrency: 4, calls: 6_000, latencyMs: latencies(30, 5, 300, 10_000), from: 15_000 });
+      // Worker 4 at 300 ms for the first 10 s, then 30 ms like the others; probed within τ × ln(9) + 300 ms, 4.7 s.
+      const after = closedLoop({ policy: 'p2c_ewma', concurrency: 4, calls: 8_000, latencyMs: latencies(30, 5, 300, 10_000), from: 16_000 });
       expect(after.reduce((a, b) => a + b, 0)).to.be.above(1_000);
       expect(share(after, 4)).to.be.within(0.12, 0.28);
     });
