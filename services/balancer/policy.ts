@@ -343,6 +343,9 @@ export const MUCH_SLOWER_FACTOR = 2;
  */
 export const STALE_ESTIMATE_DECAY_MS = 2000;
 
+/** `p2c_ewma`: pairs drawn at most for one pick while both workers drawn are much slower than the median. */
+const PAIR_DRAWS = 3;
+
 /**
  * Power of two choices on the Finagle/Linkerd cost: peak-EWMA latency × (outstanding + 1), divided
  * by the slow-start weight. Latency alone would herd every request onto the fastest worker until
@@ -382,23 +385,27 @@ class PeakEwmaPolicy implements Policy {
   pick(_key: string, candidates: readonly Candidate[]): Candidate | undefined {
     const n = candidates.length;
     if (n <= 1) return candidates[0];
-    const [first, second] = randomPair(this.random, n);
-    const a = candidates[first];
-    const b = candidates[second];
     let prior: number | undefined;
     const latency = (c: Candidate): number => {
       if (knownLatency(c.ewmaMs)) return c.ewmaMs;
       prior ??= this.prior(candidates);
       return prior;
     };
+    const typicalMs = n > 2 ? Math.max(this.typical(candidates), MIN_LATENCY_MS) : Infinity;
+    const suspect = (c: Candidate) => latency(c) > MUCH_SLOWER_FACTOR * typicalMs;
+    let [first, second] = randomPair(this.random, n);
+    // Two workers both much slower than the median (the slow one, and a healthy one whose estimate
+    // holds a stall's peak) would hand the call to the less bad of them: draw again, a bounded number of times.
+    for (let draw = 1; draw < PAIR_DRAWS && suspect(candidates[first]) && suspect(candidates[second]); draw++) [first, second] = randomPair(this.random, n);
+    const a = candidates[first];
+    const b = candidates[second];
     const latencyA = latency(a);
     const latencyB = latency(b);
     if (latencyA !== latencyB) {
       const [slower, faster, slowerMs, fasterMs] = latencyA > latencyB ? [a, b, latencyA, latencyB] : [b, a, latencyB, latencyA];
       // Measured against the faster of the two, or the candidates' median when that is lower: a
       // healthy worker whose estimate holds a noise peak must not make a slow one look near it.
-      let referenceMs = Math.max(fasterMs, MIN_LATENCY_MS);
-      if (candidates.length > 2) referenceMs = Math.min(referenceMs, Math.max(this.typical(candidates), MIN_LATENCY_MS));
+      const referenceMs = Math.min(Math.max(fasterMs, MIN_LATENCY_MS), typicalMs);
       if (slowerMs > MUCH_SLOWER_FACTOR * referenceMs && hasFreeSlot(faster)) {
         // A prior is no confirmed estimate either: a new worker gets its first call as a probe.
         const ageMs = knownLatency(slower.ewmaMs) ? (slower.ewmaAgeMs ?? 0) : Infinity;

@@ -328,6 +328,13 @@ describe('balancer policies', () => {
       expect(counts.get('w3') ?? 0).to.be.below(0.15 * 10_000);
     });
 
+    it('draws another pair when both workers drawn are much slower than the median, so a healthy worker holding a stall peak does not hand calls to the slow one', () => {
+      const policy = createPolicy('p2c_ewma', seededRandom(45));
+      // w3 caught a 600 ms stall; w4 is slow at 260 ms. The pair (w3, w4) alone would give w4 the call (the faster of the two), a tenth of all picks.
+      const list = ewmaWorkers([60, 5], [60, 5], [60, 5], [600, 2], [260, 0]);
+      expect(countPicks(() => policy.pick('m', list), 10_000).get('w4') ?? 0).to.be.below(30);
+    });
+
     it('lets cost decide again once the faster worker has no free slot (every one of its capacity in flight)', () => {
       const policy = createPolicy('p2c_ewma', seededRandom(42));
       const list: Candidate[] = [
