@@ -66,10 +66,18 @@ export class PeakEwma {
   /**
    * The current estimate, ms; undefined before the first sample (the policy then gives the worker
    * a prior). The estimate changes only when a sample arrives: a worker that gets no traffic keeps
-   * the estimate it had.
+   * the estimate it had, and its {@link ageMs} grows.
    */
   get value(): number | undefined {
     return this.estimate;
+  }
+
+  /**
+   * Time since the last sample, ms, by this estimate's clock; undefined before the first sample.
+   * The policy trusts an old estimate less (see `Candidate.ewmaAgeMs`).
+   */
+  get ageMs(): number | undefined {
+    return this.estimate === undefined ? undefined : Math.max(0, this.now() - this.stamp);
   }
 
   /** Samples observed since creation or the last {@link reset}. */

@@ -119,7 +119,7 @@ export class Member<M, L = unknown> implements Candidate {
 
   /** What the policies see of it at `now` ({@link candidateOf}). */
   candidate(now: number): Candidate {
-    return candidateOf(this, this.latency.value, this.ramp.weight(now));
+    return candidateOf(this, this.latency.value, this.ramp.weight(now), this.latency.ageMs);
   }
 }
 
@@ -145,15 +145,24 @@ export function loadOf(m: Pick<Member<unknown>, 'outstanding' | 'foreignLoad'>):
 
 /**
  * What the policies see of a member: its load ({@link loadOf}), capacity and slow-start weight,
- * and as latency the balancer's own estimate `ewmaMs`, or before its first sample the latency the
- * worker reports (undefined if neither is known, and the policy then gives it a prior).
+ * and as latency the balancer's own estimate `ewmaMs` (`ewmaAgeMs` old, when given), or before
+ * its first sample the latency the worker reports, which this balancer has not confirmed (its age
+ * is then `Infinity`); undefined if neither is known, and the policy then gives it a prior.
  */
-export function candidateOf(m: Pick<Member<unknown>, 'id' | 'outstanding' | 'foreignLoad' | 'capacity' | 'reportedLatencyMs'>, ewmaMs: number | undefined, weight: number): Candidate {
+export function candidateOf(
+  m: Pick<Member<unknown>, 'id' | 'outstanding' | 'foreignLoad' | 'capacity' | 'reportedLatencyMs'>,
+  ewmaMs: number | undefined,
+  weight: number,
+  ewmaAgeMs?: number,
+): Candidate {
+  const reported = ewmaMs === undefined && m.reportedLatencyMs > 0;
+  const age = reported ? Infinity : ewmaMs === undefined ? undefined : ewmaAgeMs;
   return {
     id: m.id,
     outstanding: loadOf(m),
     capacity: m.capacity,
-    ewmaMs: ewmaMs ?? (m.reportedLatencyMs > 0 ? m.reportedLatencyMs : undefined),
+    ewmaMs: ewmaMs ?? (reported ? m.reportedLatencyMs : undefined),
+    ...(age === undefined ? {} : { ewmaAgeMs: age }),
     weight,
   };
 }

@@ -10,15 +10,15 @@
  *
  * How each policy reads the optional fields of a {@link Candidate}:
  *
- * | policy              | outstanding | ewmaMs | capacity | weight (slow start)                    |
- * |---------------------|-------------|--------|----------|----------------------------------------|
- * | `round_robin`       | -           | -      | -        | ignored                                |
- * | `random`            | -           | -      | -        | ignored                                |
- * | `least_outstanding` | yes         | -      | -        | compares (outstanding + 1) / weight    |
- * | `p2c`               | yes         | -      | -        | compares (outstanding + 1) / weight    |
- * | `p2c_ewma`          | yes         | yes    | -        | cost divided by weight                 |
- * | `weighted`          | -           | -      | yes      | multiplies capacity                    |
- * | `consistent_hash`   | load bound  | -      | -        | ignored with a key; as p2c without one |
+ * | policy              | outstanding | ewmaMs, ewmaAgeMs | capacity   | weight (slow start)                    |
+ * |---------------------|-------------|-------------------|------------|----------------------------------------|
+ * | `round_robin`       | -           | -                 | -          | ignored                                |
+ * | `random`            | -           | -                 | -          | ignored                                |
+ * | `least_outstanding` | yes         | -                 | -          | compares (outstanding + 1) / weight    |
+ * | `p2c`               | yes         | -                 | -          | compares (outstanding + 1) / weight    |
+ * | `p2c_ewma`          | yes         | yes               | free slots | cost divided by weight                 |
+ * | `weighted`          | -           | -                 | yes        | multiplies capacity                    |
+ * | `consistent_hash`   | load bound  | -                 | -          | ignored with a key; as p2c without one |
  */
 import { DEFAULT_VIRTUAL_NODES, HashRing } from './hash-ring';
 
@@ -44,7 +44,18 @@ export interface Candidate {
   readonly outstanding: number;
   /** Peak-EWMA latency of the worker, ms (see `PeakEwma`); undefined while it has no samples, and then `p2c_ewma` gives it a prior. */
   readonly ewmaMs?: number;
-  /** Requests the worker says it can run at once; `weighted` shares by it. Missing, zero or negative counts as 1. */
+  /**
+   * How long ago the sample behind `ewmaMs` was taken, ms: missing means the estimate is current,
+   * `Infinity` that it was never confirmed by this balancer's own calls (a worker's own report).
+   * `p2c_ewma` lets the estimate of a much slower worker count less the older it is, so that
+   * such a worker gets a probe now and then and is found again when it recovers.
+   */
+  readonly ewmaAgeMs?: number;
+  /**
+   * Requests the worker says it can run at once; `weighted` shares by it (missing, zero or
+   * negative counts as 1). `p2c_ewma` avoids a much slower worker only while the faster one has
+   * fewer than this in flight (missing counts as no limit).
+   */
   readonly capacity?: number;
   /**
    * Slow-start multiplier in (0, 1] (see `SlowStart`); missing means 1. Values below 0.01 count as
@@ -309,9 +320,50 @@ function median(values: number[]): number {
 }
 
 /**
+ * `p2c_ewma`: of the two candidates drawn, the slower is "much slower" when its latency estimate
+ * is more than this many times the reference: the faster one's, or the median of all candidates'
+ * estimates when that is lower (so that one healthy worker whose estimate holds a noise peak does
+ * not make a slow one look near it). It is then not chosen on cost (see {@link PeakEwmaPolicy}).
+ * Healthy workers of one kind differ by less than this (in `bench:lb` their estimates spread over
+ * 1.2-1.5x); a worker 10 times slower stays above it on a loaded day, when the healthy estimates
+ * rise toward the slow one's (3-4x apart on a saturated machine).
+ */
+export const MUCH_SLOWER_FACTOR = 2;
+
+/**
+ * `p2c_ewma`: time constant (ms) with which a much slower worker's estimate, while it gets no
+ * samples, loses its weight: after `t` ms without a sample it counts as
+ * `faster + (slower - faster) × exp(-t / τ)`. It is probed (one call, when it has none in flight)
+ * once that falls to {@link MUCH_SLOWER_FACTOR} × faster, which takes τ × ln((r - 1) / (f - 1)) for
+ * a worker r times slower: 1.8 s at 3.5x, 3.6 s at 7x, 4.4 s at 10x, 9.2 s at 100x; a worker just
+ * over the factor is probed again within a few hundred ms. So a worker that stays slow gets
+ * under one call in 2 s, and one that recovers is found within seconds, whatever the load; at
+ * 1 s, on a saturated machine (150 calls/s, healthy estimates inflated to a third of the slow
+ * one's) the probes alone came near 1% of the calls in `bench:lb`.
+ */
+export const STALE_ESTIMATE_DECAY_MS = 2000;
+
+/** `p2c_ewma`: pairs drawn at most for one pick while both workers drawn are much slower than the median. */
+const PAIR_DRAWS = 3;
+
+/**
  * Power of two choices on the Finagle/Linkerd cost: peak-EWMA latency × (outstanding + 1), divided
  * by the slow-start weight. Latency alone would herd every request onto the fastest worker until
  * its EWMA caught up; outstanding alone cannot tell a slow worker from a fast one at equal load.
+ *
+ * The cost takes a worker's latency to grow with every call in flight, as on a worker that runs
+ * one call at a time. Most workers run many at once (a slot per call), so a healthy worker with
+ * k calls in flight is priced (k + 1) times too high, and an idle worker r times slower beats it
+ * once k reaches r - 1. On a loaded machine the healthy estimates rise (a 10x slower worker looks
+ * 4-7x slower), c = 16 callers keep 3-5 calls on each healthy worker, and so the slow worker won
+ * whenever it was idle: it served a call at a time, every time, 1-1.5% of all calls, enough to
+ * put its latency into the p99. So a candidate much slower than the reference
+ * ({@link MUCH_SLOWER_FACTOR}) is not chosen on cost while the faster has a free slot (fewer in
+ * flight than its capacity); it is chosen only as a probe: when it has nothing in flight and its
+ * estimate is stale ({@link STALE_ESTIMATE_DECAY_MS}), or was never confirmed (a prior, or the
+ * worker's own report). A probe's answer refreshes the estimate: a worker still slow goes back to
+ * waiting, one that recovered competes on cost again at once (its old peak is forgotten, as the
+ * time since the previous sample is long against the EWMA's decay time).
  */
 class PeakEwmaPolicy implements Policy {
   readonly name = 'p2c_ewma';
@@ -333,19 +385,43 @@ class PeakEwmaPolicy implements Policy {
   pick(_key: string, candidates: readonly Candidate[]): Candidate | undefined {
     const n = candidates.length;
     if (n <= 1) return candidates[0];
-    const [first, second] = randomPair(this.random, n);
-    const a = candidates[first];
-    const b = candidates[second];
     let prior: number | undefined;
     const latency = (c: Candidate): number => {
       if (knownLatency(c.ewmaMs)) return c.ewmaMs;
       prior ??= this.prior(candidates);
       return prior;
     };
-    const costA = this.cost(a, latency(a));
-    const costB = this.cost(b, latency(b));
+    const typicalMs = n > 2 ? Math.max(this.typical(candidates), MIN_LATENCY_MS) : Infinity;
+    const suspect = (c: Candidate) => latency(c) > MUCH_SLOWER_FACTOR * typicalMs;
+    let [first, second] = randomPair(this.random, n);
+    // Two workers both much slower than the median (the slow one, and a healthy one whose estimate
+    // holds a stall's peak) would hand the call to the less bad of them: draw again, a bounded number of times.
+    for (let draw = 1; draw < PAIR_DRAWS && suspect(candidates[first]) && suspect(candidates[second]); draw++) [first, second] = randomPair(this.random, n);
+    const a = candidates[first];
+    const b = candidates[second];
+    const latencyA = latency(a);
+    const latencyB = latency(b);
+    if (latencyA !== latencyB) {
+      const [slower, faster, slowerMs, fasterMs] = latencyA > latencyB ? [a, b, latencyA, latencyB] : [b, a, latencyB, latencyA];
+      // Measured against the faster of the two, or the candidates' median when that is lower: a
+      // healthy worker whose estimate holds a noise peak must not make a slow one look near it.
+      const referenceMs = Math.min(Math.max(fasterMs, MIN_LATENCY_MS), typicalMs);
+      if (slowerMs > MUCH_SLOWER_FACTOR * referenceMs && hasFreeSlot(faster)) {
+        // A prior is no confirmed estimate either: a new worker gets its first call as a probe.
+        const ageMs = knownLatency(slower.ewmaMs) ? (slower.ewmaAgeMs ?? 0) : Infinity;
+        return isProbe(slower, slowerMs, referenceMs, ageMs) ? slower : faster;
+      }
+    }
+    const costA = this.cost(a, latencyA);
+    const costB = this.cost(b, latencyB);
     if (costA !== costB) return costA < costB ? a : b;
     return this.random() < 0.5 ? a : b;
+  }
+
+  /** Median latency estimate of the candidates that have one; Infinity when none has. */
+  private typical(candidates: readonly Candidate[]): number {
+    const known = candidates.map((c) => c.ewmaMs).filter(knownLatency);
+    return known.length > 0 ? median(known) : Infinity;
   }
 
   /** Latency assumed for a candidate with no samples: the configured prior, else the median of those with samples. */
@@ -359,6 +435,23 @@ class PeakEwmaPolicy implements Policy {
   private cost(c: Candidate, latencyMs: number): number {
     return (Math.max(latencyMs, MIN_LATENCY_MS) * (c.outstanding + 1)) / weightOf(c);
   }
+}
+
+/** True while a candidate runs fewer calls than its capacity (always, when the capacity is unknown). */
+function hasFreeSlot(c: Candidate): boolean {
+  const capacity = c.capacity;
+  return capacity === undefined || !(capacity > 0) || c.outstanding < capacity;
+}
+
+/**
+ * Whether a much slower candidate gets this call as a probe: it has nothing in flight (probes go
+ * one at a time) and its estimate, `ageMs` old, has decayed to within {@link MUCH_SLOWER_FACTOR}
+ * of the reference it is measured against.
+ */
+function isProbe(slower: Candidate, slowerMs: number, referenceMs: number, ageMs: number): boolean {
+  if (!(slower.outstanding <= 0)) return false;
+  const weight = ageMs > 0 ? Math.exp(-ageMs / STALE_ESTIMATE_DECAY_MS) : 1;
+  return referenceMs + (slowerMs - referenceMs) * weight <= MUCH_SLOWER_FACTOR * referenceMs;
 }
 
 /** A candidate's share in `weighted`: reported capacity (1 when missing or not positive) × slow-start weight. */

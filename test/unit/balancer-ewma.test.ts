@@ -87,6 +87,21 @@ describe('balancer PeakEwma', () => {
     expect(ewma.value).to.equal(80);
   });
 
+  it('tells the age of its estimate: none before a sample, the time since the last sample after, 0 if the clock went back', () => {
+    const clock = fakeClock(1_000);
+    const ewma = new PeakEwma({ now: clock.read });
+    expect(ewma.ageMs).to.equal(undefined);
+    ewma.observe(80);
+    clock.now += 250;
+    expect(ewma.ageMs).to.equal(250);
+    ewma.observe(20);
+    expect(ewma.ageMs).to.equal(0);
+    clock.now -= 100;
+    expect(ewma.ageMs).to.equal(0);
+    ewma.reset();
+    expect(ewma.ageMs).to.equal(undefined);
+  });
+
   it('forgets every sample on reset', () => {
     const clock = fakeClock();
     const ewma = new PeakEwma({ now: clock.read });

@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { mulberry32 } from '../../common/random';
 import { PeakEwma } from '../../services/balancer/ewma.js';
-import { type Candidate, createPolicy, type PickOptions, type Policy, type PolicyName, POLICY_NAMES } from '../../services/balancer/policy.js';
+import { type Candidate, createPolicy, MUCH_SLOWER_FACTOR, type PickOptions, type Policy, type PolicyName, POLICY_NAMES, STALE_ESTIMATE_DECAY_MS } from '../../services/balancer/policy.js';
 
 /** A seeded generator, so every run draws the same numbers. */
 const seededRandom = mulberry32;
@@ -294,12 +294,79 @@ describe('balancer policies', () => {
       }
     });
 
-    it('weighs latency by outstanding + 1: a fast worker with many in flight loses to an idle slower one', () => {
+    it('weighs latency by outstanding + 1: a fast worker with many in flight loses to an idle slower one (within MUCH_SLOWER_FACTOR of it)', () => {
       const policy = createPolicy('p2c_ewma', seededRandom(31));
-      // 10 ms × (9 + 1) = 100 > 40 ms × 1 = 40: the slower, idle worker wins.
-      for (let i = 0; i < 100; i++) expect(policy.pick('m', ewmaWorkers([10, 9], [40, 0]))!.id).to.equal('w1');
-      // 10 ms × (2 + 1) = 30 < 40: the fast worker wins.
-      for (let i = 0; i < 100; i++) expect(policy.pick('m', ewmaWorkers([10, 2], [40, 0]))!.id).to.equal('w0');
+      expect(MUCH_SLOWER_FACTOR).to.equal(2);
+      // 10 ms × (1 + 1) = 20 > 15 ms × 1 = 15: the slower, idle worker wins.
+      for (let i = 0; i < 100; i++) expect(policy.pick('m', ewmaWorkers([10, 1], [15, 0]))!.id).to.equal('w1');
+      // 10 ms × (0 + 1) = 10 < 15: the fast worker wins.
+      for (let i = 0; i < 100; i++) expect(policy.pick('m', ewmaWorkers([10, 0], [15, 0]))!.id).to.equal('w0');
+      // 10 × (9 + 1) = 100 > 20 × 1, and 20 ms is exactly the factor, not beyond it: cost decides.
+      for (let i = 0; i < 100; i++) expect(policy.pick('m', ewmaWorkers([10, 9], [20, 0]))!.id).to.equal('w1');
+    });
+
+    it('never sends a call to a worker 10 times slower while its estimate is current, however many calls the others have in flight', () => {
+      const policy = createPolicy('p2c_ewma', seededRandom(40));
+      // Cost alone: 200 × 1 = 200 < 20 × (10 + 1) = 220, so the idle slow worker would win each of its pairs (40% of picks).
+      const list: Candidate[] = [
+        ...[0, 1, 2, 3].map((i) => ({ id: `w${i}`, outstanding: 10, ewmaMs: 20, ewmaAgeMs: 0, capacity: 64 })),
+        { id: 'slow', outstanding: 0, ewmaMs: 200, ewmaAgeMs: 0, capacity: 64 },
+      ];
+      expect(countPicks(() => policy.pick('m', list), 10_000).get('slow') ?? 0).to.equal(0);
+      // A candidate without an age counts as current.
+      const noAge = list.map(({ ewmaAgeMs: _, ...c }) => c);
+      expect(countPicks(() => policy.pick('m', noAge), 10_000).get('slow') ?? 0).to.equal(0);
+    });
+
+    it('measures a slow worker against the median too, so a healthy worker whose estimate holds a noise peak does not let it in', () => {
+      const policy = createPolicy('p2c_ewma', seededRandom(41));
+      // Against w3 alone (120 ms), 200 ms is within the factor, and 200 × 1 < 120 × 11 would win.
+      const list = ewmaWorkers([20, 10], [20, 10], [20, 10], [120, 10], [200, 0]);
+      const counts = countPicks(() => policy.pick('m', list), 10_000);
+      expect(counts.get('w4') ?? 0).to.equal(0);
+      // The peaked worker itself is still much slower than the median and its pairs with faster ones go to them.
+      expect(counts.get('w3') ?? 0).to.be.below(0.15 * 10_000);
+    });
+
+    it('draws another pair when both workers drawn are much slower than the median, so a healthy worker holding a stall peak does not hand calls to the slow one', () => {
+      const policy = createPolicy('p2c_ewma', seededRandom(45));
+      // w3 caught a 600 ms stall; w4 is slow at 260 ms. The pair (w3, w4) alone would give w4 the call (the faster of the two), a tenth of all picks.
+      const list = ewmaWorkers([60, 5], [60, 5], [60, 5], [600, 2], [260, 0]);
+      expect(countPicks(() => policy.pick('m', list), 10_000).get('w4') ?? 0).to.be.below(30);
+    });
+
+    it('lets cost decide again once the faster worker has no free slot (every one of its capacity in flight)', () => {
+      const policy = createPolicy('p2c_ewma', seededRandom(42));
+      const list: Candidate[] = [
+        { id: 'fast', outstanding: 10, ewmaMs: 20, capacity: 10 },
+        { id: 'slow', outstanding: 0, ewmaMs: 200, capacity: 10 },
+      ];
+      // 200 × 1 < 20 × 11: with the fast worker full, a call would queue there, and the slow one wins.
+      for (let i = 0; i < 100; i++) expect(policy.pick('m', list)!.id).to.equal('slow');
+      const withSlot = [{ ...list[0]!, capacity: 11 }, list[1]!];
+      for (let i = 0; i < 100; i++) expect(policy.pick('m', withSlot)!.id).to.equal('fast');
+    });
+
+    it('probes a much slower worker once its estimate is stale: after τ × ln((r - 1) / (f - 1)) without a sample, one call at a time', () => {
+      const policy = createPolicy('p2c_ewma', seededRandom(43));
+      // r = 10 times slower, f = 2: stale enough after τ × ln(9), when 20 + 180 × exp(-t / τ) reaches 40.
+      const staleAfter = STALE_ESTIMATE_DECAY_MS * Math.log(9);
+      const pair = (ageMs: number, outstanding = 0): Candidate[] => [
+        { id: 'fast', outstanding: 10, ewmaMs: 20, ewmaAgeMs: 0 },
+        { id: 'slow', outstanding, ewmaMs: 200, ewmaAgeMs: ageMs },
+      ];
+      for (const age of [0, STALE_ESTIMATE_DECAY_MS, staleAfter - 1]) expect(policy.pick('m', pair(age))!.id, `age ${age}`).to.equal('fast');
+      for (const age of [staleAfter + 1, 10 * STALE_ESTIMATE_DECAY_MS, Infinity]) expect(policy.pick('m', pair(age))!.id, `age ${age}`).to.equal('slow');
+      // A probe in flight: no second call, however stale the estimate.
+      for (const age of [staleAfter + 1, Infinity]) expect(policy.pick('m', pair(age, 1))!.id).to.equal('fast');
+      // Probed even against an idle fast worker, which it would never beat on cost: that is how a recovered worker is found at light load.
+      expect(policy.pick('m', [{ ...pair(0)[0]!, outstanding: 0 }, pair(staleAfter + 1)[1]!])!.id).to.equal('slow');
+    });
+
+    it('gives a worker with no estimate at all its first call as a probe even when the prior is much slower than its partner', () => {
+      const policy = createPolicy('p2c_ewma', seededRandom(44), { latencyPriorMs: 100 });
+      expect(policy.pick('m', [{ id: 'fast', outstanding: 3, ewmaMs: 10 }, { id: 'new', outstanding: 0 }])!.id).to.equal('new');
+      expect(policy.pick('m', [{ id: 'fast', outstanding: 3, ewmaMs: 10 }, { id: 'new', outstanding: 1 }])!.id).to.equal('fast');
     });
 
     it('breaks equal costs at random', () => {
@@ -354,6 +421,73 @@ describe('balancer policies', () => {
       // 10 × 1 / 0.5 = 20 < 10 × (2 + 1) = 30: half-way up its ramp it beats a warm worker with two in flight.
       const halfway = { ...ramping, weight: 0.5 };
       for (let i = 0; i < 100; i++) expect(policy.pick('m', [halfway, { id: 'warm', outstanding: 2, ewmaMs: 10 }])!.id).to.equal('ramping');
+    });
+
+    /**
+     * A closed loop of `concurrency` callers over 5 workers, on a fake clock: each call's latency
+     * comes from `latencyMs(worker, now, random)`; each completion feeds the worker's PeakEwma (as
+     * the balancer's Member does) and issues the next call. Returns the picks per worker that
+     * were made in [from, to) ms of the simulated time.
+     */
+    function closedLoop(options: { policy: PolicyName; concurrency: number; calls: number; latencyMs: (worker: number, now: number, random: () => number) => number; from?: number; to?: number }): number[] {
+      const policy = createPolicy(options.policy, seededRandom(50));
+      const random = seededRandom(51);
+      let now = 0;
+      const ewma = [0, 1, 2, 3, 4].map(() => new PeakEwma({ now: () => now }));
+      const outstanding = ewma.map(() => 0);
+      const picks = ewma.map(() => 0);
+      const inFlight: { done: number; worker: number; latency: number }[] = [];
+      let issued = 0;
+      const issue = () => {
+        const list = ewma.map((e, i) => ({ id: String(i), outstanding: outstanding[i]!, capacity: 64, ewmaMs: e.value, ...(e.ageMs === undefined ? {} : { ewmaAgeMs: e.ageMs }) }));
+        const w = Number(policy.pick('m', list)!.id);
+        const latency = options.latencyMs(w, now, random);
+        outstanding[w]!++;
+        inFlight.push({ done: now + latency, worker: w, latency });
+        issued++;
+        if (now >= (options.from ?? 0) && now < (options.to ?? Infinity)) picks[w]!++;
+      };
+      for (let i = 0; i < options.concurrency; i++) issue();
+      while (issued < options.calls) {
+        inFlight.sort((x, y) => x.done - y.done);
+        const next = inFlight.shift()!;
+        now = next.done;
+        outstanding[next.worker]!--;
+        ewma[next.worker]!.observe(next.latency);
+        issue();
+      }
+      return picks;
+    }
+    /** Healthy workers at `baseMs` plus an exponential jitter of mean `jitterMs`; worker 4 at `slowMs` (plus jitter) until `recoverAt`. */
+    const latencies =
+      (baseMs: number, jitterMs: number, slowMs: number, recoverAt = Infinity) =>
+      (worker: number, now: number, random: () => number) =>
+        (worker === 4 && now < recoverAt ? slowMs : baseMs) - jitterMs * Math.log(1 - random());
+    const share = (picks: number[], worker: number) => picks[worker]! / picks.reduce((a, b) => a + b, 0);
+
+    it('keeps a worker 5-10 times slower out of the p99 when every worker carries several calls (c = 16): under 0.5% of calls, where cost alone sent it 0.8-1.5%', () => {
+      // As bench:lb on a loaded day: healthy calls 45-70 ms (their peak-EWMAs 55-60 ms), the slow worker 220 ms.
+      for (const [base, slow] of [
+        [45, 220],
+        [25, 220],
+      ] as const) {
+        const picks = closedLoop({ policy: 'p2c_ewma', concurrency: 16, calls: 30_000, latencyMs: latencies(base, 5, slow) });
+        expect(share(picks, 4), `healthy at ${base} ms`).to.be.below(0.005);
+      }
+    });
+
+    it('finds a slow worker again once it recovers, even at light load (c = 4), and gives it a full share', () => {
+      // Worker 4 at 300 ms for the first 10 s, then 30 ms like the others; probed within τ × ln(9) + 300 ms, 4.7 s.
+      const after = closedLoop({ policy: 'p2c_ewma', concurrency: 4, calls: 8_000, latencyMs: latencies(30, 5, 300, 10_000), from: 16_000 });
+      expect(after.reduce((a, b) => a + b, 0)).to.be.above(1_000);
+      expect(share(after, 4)).to.be.within(0.12, 0.28);
+    });
+
+    it('spreads a healthy mesh: with 5 workers alike and noisy latencies, each gets 20% ± 6 points (no herding)', () => {
+      for (const concurrency of [4, 16]) {
+        const picks = closedLoop({ policy: 'p2c_ewma', concurrency, calls: 20_000, latencyMs: latencies(30, 15, 30) });
+        for (let w = 0; w < 5; w++) expect(share(picks, w), `worker ${w} at c = ${concurrency}`).to.be.within(0.14, 0.26);
+      }
     });
 
     it('avoids a worker 10 times slower: in a closed loop it gets far fewer requests than under p2c or round robin', () => {

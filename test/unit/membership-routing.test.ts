@@ -79,6 +79,8 @@ describe('Membership: routing state per member', () => {
     clock = 10;
     b.latency.observe(5);
     expect([a.candidate(20_000).ewmaMs, b.candidate(20_000).ewmaMs]).to.deep.equal([30, 5]);
+    // The age comes from the estimate's own clock: 10 ms since a's sample, none since b's.
+    expect([a.candidate(20_000).ewmaAgeMs, b.candidate(20_000).ewmaAgeMs]).to.deep.equal([10, 0]);
     expect(members.join(worker('a'), 20_000).candidate(20_000).ewmaMs).to.equal(undefined);
   });
 });

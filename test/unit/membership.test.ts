@@ -114,6 +114,16 @@ describe('Membership', () => {
       members.report('w1', { inFlight: 0, draining: false, latencyMs: 40 }, 1);
       expect(candidateOf(m, undefined, 1).ewmaMs).to.equal(40);
     });
+
+    it('gives the age of the balancer\'s own estimate, and Infinity for a reported latency, which no call of its own confirmed', () => {
+      const m = members.join(worker('w1', ['echo']), 0);
+      expect(candidateOf(m, 12, 1, 300).ewmaAgeMs).to.equal(300);
+      expect(candidateOf(m, 12, 1)).to.not.have.property('ewmaAgeMs');
+      expect(candidateOf(m, undefined, 1, 300)).to.not.have.property('ewmaAgeMs');
+      members.report('w1', { inFlight: 0, draining: false, latencyMs: 40 }, 1);
+      expect(candidateOf(m, undefined, 1)).to.include({ ewmaMs: 40, ewmaAgeMs: Infinity });
+      expect(candidateOf(m, 12, 1, 0)).to.include({ ewmaMs: 12, ewmaAgeMs: 0 });
+    });
   });
 
   describe('leave', () => {
