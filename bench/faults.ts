@@ -508,7 +508,8 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         await sleep(o.warmupMs + o.overloadMs, undefined, { signal });
         const tEnd = load.now();
         await load.stop();
-        const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.endMs <= tEnd);
+        // Every call started in the measured time, however long it took (each has a deadline).
+        const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();
         return { s: summarisePhase(label, measured, tEnd - o.warmupMs), span: tEnd - o.warmupMs, concurrency, refused };
       };
