@@ -53,9 +53,10 @@ const USAGE = `usage: npm run bench:faults -- [options]     (or: node dist/bench
   --stop-delay-ms MS   echo delay of the stop scenario's workers (env BENCH_FAULT_STOP_DELAY_MS, default 200)
   --stop-deadline-s S  deadline of each call of the stop scenario; the worker stays stopped 1 s longer
                                                         (env BENCH_FAULT_STOP_DEADLINE_S, default 8; --quick 6)
-  --capacity N         callers of the capacity measure  (env BENCH_FAULT_CAPACITY, default 512: the
-                       calls the default limits let one tenant have open, 256 running + 256 waiting)
-  --overload N         callers of the overload measure  (env BENCH_FAULT_OVERLOAD, default 4 x --capacity)
+  --capacity N         callers of the capacity measure  (env BENCH_FAULT_CAPACITY, default 256: the
+                       scheduler's --max-in-flight, the calls the mesh runs at once at its defaults)
+  --overload N         callers of the overload measure  (env BENCH_FAULT_OVERLOAD, default 2048: 4x what the
+                       default limits let one tenant have open, 8x the scheduler's --max-in-flight)
   --deadline-ms MS     deadline of each overload call   (env BENCH_FAULT_DEADLINE_MS, default 2000)
   --backoff-ms MS      a refused caller waits this long (jittered +-50%) before its next call
                                                         (env BENCH_FAULT_BACKOFF_MS, default 1000)
@@ -130,7 +131,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): FaultOptions | un
   const quick = values.quick!;
   const scenarios = (values.scenarios || SCENARIOS.join(',')).split(',').map((s) => s.trim());
   for (const s of scenarios) if (!(SCENARIOS as readonly string[]).includes(s)) throw new Error(`--scenarios must name ${SCENARIOS.join(', ')}, given "${s}"`);
-  const capacity = intOption('capacity', values.capacity, 512, 1, 100_000);
+  const capacity = intOption('capacity', values.capacity, 256, 1, 100_000);
   return {
     scenarios: SCENARIOS.filter((s) => scenarios.includes(s)),
     workers: intOption('workers', values.workers, 2, 2, 16),
@@ -139,7 +140,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): FaultOptions | un
     stopDelayMs: intOption('stop-delay-ms', values['stop-delay-ms'], 200, 10, 5000),
     stopDeadlineMs: secondsOption('stop-deadline-s', values['stop-deadline-s'], quick ? 6 : 8, 2),
     capacity,
-    overload: intOption('overload', values.overload, 4 * capacity, 1, 100_000),
+    overload: intOption('overload', values.overload, 2048, 1, 100_000),
     deadlineMs: intOption('deadline-ms', values['deadline-ms'], 2000, 100, 600_000),
     backoffMs: intOption('backoff-ms', values['backoff-ms'], 1000, 0, 600_000),
     overloadMs: secondsOption('overload-s', values['overload-s'], quick ? 4 : 8, 1),
@@ -186,7 +187,7 @@ function startLoad(clients: PredictClient[], concurrency: number, deadlineMs: nu
       let code = Status.OK;
       let message = '';
       try {
-        const answer = await client.predict({ model: MODEL, input: INPUT, priority: Priority.PRIORITY_NORMAL }, { signal, deadline: Date.now() + deadlineMs });
+        const answer = await client.predict({ model: MODEL, input: INPUT, priority: Priority.PRIORITY_NORMAL }, { deadline: Date.now() + deadlineMs });
         if (answer.text !== INPUT) {
           code = Status.UNKNOWN;
           message = `answered "${answer.text.slice(0, 40)}", expected the input back`;
@@ -313,6 +314,39 @@ async function waitForList(client: ReturnType<typeof balancerClient>, test: (ids
     await sleep(everyMs, undefined, { signal });
   }
   return undefined;
+}
+
+/**
+ * The series of a Prometheus counter at `address` (host:port) whose labels contain `match`,
+ * summed by the value of `label`.
+ */
+async function counterBy(address: string, name: string, label: string, match: string): Promise<Map<string, number> | undefined> {
+  // A service under overload may answer its metrics late; a reading that does not come is "n/a".
+  const text = await fetch(`http://${address}/metrics`, { signal: AbortSignal.timeout(30_000) }).then(
+    (r) => r.text(),
+    () => undefined,
+  );
+  if (text === undefined) return undefined;
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) || !line.includes(match)) continue;
+    const value = new RegExp(`${label}="([^"]*)"`).exec(line)?.[1] ?? '';
+    out.set(value, (out.get(value) ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1)));
+  }
+  return out;
+}
+
+/** `after - before` of two {@link counterBy} readings, as `n KEY, ...` (largest first). */
+function counterDelta(before: Map<string, number> | undefined, after: Map<string, number> | undefined): string {
+  if (!before || !after) return 'n/a (metrics did not answer within 30 s)';
+  return (
+    [...after.entries()]
+      .map(([k, v]) => [k, v - (before.get(k) ?? 0)] as const)
+      .filter(([, v]) => v > 0)
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, v]) => `${v} ${k}`)
+      .join(', ') || 'none'
+  );
 }
 
 /** The sum of a Prometheus counter's series at `address` (host:port). */
@@ -498,20 +532,35 @@ async function workerStop(o: FaultOptions, signal: AbortSignal): Promise<Scenari
 
 /** Scenario 3: capacity at the default limits, then four times as many callers with a deadline. */
 async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioResult> {
-  return withMesh(o, {}, signal, async (mesh) => {
+  const [gatewayMetricsPort, schedulerMetricsPort] = await freePorts(2);
+  const extraArgs = { gateway: [`--metrics-port=${gatewayMetricsPort}`], scheduler: [`--metrics-port=${schedulerMetricsPort}`] };
+  const gatewayMetrics = `127.0.0.1:${gatewayMetricsPort}`;
+  const schedulerMetrics = `127.0.0.1:${schedulerMetricsPort}`;
+  /** Where calls ended: the gateway's Predict statuses, the scheduler's statuses and its refusals by reason. */
+  const readCounters = async () => ({
+    gateway: await counterBy(gatewayMetrics, 'maas_grpc_server_handled_total', 'code', 'method="maas.v1.InferenceService/Predict"'),
+    scheduler: await counterBy(schedulerMetrics, 'maas_grpc_server_handled_total', 'code', 'method="maas.internal.v1.SchedulerService/Schedule"'),
+    refused: await counterBy(schedulerMetrics, 'maas_scheduler_refused_total', 'reason', ''),
+  });
+  return withMesh(o, { extraArgs }, signal, async (mesh) => {
     const channels = gatewayChannels(mesh.addresses.gateway, o.overload);
     const clients = channels.map(gatewayClient);
     try {
       const measure = async (label: string, concurrency: number) => {
         say(`overload: c=${concurrency}, warm-up ${o.warmupMs / 1000} s, then ${o.overloadMs / 1000} s measured`);
+        const countersBefore = await readCounters();
         const load = startLoad(clients, concurrency, o.deadlineMs, o.backoffMs, signal);
         await sleep(o.warmupMs + o.overloadMs, undefined, { signal });
         const tEnd = load.now();
         await load.stop();
+        const countersAfter = await readCounters();
+        const where =
+          `  (c=${concurrency}, warm-up included: the gateway's Predict statuses: ${counterDelta(countersBefore.gateway, countersAfter.gateway)}; ` +
+          `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)})`;
         // Every call started in the measured time, however long it took (each has a deadline).
         const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();
-        return { s: summarisePhase(label, measured, tEnd - o.warmupMs), span: tEnd - o.warmupMs, concurrency, refused };
+        return { s: summarisePhase(label, measured, tEnd - o.warmupMs), span: tEnd - o.warmupMs, concurrency, refused, where };
       };
       const capacity = await measure(`capacity, c=${o.capacity}`, o.capacity);
       // Let the queue empty before the next load.
@@ -529,13 +578,15 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
       const lines = [
         `refusals at c=${o.overload}: ${over.refused.length} of ${over.s.calls} calls, latency p50 ${ms(percentile(over.refused, 50))} ms, p99 ${ms(refusalP99)} ms; target p99 <= ${TARGET_REFUSAL_P99_MS} ms: ${over.refused.length > 0 && refusalP99 <= TARGET_REFUSAL_P99_MS ? 'MET' : 'MISSED'}`,
         `admitted calls' p99 at c=${o.overload}: ${ms(over.s.okP99Ms)} ms, ${Number.isFinite(ratio) ? ratio.toFixed(2) : 'n/a'}x the p99 at capacity (${ms(capacity.s.okP99Ms)} ms at c=${o.capacity}); target <= ${TARGET_ADDED_P99_RATIO_TEXT}: ${ratio <= TARGET_ADMITTED_P99_RATIO ? 'MET' : 'MISSED'}`,
+        capacity.where,
+        over.where,
         `  (other failures at c=${o.overload}: ${otherFailures}${otherFailures > 0 ? `: ${[...over.s.byCode.entries()].filter(([c]) => c !== 'RESOURCE_EXHAUSTED').map(([c, { count }]) => `${count} ${c}`).join(', ')}` : ''}; admitted ${over.s.okRps.toFixed(0)} calls/s against ${capacity.s.okRps.toFixed(0)} at capacity; at capacity ${capacity.refused.length} refused)`,
       ];
       return {
-        title: 'Overload: four times what the default limits admit',
+        title: `Overload: ${o.overload} callers against a capacity of ${o.capacity}`,
         what:
           `Predict on \`${MODEL}\` (no delay) through the gateway, ${o.workers} workers, every service at its default limits (scheduler: 256 running, tenant: 512 open and 256 waiting, 1000 calls/s with a burst of 2000; deadline admission on). ` +
-          `Capacity: c=${o.capacity} callers (what one tenant may have open at once); overload: c=${o.overload}. Each call has a deadline of ${o.deadlineMs} ms; a refused caller (RESOURCE_EXHAUSTED) waits ${o.backoffMs} ms (jittered +-50%) before its next call, as a client should, ` +
+          `Capacity: c=${o.capacity} callers (the scheduler's slots: what the mesh runs at once); overload: c=${o.overload} (the issue's 2,048: four times the 512 calls one tenant may have open, running or waiting). Each call has a deadline of ${o.deadlineMs} ms; a refused caller (RESOURCE_EXHAUSTED) waits ${o.backoffMs} ms (jittered +-50%) before its next call, as a client should, ` +
           `the others call back to back. ${channels.length} client connections (the gateway allows 100 calls at once on one). Warm-up ${o.warmupMs / 1000} s, then ${o.overloadMs / 1000} s measured, each.`,
         table: { headers: [...PHASE_HEADERS, 'refused', 'refusal p50 ms', 'refusal p99 ms'], right: [...PHASE_RIGHT, true, true, true], rows },
         lines,
