@@ -432,7 +432,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
 /** Summaries of each service's CPU profile within the mesh's measured slices. */
 function profileReport(o: BenchOptions, cells: Cell[], code: string, dir: string): { text: string; markdown: string } {
   const blocks: string[] = [];
-  for (const cell of cells.filter((c) => c.mode === 'mesh')) {
+  for (const cell of cells.filter((c) => c.mode.startsWith('mesh'))) {
     for (const name of MESH_PROCESS_NAMES) {
       const file = resolve(dir, `${name}.cpuprofile`);
       if (!existsSync(file)) {
@@ -440,7 +440,7 @@ function profileReport(o: BenchOptions, cells: Cell[], code: string, dir: string
         continue;
       }
       const summary = summariseCpuProfile(file, cell.windows, repoDir);
-      blocks.push(formatProfileSummary(`mesh c=${cell.concurrency}, ${name}`, summary, cell.concurrency === Math.max(...o.concurrencies) ? 15 : 8).join('\n'));
+      blocks.push(formatProfileSummary(`${cell.mode} c=${cell.concurrency}, ${name}`, summary, cell.concurrency === Math.max(...o.concurrencies) ? 15 : 8).join('\n'));
     }
   }
   const text = ['CPU profiles of the services while the mesh was measured (self time):', '', ...blocks.flatMap((b) => [b, ''])].join('\n');

@@ -335,13 +335,16 @@ function installAddServiceHook() {
  */
 function acceptEncodedResponses<D extends TsProtoDefinition>(definition: D): D {
   const methods: Record<string, unknown> = {};
-  for (const [key, method] of Object.entries(definition.methods) as unknown as [string, { responseType: { encode(m: unknown, w?: unknown): { finish(): Uint8Array } } }][]) {
+  for (const [key, method] of Object.entries(definition.methods) as unknown as [string, { responseType: { encode(m: unknown, w?: unknown): { finish(): Uint8Array }; fromPartial?(m: unknown): unknown } }][]) {
     const encode = method.responseType.encode.bind(method.responseType);
+    const fromPartial = method.responseType.fromPartial?.bind(method.responseType);
     methods[key] = {
       ...method,
       responseType: {
         ...method.responseType,
         encode: (message: unknown, writer?: unknown) => (message instanceof EncodedMessage ? { finish: () => message.bytes } : encode(message, writer)),
+        // nice-grpc completes every response with fromPartial before encoding it.
+        ...(fromPartial ? { fromPartial: (message: unknown) => (message instanceof EncodedMessage ? message : fromPartial(message)) } : {}),
       },
     };
   }

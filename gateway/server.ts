@@ -17,7 +17,8 @@ import { StartedService } from '../common/service-main';
 import { loadMeshTls } from '../common/tls';
 import { BalancerServiceDefinition } from '../generated/maas/internal/v1/balancer';
 import { ScheduleRequest, ScheduleResponse, SchedulerServiceDefinition } from '../generated/maas/internal/v1/scheduler';
-import { CallStreamCallOptions, openCallStreamClient } from '../common/call-stream';
+import { CallStreamCallOptions, EncodedMessage, openCallStreamClient } from '../common/call-stream';
+import { lengthDelimitedField } from '../common/wire-fields';
 import { Task } from '../generated/maas/internal/v1/task';
 import { GenerateRequest, GenerateResponse, InferenceServiceDefinition, PredictRequest, PredictResponse } from '../generated/maas/v1/inference';
 import { GetModelRequest, GetModelResponse, ListModelsResponse, Model, ModelServiceDefinition, ModelTask } from '../generated/maas/v1/models';
@@ -140,13 +141,17 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     return { task: { requestId, tenant: context.tenant, request }, deadline: context.deadline ?? Date.now() + config.defaultDeadlineMs };
   }
 
-  async function* generate(request: GenerateRequest, context: GatewayCallContext): AsyncGenerator<GenerateResponse> {
+  async function* generate(request: GenerateRequest, context: GatewayCallContext): AsyncGenerator<GenerateResponse | EncodedMessage> {
     const valid = validateGenerateRequest(request, limits);
     await requireModel(valid.model, valid.messages.length > 0 ? ModelTask.MODEL_TASK_CHAT : ModelTask.MODEL_TASK_GENERATE);
     const { task, deadline } = newTask(context, { $case: 'generate', generate: valid });
     log.debug('generate', { request_id: task.requestId, tenant: task.tenant, model: valid.model, prompt: callerContent(log, valid.prompt), messages: valid.messages.length, max_tokens: valid.maxTokens });
-    for await (const response of schedule(task, { signal: context.signal, deadline })) {
-      if (response.output?.output?.$case === 'chunk') yield response.output.output.chunk;
+    // Each chunk goes to the client as the worker encoded it: ScheduleResponse.output (1) is a
+    // TaskOutput whose chunk (10) is the GenerateResponse itself.
+    for await (const bytes of scheduleCalls.callEncoded({ task }, { signal: context.signal, deadline })) {
+      const output = lengthDelimitedField(bytes, 1);
+      const chunk = output && lengthDelimitedField(output, 10);
+      if (chunk) yield new EncodedMessage(chunk);
     }
   }
 

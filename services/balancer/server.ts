@@ -613,7 +613,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
 
   /**
    * One attempt of a hedged call, cancellable on its own: `started` settles at its first output (or
-   * when it ends), `result` with its first output once it has succeeded.
+   * when it ends), `result` with its first output once it has succeeded; `hasOutput` holds once it
+   * has output or has succeeded without any.
    */
   function hedgeAttempt<T>(member: Member, attempt: number, run: AttemptRunner<Member, T>, signal: AbortSignal) {
     const controller = new AbortController();
@@ -627,6 +628,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     const startedAt = Date.now();
     let first: { output: T } | undefined;
     let settled = false;
+    let succeeded = false;
     let onStarted!: () => void;
     const started = new Promise<void>((resolve) => (onStarted = resolve));
     const result = (async () => {
@@ -644,6 +646,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       }
       if (!first) member.latency.observe(Date.now() - startedAt);
       membership.recordSuccess(member, Date.now());
+      succeeded = true;
       return first;
     })();
     result
@@ -662,7 +665,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         signal.removeEventListener('abort', onAbort);
         member.gone.removeEventListener('abort', onGone);
       });
-    return { member, controller, result, started, hasOutput: () => first !== undefined, isSettled: () => settled };
+    return { member, controller, result, started, hasOutput: () => first !== undefined || succeeded, isSettled: () => settled };
   }
 
   /**

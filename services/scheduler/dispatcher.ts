@@ -270,15 +270,19 @@ export class Dispatcher {
   }
 
   private async *writer(signal: AbortSignal): AsyncGenerator<DispatchRequest> {
-    while (!signal.aborted) {
-      if (this.outbox.length > 0) {
-        yield { messages: this.outbox.splice(0) };
-        continue;
+    // One listener for the stream's life (not one per wait: an AbortSignal checks every listener it has on each add).
+    const onAbort = () => this.wakeWriter?.();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      while (!signal.aborted) {
+        if (this.outbox.length > 0) {
+          yield { messages: this.outbox.splice(0) };
+          continue;
+        }
+        await new Promise<void>((resolve) => (this.wakeWriter = resolve));
       }
-      await new Promise<void>((resolve) => {
-        this.wakeWriter = resolve;
-        signal.addEventListener('abort', () => resolve(), { once: true });
-      });
+    } finally {
+      signal.removeEventListener('abort', onAbort);
     }
   }
 

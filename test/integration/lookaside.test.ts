@@ -9,6 +9,9 @@ import { parseConfig } from '../../common/config.js';
 import { silentLogger } from '../../common/log.js';
 import { balancerSchema } from '../../services/balancer/config.js';
 import { RunningBalancer, startBalancer } from '../../services/balancer/server.js';
+import { createMeshClient, openChannel } from '../../common/client.js';
+import { SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler.js';
+import { GenerateRequest } from '../../generated/maas/v1/inference.js';
 import { TestMesh, collect, flakyEchoRuntime, grpcError, startMesh, until } from '../support.js';
 
 /** The value of one series of a Prometheus text exposition (0 when absent). */
@@ -50,6 +53,21 @@ describe('routing off the data path (Dispatch)', function () {
     expect((await metric(mesh.balancer.metricsAddress, 'maas_balancer_picks_total', {})) - picksBefore).to.equal(21);
     // Both workers took calls: the policy spread them.
     expect(served.every((n) => n > 0), `calls per worker: ${served.join(', ')}`).to.equal(true);
+  });
+
+  it('a plain Schedule call (as grpcurl makes it) gets the worker\'s output, relayed as the worker encoded it', async () => {
+    mesh = await startMesh({ workers: [{}] });
+    await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    const channel = openChannel(mesh.scheduler.address);
+    try {
+      const scheduler = createMeshClient(SchedulerServiceDefinition, channel);
+      const task = { requestId: 'plain', tenant: 'acme', request: { $case: 'generate' as const, generate: GenerateRequest.fromPartial({ model: 'echo', prompt: 'one two three', maxTokens: 3 }) } };
+      const outputs = await collect(scheduler.schedule({ task }, { deadline: Date.now() + 10_000 }));
+      expect(outputs.map((o) => (o.output?.output?.$case === 'chunk' ? o.output.output.chunk.text : '?')).join('')).to.match(/one\s*two\s*three/);
+      expect(outputs[0].output?.workerId).to.equal(mesh.workers[0].id);
+    } finally {
+      channel.close();
+    }
   });
 
   it('a worker that fails before its first output is retried on another on the balancer\'s order', async () => {

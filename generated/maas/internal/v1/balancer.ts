@@ -181,7 +181,11 @@ export interface DispatcherMessage {
 
 /** RouteCall names a call to route: what the policy needs, not the call's input. */
 export interface RouteCall {
-  /** The call, chosen by the dispatcher: unique among its open calls on the stream, never 0. */
+  /**
+   * The call, chosen by the dispatcher: unique among its open calls on the stream, never 0. A
+   * RouteCall with 0 or with an id already open is refused (INVALID_ARGUMENT naming the field; a
+   * duplicate ends the open call under that id too).
+   */
   callId: number;
   /** The name the call routes by: its model (a mapper task routes as "mapper:<name>"). */
   model: string;
@@ -199,7 +203,12 @@ export interface RouteCall {
   tracestate: string;
 }
 
-/** AttemptEvent reports what one attempt did. */
+/**
+ * AttemptEvent reports what one attempt did: started (at most once), then done or failed. The
+ * dispatcher sends none for an attempt it cancelled itself (the call's caller went, the attempt
+ * lost to one that started first); the balancer ignores events for an attempt it cancelled, for a
+ * call that is over, and for the other attempts of a call once one of them has started.
+ */
 export interface AttemptEvent {
   /** The call. */
   callId: number;
