@@ -32,6 +32,7 @@ import { percentile } from './stats';
 import {
   abortOnInterrupt,
   codeVersion,
+  cpuSampler,
   exitWhenDone,
   intOption,
   markdownReportHead,
@@ -486,6 +487,7 @@ async function workerStop(o: FaultOptions, signal: AbortSignal): Promise<Scenari
       mesh.signal(victim, 'SIGCONT');
       const rejoined = await waitForList(balancer, (ids) => ids.includes(victimId), 15_000, 50, signal);
       say(`stop: ${victim} continued (SIGCONT); ${rejoined === undefined ? 'not listed again within 15 s' : `listed again after ${ms(rejoined)} ms`}`);
+      await sleep(2000, undefined, { signal });
       await load.stop();
       const tEnd = load.now();
 
@@ -545,18 +547,26 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
   return withMesh(o, { extraArgs }, signal, async (mesh) => {
     const channels = gatewayChannels(mesh.addresses.gateway, o.overload);
     const clients = channels.map(gatewayClient);
+    // CPU of each process (the bench is the client) and of the whole machine, from /proc.
+    const cpuNow = cpuSampler({ client: 'self' as const, ...Object.fromEntries(mesh.processes.map((p) => [p.name, p.pid])) });
     try {
       const measure = async (label: string, concurrency: number) => {
         say(`overload: c=${concurrency}, warm-up ${o.warmupMs / 1000} s, then ${o.overloadMs / 1000} s measured`);
         const countersBefore = await readCounters();
         const load = startLoad(clients, concurrency, o.deadlineMs, o.backoffMs, signal);
-        await sleep(o.warmupMs + o.overloadMs, undefined, { signal });
+        await sleep(o.warmupMs, undefined, { signal });
+        const cpuBefore = cpuNow();
+        const tCpu = load.now();
+        await sleep(o.overloadMs, undefined, { signal });
         const tEnd = load.now();
+        const cpuAfter = cpuNow();
+        const busy = (Object.keys(cpuAfter) as (keyof typeof cpuAfter)[]).map((k) => `${k} ${((cpuAfter[k] - cpuBefore[k]) / (tEnd - tCpu)).toFixed(2)}`).join(', ');
         await load.stop();
         const countersAfter = await readCounters();
         const where =
           `  (c=${concurrency}, warm-up included: the gateway's Predict statuses: ${counterDelta(countersBefore.gateway, countersAfter.gateway)}; ` +
-          `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)})`;
+          `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)}; ` +
+          `cores busy while measured: ${busy})`;
         // Every call started in the measured time, however long it took (each has a deadline).
         const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();
@@ -604,6 +614,9 @@ const TARGET_ADDED_P99_RATIO_TEXT = `${TARGET_ADMITTED_P99_RATIO}x`;
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2), process.env);
   if (!options) return 0;
+  // Thousands of failed calls a second under overload: their stack traces cost this process (which
+  // shares the cores with the mesh) more than the calls themselves; the messages say enough.
+  Error.stackTraceLimit = 0;
   const abort = new AbortController();
   setMaxListeners(100_000, abort.signal);
   const releaseSignals = abortOnInterrupt(abort, 'the mesh');
