@@ -43,6 +43,8 @@ export interface DispatcherOptions {
   reconnectMs?: number;
 }
 
+/** How long a call waits for the balancer's first decision before it routes itself (the balancer answers in about a millisecond). */
+const DECISION_TIMEOUT_MS = 1000;
 /** How many workers one call may be tried on without a balancer (Route's own limit). */
 const LOCAL_ATTEMPTS = 2;
 /**
@@ -158,6 +160,16 @@ export class Dispatcher {
   }
 
   // --- for DispatchCall ---
+
+  /** A call stopped waiting for the balancer's decision; logged once per burst. */
+  noteDecisionTimeout() {
+    const now = Date.now();
+    if (now - this.lastTimeoutLog < 10_000) return;
+    this.lastTimeoutLog = now;
+    this.o.log.warn('the balancer did not answer a route within its time; calls route on the last routing state', { timeout_ms: DECISION_TIMEOUT_MS });
+  }
+
+  private lastTimeoutLog = 0;
 
   /** True when the balancer should route a call for `target` (else: the last routing state). */
   useBalancer(target: Target): boolean {
@@ -341,8 +353,19 @@ class DispatchCall {
     if (this.d.useBalancer(this.target)) {
       this.routedByBalancer = true;
       this.d.send({ message: { $case: 'route', route: { callId: this.id, ...this.target, requestId: this.task.requestId, ...this.trace } } });
+      // A balancer that holds its stream open but does not answer (stopped, overloaded) must not
+      // hold the call: past DECISION_TIMEOUT_MS it routes itself, as with no balancer.
+      this.decisionTimer = setTimeout(() => {
+        if (this.done || this.attempts.size > 0 || this.winner || !this.routedByBalancer) return;
+        this.d.send({ message: { $case: 'cancelCallId', cancelCallId: this.id } });
+        this.routedByBalancer = false;
+        this.d.noteDecisionTimeout();
+        this.routeLocally();
+      }, DECISION_TIMEOUT_MS);
     } else this.routeLocally();
   }
+
+  private decisionTimer: NodeJS.Timeout | undefined;
 
   async *outputs(): AsyncGenerator<EncodedMessage> {
     for (;;) {
@@ -368,6 +391,11 @@ class DispatchCall {
   }
 
   onOrder(order: AttemptOrder) {
+    clearTimeout(this.decisionTimer);
+    if (!this.routedByBalancer) {
+      // Ordered after the call stopped waiting for the balancer: it routes itself now.
+      return;
+    }
     if (this.done || this.winner) {
       // Too late: the call has its answer. The balancer hears of it as a cancelled attempt.
       this.report(order.attempt, { $case: 'failed', failed: { code: Status.CANCELLED, details: 'the call already has its output' } });
@@ -478,6 +506,7 @@ class DispatchCall {
 
   private finish(error: unknown) {
     if (this.done) return;
+    clearTimeout(this.decisionTimer);
     this.done = true;
     this.error = error;
     this.wake();

@@ -9,7 +9,14 @@ import { parseConfig } from '../../common/config.js';
 import { silentLogger } from '../../common/log.js';
 import { balancerSchema } from '../../services/balancer/config.js';
 import { RunningBalancer, startBalancer } from '../../services/balancer/server.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createServer } from 'nice-grpc';
 import { createMeshClient, openChannel } from '../../common/client.js';
+import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer.js';
+import { schedulerSchema } from '../../services/scheduler/config.js';
+import { startScheduler } from '../../services/scheduler/server.js';
 import { SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler.js';
 import { GenerateRequest } from '../../generated/maas/v1/inference.js';
 import { TestMesh, collect, flakyEchoRuntime, grpcError, startMesh, until } from '../support.js';
@@ -99,6 +106,52 @@ describe('routing off the data path (Dispatch)', function () {
     const picksBefore = await metric(restarted.metricsAddress, 'maas_balancer_picks_total', {});
     for (let i = 0; i < 10; i++) expect((await mesh.inference.predict({ model: 'echo', input: `up ${i}` })).text).to.equal(`up ${i}`);
     expect((await metric(restarted.metricsAddress, 'maas_balancer_picks_total', {})) - picksBefore, 'calls the new balancer routed').to.equal(10);
+  });
+
+  it('a balancer that keeps its stream open but does not answer costs a call one decision timeout, not its deadline', async () => {
+    mesh = await startMesh({ workers: [{}] });
+    const worker = mesh.workers[0];
+    // A balancer that gives its routing state (the real worker) and then never answers a route.
+    const silent = createServer();
+    const unused = async () => {
+      throw new Error('not used by this test');
+    };
+    silent.add(BalancerServiceDefinition, {
+      route: unused,
+      join: unused,
+      listModels: unused,
+      listWorkers: unused,
+      repositoryIndex: unused,
+      loadModel: unused,
+      unloadModel: unused,
+      async *dispatch(requests: AsyncIterable<unknown>) {
+        yield { messages: [{ message: { $case: 'state' as const, state: { workers: [{ workerId: worker.id, address: worker.address, models: [{ name: 'echo', version: '' }] }] } } }] };
+        for await (const _ of requests) {
+          // read and ignore
+        }
+      },
+    } as never);
+    const port = await silent.listen('127.0.0.1:0');
+    const dataDir = mkdtempSync(join(tmpdir(), 'maas-silent-balancer-'));
+    const scheduler = await startScheduler(
+      { ...parseConfig(schedulerSchema, [], {}), port: 0, metricsPort: -1, balancer: `127.0.0.1:${port}`, aggregator: mesh.aggregator.address, dataDir: join(dataDir, 'store'), inputRoot: join(dataDir, 'in'), outputRoot: join(dataDir, 'out') },
+      silentLogger,
+    );
+    const channel = openChannel(scheduler.address);
+    try {
+      await until(() => scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+      const task = { requestId: 'silent', tenant: 'acme', request: { $case: 'predict' as const, predict: { model: 'echo', input: 'still here', priority: 0, affinityKey: '' } } };
+      const started = Date.now();
+      const outputs = await collect(createMeshClient(SchedulerServiceDefinition, channel).schedule({ task }, { deadline: Date.now() + 10_000 }));
+      const took = Date.now() - started;
+      expect(outputs[0].output?.output?.$case === 'prediction' && outputs[0].output.output.prediction.text).to.equal('still here');
+      expect(took, 'ms the call took').to.be.within(900, 3000);
+    } finally {
+      channel.close();
+      await scheduler.shutdown();
+      silent.forceShutdown();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 
   it('without a balancer and without a worker for the model, a call fails with UNAVAILABLE naming the model', async () => {
