@@ -547,6 +547,8 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
   return withMesh(o, { extraArgs }, signal, async (mesh) => {
     const channels = gatewayChannels(mesh.addresses.gateway, o.overload);
     const clients = channels.map(gatewayClient);
+    const balancerChannel = createChannel(mesh.addresses.balancer);
+    const balancer = balancerClient(balancerChannel);
     // CPU of each process (the bench is the client) and of the whole machine, from /proc.
     const cpuNow = cpuSampler({ client: 'self' as const, ...Object.fromEntries(mesh.processes.map((p) => [p.name, p.pid])) });
     try {
@@ -563,10 +565,13 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         const busy = (Object.keys(cpuAfter) as (keyof typeof cpuAfter)[]).map((k) => `${k} ${((cpuAfter[k] - cpuBefore[k]) / (tEnd - tCpu)).toFixed(2)}`).join(', ');
         await load.stop();
         const countersAfter = await readCounters();
+        // Every call has ended: what the balancer still counts as outstanding on each worker should be 0.
+        const listed = await balancer.listWorkers({}, { deadline: Date.now() + 30_000 }).catch(() => undefined);
+        const outstanding = listed ? listed.workers.map((w) => `${w.workerId} ${w.outstanding} (reported in flight ${w.reportedInFlight})`).join(', ') : 'n/a';
         const where =
           `  (c=${concurrency}, warm-up included: the gateway's Predict statuses: ${counterDelta(countersBefore.gateway, countersAfter.gateway)}; ` +
           `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)}; ` +
-          `cores busy while measured: ${busy})`;
+          `cores busy while measured: ${busy}; once every call had ended, the balancer's outstanding per worker: ${outstanding})`;
         // Every call started in the measured time, however long it took (each has a deadline).
         const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();
@@ -597,13 +602,15 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         what:
           `Predict on \`${MODEL}\` (no delay) through the gateway, ${o.workers} workers, every service at its default limits (scheduler: 256 running, tenant: 512 open and 256 waiting, 1000 calls/s with a burst of 2000; deadline admission on). ` +
           `Capacity: c=${o.capacity} callers (the scheduler's slots: what the mesh runs at once); overload: c=${o.overload} (the issue's 2,048: four times the 512 calls one tenant may have open, running or waiting). Each call has a deadline of ${o.deadlineMs} ms; a refused caller (RESOURCE_EXHAUSTED) waits ${o.backoffMs} ms (jittered +-50%) before its next call, as a client should, ` +
-          `the others call back to back. ${channels.length} client connections (the gateway allows 100 calls at once on one). Warm-up ${o.warmupMs / 1000} s, then ${o.overloadMs / 1000} s measured, each.`,
+          `the others call back to back. ${channels.length} client connections (the gateway allows 100 calls at once on one). Warm-up ${o.warmupMs / 1000} s, then ${o.overloadMs / 1000} s measured, each. ` +
+          `Calls are counted when they started in the measured time, however long they took. The lines in brackets say where calls ended (the gateway's and the scheduler's status counters, the scheduler's refusals by reason), the cores each process kept busy, and what the balancer still counted as outstanding on each worker once every call had ended (0 when nothing leaks).`,
         table: { headers: [...PHASE_HEADERS, 'refused', 'refusal p50 ms', 'refusal p99 ms'], right: [...PHASE_RIGHT, true, true, true], rows },
         lines,
         failures: [capacity.s, over.s].flatMap(messages),
       };
     } finally {
       for (const c of channels) c.close();
+      balancerChannel.close();
     }
   });
 }
