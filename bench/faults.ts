@@ -330,7 +330,7 @@ async function counterBy(address: string, name: string, label: string, match: st
   if (text === undefined) return undefined;
   const out = new Map<string, number>();
   for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) || !line.includes(match)) continue;
+    if (!(line.startsWith(`${name}{`) || line.startsWith(`${name} `)) || !line.includes(match)) continue;
     const value = new RegExp(`${label}="([^"]*)"`).exec(line)?.[1] ?? '';
     out.set(value, (out.get(value) ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1)));
   }
@@ -544,6 +544,12 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
     scheduler: await counterBy(schedulerMetrics, 'maas_grpc_server_handled_total', 'code', 'method="maas.internal.v1.SchedulerService/Schedule"'),
     refused: await counterBy(schedulerMetrics, 'maas_scheduler_refused_total', 'reason', ''),
   });
+  /** The scheduler's gauges of online calls running and waiting now. */
+  const schedulerNow = async () => {
+    const inFlight = await counterBy(schedulerMetrics, 'maas_scheduler_in_flight', 'x', '');
+    const queued = await counterBy(schedulerMetrics, 'maas_scheduler_queued', 'x', '');
+    return `${inFlight?.get('') ?? 'n/a'} running, ${queued?.get('') ?? 'n/a'} waiting`;
+  };
   return withMesh(o, { extraArgs }, signal, async (mesh) => {
     const channels = gatewayChannels(mesh.addresses.gateway, o.overload);
     const clients = channels.map(gatewayClient);
@@ -567,11 +573,12 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         const countersAfter = await readCounters();
         // Every call has ended: what the balancer still counts as outstanding on each worker should be 0.
         const listed = await balancer.listWorkers({}, { deadline: Date.now() + 30_000 }).catch(() => undefined);
+        const scheduler = await schedulerNow();
         const outstanding = listed ? listed.workers.map((w) => `${w.workerId} ${w.outstanding} (reported in flight ${w.reportedInFlight})`).join(', ') : 'n/a';
         const where =
           `  (c=${concurrency}, warm-up included: the gateway's Predict statuses: ${counterDelta(countersBefore.gateway, countersAfter.gateway)}; ` +
           `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)}; ` +
-          `cores busy while measured: ${busy}; once every call had ended, the balancer's outstanding per worker: ${outstanding})`;
+          `cores busy while measured: ${busy}; once every call had ended, the balancer's outstanding per worker: ${outstanding}; the scheduler's online calls: ${scheduler})`;
         // Every call started in the measured time, however long it took (each has a deadline).
         const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();
