@@ -78,6 +78,8 @@ const TARGET_ADMITTED_P99_RATIO = 3;
 const STOP_SLACK_MS = 500;
 /** Share of the calls after the restart that the new balancer must have picked a worker for. */
 const TAKEOVER_SHARE = 0.9;
+/** How long the overload scenario waits, after its calls have ended, for the mesh's counts of open calls to come back to 0. */
+const SETTLE_MS = 10_000;
 
 const MODEL = 'echo';
 const INPUT = 'the quick brown fox jumps over the lazy dog';
@@ -571,14 +573,22 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         const busy = (Object.keys(cpuAfter) as (keyof typeof cpuAfter)[]).map((k) => `${k} ${((cpuAfter[k] - cpuBefore[k]) / (tEnd - tCpu)).toFixed(2)}`).join(', ');
         await load.stop();
         const countersAfter = await readCounters();
-        // Every call has ended: what the balancer still counts as outstanding on each worker should be 0.
-        const listed = await balancer.listWorkers({}, { deadline: Date.now() + 30_000 }).catch(() => undefined);
-        const scheduler = await schedulerNow();
+        // Every call has ended: what the balancer still counts as outstanding on each worker, and the
+        // scheduler's calls running, should come back to 0 (cancels may take a moment to unwind).
+        const settleStart = performance.now();
+        let listed = await balancer.listWorkers({}, { deadline: Date.now() + 30_000 }).catch(() => undefined);
+        let scheduler = await schedulerNow();
+        while (performance.now() - settleStart < SETTLE_MS && !(scheduler.startsWith('0 running') && listed?.workers.every((w) => w.outstanding === 0))) {
+          await sleep(250, undefined, { signal });
+          listed = await balancer.listWorkers({}, { deadline: Date.now() + 30_000 }).catch(() => undefined);
+          scheduler = await schedulerNow();
+        }
+        const settledMs = performance.now() - settleStart;
         const outstanding = listed ? listed.workers.map((w) => `${w.workerId} ${w.outstanding} (reported in flight ${w.reportedInFlight})`).join(', ') : 'n/a';
         const where =
           `  (c=${concurrency}, warm-up included: the gateway's Predict statuses: ${counterDelta(countersBefore.gateway, countersAfter.gateway)}; ` +
           `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)}; ` +
-          `cores busy while measured: ${busy}; once every call had ended, the balancer's outstanding per worker: ${outstanding}; the scheduler's online calls: ${scheduler})`;
+          `cores busy while measured: ${busy}; ${settledMs < SETTLE_MS ? `${ms(settledMs)} ms after every call had ended` : `${SETTLE_MS / 1000} s after every call had ended (NOT back to 0)`}, the balancer's outstanding per worker: ${outstanding}; the scheduler's online calls: ${scheduler})`;
         // Every call started in the measured time, however long it took (each has a deadline).
         const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();
