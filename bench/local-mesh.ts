@@ -4,7 +4,8 @@
  * and gateway, each `node dist/...main.js` on a free 127.0.0.1 port. The scheduler (and the
  * aggregator) keep their SQLite stores in a fresh temporary folder, removed at stop. Waits for gRPC
  * health SERVING on each and for the gateway to list the wanted model; stops them all, edge first,
- * and reports a child that dies on its own.
+ * and reports a child that dies on its own. For fault benchmarks, one process can be signalled
+ * (SIGSTOP, SIGCONT), killed, and started again with the same flags on the same port.
  */
 import { ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -90,6 +91,15 @@ export interface LocalMesh {
   readonly dataDir: string;
   /** Stops every process, gateway first; SIGKILL after `graceMs`. Safe to call twice. */
   stop(graceMs?: number): Promise<void>;
+  /** Sends SIGSTOP or SIGCONT to the process `name` (a stopped process is continued before stop). */
+  signal(name: string, signal: 'SIGSTOP' | 'SIGCONT'): void;
+  /** Kills the process `name` with `signal` (default SIGKILL), not as a failure; resolves once it has exited. */
+  kill(name: string, signal?: 'SIGKILL' | 'SIGTERM'): Promise<void>;
+  /**
+   * Starts the killed process `name` again, with the same flags on the same port, and resolves
+   * with its new process id once it is SERVING ({@link pids} and {@link processes} follow it).
+   */
+  restart(name: string, timeoutMs?: number): Promise<number>;
 }
 
 /**
@@ -188,6 +198,8 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
 
   const children = new Map<string, ChildProcess>();
   const recent = new Map<string, string[]>();
+  /** Children killed on purpose (kill), whose exit is no failure. */
+  const killed = new Set<ChildProcess>();
   let stopping = false;
   let stopped: Promise<void> | undefined;
 
@@ -198,6 +210,8 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
         const child = children.get(name);
         if (!child || child.exitCode !== null || child.signalCode !== null) continue;
         const exited = new Promise((r) => child.once('exit', r));
+        // A stopped process would not see SIGTERM until continued.
+        child.kill('SIGCONT');
         child.kill('SIGTERM');
         const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
         await exited;
@@ -215,32 +229,34 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
     // The services stop by themselves if this process disappears without stopping them.
     MAAS_PARENT_PID: String(process.pid),
   };
-  try {
-    for (const { name, entry, args } of specs) {
-      const flags = (o.nodeFlags ?? []).map((f) => f.replaceAll('{name}', name));
-      const child = spawn(process.execPath, [...flags, resolve(o.distDir, entry), ...args], {
-        cwd: o.cwd ?? o.repoDir,
-        env: { ...env, ...o.env?.[name] },
-        // Own process group: a terminal's Ctrl-C reaches only the bench, which stops them in order.
-        detached: true,
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      children.set(name, child);
-      recent.set(name, []);
-      for (const stream of [child.stdout, child.stderr]) {
-        forEachLine(stream, (line) => {
-          const kept = recent.get(name)!;
-          kept.push(line);
-          if (kept.length > 20) kept.shift();
-          o.log(`[${name}] ${line}`);
-        });
-      }
-      child.once('exit', (code, sig) => {
-        if (stopping) return;
-        const tail = recent.get(name)!.slice(-5).join('\n  ');
-        o.onUnexpectedExit(`${name} exited unexpectedly (${sig ?? `code ${code}`})${tail ? `:\n  ${tail}` : ''}`);
+  const launch = ({ name, entry, args }: (typeof specs)[number]) => {
+    const flags = (o.nodeFlags ?? []).map((f) => f.replaceAll('{name}', name));
+    const child = spawn(process.execPath, [...flags, resolve(o.distDir, entry), ...args], {
+      cwd: o.cwd ?? o.repoDir,
+      env: { ...env, ...o.env?.[name] },
+      // Own process group: a terminal's Ctrl-C reaches only the bench, which stops them in order.
+      detached: true,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    children.set(name, child);
+    recent.set(name, []);
+    for (const stream of [child.stdout, child.stderr]) {
+      forEachLine(stream, (line) => {
+        const kept = recent.get(name)!;
+        kept.push(line);
+        if (kept.length > 20) kept.shift();
+        o.log(`[${name}] ${line}`);
       });
     }
+    child.once('exit', (code, sig) => {
+      if (stopping || killed.has(child)) return;
+      const tail = recent.get(name)!.slice(-5).join('\n  ');
+      o.onUnexpectedExit(`${name} exited unexpectedly (${sig ?? `code ${code}`})${tail ? `:\n  ${tail}` : ''}`);
+    });
+    return child;
+  };
+  try {
+    for (const spec of specs) launch(spec);
     const deadline = Date.now() + o.startTimeoutMs;
     await Promise.all(specs.map((spec) => waitForServing(spec.address, deadline, o.signal, operator && { client: operator, expected: spec.identity })));
     await waitForModel(addresses.gateway, o.model, deadline, o.signal, o.certs && readFileSync(o.certs.ca), o.apiKey);
@@ -252,7 +268,43 @@ export async function startLocalMesh(o: LocalMeshOptions): Promise<LocalMesh> {
   }
   const pids = Object.fromEntries(MESH_PROCESS_NAMES.map((n) => [n, children.get(n)!.pid!])) as Record<MeshProcessName, number>;
   const processes = specs.map(({ name, address }) => ({ name, address, pid: children.get(name)!.pid! }));
-  return { addresses, pids, processes, dataDir, stop };
+  const childOf = (name: string): ChildProcess => {
+    const child = children.get(name);
+    if (!child) throw new Error(`no process named ${name} in this mesh (${specs.map((s) => s.name).join(', ')})`);
+    return child;
+  };
+  const running = (child: ChildProcess) => child.exitCode === null && child.signalCode === null;
+  return {
+    addresses,
+    pids,
+    processes,
+    dataDir,
+    stop,
+    signal(name, sig) {
+      const child = childOf(name);
+      if (running(child)) child.kill(sig);
+    },
+    async kill(name, sig = 'SIGKILL') {
+      const child = childOf(name);
+      if (!running(child)) return;
+      killed.add(child);
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGCONT');
+      child.kill(sig);
+      await exited;
+    },
+    async restart(name, timeoutMs = 60_000) {
+      if (stopping) throw new Error(`cannot restart ${name}: the mesh is stopping`);
+      if (running(childOf(name))) throw new Error(`cannot restart ${name}: it is still running (kill it first)`);
+      const spec = specs.find((s) => s.name === name)!;
+      const child = launch(spec);
+      const pid = child.pid!;
+      if (name in pids) pids[name as MeshProcessName] = pid;
+      processes.find((p) => p.name === name)!.pid = pid;
+      await waitForServing(spec.address, Date.now() + timeoutMs, o.signal, operator && { client: operator, expected: spec.identity });
+      return pid;
+    },
+  };
 }
 
 /** Polls the gateway's ModelService.ListModels until `model` is listed. */

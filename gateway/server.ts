@@ -114,9 +114,11 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   async function readyModel(name: string): Promise<Model> {
     const model = await catalog.find(name);
     if (model) return model;
-    if (catalog.offeredBefore(name).length > 0) {
-      throw new MeshError('unavailable', `no ready worker serves model ${quoteInput(name)} now (it was served before: its workers may be starting or restarting); try again`);
-    }
+    // Offered before but not listed now: its workers may be restarting, or the balancer may be one
+    // that restarted and has not relearned them yet; the scheduler dispatches on the last routing
+    // state meanwhile, and answers UNAVAILABLE itself when no worker serves the model.
+    const before = newestServed(catalog.offeredBefore(name));
+    if (before) return before;
     const known = (await catalog.list()).map((m) => m.name);
     if (known.length === 0) throw new MeshError('unavailable', `no worker is ready yet, so model ${quoteInput(name)} cannot be looked up; try again once the workers have started`);
     throw new MeshError('not_found', `model ${quoteInput(name)} not found; available: ${[...new Set(known)].join(', ')}`);
