@@ -19,17 +19,12 @@ import { schedulerSchema } from '../../services/scheduler/config.js';
 import { startScheduler } from '../../services/scheduler/server.js';
 import { SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler.js';
 import { GenerateRequest } from '../../generated/maas/v1/inference.js';
+import { scrape } from '../prometheus.js';
 import { TestMesh, collect, flakyEchoRuntime, grpcError, startMesh, until } from '../support.js';
 
-/** The value of one series of a Prometheus text exposition (0 when absent). */
+/** The sum of the series named `name` with those labels on a /metrics endpoint (0 when absent). */
 async function metric(address: string | undefined, name: string, labels: Record<string, string>): Promise<number> {
-  const text = await (await fetch(`http://${address}/metrics`)).text();
-  let total = 0;
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue;
-    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.slice(line.lastIndexOf(' ') + 1));
-  }
-  return total;
+  return (await scrape(address)).value(name, labels);
 }
 
 describe('routing off the data path (Dispatch)', function () {
