@@ -363,7 +363,10 @@ const PAIR_DRAWS = 3;
  * estimate is stale ({@link STALE_ESTIMATE_DECAY_MS}), or was never confirmed (a prior, or the
  * worker's own report). A probe's answer refreshes the estimate: a worker still slow goes back to
  * waiting, one that recovered competes on cost again at once (its old peak is forgotten, as the
- * time since the previous sample is long against the EWMA's decay time).
+ * time since the previous sample is long against the EWMA's decay time). When both workers drawn
+ * are much slower than the median (the slow one, and a healthy one whose estimate holds a stall's
+ * peak), another pair is drawn, {@link PAIR_DRAWS} draws at most: else the slow one would get the
+ * call as the faster of the two.
  */
 class PeakEwmaPolicy implements Policy {
   readonly name = 'p2c_ewma';
