@@ -293,7 +293,7 @@ async function runAll(o: Options, signal: AbortSignal, timing: { startS: number;
       name: `balancer (${set.scenario}, ${policy})`,
       entry: 'services/balancer/main.js',
       port: set.balancerPort,
-      args: ['--policy', policy, ...o.balancerArgs, ...(SCENARIO_BALANCER_ARGS[set.scenario] ?? [])],
+      args: ['--policy', policy, '--log-format', 'text', ...o.balancerArgs, ...(SCENARIO_BALANCER_ARGS[set.scenario] ?? [])],
       env,
       distDir,
       repoDir,
