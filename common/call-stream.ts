@@ -18,7 +18,7 @@ import { composeClientMiddleware, composeServerMiddleware } from 'nice-grpc-comm
 import { AbortError } from 'abort-controller-x';
 import { openTelemetryClientMiddleware } from 'nice-grpc-opentelemetry';
 import { CallEnd, CallFrame, CallFrames as CallFramesCodec, CallReplies as CallRepliesCodec, CallReply } from '../generated/maas/internal/v1/calls';
-import { DEADLINE_HEADER } from './deadline';
+import { DEADLINE_HEADER, clearDeadlineTimer, startDeadlineTimer } from './deadline';
 import { NO_READY_WORKER_TRAILER } from './errors';
 import { Logger } from './log';
 import { toServerError } from './middleware';
@@ -477,7 +477,7 @@ export class CallStreamClient<Req, Res> {
       const stream = this.stream();
       const call = new ClientCall(this.nextId++);
       stream.calls.set(call.id, call);
-      stream.send({ callId: call.id, frame: { $case: 'start', start: { request: asBuffer(encoded), timeoutMs: Math.max(0, timeoutMs), traceparent, tracestate } } });
+      stream.send({ callId: call.id, frame: { $case: 'start', start: { request: asBuffer(encoded), timeoutMs: Math.min(Math.max(0, timeoutMs), 0xffffffff), traceparent, tracestate } } });
       let stop: CallStreamError | AbortError | undefined;
       let ended = false;
       const giveUp = (why: CallStreamError | AbortError) => {
@@ -489,7 +489,7 @@ export class CallStreamClient<Req, Res> {
       };
       const onAbort = () => giveUp(new AbortError());
       signal?.addEventListener('abort', onAbort, { once: true });
-      const timer = timeoutMs > 0 ? setTimeout(() => giveUp(new CallStreamError(this.o.path, Status.DEADLINE_EXCEEDED, 'deadline exceeded')), timeoutMs) : undefined;
+      const timer = timeoutMs > 0 ? startDeadlineTimer(deadline!, () => giveUp(new CallStreamError(this.o.path, Status.DEADLINE_EXCEEDED, 'deadline exceeded'))) : undefined;
       let sent = false;
       try {
         for (;;) {
@@ -511,7 +511,7 @@ export class CallStreamClient<Req, Res> {
           throw item.end;
         }
       } finally {
-        clearTimeout(timer);
+        clearDeadlineTimer(timer);
         signal?.removeEventListener('abort', onAbort);
         // The consumer stopped early (return/throw into the generator): the call is cancelled.
         if (!ended) giveUp(new AbortError());

@@ -17,7 +17,7 @@ import {
 import { openTelemetryClientMiddleware } from 'nice-grpc-opentelemetry';
 import { isAbortError } from 'abort-controller-x';
 import { isIP } from 'node:net';
-import { TIMEOUT_HEADER } from './deadline';
+import { TIMEOUT_HEADER, clearDeadlineTimer, startDeadlineTimer } from './deadline';
 import { PeerExpectation } from './mesh-identity';
 import { MeshTls, isLoopbackHost, meshClientCredentials, toolCredentials } from './tls';
 import { tracingEnabled } from './tracing';
@@ -40,17 +40,17 @@ export const deadlineClientMiddleware: ClientMiddleware<MeshCallOptions> = async
   if (rest.signal?.aborted) onAbort();
   else rest.signal?.addEventListener('abort', onAbort, { once: true });
   let expired = false;
-  const timer = setTimeout(() => {
+  const timer = startDeadlineTimer(deadline, () => {
     expired = true;
     controller.abort();
-  }, remaining);
+  });
   try {
     return yield* call.next(call.request, { ...rest, metadata, signal: controller.signal });
   } catch (err) {
     if (expired && isAbortError(err)) throw new ClientError(call.method.path, Status.DEADLINE_EXCEEDED, 'deadline exceeded');
     throw err;
   } finally {
-    clearTimeout(timer);
+    clearDeadlineTimer(timer);
     rest.signal?.removeEventListener('abort', onAbort);
   }
 };

@@ -36,3 +36,30 @@ export const deadlineInterceptor: grpc.ServerInterceptor = (_method, call) =>
       });
     },
   });
+
+/** The longest delay Node's setTimeout keeps (2^31 - 1 ms, 24.8 days); a longer one fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** A timer until an absolute deadline (epoch ms); clear it with clearDeadlineTimer. */
+export interface DeadlineTimer {
+  timer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * Calls `onExpired` once `deadline` (epoch ms) has passed. A deadline further away than setTimeout
+ * can wait (a caller may send any 32-bit timeout) is waited for in steps, not fired at once.
+ */
+export function startDeadlineTimer(deadline: number, onExpired: () => void): DeadlineTimer {
+  const handle: DeadlineTimer = { timer: undefined };
+  const arm = () => {
+    const remaining = deadline - Date.now();
+    if (remaining <= 0) return onExpired();
+    handle.timer = setTimeout(arm, Math.min(remaining, MAX_TIMER_MS));
+  };
+  handle.timer = setTimeout(arm, Math.max(0, Math.min(deadline - Date.now(), MAX_TIMER_MS)));
+  return handle;
+}
+
+export function clearDeadlineTimer(handle: DeadlineTimer | undefined): void {
+  if (handle) clearTimeout(handle.timer);
+}

@@ -6,7 +6,7 @@
  */
 import { CallContext, ClientError, ServerError, ServerMiddleware, Status } from 'nice-grpc';
 import { isAbortError } from 'abort-controller-x';
-import { DEADLINE_HEADER } from './deadline';
+import { DEADLINE_HEADER, DeadlineTimer, clearDeadlineTimer, startDeadlineTimer } from './deadline';
 import { ErrorKind, MeshError, boundMessage } from './errors';
 import { Logger } from './log';
 import { MeshIdentity, parseIdentityUri } from './mesh-identity';
@@ -55,17 +55,17 @@ export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshCo
     if (context.signal.aborted) onAbort();
     else context.signal.addEventListener('abort', onAbort, { once: true });
     let expired = false;
-    let timer: NodeJS.Timeout | undefined;
+    let timer: DeadlineTimer | undefined;
     if (deadline !== undefined) {
       const remaining = deadline - Date.now();
       if (remaining <= 0) {
         expired = true;
         controller.abort();
       } else {
-        timer = setTimeout(() => {
+        timer = startDeadlineTimer(deadline, () => {
           expired = true;
           controller.abort(new MeshError('deadline_exceeded', 'deadline exceeded'));
-        }, remaining);
+        });
       }
     }
     try {
@@ -77,7 +77,7 @@ export function deadlineAndErrorMiddleware(log: Logger): ServerMiddleware<MeshCo
     } catch (err) {
       throw toServerError(err, expired, call.method.path, log);
     } finally {
-      clearTimeout(timer);
+      clearDeadlineTimer(timer);
       context.signal.removeEventListener('abort', onAbort);
     }
   };

@@ -14,12 +14,13 @@ import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../../
 import { collect, grpcError, until } from '../support.js';
 
 /** A worker-shaped service whose Execute the tests steer by the Predict input. */
-function testService(seen: { signals: AbortSignal[]; deadlines: (number | undefined)[] }) {
+function testService(seen: { signals: AbortSignal[]; deadlines: (number | undefined)[]; traceparents: (string | undefined)[] }) {
   return {
     async *execute(request: ExecuteRequest, context: MeshCallContext): AsyncGenerator<ExecuteResponse> {
       const input = request.task?.request?.$case === 'predict' ? request.task.request.predict.input : '';
       seen.signals.push(context.signal);
       seen.deadlines.push(context.deadline);
+      seen.traceparents.push(context.metadata.get('traceparent'));
       if (input === 'fail') throw new MeshError('failed_precondition', 'the model said no');
       if (input.startsWith('wait')) {
         // Runs until cancelled (or its deadline passes).
@@ -51,11 +52,12 @@ describe('call streams: many calls on one stream', function () {
   let server: RunningGrpcServer;
   let channel: Channel;
   let client: CallStreamClient<ExecuteRequest, ExecuteResponse>;
-  const seen = { signals: [] as AbortSignal[], deadlines: [] as (number | undefined)[] };
+  const seen = { signals: [] as AbortSignal[], deadlines: [] as (number | undefined)[], traceparents: [] as (string | undefined)[] };
 
   beforeEach(async () => {
     seen.signals.length = 0;
     seen.deadlines.length = 0;
+    seen.traceparents.length = 0;
     server = await startGrpcServer({
       host: '127.0.0.1',
       port: 0,
@@ -168,6 +170,23 @@ describe('call streams: many calls on one stream', function () {
     const end = garbage.replies.flatMap((r) => r.replies).find((r) => r.callId === 3 && r.reply?.$case === 'end');
     expect(end?.reply?.$case === 'end' && end.reply.end.code).to.equal(Status.INVALID_ARGUMENT);
     expect(end?.reply?.$case === 'end' && end.reply.end.details).to.match(/request of call 3 is not a valid message/);
+  });
+
+  it('runs a call with the largest timeout_ms (2^32 - 1 ms, past what setTimeout holds) instead of ending it at once, and drops trace context not in W3C\'s shape', async () => {
+    const raw = createClient(WorkerServiceDefinition, channel);
+    const frames = (async function* () {
+      const request = Buffer.from(ExecuteRequest.encode(predict('far')).finish());
+      yield { frames: [{ callId: 9, frame: { $case: 'start' as const, start: { request, timeoutMs: 0xffffffff, traceparent: 'x\r\nInjected: yes', tracestate: '\u0000' } } }] };
+      await new Promise((r) => setTimeout(r, 300));
+    })();
+    const replies: CallReplies[] = [];
+    for await (const r of raw.executeCalls(frames)) replies.push(r);
+    const got = replies.flatMap((r) => r.replies).filter((r) => r.callId === 9);
+    expect(got.map((r) => r.reply?.$case)).to.deep.equal(['message', 'end']);
+    const end = got[1].reply;
+    expect(end?.$case === 'end' && end.end.code).to.equal(Status.OK);
+    expect(Math.round(((seen.deadlines[0] as number) - Date.now()) / 3_600_000), 'hours the handler has').to.equal(1193);
+    expect(seen.traceparents[0], 'the handler saw no traceparent').to.equal(undefined);
   });
 
   it('refuses a call past the limit of calls per stream with RESOURCE_EXHAUSTED', async () => {
