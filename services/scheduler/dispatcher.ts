@@ -10,6 +10,7 @@
  * calls, and tries one other worker when the first fails before its first output. A balancer that
  * comes back takes over for the next calls.
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Channel, ClientError, Status } from 'nice-grpc';
 import { AbortError } from 'abort-controller-x';
 import { CallStreamClient, EncodedMessage, openCallStreamClient } from '../../common/call-stream';
@@ -270,13 +271,7 @@ export class Dispatcher {
         if (was) this.everLost = true;
         for (const call of this.calls.values()) call.balancerLost();
       }
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, wait);
-        this.closed.signal.addEventListener('abort', () => {
-          clearTimeout(timer);
-          resolve();
-        }, { once: true });
-      });
+      await sleep(wait, undefined, { signal: this.closed.signal }).catch(() => undefined);
       wait = Math.min(wait * 2, MAX_RECONNECT_MS);
     }
   }
