@@ -224,16 +224,18 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
 
 /** A call stream client's failure, with what the callee said of it. */
 export class CallStreamError extends ClientError {
-  constructor(
-    path: string,
-    code: Status,
-    details: string,
-    /** The call did no work (draining callee, full stream): it may be sent again. */
-    readonly refused = false,
-    /** No ready worker serves the call's model. */
-    readonly noReadyWorker = false,
-  ) {
+  /** The call did no work (draining callee, full stream): it may be sent again. */
+  readonly refused: boolean;
+  /** No ready worker serves the call's model. */
+  readonly noReadyWorker: boolean;
+  constructor(path: string, code: Status, details: string, refused = false, noReadyWorker = false) {
+    // A status, not a bug: no stack (ClientError captures it twice and formats it; see withoutStack).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(path, code, details);
+    Error.stackTraceLimit = limit;
+    this.refused = refused;
+    this.noReadyWorker = noReadyWorker;
   }
 }
 

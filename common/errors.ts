@@ -17,14 +17,36 @@ export type ErrorKind =
   | 'unauthenticated'
   | 'permission_denied';
 
-/** An error whose message is safe and useful to show to the caller. */
+/**
+ * Runs `make` with V8's stack capture off. For errors that are a status for a caller rather than a
+ * bug to debug: a refusal under overload built three of them per hop (MeshError, then nice-grpc's
+ * ServerError or ClientError, which capture the stack twice and format it), and that was a fifth
+ * of the CPU the gateway and the scheduler spent per refused call (docs/BENCHMARKS.md, overload).
+ */
+export function withoutStack<T>(make: () => T): T {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return make();
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
+/**
+ * An error whose message is safe and useful to show to the caller. It carries no stack trace
+ * (see {@link withoutStack}): it says what the caller did or what the mesh refused, and the
+ * message is all anyone reads of it; errors that are bugs keep theirs.
+ */
 export class MeshError extends Error {
   override name = 'MeshError';
-  constructor(
-    readonly kind: ErrorKind,
-    message: string,
-  ) {
+  readonly kind: ErrorKind;
+  constructor(kind: ErrorKind, message: string) {
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(message);
+    Error.stackTraceLimit = limit;
+    this.kind = kind;
   }
 }
 

@@ -7,7 +7,7 @@
 import { CallContext, ClientError, ServerError, ServerMiddleware, Status } from 'nice-grpc';
 import { isAbortError } from 'abort-controller-x';
 import { DEADLINE_HEADER, DeadlineTimer, clearDeadlineTimer, startDeadlineTimer } from './deadline';
-import { ErrorKind, MeshError, boundMessage } from './errors';
+import { ErrorKind, MeshError, boundMessage, withoutStack } from './errors';
 import { Logger } from './log';
 import { MeshIdentity, parseIdentityUri } from './mesh-identity';
 import { PEER_IDENTITY_HEADER } from './tls';
@@ -104,12 +104,24 @@ async function* refuseUnsafeIntegers<T>(requests: AsyncIterable<T>): AsyncIterab
  * grpc-message trailer, which HTTP/2 peers refuse, breaking a connection other calls share.
  */
 export function toServerError(err: unknown, deadlineExpired: boolean, path: string, log: Logger): ServerError {
-  if (err instanceof ServerError) return boundMessage(err.details) !== err.details ? new ServerError(err.code, boundMessage(err.details)) : err;
-  if (err instanceof MeshError) return new ServerError(statusOfKind[err.kind], boundMessage(err.message));
-  if (deadlineExpired) return new ServerError(Status.DEADLINE_EXCEEDED, 'deadline exceeded');
+  if (err instanceof ServerError && boundMessage(err.details) === err.details) return err;
+  let status = statusOf(err, deadlineExpired);
+  if (!status) {
+    log.error('unexpected error', { method: path, err: err instanceof Error ? err : String(err) });
+    status = { code: Status.INTERNAL, details: 'internal error' };
+  }
+  // A status for the caller, not a bug: no stack to capture (nice-grpc's errors capture it twice and format it).
+  const { code, details } = status;
+  return withoutStack(() => new ServerError(code, details));
+}
+
+/** The status a thrown value maps to, or undefined for an unexpected error (a bug). */
+function statusOf(err: unknown, deadlineExpired: boolean): { code: Status; details: string } | undefined {
+  if (err instanceof ServerError) return { code: err.code, details: boundMessage(err.details) };
+  if (err instanceof MeshError) return { code: statusOfKind[err.kind], details: boundMessage(err.message) };
+  if (deadlineExpired) return { code: Status.DEADLINE_EXCEEDED, details: 'deadline exceeded' };
   // A downstream service's status passes through unchanged: the caller learns why, not where.
-  if (err instanceof ClientError) return new ServerError(err.code, boundMessage(err.details));
-  if (isAbortError(err)) return new ServerError(Status.CANCELLED, 'call cancelled');
-  log.error('unexpected error', { method: path, err: err instanceof Error ? err : String(err) });
-  return new ServerError(Status.INTERNAL, 'internal error');
+  if (err instanceof ClientError) return { code: err.code, details: boundMessage(err.details) };
+  if (isAbortError(err)) return { code: Status.CANCELLED, details: 'call cancelled' };
+  return undefined;
 }
