@@ -570,7 +570,11 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         await sleep(o.overloadMs, undefined, { signal });
         const tEnd = load.now();
         const cpuAfter = cpuNow();
-        const busy = (Object.keys(cpuAfter) as (keyof typeof cpuAfter)[]).map((k) => `${k} ${((cpuAfter[k] - cpuBefore[k]) / (tEnd - tCpu)).toFixed(2)}`).join(', ');
+        const processes = Object.keys(cpuAfter) as (keyof typeof cpuAfter)[];
+        const busy = processes.map((k) => `${k} ${((cpuAfter[k] - cpuBefore[k]) / (tEnd - tCpu)).toFixed(2)}`).join(', ');
+        // CPU each process spent per call that ended (whatever its status) while the CPU was measured.
+        const ended = load.calls.filter((c) => c.endMs >= tCpu && c.endMs < tEnd).length;
+        const perCall = processes.map((k) => `${k} ${ended > 0 ? ((cpuAfter[k] - cpuBefore[k]) / ended).toFixed(2) : 'n/a'}`).join(', ');
         await load.stop();
         const countersAfter = await readCounters();
         // Every call has ended: what the balancer still counts as outstanding on each worker, and the
@@ -588,7 +592,7 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         const where =
           `  (c=${concurrency}, warm-up included: the gateway's Predict statuses: ${counterDelta(countersBefore.gateway, countersAfter.gateway)}; ` +
           `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)}; ` +
-          `cores busy while measured: ${busy}; ${settledMs < SETTLE_MS ? `${ms(settledMs)} ms after every call had ended` : `${SETTLE_MS / 1000} s after every call had ended (NOT back to 0)`}, the balancer's outstanding per worker: ${outstanding}; the scheduler's online calls: ${scheduler})`;
+          `cores busy while measured: ${busy}; CPU ms per call that ended while measured (${ended} calls): ${perCall}; ${settledMs < SETTLE_MS ? `${ms(settledMs)} ms after every call had ended` : `${SETTLE_MS / 1000} s after every call had ended (NOT back to 0)`}, the balancer's outstanding per worker: ${outstanding}; the scheduler's online calls: ${scheduler})`;
         // Every call started in the measured time, however long it took (each has a deadline).
         const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();
