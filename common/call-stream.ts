@@ -277,9 +277,13 @@ class ClientStream {
   readonly calls = new Map<number, ClientCall>();
   /** False once the callee drains, the stream fails or ends: no new call goes on it. */
   usable = true;
+  /**
+   * True once the stream's end was handled (grpc-js's 'error' or 'end', both for one failed stream,
+   * or a reply that could not be handled): its calls have failed and hooks.closed was called.
+   */
   private ended = false;
   private readonly stream: grpc.ClientDuplexStream<CallFrames, CallReplies>;
-  /** Frames of this turn, written as one message at its end; closed once the stream has ended. */
+  /** Frames of this turn, written as one message at its end; closed once nothing more may be written (half-closed or ended). */
   private readonly outbox = new TurnBatch<CallFrame>((frames) => {
     if (frames.length === 0) return;
     this.stream.write({ frames });
@@ -305,7 +309,7 @@ class ClientStream {
     this.stream.on('end', () => this.onEnd(new CallStreamError(this.o.path, Status.UNAVAILABLE, 'the call stream ended before the call did')));
   }
 
-  /** Queues a frame for this turn's message; dropped once the stream has ended. */
+  /** Queues a frame for this turn's message; dropped once the stream is half-closed or ended. */
   send(frame: CallFrame) {
     this.outbox.push(frame);
   }
@@ -318,12 +322,12 @@ class ClientStream {
 
   close() {
     this.usable = false;
-    if (!this.ended) this.stream.cancel();
+    if (!this.outbox.closed) this.stream.cancel();
   }
 
   private maybeClose() {
-    if (!this.usable && this.calls.size === 0 && this.outbox.pending === 0 && !this.ended) {
-      this.ended = true;
+    if (!this.usable && this.calls.size === 0 && this.outbox.pending === 0 && !this.outbox.closed) {
+      // Half-closed: the callee ends the stream in turn, and its 'end' runs onEnd.
       this.outbox.close();
       this.stream.end();
     }
@@ -354,17 +358,14 @@ class ClientStream {
   }
 
   private onEnd(failure: CallStreamError) {
-    if (this.ended && this.calls.size === 0 && !this.usable && this.closedOnce) return;
-    this.closedOnce = true;
-    this.usable = false;
+    if (this.ended) return;
     this.ended = true;
+    this.usable = false;
     this.outbox.close();
     for (const call of this.calls.values()) call.deliver({ end: failure });
     this.calls.clear();
     this.hooks.closed(this);
   }
-
-  private closedOnce = false;
 }
 
 const serializeFrames = (frames: CallFrames): Buffer => asBuffer(CallFramesCodec.encode(frames as CallFramesCodec).finish());
