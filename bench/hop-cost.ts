@@ -14,7 +14,6 @@
  * (not with --quick).
  */
 import { fork } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -24,7 +23,7 @@ import { silentLogger } from '../common/log';
 import { startGrpcServer } from '../common/server';
 import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../generated/maas/internal/v1/worker';
 import { markdownTable, textTable, writeBenchSection } from './benchmarks-doc';
-import { codeVersion, exitWhenDone, say } from './bench-cli';
+import { codeVersion, cpuSampler, exitWhenDone, say } from './bench-cli';
 
 const REQUEST: ExecuteRequest = { task: { requestId: 'r', tenant: 't', request: { $case: 'predict', predict: { model: 'echo', input: 'the quick brown fox jumps over the lazy dog', priority: 0, affinityKey: '' } } } };
 const others = { repositoryIndex: async () => ({}), loadModel: async () => ({}), unloadModel: async () => ({}) };
@@ -59,11 +58,6 @@ async function child(role: string, upstream: string | undefined): Promise<void> 
   process.send!(server.address);
 }
 
-function cpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(fields[11]) + Number(fields[12])) * 10;
-}
-
 async function main(): Promise<number> {
   const { values } = parseArgs({ args: process.argv.slice(2), options: { quick: { type: 'boolean', default: false }, 'duration-s': { type: 'string' } } });
   const durationMs = Number(values['duration-s'] ?? (values.quick ? 1.5 : 5)) * 1000;
@@ -77,12 +71,13 @@ async function main(): Promise<number> {
   const plainRelay = await start(['plain-relay', echo.address]);
   const streamRelay = await start(['stream-relay', echo.address]);
   const loadBefore = loadavg();
-  type Way = { name: string; target: string; stream: boolean; relay?: number };
+  const cpuNow = cpuSampler({ client: 'self', echo: echo.pid, plainRelay: plainRelay.pid, streamRelay: streamRelay.pid });
+  type Way = { name: string; target: string; stream: boolean; relay?: 'plainRelay' | 'streamRelay' };
   const ways: Way[] = [
     { name: 'plain', target: echo.address, stream: false },
-    { name: 'plain relay', target: plainRelay.address, stream: false, relay: plainRelay.pid },
+    { name: 'plain relay', target: plainRelay.address, stream: false, relay: 'plainRelay' },
     { name: 'stream', target: echo.address, stream: true },
-    { name: 'stream relay', target: streamRelay.address, stream: true, relay: streamRelay.pid },
+    { name: 'stream relay', target: streamRelay.address, stream: true, relay: 'streamRelay' },
   ];
   const rows: (string | number)[][] = [];
   try {
@@ -96,8 +91,7 @@ async function main(): Promise<number> {
         };
         for (let i = 0; i < 300; i++) await one();
         say(`${way.name}, c=${concurrency}`);
-        const pids = [process.pid, echo.pid, way.relay];
-        const before = pids.map((p) => (p ? cpuMs(p) : 0));
+        const before = cpuNow();
         const latencies: number[] = [];
         const startedAt = performance.now();
         await Promise.all(
@@ -110,11 +104,11 @@ async function main(): Promise<number> {
           }),
         );
         const elapsed = performance.now() - startedAt;
-        const used = pids.map((p, i) => (p ? cpuMs(p) - before[i] : 0));
+        const after = cpuNow();
         latencies.sort((a, b) => a - b);
         const n = latencies.length;
-        const us = (x: number) => ((1000 * x) / n).toFixed(0);
-        rows.push([way.name, concurrency, n, ((1000 * n) / elapsed).toFixed(0), latencies[n >> 1].toFixed(3), latencies[Math.floor(n * 0.99)].toFixed(3), us(used[0]), us(used[1]), way.relay ? us(used[2]) : '']);
+        const us = (owner: keyof typeof after) => ((1000 * (after[owner] - before[owner])) / n).toFixed(0);
+        rows.push([way.name, concurrency, n, ((1000 * n) / elapsed).toFixed(0), latencies[n >> 1].toFixed(3), latencies[Math.floor(n * 0.99)].toFixed(3), us('client'), us('echo'), way.relay ? us(way.relay) : '']);
         calls.close();
         channel.close();
       }

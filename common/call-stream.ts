@@ -25,6 +25,7 @@ import { toServerError } from './middleware';
 import { UnsafeIntegerRequest } from './wire-integers';
 import { PEER_IDENTITY_HEADER } from './tls';
 import { tracingEnabled } from './tracing';
+import { TurnBatch } from './turn-batch';
 
 /** One batch of frames from the caller (a `...CallsRequest` of any service). */
 export interface CallFrames {
@@ -85,13 +86,12 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
   });
   return (call) => {
     const open = new Map<number, AbortController>();
-    let out: CallReply[] = [];
+    /** Bytes of the replies queued in this turn's batch. */
     let outBytes = 0;
     let inputDone = false;
     let drainingSent = false;
     let finished = false;
     let blocked = false;
-    let flushQueued = false;
     const spaceWaiters: (() => void)[] = [];
     const identity = call.metadata.get(PEER_IDENTITY_HEADER)[0];
     const peer = call.getPeer();
@@ -99,6 +99,7 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
     const finish = (status?: { code: Status; details: string }) => {
       if (finished) return;
       finished = true;
+      out.close();
       o.draining.removeEventListener('abort', onDrain);
       for (const controller of open.values()) controller.abort();
       open.clear();
@@ -106,35 +107,27 @@ export function callStreamHandler<Req, Res>(o: CallStreamServerOptions<Req, Res>
       if (status) call.emit('error', { code: status.code, details: status.details, metadata: new grpc.Metadata() });
       else call.end();
     };
-    // Everything produced within one turn of the event loop goes out as one message.
-    const flush = () => {
-      flushQueued = false;
-      if (finished) return;
+    // Everything produced within one turn of the event loop goes out as one message; the turn's
+    // flush also ends the stream once it is done (notify() asks for a flush with nothing to send).
+    const out = new TurnBatch<CallReply>((replies) => {
       const announce = o.draining.aborted && !drainingSent;
-      if (out.length > 0 || announce) {
+      if (replies.length > 0 || announce) {
         drainingSent ||= o.draining.aborted;
-        const replies = out;
-        out = [];
         outBytes = 0;
         if (!call.write({ replies, draining: o.draining.aborted })) blocked = true;
         if (!blocked) for (const resume of spaceWaiters.splice(0)) resume();
       }
       // The caller has stopped sending, or the server drains: the stream ends once its calls have.
       if (open.size === 0 && (inputDone || o.draining.aborted)) finish();
-    };
-    const notify = () => {
-      if (flushQueued || finished) return;
-      flushQueued = true;
-      setImmediate(flush);
-    };
+    });
+    const notify = () => out.schedule();
     call.on('drain', () => {
       blocked = false;
       for (const resume of spaceWaiters.splice(0)) resume();
     });
     const push = (reply: CallReply, bytes = 0) => {
-      out.push(reply);
       outBytes += bytes;
-      notify();
+      out.push(reply);
     };
     const end = (callId: number, status: CallEnd) => push({ callId, reply: { $case: 'end', end: status } });
 
@@ -286,10 +279,18 @@ class ClientStream {
   readonly calls = new Map<number, ClientCall>();
   /** False once the callee drains, the stream fails or ends: no new call goes on it. */
   usable = true;
-  private outbox: CallFrame[] = [];
-  private flushQueued = false;
+  /**
+   * True once the stream's end was handled (grpc-js's 'error' or 'end', both for one failed stream,
+   * or a reply that could not be handled): its calls have failed and hooks.closed was called.
+   */
   private ended = false;
   private readonly stream: grpc.ClientDuplexStream<CallFrames, CallReplies>;
+  /** Frames of this turn, written as one message at its end; closed once nothing more may be written (half-closed or ended). */
+  private readonly outbox = new TurnBatch<CallFrame>((frames) => {
+    if (frames.length === 0) return;
+    this.stream.write({ frames });
+    this.maybeClose();
+  });
 
   constructor(
     private readonly o: ClientOptions,
@@ -310,19 +311,9 @@ class ClientStream {
     this.stream.on('end', () => this.onEnd(new CallStreamError(this.o.path, Status.UNAVAILABLE, 'the call stream ended before the call did')));
   }
 
+  /** Queues a frame for this turn's message; dropped once the stream is half-closed or ended. */
   send(frame: CallFrame) {
-    if (this.ended) return;
     this.outbox.push(frame);
-    if (this.flushQueued) return;
-    this.flushQueued = true;
-    setImmediate(() => {
-      this.flushQueued = false;
-      if (this.ended || this.outbox.length === 0) return;
-      const frames = this.outbox;
-      this.outbox = [];
-      this.stream.write({ frames });
-      this.maybeClose();
-    });
   }
 
   /** Forgets a call (its end arrived, or its caller gave up), closing the stream once it is unusable and empty. */
@@ -333,12 +324,13 @@ class ClientStream {
 
   close() {
     this.usable = false;
-    if (!this.ended) this.stream.cancel();
+    if (!this.outbox.closed) this.stream.cancel();
   }
 
   private maybeClose() {
-    if (!this.usable && this.calls.size === 0 && this.outbox.length === 0 && !this.ended) {
-      this.ended = true;
+    if (!this.usable && this.calls.size === 0 && this.outbox.pending === 0 && !this.outbox.closed) {
+      // Half-closed: the callee ends the stream in turn, and its 'end' runs onEnd.
+      this.outbox.close();
       this.stream.end();
     }
   }
@@ -368,16 +360,14 @@ class ClientStream {
   }
 
   private onEnd(failure: CallStreamError) {
-    if (this.ended && this.calls.size === 0 && !this.usable && this.closedOnce) return;
-    this.closedOnce = true;
-    this.usable = false;
+    if (this.ended) return;
     this.ended = true;
+    this.usable = false;
+    this.outbox.close();
     for (const call of this.calls.values()) call.deliver({ end: failure });
     this.calls.clear();
     this.hooks.closed(this);
   }
-
-  private closedOnce = false;
 }
 
 const serializeFrames = (frames: CallFrames): Buffer => asBuffer(CallFramesCodec.encode(frames as CallFramesCodec).finish());

@@ -14,6 +14,7 @@ import { AbortError } from 'abort-controller-x';
 import { ClientError, Status } from 'nice-grpc';
 import { ErrorKind, MeshError, boundMessage } from '../../common/errors';
 import { Logger } from '../../common/log';
+import { TurnBatch } from '../../common/turn-batch';
 import { toServerError } from '../../common/middleware';
 import { endSpan, meshTracer, tracingEnabled } from '../../common/tracing';
 import {
@@ -145,11 +146,16 @@ export async function* serveDispatch<W extends AttemptWorker>(
 
 class DispatchStream<W extends AttemptWorker> {
   private readonly calls = new Map<number, OpenCall>();
-  private readonly outbox: BalancerMessage[] = [];
-  private flushScheduled = false;
+  /** What one turn of the event loop produced: at its end it joins the backlog, to go out as one DispatchResponse. */
+  private readonly outbox = new TurnBatch<BalancerMessage>((messages) => {
+    this.backlog = this.backlog.concat(messages);
+    this.wake?.();
+  });
+  /** Messages of past turns not yet sent (the response loop sends them, MAX_MESSAGES_PER_RESPONSE at a time). */
+  private backlog: BalancerMessage[] = [];
   /** Wakes the response loop: messages to send, or the end. */
   private wake: (() => void) | undefined;
-  /** Wakes the request loop once the outbox has room. */
+  /** Wakes the request loop once the messages waiting to be sent have room. */
   private roomWaiters: (() => void)[] = [];
   private ended = false;
   private endError: unknown;
@@ -172,9 +178,10 @@ class DispatchStream<W extends AttemptWorker> {
       (err: unknown) => this.end(err),
     );
     for (;;) {
-      if (this.outbox.length > 0 && (!this.flushScheduled || this.ended)) {
-        const messages = this.outbox.splice(0, MAX_MESSAGES_PER_RESPONSE);
-        if (this.outbox.length <= MAX_OUTBOX) for (const resolve of this.roomWaiters.splice(0)) resolve();
+      // While a turn is still queueing, its messages join the backlog at its end: one response, not two.
+      if (this.backlog.length > 0 && (this.outbox.pending === 0 || this.ended)) {
+        const messages = this.backlog.splice(0, MAX_MESSAGES_PER_RESPONSE);
+        if (this.backlog.length <= MAX_OUTBOX) for (const resolve of this.roomWaiters.splice(0)) resolve();
         yield { messages };
         continue;
       }
@@ -190,6 +197,9 @@ class DispatchStream<W extends AttemptWorker> {
     if (this.ended) return;
     this.ended = true;
     this.endError = err;
+    // What this turn queued still goes, before the stream's end; nothing is queued after.
+    this.backlog = this.backlog.concat(this.outbox.take());
+    this.outbox.close();
     clearInterval(this.stateInterval);
     clearTimeout(this.stateTimer);
     this.unsubscribe();
@@ -203,7 +213,7 @@ class DispatchStream<W extends AttemptWorker> {
     for await (const request of requests) {
       if (this.ended) return;
       for (const message of request.messages) this.handle(message);
-      if (this.outbox.length > MAX_OUTBOX) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      if (this.backlog.length + this.outbox.pending > MAX_OUTBOX) await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
     }
   }
 
@@ -354,13 +364,6 @@ class DispatchStream<W extends AttemptWorker> {
   private send(message: BalancerMessage['message']): void {
     if (this.ended) return;
     this.outbox.push({ message });
-    if (this.flushScheduled) return;
-    // What one turn of the event loop produced goes out as one DispatchResponse.
-    this.flushScheduled = true;
-    setImmediate(() => {
-      this.flushScheduled = false;
-      this.wake?.();
-    });
   }
 
   /** A change was signalled: a look at the state, at most every STATE_MIN_INTERVAL_MS. */

@@ -16,6 +16,7 @@ import { AbortError } from 'abort-controller-x';
 import { CallStreamClient, EncodedMessage, openCallStreamClient } from '../../common/call-stream';
 import { MeshError, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
+import { TurnBatch } from '../../common/turn-batch';
 import { Context, propagation, context as otelContext } from '@opentelemetry/api';
 import {
   AttemptEvent,
@@ -100,10 +101,16 @@ export class Dispatcher {
   private readonly calls = new Map<number, DispatchCall>();
   private readonly workers = new Map<string, WorkerLink>();
   private nextId = 1;
-  /** Messages waiting to go to the balancer, and the wake-up of the stream's writer. */
-  private outbox: DispatcherMessage[] = [];
+  /** Messages to the balancer: this turn's, handed at its end to `ready`, which the stream's writer sends as one request. */
+  private readonly outbox = new TurnBatch<DispatcherMessage>((messages) => {
+    if (messages.length === 0) return;
+    this.ready = this.ready.length === 0 ? messages : this.ready.concat(messages);
+    const w = this.wakeWriter;
+    this.wakeWriter = undefined;
+    w?.();
+  });
+  private ready: DispatcherMessage[] = [];
   private wakeWriter: (() => void) | undefined;
-  private flushQueued = false;
   /** True while a Dispatch stream is open and has sent its first routing state. */
   private connected = false;
   private state: RoutingState | undefined;
@@ -186,14 +193,6 @@ export class Dispatcher {
   send(message: DispatcherMessage) {
     if (!this.connected) return;
     this.outbox.push(message);
-    if (this.flushQueued) return;
-    this.flushQueued = true;
-    setImmediate(() => {
-      this.flushQueued = false;
-      const w = this.wakeWriter;
-      this.wakeWriter = undefined;
-      w?.();
-    });
   }
 
   /** A worker for a call without the balancer: fewest calls of ours among the last state's, minus `tried`. */
@@ -267,7 +266,9 @@ export class Dispatcher {
         stream.abort();
         const was = this.connected;
         this.connected = false;
-        this.outbox = [];
+        // What was queued for the lost stream is dropped (its calls learn of the loss below).
+        this.outbox.take();
+        this.ready = [];
         if (was) this.everLost = true;
         for (const call of this.calls.values()) call.balancerLost();
       }
@@ -282,8 +283,8 @@ export class Dispatcher {
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       while (!signal.aborted) {
-        if (this.outbox.length > 0) {
-          yield { messages: this.outbox.splice(0) };
+        if (this.ready.length > 0) {
+          yield { messages: this.ready.splice(0) };
           continue;
         }
         await new Promise<void>((resolve) => (this.wakeWriter = resolve));
