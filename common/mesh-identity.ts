@@ -114,9 +114,10 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   '/maas.internal.v1.AggregatorService/Finalize': ['scheduler'],
   '/maas.internal.v1.AggregatorService/Forget': ['scheduler'],
   // Tasks run on a worker only when the balancer sends them (Route, batch tasks) or the scheduler
-  // dispatches them on the balancer's word (Dispatch, online calls).
+  // dispatches them on the balancer's word (Dispatch, online calls). Both call ExecuteCalls; the
+  // balancer's plain Execute is what balancers before call streams sent.
   '/maas.internal.v1.WorkerService/Execute': ['balancer'],
-  '/maas.internal.v1.WorkerService/ExecuteCalls': ['scheduler'],
+  '/maas.internal.v1.WorkerService/ExecuteCalls': ['scheduler', 'balancer'],
   '/maas.internal.v1.WorkerService/RepositoryIndex': ['balancer'],
   '/maas.internal.v1.WorkerService/LoadModel': ['balancer'],
   '/maas.internal.v1.WorkerService/UnloadModel': ['balancer'],

@@ -38,7 +38,8 @@ import {
 } from '../../generated/maas/internal/v1/balancer';
 import { RepositoryIndexResponse_ModelIndex } from '../../generated/inference/grpc_service';
 import { Task } from '../../generated/maas/internal/v1/task';
-import { WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+import { EncodedMessage, openCallStreamClient } from '../../common/call-stream';
 import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema, parseModelPolicies } from './config';
@@ -158,6 +159,13 @@ export interface RunningBalancer extends StartedService {
  */
 export interface WorkerLink {
   readonly client: ReturnType<typeof createWorkerClient>;
+  /**
+   * Runs a task on the worker as one call on its call stream (WorkerService.ExecuteCalls, many
+   * calls on one HTTP/2 stream), yielding each ExecuteResponse as the worker encoded it. After the
+   * link is closed, calls already running finish (a draining worker completes them); the stream is
+   * closed once the last has ended.
+   */
+  execute(task: Task, signal: AbortSignal, deadline: number | undefined): AsyncGenerator<Uint8Array>;
   /** Aborted when the member leaves or is removed: its health watch stops and its join stream ends. */
   readonly left: AbortSignal;
   close(): void;
@@ -208,14 +216,25 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     // With TLS, the server at the address must be the worker that joined: its id, its certificate.
     const channel: Channel = openMeshChannel(member.address, config.maxMessageBytes, tls, { worker: member.id });
     const left = new AbortController();
+    const calls = openCallStreamClient<ExecuteRequest, ExecuteResponse>(WorkerServiceDefinition, channel, 'executeCalls', 'execute', 4 * config.maxMessageBytes);
+    let running = 0;
     const link: WorkerLink = {
       client: createWorkerClient(channel),
+      async *execute(task, signal, deadline) {
+        running++;
+        try {
+          yield* calls.callEncoded({ task }, { signal, deadline });
+        } finally {
+          if (--running === 0 && left.signal.aborted) calls.close();
+        }
+      },
       left: left.signal,
       close() {
         if (left.signal.aborted) return;
         left.abort();
         if (member.link === link) member.link = undefined;
         openLinks.delete(link);
+        if (running === 0) calls.close();
         closeChannel(channel);
       },
     };
@@ -225,12 +244,13 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     return link;
   }
 
-  function workerClient(member: Member) {
+  function workerLink(member: Member): WorkerLink {
     const link = member.link;
     // The member left between the pick and the call: as if its connection had failed.
     if (!link) throw new ClientError(WORKER_EXECUTE_PATH, Status.UNAVAILABLE, `worker ${member.id} left`);
-    return link.client;
+    return link;
   }
+  const workerClient = (member: Member) => workerLink(member).client;
 
   /** True while `member` is the current member under its id (not one that left or was replaced). */
   const isMember = (member: Member) => membership.isMember(member);
@@ -320,7 +340,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     log.info('worker left', { worker: member.id, address: member.address, why });
   }
 
-  async function* route(request: RouteRequest, context: MeshCallContext): AsyncGenerator<RouteResponse> {
+  async function* route(request: RouteRequest, context: MeshCallContext): AsyncGenerator<RouteResponse | EncodedMessage> {
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     const target: RouteTarget = {
@@ -330,9 +350,10 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       requestId: task.requestId,
       hedge: config.hedgeDelayMs > 0 && task.request.$case === 'predict',
     };
-    // The attempt calls the worker itself and relays its outputs.
-    const execute: AttemptRunner<Member, RouteResponse> = async function* (member, _attempt, signal) {
-      for await (const response of workerClient(member).execute({ task }, { signal, deadline: context.deadline })) yield { output: response.output };
+    // The attempt calls the worker itself and relays its outputs unread: a RouteResponse is an
+    // ExecuteResponse on the wire (its output is field 1 in both).
+    const execute: AttemptRunner<Member, EncodedMessage> = async function* (member, _attempt, signal) {
+      for await (const bytes of workerLink(member).execute(task, signal, context.deadline)) yield new EncodedMessage(bytes);
     };
     try {
       yield* routeCall(target, context.signal, execute);

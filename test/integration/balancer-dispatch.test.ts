@@ -33,6 +33,7 @@ import { RunningBalancer, startBalancer } from '../../services/balancer/server';
 import { workerSchema } from '../../services/worker/config';
 import { RunningWorker, startWorker } from '../../services/worker/server';
 import { echoRuntime, until } from '../support';
+import { scrape } from '../prometheus';
 
 type Message = NonNullable<BalancerMessage['message']>;
 type Kind = Message['$case'];
@@ -186,11 +187,11 @@ describe('balancer Dispatch (routing off the data path)', function () {
     channel = openChannel(balancer.address);
   }
 
-  async function addWorker(id: string, echoDelayMs = 0): Promise<RunningWorker> {
+  async function addWorker(id: string, echoDelayMs = 0, metrics = false): Promise<RunningWorker> {
     const config = {
       ...parseConfig(workerSchema, [], {}),
       port: 0,
-      metricsPort: -1,
+      metricsPort: metrics ? 0 : -1,
       balancer: balancer.address,
       workerId: id,
       inputRoot: join(tmp, 'input'),
@@ -296,6 +297,25 @@ describe('balancer Dispatch (routing off the data path)', function () {
     // The slow worker is the one round robin picks next, or not: either way the whole stream comes back.
     for await (const r of route.route({ task })) if (r.output?.output?.$case === 'chunk') chunks.push(r.output.output.chunk.text);
     expect(chunks.join('')).to.equal('a b c');
+    await untilOutstanding(0);
+  });
+
+  it('Route relays 20 calls at once to the worker unread, each run once, and each answer back to its caller', async () => {
+    await start();
+    const worker = await addWorker('w1', 0, true);
+    const route = createMeshClient(BalancerServiceDefinition, channel);
+    const predict = (input: string) => ({ task: { requestId: input, tenant: 't', request: { $case: 'predict' as const, predict: { model: 'echo', input, priority: 0, affinityKey: '' } } } });
+    const inputs = Array.from({ length: 20 }, (_, i) => `call ${i}`);
+    const answers = await Promise.all(
+      inputs.map(async (input) => {
+        const out: string[] = [];
+        for await (const r of route.route(predict(input))) out.push(r.output?.output?.$case === 'prediction' ? r.output.output.prediction.text : '?');
+        return out.join();
+      }),
+    );
+    expect(answers).to.deep.equal(inputs);
+    const metrics = await scrape(worker.metricsAddress);
+    expect(metrics.value('maas_grpc_server_handled_total', { method: 'maas.internal.v1.WorkerService/Execute' }), 'calls the worker ran').to.equal(20);
     await untilOutstanding(0);
   });
 

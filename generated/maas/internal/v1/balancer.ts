@@ -49,7 +49,7 @@ export interface RouteRequest {
   task?: Task | undefined;
 }
 
-/** RouteResponse carries one message of the task's output. */
+/** RouteResponse carries one message of the task's output. Same wire format as ExecuteResponse. */
 export interface RouteResponse {
   /** The output. */
   output?: TaskOutput | undefined;
@@ -3278,6 +3278,8 @@ export const BalancerServiceDefinition = {
      * Route picks a ready worker that serves the task's model and streams its output back. When the
      * worker fails before its first output it retries once on another worker; after the first
      * output it never retries and ends with UNAVAILABLE. No ready worker for the model: UNAVAILABLE.
+     * The balancer calls the worker on its call stream (WorkerService.ExecuteCalls) and relays each
+     * ExecuteResponse unread as a RouteResponse: keep the two messages the same on the wire.
      */
     route: {
       name: "Route",
@@ -3374,6 +3376,8 @@ export interface BalancerServiceImplementation<CallContextExt = {}> {
    * Route picks a ready worker that serves the task's model and streams its output back. When the
    * worker fails before its first output it retries once on another worker; after the first
    * output it never retries and ends with UNAVAILABLE. No ready worker for the model: UNAVAILABLE.
+   * The balancer calls the worker on its call stream (WorkerService.ExecuteCalls) and relays each
+   * ExecuteResponse unread as a RouteResponse: keep the two messages the same on the wire.
    */
   route(
     request: RouteRequest,
@@ -3437,6 +3441,8 @@ export interface BalancerServiceClient<CallOptionsExt = {}> {
    * Route picks a ready worker that serves the task's model and streams its output back. When the
    * worker fails before its first output it retries once on another worker; after the first
    * output it never retries and ends with UNAVAILABLE. No ready worker for the model: UNAVAILABLE.
+   * The balancer calls the worker on its call stream (WorkerService.ExecuteCalls) and relays each
+   * ExecuteResponse unread as a RouteResponse: keep the two messages the same on the wire.
    */
   route(request: DeepPartial<RouteRequest>, options?: CallOptions & CallOptionsExt): AsyncIterable<RouteResponse>;
   /**
