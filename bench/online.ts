@@ -46,6 +46,9 @@ import {
 
 const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online.js [options])
 
+  --prime-s S         before anything is measured, each Predict path serves S seconds at the
+                      highest concurrency, so the services run JIT-compiled code, as a
+                      service that has been serving does; 0 leaves it out (env BENCH_PRIME_S, default 3)
   --warmup-s S        warm-up per mode and concurrency, discarded   (env BENCH_WARMUP_S, default 2)
   --duration-s S      measured time per mode and concurrency        (env BENCH_DURATION_S, default 8)
   --rounds N          measured slices per mode, interleaved ABBA     (env BENCH_ROUNDS, default 4)
@@ -54,7 +57,7 @@ const USAGE = `usage: npm run bench -- [options]     (or: node dist/bench/online
                       callers of the streamed Generate rows (64 tokens each; 0 leaves them out)
                                                                      (env BENCH_GENERATE_CONCURRENCY, default 16)
   --input TEXT        the Predict input                              (env BENCH_INPUT)
-  --quick             warm-up 0.5 s, 2 s measured, and docs/BENCHMARKS.md left alone
+  --quick             priming 1 s, warm-up 0.5 s, 2 s measured, and docs/BENCHMARKS.md left alone
   --no-docs           do not rewrite docs/BENCHMARKS.md
   --no-nginx          leave out the nginx grpc_pass row even when nginx is installed (BENCH_NGINX=0)
   --profile           run the services under node --cpu-prof and summarise their hot functions
@@ -80,6 +83,8 @@ type CpuOwner = 'client' | (typeof MESH_PROCESS_NAMES)[number] | 'nginx';
 type CpuAccount = CpuOwner | 'machine';
 
 interface BenchOptions {
+  /** Each Predict path first serves this long at the highest concurrency (discarded). */
+  primeMs: number;
   warmupMs: number;
   durationMs: number;
   rounds: number;
@@ -112,6 +117,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
   const { values } = parseArgs({
     args: argv,
     options: {
+      'prime-s': { type: 'string', default: env.BENCH_PRIME_S },
       'warmup-s': { type: 'string', default: env.BENCH_WARMUP_S },
       'duration-s': { type: 'string', default: env.BENCH_DURATION_S },
       rounds: { type: 'string', default: env.BENCH_ROUNDS },
@@ -137,6 +143,7 @@ function parseOptions(argv: string[], env: NodeJS.ProcessEnv): BenchOptions | un
   const generateConcurrencies = values['generate-concurrency'] === '0' ? [] : intListOption('generate-concurrency', values['generate-concurrency'], '16', 1, 10_000);
   return {
     generateConcurrencies,
+    primeMs: secondsOption('prime-s', values['prime-s'], values.quick ? 1 : 3, 0),
     warmupMs: secondsOption('warmup-s', values['warmup-s'], values.quick ? 0.5 : 2, 0),
     durationMs: secondsOption('duration-s', values['duration-s'], values.quick ? 2 : 8, 0.1),
     rounds,
@@ -295,6 +302,18 @@ async function measure(o: BenchOptions, mesh: LocalMesh, nginx: NginxProxy | und
       ...o.generateConcurrencies.map((concurrency) => ({ modes: ['direct generate', 'mesh generate'] as Mode[], concurrency })),
     ];
     for (const mode of phases.some((p) => p.modes.includes('mesh generate')) ? (['direct generate', 'mesh generate'] as Mode[]) : []) await calls[mode](signal);
+    // Priming: a freshly started Node process runs its first thousand calls in its interpreter and
+    // baseline tiers. The c=1 rows alone, 2 s of warm-up at 100 to 500 calls a second, would
+    // measure that start-up, not the service; so every Predict path first serves at the highest
+    // concurrency, as a service that has been taking traffic has.
+    if (o.primeMs > 0) {
+      const primeConcurrency = Math.max(...o.concurrencies);
+      for (const mode of modes) {
+        say(`${mode}: priming, ${o.primeMs / 1000} s at c=${primeConcurrency}`);
+        const primed = await runSlice(calls[mode], primeConcurrency, o.primeMs, signal);
+        if (primed.latenciesMs.length === 0) throw new Error(`${mode}: every priming call failed: ${[...primed.errorMessages.keys()][0]}`);
+      }
+    }
     for (const { modes, concurrency } of phases) {
       const cellOf = Object.fromEntries(
         modes.map((mode) => {
@@ -393,6 +412,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
   );
   const run = runFrame('bench', 'online', o.argv, code, loadBefore, loadAfter);
   const settings =
+    `${o.primeMs > 0 ? `priming ${o.primeMs / 1000} s per Predict path at c=${Math.max(...o.concurrencies)} before any row (discarded); ` : 'no priming; '}` +
     `warm-up ${o.warmupMs / 1000} s per mode and concurrency (discarded); ${o.durationMs / 1000} s measured per mode and concurrency, ` +
     `in ${o.rounds} slice${o.rounds > 1 ? 's' : ''} alternating ${nginxVersion ? 'direct/nginx/mesh (ABCCBA)' : 'direct/mesh (ABBA)'}; closed loop; Predict input "${o.input}" (${o.input.length} chars); ` +
     `echo delay 0; one client process (this one) with one channel per target`;
