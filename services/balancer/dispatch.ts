@@ -12,7 +12,7 @@
 import { ROOT_CONTEXT, Span, SpanKind, context, propagation, trace } from '@opentelemetry/api';
 import { AbortError } from 'abort-controller-x';
 import { ClientError, Status } from 'nice-grpc';
-import { ErrorKind, MeshError, boundMessage } from '../../common/errors';
+import { ErrorKind, MeshError, boundMessage, quoteInput } from '../../common/errors';
 import { Logger } from '../../common/log';
 import { TurnBatch } from '../../common/turn-batch';
 import { toServerError } from '../../common/middleware';
@@ -36,6 +36,8 @@ const MAX_MESSAGES_PER_RESPONSE = 4096;
  * until they have gone: a dispatcher that does not read cannot make the balancer hold without bound.
  */
 const MAX_OUTBOX = 4 * MAX_OPEN_CALLS_PER_STREAM;
+/** Models one stream may hold picks for (a NextPick each); calls to others wait for an AttemptOrder. */
+export const MAX_PICK_MODELS = 4096;
 /** Shortest time between two looks at the routing state after a change. */
 const STATE_MIN_INTERVAL_MS = 100;
 
@@ -43,7 +45,7 @@ const STATE_MIN_INTERVAL_MS = 100;
 export const WORKER_EXECUTE_PATH = '/maas.internal.v1.WorkerService/Execute';
 
 /** What a call routes by: what the policy needs, never its input. */
-export interface RouteTarget {
+export interface RouteTarget<W extends AttemptWorker = AttemptWorker> {
   /** The routing key: the model, or `mapper:<name>`. */
   model: string;
   /** The version it must run on; undefined for any. */
@@ -54,6 +56,11 @@ export interface RouteTarget {
   requestId: string;
   /** True when the call is hedged (a unary Predict with --hedge-delay-ms > 0). */
   hedge: boolean;
+  /**
+   * The worker of the call's first attempt when the policy chose it ahead of the call (a NextPick
+   * the dispatcher took); undefined: the routing picks it now.
+   */
+  first?: W;
 }
 
 /** A worker as an attempt names it. */
@@ -87,7 +94,14 @@ export interface DispatchRouting<W extends AttemptWorker> {
    * succeeded; throws its final error (a MeshError; {@link NoReadyWorkerError}); throws an abort
    * error once `signal` (the caller) is aborted.
    */
-  route<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<W, T>): AsyncIterable<T>;
+  route<T>(target: RouteTarget<W>, signal: AbortSignal, run: AttemptRunner<W, T>): AsyncIterable<T>;
+  /**
+   * The policy's pick for the next call to `model` (any version, no affinity key), made ahead of
+   * that call; undefined when no worker is ready or the model's policy picks by each call's key.
+   */
+  pickAhead(model: string): W | undefined;
+  /** The member `workerId` when it takes calls for `model` now (any version), else undefined. */
+  routable(model: string, workerId: string): W | undefined;
   /** The routing state now. */
   routingState(): RoutingState;
   /** Calls `listener` whenever the routing state may have changed; returns the unsubscribe. */
@@ -112,7 +126,7 @@ interface AttemptSlot {
 }
 
 /** A call open on the stream. */
-interface OpenCall {
+interface OpenCall<W extends AttemptWorker> {
   readonly id: number;
   /** Aborted when the dispatcher cancels the call or the stream ends. */
   readonly controller: AbortController;
@@ -122,6 +136,8 @@ interface OpenCall {
   startedAttempt: number | undefined;
   readonly span: Span | undefined;
   readonly workers: string[];
+  /** The worker of attempt 1 when the call took a NextPick: the dispatcher runs it unordered. */
+  readonly picked: W | undefined;
 }
 
 /** What an attempt yields when it reports its first output. */
@@ -145,7 +161,11 @@ export async function* serveDispatch<W extends AttemptWorker>(
 }
 
 class DispatchStream<W extends AttemptWorker> {
-  private readonly calls = new Map<number, OpenCall>();
+  private readonly calls = new Map<number, OpenCall<W>>();
+  /** The NextPick each model has now that no call has taken, by model. */
+  private readonly offered = new Map<string, string>();
+  /** Models this stream has sent a NextPick for: a call may name a pick of theirs (a stale one too). */
+  private readonly pickModels = new Set<string>();
   /** What one turn of the event loop produced: at its end it joins the backlog, to go out as one DispatchResponse. */
   private readonly outbox = new TurnBatch<BalancerMessage>((messages) => {
     this.backlog = this.backlog.concat(messages);
@@ -257,18 +277,49 @@ class DispatchStream<W extends AttemptWorker> {
     if (this.calls.size >= MAX_OPEN_CALLS_PER_STREAM) {
       return this.refuse(id, 'resource_exhausted', `route refused: ${this.calls.size} calls are open on this stream (limit ${MAX_OPEN_CALLS_PER_STREAM})`);
     }
-    const call: OpenCall = { id, controller: new AbortController(), attempts: new Map(), startedAttempt: undefined, span: this.startSpan(route), workers: [] };
+    const pickable = route.version === '' && route.affinityKey === '';
+    let picked: W | undefined;
+    // The attempt numbers the routing gives are shifted by one when a taken pick went stale.
+    let shift = 0;
+    if (route.pickedWorkerId !== '') {
+      if (!pickable) return this.refuse(id, 'invalid_argument', 'route.picked_worker_id is only for a call with no version and no affinity key');
+      if (!this.pickModels.has(route.model)) return this.refuse(id, 'invalid_argument', `route.picked_worker_id: no pick was sent for model ${quoteInput(route.model)} on this stream`);
+      if (this.offered.get(route.model) === route.pickedWorkerId) this.offered.delete(route.model);
+      picked = this.routing.routable(route.model, route.pickedWorkerId);
+      if (!picked) {
+        // It left, was ejected or drains since the pick (the pick that replaced it crossed this
+        // call): the attempt already running there stops, and the policy routes the call afresh.
+        this.send({ $case: 'cancel', cancel: { callId: id, attempt: 1 } });
+        shift = 1;
+      }
+    }
+    const call: OpenCall<W> = { id, controller: new AbortController(), attempts: new Map(), startedAttempt: undefined, span: this.startSpan(route), workers: [], picked };
     this.calls.set(id, call);
-    const target: RouteTarget = {
+    const target: RouteTarget<W> = {
       model: route.model,
       version: route.version === '' ? undefined : route.version,
       affinityKey: route.affinityKey,
       requestId: route.requestId,
       hedge: this.routing.hedging && route.hedgeable,
+      first: picked,
     };
+    const run: AttemptRunner<W, typeof STARTED> = (member, attempt, signal) => this.attempt(call, member, attempt + shift, signal);
     // The routing runs in its span's context, so its log lines carry the call's trace.
-    if (call.span) void context.with(trace.setSpan(ROOT_CONTEXT, call.span), () => this.run(call, target));
-    else void this.run(call, target);
+    if (call.span) void context.with(trace.setSpan(ROOT_CONTEXT, call.span), () => this.run(call, target, run));
+    else void this.run(call, target, run);
+    // The next call to the model gets its worker now, decided after this one counts as running there.
+    if (pickable && !this.offered.has(route.model)) this.offer(route.model);
+  }
+
+  /** Sends the policy's pick for the next call to `model`, or withdraws the last one when there is none. */
+  private offer(model: string): void {
+    if (!this.pickModels.has(model) && this.pickModels.size >= MAX_PICK_MODELS) return;
+    const member = this.routing.pickAhead(model);
+    if (!member && !this.offered.has(model)) return;
+    this.pickModels.add(model);
+    if (member) this.offered.set(model, member.id);
+    else this.offered.delete(model);
+    this.send({ $case: 'pick', pick: { model, workerId: member?.id ?? '', address: member?.address ?? '' } });
   }
 
   /** The call's routing span, child of the dispatcher's span, when tracing is on and it sent one. */
@@ -293,10 +344,10 @@ class DispatchStream<W extends AttemptWorker> {
   }
 
   /** Runs the routing of one call to its end, and tells the dispatcher when it fails. */
-  private async run(call: OpenCall, target: RouteTarget): Promise<void> {
+  private async run(call: OpenCall<W>, target: RouteTarget<W>, attempt: AttemptRunner<W, typeof STARTED>): Promise<void> {
     try {
       // The attempts' outputs are the dispatcher's to relay: nothing to send for them here.
-      for await (const started of this.routing.route(target, call.controller.signal, (member: W, attempt, signal) => this.attempt(call, member, attempt, signal))) void started;
+      for await (const started of this.routing.route(target, call.controller.signal, attempt)) void started;
       if (call.span) endSpan(call.span);
     } catch (err) {
       if (call.span) endSpan(call.span, err);
@@ -313,12 +364,13 @@ class DispatchStream<W extends AttemptWorker> {
    * gives up (a hedge that lost, a worker declared gone) is cancelled at the dispatcher, except when
    * the whole call is cancelled, which the dispatcher did itself.
    */
-  private async *attempt(call: OpenCall, member: W, attempt: number, signal: AbortSignal): AsyncGenerator<typeof STARTED> {
+  private async *attempt(call: OpenCall<W>, member: W, attempt: number, signal: AbortSignal): AsyncGenerator<typeof STARTED> {
     const slot: AttemptSlot = { events: [], wake: undefined, started: false, settled: false };
     call.attempts.set(attempt, slot);
     call.workers.push(member.id);
     call.span?.setAttribute('maas.workers', [...call.workers]);
-    this.send({ $case: 'attempt', attempt: { callId: call.id, attempt, workerId: member.id, address: member.address } });
+    // A call that took a pick runs its first attempt there already: no order for it.
+    if (!(attempt === 1 && call.picked === member)) this.send({ $case: 'attempt', attempt: { callId: call.id, attempt, workerId: member.id, address: member.address } });
     let settled = false;
     try {
       for (;;) {
@@ -380,6 +432,8 @@ class DispatchStream<W extends AttemptWorker> {
   private sendStateIfChanged(): void {
     if (this.ended) return;
     this.lastStateAt = Date.now();
+    // A pick on a worker that no longer takes the model's calls is replaced (or withdrawn).
+    for (const [model, workerId] of this.offered) if (!this.routing.routable(model, workerId)) this.offer(model);
     const state = this.routing.routingState();
     const key = JSON.stringify(state);
     if (key === this.lastState) return;

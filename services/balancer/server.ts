@@ -294,14 +294,27 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     log.warn('worker ejected', { worker: member.id, reason, until: new Date(state.ejectedUntil ?? 0).toISOString(), ejections: state.ejections });
   }
 
-  /** The worker for a task under the policy, among ready workers that serve `model`, minus `tried`. */
-  function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string, version?: string): Member | undefined {
+  /**
+   * The worker for a task under the policy, among ready workers that serve `model`, minus `tried`.
+   * `count`: false for a pick made ahead of its call, counted once a call takes it ({@link countPick}).
+   */
+  function pickWorker(model: string, tried: ReadonlySet<string>, affinityKey: string, version?: string, count = true): Member | undefined {
     const now = Date.now();
     const members = membership.routable(model, tried, version, now);
     const candidates = members.map((m) => m.candidate(now));
     const picked = (modelPolicies.get(model) ?? policy).pick(model, candidates, { affinityKey });
     const member = picked && members.find((m) => m.id === picked.id);
-    if (member) picks.inc({ worker: member.id });
+    if (member && count) countPick(member);
+    return member;
+  }
+
+  function countPick(member: Member): void {
+    picks.inc({ worker: member.id });
+  }
+
+  /** The worker a call's first attempt runs on when the call took a pick made ahead (Dispatch's NextPick): counted now. */
+  function takenPick(member: Member): Member {
+    countPick(member);
     return member;
   }
 
@@ -343,7 +356,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   async function* route(request: RouteRequest, context: MeshCallContext): AsyncGenerator<RouteResponse | EncodedMessage> {
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
-    const target: RouteTarget = {
+    const target: RouteTarget<Member> = {
       model: routingKey(task),
       version: versionOf(task),
       affinityKey: affinityKeyOf(task),
@@ -370,11 +383,11 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
    * the outputs of the attempt that produced them; ends on success; throws the call's final error;
    * an abort error once `signal` (the caller) is aborted.
    */
-  function routeCall<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
+  function routeCall<T>(target: RouteTarget<Member>, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
     return target.hedge ? hedgedCall(target, signal, run) : retriedCall(target, signal, run);
   }
 
-  async function* retriedCall<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
+  async function* retriedCall<T>(target: RouteTarget<Member>, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
     const { model, version } = target;
     const tried = new Set<string>();
     let failure: { worker: string; details: string } | undefined;
@@ -382,7 +395,8 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
     // the client should hear RESOURCE_EXHAUSTED (back off), not UNAVAILABLE.
     let allFull = true;
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
-      const member = pickWorker(model, tried, target.affinityKey, version);
+      // A first worker picked ahead of the call (Dispatch's NextPick) was the policy's decision already.
+      const member = attempt === 0 && target.first ? takenPick(target.first) : pickWorker(model, tried, target.affinityKey, version);
       if (!member) {
         const label = routeLabel(model, version);
         if (failure && allFull) {
@@ -695,9 +709,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
    * attempt to produce output wins and the other is cancelled; there is no retry after output. A
    * first attempt that fails before the delay is replaced at once.
    */
-  async function* hedgedCall<T>(target: RouteTarget, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
+  async function* hedgedCall<T>(target: RouteTarget<Member>, signal: AbortSignal, run: AttemptRunner<Member, T>): AsyncGenerator<T> {
     const { model, affinityKey: key } = target;
-    const first = pickWorker(model, new Set(), key);
+    const first = target.first ? takenPick(target.first) : pickWorker(model, new Set(), key);
     if (!first) throw new NoReadyWorkerError(`no ready worker serves model ${quoteInput(model)}`);
     retryBudget.recordRequest(Date.now());
     const calls = [hedgeAttempt(first, 1, run, signal)];
@@ -776,6 +790,14 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
   function dispatch(requests: AsyncIterable<DispatchRequest>, context: MeshCallContext): AsyncGenerator<DispatchResponse> {
     return serveDispatch(requests, context.signal, {
       route: routeCall,
+      pickAhead(model) {
+        // consistent_hash picks by each call's key: a pick made before the call has none.
+        if ((modelPolicies.get(model) ?? policy).name === 'consistent_hash') return undefined;
+        return pickWorker(model, new Set(), '', undefined, false);
+      },
+      routable(model, workerId) {
+        return membership.routable(model, new Set(), undefined, Date.now()).find((m) => m.id === workerId);
+      },
       routingState,
       onRoutingChange(listener) {
         routingListeners.add(listener);

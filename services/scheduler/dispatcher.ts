@@ -5,6 +5,10 @@
  * worker's output as the worker encoded it, and reports what each attempt did so the balancer's
  * policies keep learning. The task's bytes never pass through the balancer.
  *
+ * The balancer also decides ahead: for a model it routes, it sends the worker its policy chose for
+ * the next call (NextPick), and that call starts there at once, naming the pick to the balancer,
+ * instead of waiting a round trip for its order. Retries, hedges and cancels still come as orders.
+ *
  * Without a balancer (it died, it restarts, it cannot be reached) calls go on: the dispatcher
  * routes on the last routing state the balancer gave it, to the worker with the fewest of its own
  * calls, and tries one other worker when the first fails before its first output. A balancer that
@@ -41,6 +45,8 @@ export interface DispatcherOptions {
   /** Largest response a worker may send, in bytes (what one call may hold unread is a multiple). */
   maxMessageBytes: number;
   log: Logger;
+  /** Called when a call starts its first attempt, with how its worker was chosen (for metrics). */
+  onFirstAttempt?: (how: 'pick' | 'order' | 'local') => void;
   /** First wait before reconnecting to a balancer that is gone; doubles up to 2 s. */
   reconnectMs?: number;
 }
@@ -100,6 +106,10 @@ interface WorkerLink {
 export class Dispatcher {
   private readonly calls = new Map<number, DispatchCall>();
   private readonly workers = new Map<string, WorkerLink>();
+  /** The balancer's pick for the next call to each model (NextPick), until a call takes it. */
+  private readonly picks = new Map<string, { workerId: string; address: string }>();
+  /** Calls that started on a pick (for tests and diagnostics). */
+  private picksTaken = 0;
   private nextId = 1;
   /** Messages to the balancer: this turn's, handed at its end to `ready`, which the stream's writer sends as one request. */
   private readonly outbox = new TurnBatch<DispatcherMessage>((messages) => {
@@ -132,6 +142,11 @@ export class Dispatcher {
   /** Workers in the balancer's last routing state (for tests and diagnostics). */
   get routableWorkers(): number {
     return this.state?.workers.length ?? 0;
+  }
+
+  /** Calls that started on the balancer's pick made ahead, without waiting for its order (for tests and diagnostics). */
+  get callsOnPicks(): number {
+    return this.picksTaken;
   }
 
   /** Calls in flight (for tests and diagnostics). */
@@ -188,6 +203,22 @@ export class Dispatcher {
       return !this.candidates(this.lastWithWorkers, target, new Set()).length;
     }
     return true;
+  }
+
+  /** Takes the balancer's pick for the next call to `target`'s model, if it sent one (calls with a version or an affinity key get none). */
+  takePick(target: Target): { workerId: string; address: string } | undefined {
+    if (target.version !== '' || target.affinityKey !== '') return undefined;
+    const pick = this.picks.get(target.model);
+    if (!pick) return undefined;
+    this.picks.delete(target.model);
+    this.picksTaken++;
+    this.o.onFirstAttempt?.('pick');
+    return pick;
+  }
+
+  /** A call's first attempt starts on the balancer's order, or on the last routing state. */
+  noteFirstAttempt(how: 'order' | 'local') {
+    this.o.onFirstAttempt?.(how);
   }
 
   send(message: DispatcherMessage) {
@@ -269,6 +300,8 @@ export class Dispatcher {
         // What was queued for the lost stream is dropped (its calls learn of the loss below).
         this.outbox.take();
         this.ready = [];
+        // Picks were the lost balancer's, for calls it would have heard of.
+        this.picks.clear();
         if (was) this.everLost = true;
         for (const call of this.calls.values()) call.balancerLost();
       }
@@ -309,6 +342,10 @@ export class Dispatcher {
         for (const [id, link] of this.workers) if (!present.has(id) && link.running === 0 && !this.lastWithWorkers?.workers.some((w) => w.workerId === id)) this.dropLink(id, link);
         return;
       }
+      case 'pick':
+        if (m.pick.workerId === '') this.picks.delete(m.pick.model);
+        else this.picks.set(m.pick.model, { workerId: m.pick.workerId, address: m.pick.address });
+        return;
       case 'attempt':
         return this.calls.get(m.attempt.callId)?.onOrder(m.attempt);
       case 'cancel':
@@ -348,7 +385,11 @@ class DispatchCall {
   begin() {
     if (this.d.useBalancer(this.target)) {
       this.routedByBalancer = true;
-      this.d.send({ message: { $case: 'route', route: { callId: this.id, ...this.target, requestId: this.task.requestId, ...this.trace } } });
+      const pick = this.d.takePick(this.target);
+      this.d.send({ message: { $case: 'route', route: { callId: this.id, ...this.target, requestId: this.task.requestId, ...this.trace, pickedWorkerId: pick?.workerId ?? '' } } });
+      // The balancer chose this call's worker ahead of it: attempt 1 starts now, and what follows
+      // (a retry, a hedge, a cancel) comes as orders.
+      if (pick) return this.start(1, pick.workerId, pick.address);
       // A balancer that holds its stream open but does not answer (stopped, overloaded) must not
       // hold the call: past DECISION_TIMEOUT_MS it routes itself, as with no balancer.
       this.decisionTimer = setTimeout(() => {
@@ -397,6 +438,7 @@ class DispatchCall {
       this.report(order.attempt, { $case: 'failed', failed: { code: Status.CANCELLED, details: 'the call already has its output' } });
       return;
     }
+    if (this.attempts.size === 0 && this.tried.size === 0) this.d.noteFirstAttempt('order');
     this.start(order.attempt, order.workerId, order.address);
   }
 
@@ -429,6 +471,7 @@ class DispatchCall {
       );
       return;
     }
+    if (this.tried.size === 0) this.d.noteFirstAttempt('local');
     this.localAttempts++;
     this.start(-this.localAttempts, pick.workerId, pick.address);
   }

@@ -82,11 +82,17 @@ function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store:
   const duration = metrics.histogram('maas_scheduler_job_duration_seconds', 'Time from a batch job\'s acceptance to its end, in seconds, by final state.', ['state'], [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600]);
   const retried = metrics.counter('maas_scheduler_tasks_retried_total', 'Map task attempts that failed and were scheduled again.');
   const failed = metrics.counter('maas_scheduler_tasks_failed_total', 'Map tasks that failed their last attempt (their job fails).');
+  const dispatched = metrics.counter(
+    'maas_scheduler_dispatched_total',
+    'Online calls by how their first worker was chosen: pick (the balancer\'s pick made ahead of the call), order (the balancer\'s answer to the call), local (the balancer\'s last routing state, with the balancer unreachable).',
+    ['how'],
+  );
   const records = metrics.counter('maas_scheduler_records_processed_total', 'Input records of batch jobs mapped and committed (rate() gives records per second).');
   return {
     refused: (reason: RefusalReason, tenant: string) => refused.inc({ reason, tenant }),
     waited: (priority: Priority, ms: number) => queueWait.observe({ priority }, ms / 1000),
     accepted: () => accepted.inc(),
+    dispatched: (how: 'pick' | 'order' | 'local') => dispatched.inc({ how }),
     onEvent(event: JobEvent['event'], end?: { durationMs: number }) {
       const state = event?.$case === 'completed' ? 'succeeded' : event?.$case;
       if (end && (state === 'succeeded' || state === 'failed' || state === 'cancelled')) duration.observe({ state }, end.durationMs / 1000);
@@ -202,6 +208,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     openDispatch: (requests, options) => rawBalancer.dispatch(requests, options),
     openWorkerChannel: (workerId, address) => openMeshChannel(address, config.maxMessageBytes, tls, { worker: workerId }),
     maxMessageBytes: config.maxMessageBytes,
+    onFirstAttempt: (how) => schedulerCounts.dispatched(how),
     log,
   });
 

@@ -85,7 +85,7 @@ class RawDispatcher {
   }
 
   route(call: Partial<RouteCall> & { callId: number; model: string }): void {
-    this.send({ $case: 'route', route: { version: '', affinityKey: '', hedgeable: false, requestId: `r${call.callId}`, traceparent: '', tracestate: '', ...call } });
+    this.send({ $case: 'route', route: { version: '', affinityKey: '', hedgeable: false, requestId: `r${call.callId}`, traceparent: '', tracestate: '', pickedWorkerId: '', ...call } as RouteCall });
   }
 
   event(callId: number, attempt: number, event: AttemptEvent['event']): void {
@@ -459,6 +459,64 @@ describe('balancer Dispatch (routing off the data path)', function () {
     d.event(1, 2, { $case: 'started', started: {} });
     d.event(1, 2, { $case: 'done', done: {} });
     await untilOutstanding(0);
+  });
+
+  it('picks the next call\'s worker ahead (NextPick): a call that takes it gets no order for attempt 1, a stale one is cancelled and routed again, one never offered is refused', async () => {
+    await start({ reportIntervalMs: 100 });
+    const byId = new Map([
+      ['a', await addMember('a', [{ name: 'm', version: '1' }])],
+      ['b', await addMember('b', [{ name: 'm', version: '1' }])],
+    ]);
+    const d = dispatcher();
+    d.route({ callId: 1, model: 'm' });
+    const first = await d.order(1, 1);
+    const pick = (await d.take('pick', (m) => m.pick.model === 'm')).pick;
+    expect(pick.workerId, 'round robin: the next call goes to the other worker').to.not.equal(first.workerId);
+    expect(pick.address).to.equal('127.0.0.1:9');
+    d.event(1, 1, { $case: 'started', started: {} });
+    d.event(1, 1, { $case: 'done', done: {} });
+
+    // The call that takes the pick runs attempt 1 there already: the balancer orders nothing for
+    // it, counts it as running there, learns from its events, and picks for the call after it.
+    d.route({ callId: 2, model: 'm', pickedWorkerId: pick.workerId });
+    const next = (await d.take('pick', (m) => m.pick.model === 'm')).pick;
+    expect(next.workerId, 'round robin goes on from the pick').to.equal(first.workerId);
+    expect((await listWorkers()).find((w) => w.workerId === pick.workerId)?.outstanding).to.equal(1);
+    d.event(2, 1, { $case: 'started', started: {} });
+    d.event(2, 1, { $case: 'done', done: {} });
+    await d.barrier(100);
+    expect(d.about(2), 'no order for a call on its pick').to.deep.equal([]);
+    await untilOutstanding(0);
+
+    // Only calls with no version and no affinity key take picks, and only picks of this stream.
+    d.route({ callId: 3, model: 'm', version: '1', pickedWorkerId: next.workerId });
+    expect(await d.failed(3)).to.deep.include({ code: Status.INVALID_ARGUMENT, details: 'route.picked_worker_id is only for a call with no version and no affinity key' });
+    d.route({ callId: 4, model: 'other', pickedWorkerId: 'a' });
+    expect(await d.failed(4)).to.deep.include({ code: Status.INVALID_ARGUMENT, details: 'route.picked_worker_id: no pick was sent for model "other" on this stream' });
+
+    // The picked worker leaves: a new pick replaces it. A call that took the old one (the two
+    // crossed) has its attempt 1 cancelled and is routed from attempt 2.
+    byId.get(next.workerId)!.close();
+    const replaced = (await d.take('pick', (m) => m.pick.model === 'm')).pick;
+    expect(replaced.workerId).to.not.equal(next.workerId);
+    d.route({ callId: 5, model: 'm', pickedWorkerId: next.workerId });
+    expect((await d.take('cancel', (m) => m.cancel.callId === 5)).cancel).to.deep.equal({ callId: 5, attempt: 1 });
+    const order = await d.order(5, 2);
+    expect(order.workerId).to.equal(replaced.workerId);
+    d.event(5, 2, { $case: 'started', started: {} });
+    d.event(5, 2, { $case: 'done', done: {} });
+    await untilOutstanding(0);
+  });
+
+  it('sends no pick ahead for a model routed by consistent_hash, whose pick depends on each call\'s key', async () => {
+    await start({ policy: 'consistent_hash' });
+    await addMember('a', [{ name: 'm', version: '1' }]);
+    const d = dispatcher();
+    d.route({ callId: 1, model: 'm' });
+    await d.order(1, 1);
+    d.event(1, 1, { $case: 'done', done: {} });
+    await d.barrier(100);
+    expect(d.received.filter((m) => m.$case === 'pick')).to.deep.equal([]);
   });
 
   it('cancel_call_id and the end of the stream release every call: outstanding back to 0, nothing sent for them', async () => {

@@ -53,8 +53,34 @@ describe('routing off the data path (Dispatch)', function () {
     expect(chunks.map((c) => c.text).join('')).to.match(/a\s*b\s*c/);
     expect(await metric(mesh.balancer.metricsAddress, 'maas_grpc_server_handled_total', { method: 'maas.internal.v1.BalancerService/Route' })).to.equal(routeBefore);
     expect((await metric(mesh.balancer.metricsAddress, 'maas_balancer_picks_total', {})) - picksBefore).to.equal(21);
-    // Both workers took calls: the policy spread them.
-    expect(served.every((n) => n > 0), `calls per worker: ${served.join(', ')}`).to.equal(true);
+    // Round robin over two workers: the policy still decides every call, those that ran on a pick
+    // made ahead of them (NextPick) included.
+    expect(Math.abs(served[0] - served[1]), `calls per worker: ${served.join(', ')}`).to.be.at.most(1);
+  });
+
+  it('a call that follows another to the same model starts on the pick the balancer made ahead of it, without waiting for an order', async () => {
+    mesh = await startMesh({ workers: [{}, {}], policy: 'round_robin' });
+    await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
+    const before = mesh.scheduler.dispatcher.callsOnPicks;
+    const byHow = async () => ({
+      pick: await metric(mesh.scheduler.metricsAddress, 'maas_scheduler_dispatched_total', { how: 'pick' }),
+      order: await metric(mesh.scheduler.metricsAddress, 'maas_scheduler_dispatched_total', { how: 'order' }),
+    });
+    const countedBefore = await byHow();
+    const workersSeen: number[] = [];
+    mesh.workers.forEach((w, i) => w.activity.on('task-end', () => workersSeen.push(i)));
+    for (let i = 0; i < 10; i++) expect((await mesh.inference.predict({ model: 'echo', input: `p${i}` })).text).to.equal(`p${i}`);
+    // The first call routes by the balancer's order; each later one took the pick it left.
+    expect(mesh.scheduler.dispatcher.callsOnPicks - before).to.be.at.least(9);
+    const counted = await byHow();
+    expect(counted.pick - countedBefore.pick + counted.order - countedBefore.order, 'every call counted once').to.equal(10);
+    expect(counted.pick - countedBefore.pick).to.equal(mesh.scheduler.dispatcher.callsOnPicks - before);
+    // ...and round robin still alternates.
+    for (let i = 1; i < workersSeen.length; i++) expect(workersSeen[i], `workers in order: ${workersSeen.join(', ')}`).to.not.equal(workersSeen[i - 1]);
+    // A call with an affinity key takes no pick: the policy needs its key.
+    const taken = mesh.scheduler.dispatcher.callsOnPicks;
+    await mesh.inference.predict({ model: 'echo', input: 'keyed', affinityKey: 'k1' });
+    expect(mesh.scheduler.dispatcher.callsOnPicks).to.equal(taken);
   });
 
   it('a plain Schedule call (as grpcurl makes it) gets the worker\'s output, relayed as the worker encoded it', async () => {

@@ -201,6 +201,15 @@ export interface RouteCall {
   traceparent: string;
   /** W3C tracestate that goes with traceparent. */
   tracestate: string;
+  /**
+   * The worker of the NextPick for this call's model that the call took, or empty. The dispatcher
+   * has already started attempt 1 there; the balancer counts it as its own first decision (no
+   * AttemptOrder for attempt 1 follows). Only for a call with no version and no affinity key, and
+   * only for a model the balancer has sent a NextPick for on this stream (else INVALID_ARGUMENT).
+   * When the worker no longer takes calls of the model (it left, was ejected or drains since the
+   * pick), the balancer cancels attempt 1 and routes the call from attempt 2.
+   */
+  pickedWorkerId: string;
 }
 
 /**
@@ -266,7 +275,28 @@ export interface BalancerMessage {
     | //
     /** The balancer's routing state: sent first on every stream and again whenever it changes. */
     { $case: "state"; state: RoutingState }
+    | //
+    /** The policy's decision for the next call to a model, made ahead of the call. */
+    { $case: "pick"; pick: NextPick }
     | undefined;
+}
+
+/**
+ * NextPick is the worker the policy chose for the next call to a model (any version, no affinity
+ * key), decided before that call exists so that it runs at once: the dispatcher starts it there
+ * and names the worker in RouteCall.picked_worker_id, instead of waiting for an AttemptOrder. The
+ * balancer sends one after the first RouteCall for a model and after each call that took the
+ * model's pick, and sends a new one when the picked worker stops taking calls. A NextPick replaces
+ * the last one for its model and is taken by one call at most; one with an empty worker_id
+ * withdraws it. Not sent for models routed by consistent_hash (the pick depends on each call's key).
+ */
+export interface NextPick {
+  /** The routing key: the model, or "mapper:<name>". */
+  model: string;
+  /** The worker; empty: no pick for the model now. */
+  workerId: string;
+  /** Its address, host:port, for WorkerService. */
+  address: string;
 }
 
 /** AttemptOrder tells the dispatcher to run a call on one worker. */
@@ -1912,6 +1942,7 @@ function createBaseRouteCall(): RouteCall {
     requestId: "",
     traceparent: "",
     tracestate: "",
+    pickedWorkerId: "",
   };
 }
 
@@ -1940,6 +1971,9 @@ export const RouteCall: MessageFns<RouteCall> = {
     }
     if (message.tracestate !== "") {
       writer.uint32(66).string(message.tracestate);
+    }
+    if (message.pickedWorkerId !== "") {
+      writer.uint32(74).string(message.pickedWorkerId);
     }
     return writer;
   },
@@ -2021,6 +2055,14 @@ export const RouteCall: MessageFns<RouteCall> = {
             message.tracestate = reader.string();
             continue;
           }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            message.pickedWorkerId = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2055,6 +2097,11 @@ export const RouteCall: MessageFns<RouteCall> = {
         : "",
       traceparent: isSet(object.traceparent) ? globalThis.String(object.traceparent) : "",
       tracestate: isSet(object.tracestate) ? globalThis.String(object.tracestate) : "",
+      pickedWorkerId: isSet(object.pickedWorkerId)
+        ? globalThis.String(object.pickedWorkerId)
+        : isSet(object.picked_worker_id)
+        ? globalThis.String(object.picked_worker_id)
+        : "",
     };
   },
 
@@ -2084,6 +2131,9 @@ export const RouteCall: MessageFns<RouteCall> = {
     if (message.tracestate !== "") {
       obj.tracestate = message.tracestate;
     }
+    if (message.pickedWorkerId !== "") {
+      obj.pickedWorkerId = message.pickedWorkerId;
+    }
     return obj;
   },
 
@@ -2100,6 +2150,7 @@ export const RouteCall: MessageFns<RouteCall> = {
     message.requestId = object.requestId ?? "";
     message.traceparent = object.traceparent ?? "";
     message.tracestate = object.tracestate ?? "";
+    message.pickedWorkerId = object.pickedWorkerId ?? "";
     return message;
   },
 };
@@ -2541,6 +2592,9 @@ export const BalancerMessage: MessageFns<BalancerMessage> = {
       case "state":
         RoutingState.encode(message.message.state, writer.uint32(34).fork()).join();
         break;
+      case "pick":
+        NextPick.encode(message.message.pick, writer.uint32(42).fork()).join();
+        break;
     }
     return writer;
   },
@@ -2590,6 +2644,14 @@ export const BalancerMessage: MessageFns<BalancerMessage> = {
             message.message = { $case: "state", state: RoutingState.decode(reader, reader.uint32()) };
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.message = { $case: "pick", pick: NextPick.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2612,6 +2674,8 @@ export const BalancerMessage: MessageFns<BalancerMessage> = {
         ? { $case: "failed", failed: CallRouteFailed.fromJSON(object.failed) }
         : isSet(object.state)
         ? { $case: "state", state: RoutingState.fromJSON(object.state) }
+        : isSet(object.pick)
+        ? { $case: "pick", pick: NextPick.fromJSON(object.pick) }
         : undefined,
     };
   },
@@ -2626,6 +2690,8 @@ export const BalancerMessage: MessageFns<BalancerMessage> = {
       obj.failed = CallRouteFailed.toJSON(message.message.failed);
     } else if (message.message?.$case === "state") {
       obj.state = RoutingState.toJSON(message.message.state);
+    } else if (message.message?.$case === "pick") {
+      obj.pick = NextPick.toJSON(message.message.pick);
     }
     return obj;
   },
@@ -2660,7 +2726,118 @@ export const BalancerMessage: MessageFns<BalancerMessage> = {
         }
         break;
       }
+      case "pick": {
+        if (object.message?.pick !== undefined && object.message?.pick !== null) {
+          message.message = { $case: "pick", pick: NextPick.fromPartial(object.message.pick) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseNextPick(): NextPick {
+  return { model: "", workerId: "", address: "" };
+}
+
+export const NextPick: MessageFns<NextPick> = {
+  encode(message: NextPick, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.model !== "") {
+      writer.uint32(10).string(message.model);
+    }
+    if (message.workerId !== "") {
+      writer.uint32(18).string(message.workerId);
+    }
+    if (message.address !== "") {
+      writer.uint32(26).string(message.address);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): NextPick {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseNextPick();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.workerId = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.address = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): NextPick {
+    return {
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      workerId: isSet(object.workerId)
+        ? globalThis.String(object.workerId)
+        : isSet(object.worker_id)
+        ? globalThis.String(object.worker_id)
+        : "",
+      address: isSet(object.address) ? globalThis.String(object.address) : "",
+    };
+  },
+
+  toJSON(message: NextPick): unknown {
+    const obj: any = {};
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.workerId !== "") {
+      obj.workerId = message.workerId;
+    }
+    if (message.address !== "") {
+      obj.address = message.address;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<NextPick>): NextPick {
+    return NextPick.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<NextPick>): NextPick {
+    const message = createBaseNextPick();
+    message.model = object.model ?? "";
+    message.workerId = object.workerId ?? "";
+    message.address = object.address ?? "";
     return message;
   },
 };
@@ -3297,7 +3474,8 @@ export const BalancerServiceDefinition = {
      * attempt did (first output, done, failed) so the policies keep learning. The balancer also
      * sends its routing state whenever it changes, so that a dispatcher whose balancer is gone keeps
      * dispatching on the last state it was given. Retries, budgets, hedging, ejection and the "worker
-     * gone" rule are exactly Route's: only the bytes go elsewhere.
+     * gone" rule are exactly Route's: only the bytes go elsewhere. For the next call to a model the
+     * balancer decides ahead (NextPick), so that call starts without waiting for its answer.
      */
     dispatch: {
       name: "Dispatch",
@@ -3391,7 +3569,8 @@ export interface BalancerServiceImplementation<CallContextExt = {}> {
    * attempt did (first output, done, failed) so the policies keep learning. The balancer also
    * sends its routing state whenever it changes, so that a dispatcher whose balancer is gone keeps
    * dispatching on the last state it was given. Retries, budgets, hedging, ejection and the "worker
-   * gone" rule are exactly Route's: only the bytes go elsewhere.
+   * gone" rule are exactly Route's: only the bytes go elsewhere. For the next call to a model the
+   * balancer decides ahead (NextPick), so that call starts without waiting for its answer.
    */
   dispatch(
     request: AsyncIterable<DispatchRequest>,
@@ -3453,7 +3632,8 @@ export interface BalancerServiceClient<CallOptionsExt = {}> {
    * attempt did (first output, done, failed) so the policies keep learning. The balancer also
    * sends its routing state whenever it changes, so that a dispatcher whose balancer is gone keeps
    * dispatching on the last state it was given. Retries, budgets, hedging, ejection and the "worker
-   * gone" rule are exactly Route's: only the bytes go elsewhere.
+   * gone" rule are exactly Route's: only the bytes go elsewhere. For the next call to a model the
+   * balancer decides ahead (NextPick), so that call starts without waiting for its answer.
    */
   dispatch(
     request: AsyncIterable<DeepPartial<DispatchRequest>>,
