@@ -14,7 +14,6 @@
  * calls, and tries one other worker when the first fails before its first output. A balancer that
  * comes back takes over for the next calls.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Channel, ClientError, Status } from 'nice-grpc';
 import { AbortError } from 'abort-controller-x';
 import { CallStreamClient, EncodedMessage, openCallStreamClient } from '../../common/call-stream';
@@ -62,6 +61,10 @@ const LOCAL_ATTEMPTS = 2;
  */
 const REJOIN_GRACE_MS = 10_000;
 const MAX_RECONNECT_MS = 2000;
+/** A call that finds no routing state at all waits this long at most for the balancer's first one. */
+const FIRST_STATE_WAIT_MS = 1000;
+/** Least time between two Dispatch connection attempts that calls bring forward. */
+const MIN_RECONNECT_GAP_MS = 50;
 
 /** What a call routes by. */
 interface Target {
@@ -129,6 +132,13 @@ export class Dispatcher {
   private reconnectedAt = 0;
   private everLost = false;
   private readonly closed = new AbortController();
+  /** Calls waiting for a first routing state (see {@link awaitRoutingState}). */
+  private readonly stateWaiters = new Set<() => void>();
+  /** Ends the reconnect loop's backoff early, while it waits one out. */
+  private endBackoff: (() => void) | undefined;
+  private backoffKicked = false;
+  private lastAttemptAt = 0;
+  private attemptsMade = 0;
 
   constructor(private readonly o: DispatcherOptions) {
     void this.maintain();
@@ -147,6 +157,11 @@ export class Dispatcher {
   /** Calls that started on the balancer's pick made ahead, without waiting for its order (for tests and diagnostics). */
   get callsOnPicks(): number {
     return this.picksTaken;
+  }
+
+  /** Dispatch streams opened so far, including the ones that failed to connect (for tests and diagnostics). */
+  get connectAttempts(): number {
+    return this.attemptsMade;
   }
 
   /** Calls in flight (for tests and diagnostics). */
@@ -193,6 +208,44 @@ export class Dispatcher {
   }
 
   private lastTimeoutLog = 0;
+
+  /**
+   * True when there is no routing state to dispatch on at all: the balancer has not been reached
+   * since the scheduler started (it starts later, or its address answers slowly), so neither it
+   * nor a last state can route a call.
+   */
+  hasNoRoutingState(): boolean {
+    return !this.connected && !this.lastWithWorkers;
+  }
+
+  /**
+   * Calls `then` once the balancer's first routing state arrives, or after `ms` at most; ends a
+   * reconnect backoff being waited out, so that a call does not wait for it. Returns the means to
+   * stop waiting (the call ended).
+   */
+  awaitRoutingState(ms: number, then: () => void): () => void {
+    const stop = () => {
+      clearTimeout(timer);
+      this.stateWaiters.delete(done);
+    };
+    const done = () => {
+      stop();
+      then();
+    };
+    const timer = setTimeout(done, ms);
+    this.stateWaiters.add(done);
+    this.reconnectSoon();
+    return stop;
+  }
+
+  /** Ends the backoff now, or MIN_RECONNECT_GAP_MS after the last attempt: a burst of calls is one attempt. */
+  private reconnectSoon() {
+    if (!this.endBackoff || this.backoffKicked) return;
+    this.backoffKicked = true;
+    const wait = this.lastAttemptAt + MIN_RECONNECT_GAP_MS - Date.now();
+    if (wait <= 0) this.endBackoff();
+    else setTimeout(() => this.endBackoff?.(), wait).unref();
+  }
 
   /** True when the balancer should route a call for `target` (else: the last routing state). */
   useBalancer(target: Target): boolean {
@@ -282,6 +335,8 @@ export class Dispatcher {
   private async maintain() {
     let wait = this.o.reconnectMs ?? 100;
     while (!this.closed.signal.aborted) {
+      this.lastAttemptAt = Date.now();
+      this.attemptsMade++;
       const stream = new AbortController();
       const onClose = () => stream.abort();
       this.closed.signal.addEventListener('abort', onClose, { once: true });
@@ -305,9 +360,28 @@ export class Dispatcher {
         if (was) this.everLost = true;
         for (const call of this.calls.values()) call.balancerLost();
       }
-      await sleep(wait, undefined, { signal: this.closed.signal }).catch(() => undefined);
+      await this.backoff(wait);
       wait = Math.min(wait * 2, MAX_RECONNECT_MS);
     }
+  }
+
+  /** Waits `ms` before the next attempt; ended early by close() or by a call with no routing state to use. */
+  private backoff(ms: number): Promise<void> {
+    if (this.closed.signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const end = () => {
+        clearTimeout(timer);
+        this.closed.signal.removeEventListener('abort', end);
+        this.endBackoff = undefined;
+        this.backoffKicked = false;
+        resolve();
+      };
+      const timer = setTimeout(end, ms);
+      this.closed.signal.addEventListener('abort', end, { once: true });
+      this.endBackoff = end;
+      // Calls already waiting for a first state end it at once (or after the minimum gap).
+      if (this.stateWaiters.size > 0) this.reconnectSoon();
+    });
   }
 
   private async *writer(signal: AbortSignal): AsyncGenerator<DispatchRequest> {
@@ -340,6 +414,7 @@ export class Dispatcher {
         // Channels to workers that left go, once they carry nothing.
         const present = new Set(m.state.workers.map((w) => w.workerId));
         for (const [id, link] of this.workers) if (!present.has(id) && link.running === 0 && !this.lastWithWorkers?.workers.some((w) => w.workerId === id)) this.dropLink(id, link);
+        for (const wake of [...this.stateWaiters]) wake();
         return;
       }
       case 'pick':
@@ -383,6 +458,22 @@ class DispatchCall {
   constructor(private readonly d: Dispatcher, readonly id: number, private readonly task: Task, private readonly target: Target, private readonly deadline: number | undefined) {}
 
   begin() {
+    // No routing state yet, from the balancer or from before: the scheduler has just started and
+    // not reached it. Wait a moment for it rather than refuse a call the mesh can serve.
+    if (this.d.hasNoRoutingState()) {
+      this.stopWaiting = this.d.awaitRoutingState(FIRST_STATE_WAIT_MS, () => {
+        this.stopWaiting = undefined;
+        if (!this.done) this.decide();
+      });
+      return;
+    }
+    this.decide();
+  }
+
+  private stopWaiting: (() => void) | undefined;
+
+  /** Routes the call: by the balancer when it is reachable, else on the last routing state. */
+  private decide() {
     if (this.d.useBalancer(this.target)) {
       this.routedByBalancer = true;
       const pick = this.d.takePick(this.target);
@@ -546,6 +637,7 @@ class DispatchCall {
   private finish(error: unknown) {
     if (this.done) return;
     clearTimeout(this.decisionTimer);
+    this.stopWaiting?.();
     this.done = true;
     this.error = error;
     this.wake();

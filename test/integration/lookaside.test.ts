@@ -20,7 +20,9 @@ import { startScheduler } from '../../services/scheduler/server.js';
 import { SchedulerServiceDefinition } from '../../generated/maas/internal/v1/scheduler.js';
 import { GenerateRequest } from '../../generated/maas/v1/inference.js';
 import { scrape } from '../prometheus.js';
-import { TestMesh, collect, flakyEchoRuntime, grpcError, startMesh, until } from '../support.js';
+import { MODEL_CACHE_DIR, TestMesh, collect, echoRuntime, flakyEchoRuntime, freePort, grpcError, startMesh, until } from '../support.js';
+import { workerSchema } from '../../services/worker/config.js';
+import { RunningWorker, startWorker } from '../../services/worker/server.js';
 
 /** The sum of the series named `name` with those labels on a /metrics endpoint (0 when absent). */
 async function metric(address: string | undefined, name: string, labels: Record<string, string>): Promise<number> {
@@ -185,5 +187,46 @@ describe('routing off the data path (Dispatch)', function () {
     const err = await grpcError(mesh.inference.predict({ model: 'echo', input: 'nobody' }));
     expect(err.code).to.equal(Status.UNAVAILABLE);
     expect(err.details).to.match(/echo/);
+  });
+
+  it('a scheduler that has not reached the balancer yet holds a call for its first routing state, and brings the connection forward', async () => {
+    // The mesh's processes start in any order (`maas up` starts them together): a scheduler can be
+    // SERVING while its Dispatch stream waits out a reconnect backoff that has grown to 2 s.
+    const balancerPort = await freePort();
+    const dataDir = mkdtempSync(join(tmpdir(), 'maas-late-balancer-'));
+    const scheduler = await startScheduler(
+      { ...parseConfig(schedulerSchema, [], {}), port: 0, metricsPort: -1, balancer: `127.0.0.1:${balancerPort}`, aggregator: `127.0.0.1:${await freePort()}`, dataDir: join(dataDir, 'store'), inputRoot: join(dataDir, 'in'), outputRoot: join(dataDir, 'out') },
+      silentLogger,
+    );
+    const channel = openChannel(scheduler.address);
+    const client = createMeshClient(SchedulerServiceDefinition, channel);
+    const call = (input: string) => collect(client.schedule({ task: { requestId: input, tenant: 'acme', request: { $case: 'predict' as const, predict: { model: 'echo', input, priority: 0, affinityKey: '' } } } }, { deadline: Date.now() + 10_000 }));
+    let balancer: RunningBalancer | undefined;
+    let worker: RunningWorker | undefined;
+    try {
+      // Nothing to route on and nobody to ask: the call waits its bounded moment, then fails precisely.
+      await until(() => scheduler.dispatcher.connectAttempts >= 2, 5000, 'a failed attempt');
+      const started = Date.now();
+      const err = await grpcError(call('nobody yet'));
+      expect(err.code).to.equal(Status.UNAVAILABLE);
+      expect(err.details).to.match(/balancer is unreachable/);
+      expect(Date.now() - started, 'ms the call waited for a routing state').to.be.within(900, 5000);
+      // Let the backoff grow to its 2 s cap, then start the balancer and a worker.
+      const attempts = scheduler.dispatcher.connectAttempts;
+      await until(() => scheduler.dispatcher.connectAttempts >= attempts + 4, 10_000, 'the backoff to grow');
+      balancer = await startBalancer({ ...parseConfig(balancerSchema, [], {}), port: balancerPort, metricsPort: -1, policy: 'p2c', reportIntervalMs: 200 }, silentLogger);
+      worker = await startWorker({ ...parseConfig(workerSchema, [], {}), port: 0, metricsPort: -1, balancer: balancer.address, workerId: 'w1', echoDelayMs: 0, cacheDir: MODEL_CACHE_DIR, modelRepository: join(dataDir, 'models'), inputRoot: join(dataDir, 'in') }, silentLogger, echoRuntime(0));
+      await worker.joined;
+      expect(scheduler.dispatcher.balancerConnected, 'the scheduler is still waiting out its backoff').to.equal(false);
+      const outputs = await call('first call');
+      expect(outputs[0].output?.output?.$case === 'prediction' && outputs[0].output.output.prediction.text).to.equal('first call');
+      expect(scheduler.dispatcher.balancerConnected).to.equal(true);
+    } finally {
+      channel.close();
+      await scheduler.shutdown();
+      await worker?.shutdown().catch(() => undefined);
+      await balancer?.shutdown();
+      rmSync(dataDir, { recursive: true, force: true });
+    }
   });
 });
