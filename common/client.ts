@@ -62,8 +62,17 @@ export function channelOptions(maxMessageBytes: number): ChannelOptions {
     'grpc.max_send_message_length': maxMessageBytes,
     'grpc.keepalive_time_ms': 30_000,
     'grpc.keepalive_timeout_ms': 10_000,
+    // grpc-js waits out a backoff of its own between connection attempts, growing by 1.6x to
+    // 2 minutes, and fails every call meanwhile: a worker whose balancer was away for 40 s
+    // rejoined the restarted one 21 s late, whatever its own retry interval. The services retry
+    // on their own schedule (at most every 2 to 5 s); the channel must not outwait them.
+    'grpc.initial_reconnect_backoff_ms': RECONNECT_BACKOFF_MS.initial,
+    'grpc.max_reconnect_backoff_ms': RECONNECT_BACKOFF_MS.max,
   };
 }
+
+/** grpc-js's reconnect backoff on every channel the mesh opens (its defaults: 1 s, growing to 120 s). */
+export const RECONNECT_BACKOFF_MS = { initial: 100, max: 2000 } as const;
 
 /**
  * Opens a channel to `address` (host:port): plaintext, or TLS with `credentials` (see tls.ts).

@@ -8,7 +8,7 @@ import { parseWebhookSecret } from './jobs/callback';
 import { connectivityState } from '@grpc/grpc-js';
 import { createClient } from 'nice-grpc';
 import { EncodedMessage } from '../../common/call-stream';
-import { Dispatcher } from './dispatcher';
+import { Dispatcher, OpenDispatch } from './dispatcher';
 import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
@@ -171,8 +171,20 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const tls = loadMeshTls(config, 'scheduler');
   const channel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
-  // The Dispatch stream lasts for hours: no tracing middleware (each call's routing has its own span).
-  const rawBalancer = createClient(BalancerServiceDefinition, channel);
+  // The Dispatch stream has a channel of its own, opened anew when an attempt finds it failing:
+  // grpc-js would fail the attempt until its own reconnect backoff ends, and it is the dispatcher's
+  // backoff (which a call with no routing state brings forward) that decides when to try again.
+  // It lasts for hours: no tracing middleware (each call's routing has its own span).
+  let dispatchChannel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
+  let dispatchClient = createClient(BalancerServiceDefinition, dispatchChannel);
+  const openDispatch: OpenDispatch = (requests, options) => {
+    if (dispatchChannel.getConnectivityState(false) === connectivityState.TRANSIENT_FAILURE) {
+      dispatchChannel.close();
+      dispatchChannel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
+      dispatchClient = createClient(BalancerServiceDefinition, dispatchChannel);
+    }
+    return dispatchClient.dispatch(requests, options);
+  };
   const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
@@ -205,7 +217,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
 
   // Online calls: the balancer decides over its Dispatch stream, the scheduler calls the worker.
   const dispatcher = new Dispatcher({
-    openDispatch: (requests, options) => rawBalancer.dispatch(requests, options),
+    openDispatch,
     openWorkerChannel: (workerId, address) => openMeshChannel(address, config.maxMessageBytes, tls, { worker: workerId }),
     maxMessageBytes: config.maxMessageBytes,
     onFirstAttempt: (how) => schedulerCounts.dispatched(how),
@@ -274,6 +286,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       dispatcher.close();
       await metricsServer?.close();
       channel.close();
+      dispatchChannel.close();
       aggregatorChannel.close();
       store.close();
     },
