@@ -10,6 +10,12 @@ import { createMeshClient, openMeshChannel } from '../../common/client';
 import { MeshTls } from '../../common/tls';
 import { Logger } from '../../common/log';
 
+/**
+ * Longest wait between two Join attempts while the balancer is away: a restarted balancer learns
+ * its workers within this of SERVING (5 s before: bench:faults listed them 3.5 s after it).
+ */
+const MAX_JOIN_BACKOFF_MS = 2000;
+
 /** A live membership: `reportNow` pushes a report at once; `leave` ends the stream. */
 export interface Membership {
   reportNow(): void;
@@ -103,7 +109,7 @@ export function joinBalancer(balancerAddress: string, hello: () => WorkerHello, 
         log.warn('cannot reach the balancer; retrying', { balancer: balancerAddress, error: (err as Error).message, retry_ms: backoff });
       }
       await sleep(backoff, undefined, { signal: stop.signal }).catch(() => undefined);
-      backoff = Math.min(backoff * 2, 5000);
+      backoff = Math.min(backoff * 2, MAX_JOIN_BACKOFF_MS);
     }
   })();
 

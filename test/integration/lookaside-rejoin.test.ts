@@ -1,6 +1,6 @@
 /**
  * Found by `npm run bench:faults` (the balancer killed under load): a balancer restarted on its
- * address knows no workers until they rejoin (a worker's Join backoff grows to 5 s while the
+ * address knows no workers until they rejoin (a worker's Join backoff grows to 2 s while the
  * balancer is away). The scheduler's dispatcher dispatches on the last routing state meanwhile, but
  * the gateway's model catalog takes the new balancer's empty list as the truth and refuses the
  * model's calls with UNAVAILABLE before they reach the scheduler.
