@@ -14,6 +14,7 @@ import {
   createChannel,
   createClientFactory,
 } from 'nice-grpc';
+import { connectivityState } from '@grpc/grpc-js';
 import { openTelemetryClientMiddleware } from 'nice-grpc-opentelemetry';
 import { isAbortError } from 'abort-controller-x';
 import { isIP } from 'node:net';
@@ -73,6 +74,29 @@ export function channelOptions(maxMessageBytes: number): ChannelOptions {
 
 /** grpc-js's reconnect backoff on every channel the mesh opens (its defaults: 1 s, growing to 120 s). */
 export const RECONNECT_BACKOFF_MS = { initial: 100, max: 2000 } as const;
+
+/**
+ * A client for a long-lived stream whose owner reconnects on a schedule of its own (the worker's
+ * Join, the scheduler's Dispatch): `client()` opens a new channel when the last one is failing
+ * (TRANSIENT_FAILURE), since grpc-js fails every call until its own backoff ends, and the two
+ * backoffs would add up (a worker rejoined a restarted balancer 3.1 s after it served, against a
+ * 2 s retry interval).
+ */
+export function clientOnFreshChannel<C>(open: () => Channel, makeClient: (channel: Channel) => C): { client(): C; close(): void } {
+  let channel = open();
+  let client = makeClient(channel);
+  return {
+    client() {
+      if (channel.getConnectivityState(false) === connectivityState.TRANSIENT_FAILURE) {
+        channel.close();
+        channel = open();
+        client = makeClient(channel);
+      }
+      return client;
+    },
+    close: () => channel.close(),
+  };
+}
 
 /**
  * Opens a channel to `address` (host:port): plaintext, or TLS with `credentials` (see tls.ts).

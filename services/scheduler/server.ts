@@ -9,7 +9,7 @@ import { connectivityState } from '@grpc/grpc-js';
 import { createClient } from 'nice-grpc';
 import { EncodedMessage } from '../../common/call-stream';
 import { Dispatcher, OpenDispatch } from './dispatcher';
-import { createMeshClient, openMeshChannel } from '../../common/client';
+import { clientOnFreshChannel, createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
@@ -171,20 +171,14 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const tls = loadMeshTls(config, 'scheduler');
   const channel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
-  // The Dispatch stream has a channel of its own, opened anew when an attempt finds it failing:
-  // grpc-js would fail the attempt until its own reconnect backoff ends, and it is the dispatcher's
-  // backoff (which a call with no routing state brings forward) that decides when to try again.
-  // It lasts for hours: no tracing middleware (each call's routing has its own span).
-  let dispatchChannel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
-  let dispatchClient = createClient(BalancerServiceDefinition, dispatchChannel);
-  const openDispatch: OpenDispatch = (requests, options) => {
-    if (dispatchChannel.getConnectivityState(false) === connectivityState.TRANSIENT_FAILURE) {
-      dispatchChannel.close();
-      dispatchChannel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
-      dispatchClient = createClient(BalancerServiceDefinition, dispatchChannel);
-    }
-    return dispatchClient.dispatch(requests, options);
-  };
+  // The Dispatch stream has a channel of its own, opened anew when an attempt finds it failing,
+  // so that the dispatcher's backoff (which a call with no routing state brings forward) decides
+  // when to try again, not grpc-js's. It lasts for hours: no tracing middleware (each call's routing has its own span).
+  const dispatchLink = clientOnFreshChannel(
+    () => openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer'),
+    (c) => createClient(BalancerServiceDefinition, c),
+  );
+  const openDispatch: OpenDispatch = (requests, options) => dispatchLink.client().dispatch(requests, options);
   const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
@@ -286,7 +280,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       dispatcher.close();
       await metricsServer?.close();
       channel.close();
-      dispatchChannel.close();
+      dispatchLink.close();
       aggregatorChannel.close();
       store.close();
     },

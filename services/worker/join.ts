@@ -6,7 +6,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { JoinRequest, LoadReport, WorkerHello } from '../../generated/maas/internal/v1/balancer';
 import { BalancerServiceDefinition } from '../../generated/maas/internal/v1/balancer';
-import { createMeshClient, openMeshChannel } from '../../common/client';
+import { clientOnFreshChannel, createMeshClient, openMeshChannel } from '../../common/client';
 import { MeshTls } from '../../common/tls';
 import { Logger } from '../../common/log';
 
@@ -38,8 +38,11 @@ export interface Membership {
  * advertises the models the worker serves now.
  */
 export function joinBalancer(balancerAddress: string, hello: () => WorkerHello, load: () => LoadReport, log: Logger, tls?: MeshTls): Membership {
-  const channel = openMeshChannel(balancerAddress, undefined, tls, 'balancer');
-  const client = createMeshClient(BalancerServiceDefinition, channel);
+  // A fresh channel for an attempt after a failed one: this loop's backoff decides, not grpc-js's.
+  const link = clientOnFreshChannel(
+    () => openMeshChannel(balancerAddress, undefined, tls, 'balancer'),
+    (channel) => createMeshClient(BalancerServiceDefinition, channel),
+  );
   const stop = new AbortController();
   let leaving = false;
   let wake: (() => void) | undefined;
@@ -93,7 +96,7 @@ export function joinBalancer(balancerAddress: string, hello: () => WorkerHello, 
     let backoff = 100;
     while (!leaving && !stop.signal.aborted) {
       try {
-        for await (const response of client.join(messages(), { signal: stop.signal })) {
+        for await (const response of link.client().join(messages(), { signal: stop.signal })) {
           if (response.reportIntervalMs && response.reportIntervalMs !== intervalMs) {
             intervalMs = response.reportIntervalMs;
             // Report now: the wait under way was timed with the old interval, maybe too long.
@@ -126,7 +129,7 @@ export function joinBalancer(balancerAddress: string, hello: () => WorkerHello, 
     abandon() {
       leaving = true;
       stop.abort();
-      channel.close();
+      link.close();
     },
     async leave() {
       leaving = true;
@@ -136,7 +139,7 @@ export function joinBalancer(balancerAddress: string, hello: () => WorkerHello, 
       const timer = setTimeout(() => stop.abort(), 1000);
       await loop;
       clearTimeout(timer);
-      channel.close();
+      link.close();
     },
   };
 }
