@@ -66,7 +66,7 @@ export function channelOptions(maxMessageBytes: number): ChannelOptions {
     // grpc-js waits out a backoff of its own between connection attempts, growing by 1.6x to
     // 2 minutes, and fails every call meanwhile: a worker whose balancer was away for 40 s
     // rejoined the restarted one 21 s late, whatever its own retry interval. The services retry
-    // on their own schedule (at most every 2 to 5 s); the channel must not outwait them.
+    // on their own schedule (at most every 2 s); the channel must not outwait them.
     'grpc.initial_reconnect_backoff_ms': RECONNECT_BACKOFF_MS.initial,
     'grpc.max_reconnect_backoff_ms': RECONNECT_BACKOFF_MS.max,
   };

@@ -134,9 +134,8 @@ export class Dispatcher {
   private readonly closed = new AbortController();
   /** Calls waiting for a first routing state (see {@link awaitRoutingState}). */
   private readonly stateWaiters = new Set<() => void>();
-  /** Ends the reconnect loop's backoff early, while it waits one out. */
-  private endBackoff: (() => void) | undefined;
-  private backoffKicked = false;
+  /** Moves the end of the backoff being waited out (none: the loop is not waiting). */
+  private shortenBackoff: ((endsAt: number) => void) | undefined;
   private lastAttemptAt = 0;
   private attemptsMade = 0;
 
@@ -238,13 +237,9 @@ export class Dispatcher {
     return stop;
   }
 
-  /** Ends the backoff now, or MIN_RECONNECT_GAP_MS after the last attempt: a burst of calls is one attempt. */
+  /** Ends the backoff MIN_RECONNECT_GAP_MS after the last attempt (or now): a burst of calls is one attempt. */
   private reconnectSoon() {
-    if (!this.endBackoff || this.backoffKicked) return;
-    this.backoffKicked = true;
-    const wait = this.lastAttemptAt + MIN_RECONNECT_GAP_MS - Date.now();
-    if (wait <= 0) this.endBackoff();
-    else setTimeout(() => this.endBackoff?.(), wait).unref();
+    this.shortenBackoff?.(this.lastAttemptAt + MIN_RECONNECT_GAP_MS);
   }
 
   /** True when the balancer should route a call for `target` (else: the last routing state). */
@@ -372,13 +367,18 @@ export class Dispatcher {
       const end = () => {
         clearTimeout(timer);
         this.closed.signal.removeEventListener('abort', end);
-        this.endBackoff = undefined;
-        this.backoffKicked = false;
+        this.shortenBackoff = undefined;
         resolve();
       };
-      const timer = setTimeout(end, ms);
+      let endsAt = Date.now() + ms;
+      let timer = setTimeout(end, ms);
       this.closed.signal.addEventListener('abort', end, { once: true });
-      this.endBackoff = end;
+      this.shortenBackoff = (at) => {
+        if (at >= endsAt) return;
+        endsAt = at;
+        clearTimeout(timer);
+        timer = setTimeout(end, Math.max(0, at - Date.now()));
+      };
       // Calls already waiting for a first state end it at once (or after the minimum gap).
       if (this.stateWaiters.size > 0) this.reconnectSoon();
     });
