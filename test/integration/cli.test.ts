@@ -142,7 +142,9 @@ describe('maas CLI against a real mesh', function () {
     const workers = await run(['workers', '--json', ...gw]);
     const w = JSON.parse(workers.stdout) as { policy: string; workers: { workerId: string; state: string }[] };
     expect(w.policy).to.equal('p2c');
-    expect(w.workers.map((x) => [x.workerId, x.state])).to.deep.equal([['w1', 'WORKER_STATE_READY']]);
+    expect(w.workers.map((x) => x.workerId)).to.deep.equal(['w1']);
+    // The worker joined seconds ago: it is READY, or still in its 10 s slow-start ramp on a fast run.
+    expect(w.workers[0].state).to.be.oneOf(['WORKER_STATE_READY', 'WORKER_STATE_SLOW_START']);
     const workersText = await run(['workers', ...gw]);
     expect(workersText.stdout).to.match(/^policy p2c; 1 worker\nw1 /);
   });
