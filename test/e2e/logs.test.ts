@@ -108,10 +108,13 @@ describe('logs: JSON lines with the trace of the call, and no caller content', f
     const traced = () => jsonLines(run!.output).filter((l) => l.line.trace_id === traceId);
     const spansOf = (service: string) => receiver.spans.filter((s) => s.traceId === traceId && s.service === service);
     const describe = () => `lines of the trace:\n${traced().map((l) => `  [${l.from}] ${JSON.stringify(l.line)}`).join('\n')}\nspans:\n${receiver.spans.filter((s) => s.traceId === traceId).map((s) => `  ${s.service} ${s.name} ${s.spanId}`).join('\n')}`;
-    await until(() => hops.every(([from, service, msg]) => traced().some((l) => l.from.startsWith(from) && l.line.msg === msg) && spansOf(service).length > 0 && spansOf(service).some((s) => s.name.startsWith('maas.'))), 20_000, describe);
+    // Each service exports its spans in batches of its own: wait for the span each line names (the
+    // balancer's routing span may come after its ListModels span of the same trace).
+    const lineOf = (from: string, msg: string) => traced().find((l) => l.from.startsWith(from) && l.line.msg === msg);
+    await until(() => hops.every(([from, service, msg]) => spansOf(service).some((s) => s.spanId === lineOf(from, msg)?.line.span_id)), 20_000, describe);
 
     for (const [from, service, msg] of hops) {
-      const line = traced().find((l) => l.from.startsWith(from) && l.line.msg === msg)!;
+      const line = lineOf(from, msg)!;
       expect(Object.keys(line.line), describe()).to.include.members(['time', 'level', 'service', 'msg', 'trace_id', 'span_id']);
       expect(line.line.level, `${from} ${msg}`).to.equal('debug');
       expect(spansOf(service).map((s) => s.spanId), `span_id of [${line.from}] "${msg}" is a span of ${service} in the trace\n${describe()}`).to.include(line.line.span_id);
