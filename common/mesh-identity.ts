@@ -92,15 +92,17 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   // The scheduler's methods carry a tenant, which only the gateway (that authenticated it) may set.
   '/maas.internal.v1.SchedulerService/Schedule': ['gateway'],
   '/maas.internal.v1.SchedulerService/ScheduleCalls': ['gateway'],
+  '/maas.internal.v1.SchedulerService/Permits': ['gateway'],
   '/maas.internal.v1.SchedulerService/SubmitJob': ['gateway'],
   '/maas.internal.v1.SchedulerService/WatchJob': ['gateway'],
   '/maas.internal.v1.SchedulerService/GetJob': ['gateway'],
   '/maas.internal.v1.SchedulerService/ListJobs': ['gateway'],
   '/maas.internal.v1.SchedulerService/CancelJob': ['gateway'],
-  // The scheduler dispatches every task; a worker joins only as the id its certificate names
-  // (checked by the Join handler against the hello's worker_id).
+  // The scheduler dispatches batch tasks and the online calls it admits; the gateway dispatches the
+  // online calls it holds a scheduler's permit for. A worker joins only as the id its certificate
+  // names (checked by the Join handler against the hello's worker_id).
   '/maas.internal.v1.BalancerService/Route': ['scheduler'],
-  '/maas.internal.v1.BalancerService/Dispatch': ['scheduler'],
+  '/maas.internal.v1.BalancerService/Dispatch': ['scheduler', 'gateway'],
   '/maas.internal.v1.BalancerService/Join': ['worker'],
   '/maas.internal.v1.BalancerService/ListModels': ['gateway', 'operator'],
   '/maas.internal.v1.BalancerService/ListWorkers': ['gateway', 'operator'],
@@ -113,11 +115,12 @@ export const METHOD_POLICY: Readonly<Record<string, Allowed>> = {
   '/maas.internal.v1.AggregatorService/Commit': ['worker'],
   '/maas.internal.v1.AggregatorService/Finalize': ['scheduler'],
   '/maas.internal.v1.AggregatorService/Forget': ['scheduler'],
-  // Tasks run on a worker only when the balancer sends them (Route, batch tasks) or the scheduler
-  // dispatches them on the balancer's word (Dispatch, online calls). Both call ExecuteCalls; the
-  // balancer's plain Execute is what balancers before call streams sent.
+  // Tasks run on a worker only when the balancer sends them (Route, batch tasks) or a dispatcher
+  // (the scheduler, or the gateway on a scheduler's permit) runs them on the balancer's word
+  // (Dispatch, online calls). All call ExecuteCalls; the balancer's plain Execute is what
+  // balancers before call streams sent.
   '/maas.internal.v1.WorkerService/Execute': ['balancer'],
-  '/maas.internal.v1.WorkerService/ExecuteCalls': ['scheduler', 'balancer'],
+  '/maas.internal.v1.WorkerService/ExecuteCalls': ['scheduler', 'balancer', 'gateway'],
   '/maas.internal.v1.WorkerService/RepositoryIndex': ['balancer'],
   '/maas.internal.v1.WorkerService/LoadModel': ['balancer'],
   '/maas.internal.v1.WorkerService/UnloadModel': ['balancer'],

@@ -1,6 +1,6 @@
 /** Settings of the gateway. */
 import { callbackAllowSetting } from '../common/callback-target';
-import { address, integer, text } from '../common/config';
+import { address, boolean, integer, text } from '../common/config';
 import { metricsPortSetting } from '../common/metrics';
 import { drainTimeoutSetting } from '../common/drain';
 import { tlsSchema } from '../common/tls';
@@ -15,7 +15,8 @@ export const gatewaySchema = {
   httpPort: integer({ flag: '--http-port', env: 'MAAS_GATEWAY_HTTP_PORT', default: 8080, min: -1, max: 65535, doc: 'Port of the OpenAI-compatible HTTP API (/v1/models, /v1/completions, /v1/chat/completions) on --host; 0 picks a free one, -1 turns it off.' }),
   httpMaxBodyBytes: integer({ flag: '--http-max-body-bytes', env: 'MAAS_GATEWAY_HTTP_MAX_BODY_BYTES', default: 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest HTTP request body, in bytes; a larger one gets 413 before it is read.' }),
   scheduler: address({ flag: '--scheduler', env: 'MAAS_SCHEDULER_ADDRESS', default: '127.0.0.1:50052', doc: 'Address of the scheduler.' }),
-  balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer (for the model catalog).' }),
+  balancer: address({ flag: '--balancer', env: 'MAAS_BALANCER_ADDRESS', default: '127.0.0.1:50053', doc: 'Address of the balancer (the model catalog, and the routing of the online calls the gateway dispatches).' }),
+  permits: boolean({ flag: '--permits', env: 'MAAS_GATEWAY_PERMITS', default: true, doc: "Run online calls on admission permits the scheduler grants ahead (while it has room), dispatched by the gateway straight to the worker the balancer picks: no round trip to the scheduler per call. Calls of a tenant holding no permit, and every call with false, go through the scheduler." }),
   maxMessageBytes: integer({ flag: '--max-message-bytes', env: 'MAAS_GATEWAY_MAX_MESSAGE_BYTES', default: 4 * 1024 * 1024, min: 1024, max: 1 << 30, doc: 'Largest request message accepted, in bytes; larger ones get RESOURCE_EXHAUSTED.' }),
   maxConcurrentStreams: integer({ flag: '--max-concurrent-streams', env: 'MAAS_GATEWAY_MAX_CONCURRENT_STREAMS', default: 100, min: 1, max: 1000000, doc: 'Most calls one client connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS); more wait for one to end.' }),
   maxPromptChars: integer({ flag: '--max-prompt-chars', env: 'MAAS_GATEWAY_MAX_PROMPT_CHARS', default: 8192, min: 1, max: 1 << 24, doc: 'Longest Generate prompt, in characters.' }),

@@ -5,7 +5,10 @@
  * telemetry middleware opens the root span of the call's trace here.
  */
 import { randomUUID } from 'node:crypto';
-import { ClientError, Status } from 'nice-grpc';
+import { ClientError, Status, createClient } from 'nice-grpc';
+import { trace } from '@opentelemetry/api';
+import { Dispatcher, countDispatches, openMeshDispatcher } from '../common/dispatcher';
+import { PermitClient } from './permits';
 import { createMeshClient, openMeshChannel } from '../common/client';
 import { ConfigOf } from '../common/config';
 import { MeshError, quoteInput } from '../common/errors';
@@ -64,6 +67,10 @@ export interface RunningGateway extends StartedService {
    * when the file changes, and on SIGHUP.
    */
   reloadApiKeys(): boolean;
+  /** The dispatcher of the calls on permits (undefined with --permits false), for tests and diagnostics. */
+  readonly dispatcher: Dispatcher | undefined;
+  /** The scheduler's permits held (undefined with --permits false), for tests and diagnostics. */
+  readonly permits: PermitClient | undefined;
 }
 
 /** Starts the gateway. */
@@ -94,7 +101,45 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
   const scheduler = createMeshClient(SchedulerServiceDefinition, schedulerChannel);
   // Online calls go many to a stream (ScheduleCalls): a new HTTP/2 stream per call costs more than the call.
   const scheduleCalls = openCallStreamClient<ScheduleRequest, ScheduleResponse>(SchedulerServiceDefinition, schedulerChannel, 'scheduleCalls', 'schedule');
-  const schedule = (task: Task, options: CallStreamCallOptions) => scheduleCalls.call({ task }, options);
+  const metrics = new ServiceMetrics('gateway');
+  const onlinePath = metrics.counter(
+    'maas_gateway_online_calls_total',
+    "Online calls by path: permit (on an admission permit the scheduler granted ahead, dispatched by the gateway straight to the worker), scheduler (through the scheduler's queue).",
+    ['path'],
+  );
+  // Online calls on the scheduler's permits: the gateway dispatches them itself (the balancer
+  // decides over the gateway's own Dispatch stream), with no round trip to the scheduler per call.
+  const dispatch = config.permits
+    ? openMeshDispatcher({ balancer: config.balancer, maxMessageBytes: config.maxMessageBytes, tls, log, onFirstAttempt: countDispatches(metrics, 'maas_gateway_dispatched_total') })
+    : undefined;
+  // The Permits stream lasts as long as the gateway: no tracing middleware.
+  const schedulerStreams = createClient(SchedulerServiceDefinition, schedulerChannel);
+  const permitClient = dispatch && new PermitClient({ open: (requests, options) => schedulerStreams.permits(requests, options), log });
+  metrics.gauge('maas_gateway_permits_held', "Admission permits the gateway holds now, granted ahead by the scheduler (each one slot on which the gateway runs a tenant's calls one at a time).", [], (g) => g.set(permitClient?.held ?? 0));
+
+  /**
+   * Runs an online task: each output as an encoded ScheduleResponse. On a permit of the task's
+   * tenant, the gateway dispatches it; otherwise the scheduler admits and dispatches it.
+   */
+  async function* runOnline(task: Task, options: CallStreamCallOptions): AsyncGenerator<Uint8Array> {
+    const done = permitClient?.take(task.tenant);
+    if (!done || !dispatch) {
+      onlinePath.inc({ path: 'scheduler' });
+      trace.getActiveSpan()?.setAttribute('maas.admission', 'scheduler');
+      return yield* scheduleCalls.callEncoded({ task }, options);
+    }
+    onlinePath.inc({ path: 'permit' });
+    trace.getActiveSpan()?.setAttribute('maas.admission', 'permit');
+    try {
+      // The worker's output as it encoded it: an ExecuteResponse is a ScheduleResponse on the wire.
+      for await (const message of dispatch.dispatcher.run(task, options.signal ?? new AbortController().signal, options.deadline)) yield message.bytes;
+    } finally {
+      done();
+    }
+  }
+  async function* schedule(task: Task, options: CallStreamCallOptions): AsyncGenerator<ScheduleResponse> {
+    for await (const bytes of runOnline(task, options)) yield ScheduleResponse.decode(bytes);
+  }
   const balancer = createMeshClient(BalancerServiceDefinition, balancerChannel);
   const catalog = new ModelCatalog<Model>(async () => {
     try {
@@ -148,7 +193,7 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     log.debug('generate', { request_id: task.requestId, tenant: task.tenant, model: valid.model, prompt: callerContent(log, valid.prompt), messages: valid.messages.length, max_tokens: valid.maxTokens });
     // Each chunk goes to the client as the worker encoded it: ScheduleResponse.output (1) is a
     // TaskOutput whose chunk (10) is the GenerateResponse itself.
-    for await (const bytes of scheduleCalls.callEncoded({ task }, { signal: context.signal, deadline })) {
+    for await (const bytes of runOnline(task, { signal: context.signal, deadline })) {
       const output = lengthDelimitedField(bytes, 1);
       const chunk = output && lengthDelimitedField(output, 10);
       if (chunk) yield new EncodedMessage(chunk);
@@ -230,7 +275,6 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     },
   };
 
-  const metrics = new ServiceMetrics('gateway');
   // The OpenAI-compatible HTTP edge's requests (its calls into the mesh are counted by the scheduler's gRPC metrics).
   const httpAnswered = metrics.counter('maas_http_requests_total', 'Requests answered by the OpenAI-compatible HTTP API, by route and HTTP status.', ['route', 'code']);
   const httpSeconds = metrics.histogram('maas_http_request_duration_seconds', 'Time from an HTTP API request to the end of its answer (the whole stream for SSE), in seconds, by route.', ['route']);
@@ -315,9 +359,13 @@ export async function startGateway(config: ConfigOf<typeof gatewaySchema>, log: 
     httpPort: http?.port,
     metricsAddress: metricsServer?.address,
     reloadApiKeys,
+    dispatcher: dispatch?.dispatcher,
+    permits: permitClient,
     async shutdown() {
       keyWatch?.close();
       await Promise.all([server.shutdown(config.drainTimeoutMs), http?.close(config.drainTimeoutMs), metricsServer?.close()]);
+      permitClient?.close();
+      dispatch?.close();
       scheduleCalls.close();
       schedulerChannel.close();
       balancerChannel.close();

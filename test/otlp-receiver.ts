@@ -18,12 +18,14 @@ export interface CollectedSpan {
   parentSpanId?: string;
   name: string;
   kind: number;
+  /** The span's string attributes. */
+  attributes: Record<string, string>;
 }
 
 interface OtlpJsonRequest {
   resourceSpans?: Array<{
     resource?: { attributes?: Array<{ key: string; value?: { stringValue?: string } }> };
-    scopeSpans?: Array<{ spans?: Array<Omit<CollectedSpan, 'service'>> }>;
+    scopeSpans?: Array<{ spans?: Array<Omit<CollectedSpan, 'service' | 'attributes'> & { attributes?: Array<{ key: string; value?: { stringValue?: string } }> }> }>;
   }>;
 }
 
@@ -63,7 +65,9 @@ export class OtlpReceiver {
       const service = rs.resource?.attributes?.find((a) => a.key === 'service.name')?.value?.stringValue ?? '?';
       for (const ss of rs.scopeSpans ?? []) {
         for (const s of ss.spans ?? []) {
-          added.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind });
+          const attributes: Record<string, string> = {};
+          for (const a of s.attributes ?? []) if (a.value?.stringValue !== undefined) attributes[a.key] = a.value.stringValue;
+          added.push({ service, traceId: s.traceId, spanId: s.spanId, parentSpanId: s.parentSpanId || undefined, name: s.name, kind: s.kind, attributes });
         }
       }
     }

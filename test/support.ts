@@ -235,6 +235,18 @@ export async function until(condition: () => boolean, timeoutMs = 5000, what = '
   }
 }
 
+/**
+ * Resolves once the async `condition` holds, checking it again 20 ms after each answer; rejects
+ * after `timeoutMs`. For state another process holds (a metric of a service).
+ */
+export async function untilAsync(condition: () => Promise<boolean>, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 /** The ClientError a promise rejects with; fails the test if it resolves or throws anything else. */
 export async function grpcError(promise: Promise<unknown>): Promise<ClientError> {
   try {

@@ -128,6 +128,8 @@ export interface AdmissionQueueOptions {
    * wait plus service exceeds what its deadline leaves (default false).
    */
   deadlineAdmission?: boolean;
+  /** Called when a request starts to wait for a slot (every slot is taken). */
+  onWait?: () => void;
 }
 
 /** What one tenant holds in the queue now. */
@@ -291,7 +293,10 @@ export class AdmissionQueue {
     this.clock = options.clock ?? systemClock;
     this.tenantLimits = options.tenantLimits ?? (() => UNLIMITED);
     this.deadlineAdmission = options.deadlineAdmission ?? false;
+    this.onWait = options.onWait;
   }
+
+  private readonly onWait: (() => void) | undefined;
 
   /** What `tenant` holds now. */
   tenantUsage(tenant: string): TenantUsage {
@@ -387,7 +392,23 @@ export class AdmissionQueue {
         return Promise.reject(new DeadlineUnmeetableError(verdict.message, verdict.expectedWaitMs, verdict.remainingMs));
       }
     }
+    this.onWait?.();
     return this.enqueue(this.levels[priority], tenant, now, deadline, signal);
+  }
+
+  /**
+   * A slot now, without waiting and without a timer, when one is free, nothing waits and the tenant
+   * is under its in-flight limit; otherwise undefined (nothing is counted as refused). It is held
+   * for a gateway that runs calls on it (SchedulerService.Permits): releasing it observes no
+   * service time (the gateway reports the time its calls took; see {@link serviceTime}).
+   */
+  tryAdmitNow(tenant: string): Permit | undefined {
+    if (this.queuedCount > 0 || this.inFlightCount >= this.maxInFlight) return undefined;
+    if (this.tenantUsage(tenant).open >= this.tenantLimits(tenant).maxInFlight) return undefined;
+    this.inFlightCount++;
+    this.admittedCount++;
+    this.count(tenant, 1, 0);
+    return this.createPermit(tenant, 0, false);
   }
 
   /** Requests waiting that a new request of `priority` would be served after: its level and those above. */
@@ -477,7 +498,7 @@ export class AdmissionQueue {
     return undefined;
   }
 
-  private createPermit(tenant: string, waitedMs: number): Permit {
+  private createPermit(tenant: string, waitedMs: number, observe = true): Permit {
     let released = false;
     const admittedAt = this.clock.now();
     return Object.freeze({
@@ -485,7 +506,7 @@ export class AdmissionQueue {
       release: (): void => {
         if (released) return;
         released = true;
-        this.serviceTime.observe(this.clock.now() - admittedAt);
+        if (observe) this.serviceTime.observe(this.clock.now() - admittedAt);
         this.count(tenant, -1, 0);
         this.releaseSlot();
       },

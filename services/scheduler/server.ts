@@ -6,10 +6,9 @@
 import { parseCallbackAllowlist } from '../../common/callback-target';
 import { parseWebhookSecret } from './jobs/callback';
 import { connectivityState } from '@grpc/grpc-js';
-import { createClient } from 'nice-grpc';
 import { EncodedMessage } from '../../common/call-stream';
-import { Dispatcher, OpenDispatch } from './dispatcher';
-import { clientOnFreshChannel, createMeshClient, openMeshChannel } from '../../common/client';
+import { Dispatcher, countDispatches, openMeshDispatcher } from '../../common/dispatcher';
+import { createMeshClient, openMeshChannel } from '../../common/client';
 import { ConfigOf } from '../../common/config';
 import { MeshError } from '../../common/errors';
 import { Logger } from '../../common/log';
@@ -28,6 +27,8 @@ import {
   GetJobResponse,
   ListJobsRequest,
   ListJobsResponse,
+  PermitsRequest,
+  PermitsResponse,
   ScheduleRequest,
   ScheduleResponse,
   SchedulerServiceDefinition,
@@ -47,6 +48,7 @@ import { Priority as ProtoPriority } from '../../generated/maas/v1/inference';
 import { inferPriorityOf } from '../../common/infer-parameters';
 import { schedulerSchema } from './config';
 import { AdmissionQueue, DeadlineInQueueError, DeadlineUnmeetableError, Permit, Priority, QueueFullError, TenantLimitError } from './queue';
+import { PermitDesk, PermitEvent } from './permits';
 import { RateLimiter, TenantCounter, TenantLimits, TenantLimitValues } from './tenant-limits';
 import { tenantNameProblem } from '../../common/tenant';
 
@@ -63,6 +65,8 @@ export interface RunningScheduler extends StartedService {
   readonly metricsAddress: string | undefined;
   /** The online dispatcher (routing by the balancer's Dispatch stream), for tests and diagnostics. */
   readonly dispatcher: Dispatcher;
+  /** Admission granted ahead to the gateways (Permits streams), for tests and diagnostics. */
+  readonly permits: PermitDesk;
 }
 
 /** Why a request or job was refused, as `maas_scheduler_refused_total` labels it. */
@@ -82,17 +86,19 @@ function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store:
   const duration = metrics.histogram('maas_scheduler_job_duration_seconds', 'Time from a batch job\'s acceptance to its end, in seconds, by final state.', ['state'], [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600]);
   const retried = metrics.counter('maas_scheduler_tasks_retried_total', 'Map task attempts that failed and were scheduled again.');
   const failed = metrics.counter('maas_scheduler_tasks_failed_total', 'Map tasks that failed their last attempt (their job fails).');
-  const dispatched = metrics.counter(
-    'maas_scheduler_dispatched_total',
-    'Online calls by how their first worker was chosen: pick (the balancer\'s pick made ahead of the call), order (the balancer\'s answer to the call), local (the balancer\'s last routing state, with the balancer unreachable).',
-    ['how'],
+  const dispatched = countDispatches(metrics, 'maas_scheduler_dispatched_total');
+  const permits = metrics.counter(
+    'maas_scheduler_permits_total',
+    'Admission permits granted ahead to gateways (SchedulerService.Permits), by event: granted, returned (given back; the tokens of its unused budget refunded), revoked (asked back: calls were about to wait, or its tenant was at a limit), calls (online calls the gateways ran on permits, as they reported them).',
+    ['event'],
   );
   const records = metrics.counter('maas_scheduler_records_processed_total', 'Input records of batch jobs mapped and committed (rate() gives records per second).');
   return {
     refused: (reason: RefusalReason, tenant: string) => refused.inc({ reason, tenant }),
     waited: (priority: Priority, ms: number) => queueWait.observe({ priority }, ms / 1000),
     accepted: () => accepted.inc(),
-    dispatched: (how: 'pick' | 'order' | 'local') => dispatched.inc({ how }),
+    dispatched,
+    permits: (event: PermitEvent, n: number) => permits.inc({ event }, n),
     onEvent(event: JobEvent['event'], end?: { durationMs: number }) {
       const state = event?.$case === 'completed' ? 'succeeded' : event?.$case;
       if (end && (state === 'succeeded' || state === 'failed' || state === 'cancelled')) duration.observe({ state }, end.durationMs / 1000);
@@ -151,10 +157,25 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     },
     config.tenantLimits,
   );
-  const queue = new AdmissionQueue({ maxInFlight: config.maxInFlight, maxQueued: config.maxQueued, tenantLimits: (t) => limits.of(t), deadlineAdmission: config.deadlineAdmission });
+  const queue = new AdmissionQueue({
+    maxInFlight: config.maxInFlight,
+    maxQueued: config.maxQueued,
+    tenantLimits: (t) => limits.of(t),
+    deadlineAdmission: config.deadlineAdmission,
+    // A call waits: the gateways' permits go back, and their slots to the calls that wait.
+    onWait: () => permitDesk.reclaim(),
+  });
   const rates = new RateLimiter((t) => limits.of(t), () => Date.now());
   const watches = new TenantCounter();
   const metrics = new ServiceMetrics('scheduler');
+  const permitDesk = new PermitDesk({
+    queue,
+    maxInFlight: config.maxInFlight,
+    limitsOf: (tenant) => limits.of(tenant),
+    takeRateTokens: (tenant, n) => rates.takeUpTo(tenant, n, limits.of(tenant).burst / 2),
+    refundRateTokens: (tenant, n) => rates.refund(tenant, n),
+    onEvent: (event, n) => counted?.permits(event, n),
+  });
   // Set once the store is open; refusals before that cannot happen (nothing serves yet).
   let counted: SchedulerMetrics | undefined;
   /** RESOURCE_EXHAUSTED when `tenant` is over its request rate. */
@@ -171,14 +192,6 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   const tls = loadMeshTls(config, 'scheduler');
   const channel = openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer');
   const balancer = createMeshClient(BalancerServiceDefinition, channel);
-  // The Dispatch stream has a channel of its own, opened anew when an attempt finds it failing,
-  // so that the dispatcher's backoff (which a call with no routing state brings forward) decides
-  // when to try again, not grpc-js's. It lasts for hours: no tracing middleware (each call's routing has its own span).
-  const dispatchLink = clientOnFreshChannel(
-    () => openMeshChannel(config.balancer, config.maxMessageBytes, tls, 'balancer'),
-    (c) => createClient(BalancerServiceDefinition, c),
-  );
-  const openDispatch: OpenDispatch = (requests, options) => dispatchLink.client().dispatch(requests, options);
   const aggregatorChannel = openMeshChannel(config.aggregator, config.maxMessageBytes, tls, 'aggregator');
   const aggregator = createMeshClient(AggregatorServiceDefinition, aggregatorChannel);
   const inputRoot = await prepareRoot(config.inputRoot, [config.dataDir], '--input-root');
@@ -210,19 +223,15 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
   );
 
   // Online calls: the balancer decides over its Dispatch stream, the scheduler calls the worker.
-  const dispatcher = new Dispatcher({
-    openDispatch,
-    openWorkerChannel: (workerId, address) => openMeshChannel(address, config.maxMessageBytes, tls, { worker: workerId }),
-    maxMessageBytes: config.maxMessageBytes,
-    onFirstAttempt: (how) => schedulerCounts.dispatched(how),
-    log,
-  });
+  const dispatch = openMeshDispatcher({ balancer: config.balancer, maxMessageBytes: config.maxMessageBytes, tls, log, onFirstAttempt: (how) => schedulerCounts.dispatched(how) });
+  const dispatcher = dispatch.dispatcher;
 
   async function* schedule(request: ScheduleRequest, context: MeshCallContext): AsyncGenerator<ScheduleResponse | EncodedMessage> {
     const task = request.task;
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     requireTenant(task.tenant);
     takeRateToken(task.tenant);
+    while (refusedForPermits(task.tenant)) await permitDesk.nextRelease(context.signal);
     const permit = await admit(queue, task, context, limits, schedulerCounts);
     log.debug('admitted', { request_id: task.requestId, tenant: task.tenant, task: task.request.$case, waited_ms: permit.waitedMs });
     try {
@@ -230,7 +239,26 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
       yield* dispatcher.run(task, context.signal, context.deadline);
     } finally {
       permit.release();
+      permitDesk.slotsFreed();
     }
+  }
+
+  /**
+   * True when a call would be refused for want of a slot that a gateway holds as a permit (its
+   * tenant at its limit, or every slot taken and the queue full): the permits go back first, and
+   * the call waits for them (up to its deadline) rather than be refused while a permit may be
+   * running nothing.
+   */
+  function refusedForPermits(tenant: string): boolean {
+    const tenantFull = queue.tenantUsage(tenant).open >= limits.of(tenant).maxInFlight && permitDesk.heldBy(tenant) > 0;
+    const meshFull = queue.inFlight >= config.maxInFlight && queue.queued >= config.maxQueued && permitDesk.held > 0;
+    if (tenantFull) permitDesk.reclaim(tenant);
+    else if (meshFull) permitDesk.reclaim();
+    return tenantFull || meshFull;
+  }
+
+  function permits(requests: AsyncIterable<PermitsRequest>, context: MeshCallContext): AsyncGenerator<PermitsResponse> {
+    return permitDesk.serve(requests, context.signal);
   }
 
   const server = await startGrpcServer({
@@ -244,8 +272,9 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     insecure: config.insecure,
     healthPort: config.healthPort,
     // Job watches last until the job ends; the gateway's relay reconnects and loses no event.
-    longLivedMethods: ['/maas.internal.v1.SchedulerService/WatchJob'],
-    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, ...jobMethods(jobs, limits, watches, takeRateToken, schedulerCounts) } }],
+    // A gateway's Permits stream lasts as long as the gateway; it reconnects by itself.
+    longLivedMethods: ['/maas.internal.v1.SchedulerService/WatchJob', '/maas.internal.v1.SchedulerService/Permits'],
+    services: [{ definition: SchedulerServiceDefinition, implementation: { schedule, permits, ...jobMethods(jobs, limits, watches, takeRateToken, schedulerCounts) } }],
     // The gateway's online calls arrive many to a stream (ScheduleCalls), each run as a Schedule.
     callStreams: [{ service: 0, calls: 'scheduleCalls', carries: 'schedule' }],
     // Its one caller, the gateway, refuses a model or mapper its catalog does not hold (NOT_FOUND)
@@ -273,14 +302,15 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     jobs,
     watches,
     dispatcher,
+    permits: permitDesk,
     metricsAddress: metricsServer?.address,
     async shutdown() {
       jobs.close();
+      permitDesk.close();
       await server.shutdown(config.drainTimeoutMs);
-      dispatcher.close();
+      dispatch.close();
       await metricsServer?.close();
       channel.close();
-      dispatchLink.close();
       aggregatorChannel.close();
       store.close();
     },

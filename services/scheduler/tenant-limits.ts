@@ -103,14 +103,31 @@ export class TokenBucket {
    * 0; otherwise takes nothing and returns the milliseconds until one is due.
    */
   take(now: number, rate: number, burst: number): number {
-    const elapsed = Math.max(0, now - this.updatedAt);
-    this.tokens = Math.min(burst, this.tokens + (elapsed * rate) / 1000);
-    this.updatedAt = now;
+    this.refill(now, rate, burst);
     if (this.tokens >= 1) {
       this.tokens -= 1;
       return 0;
     }
     return Math.ceil(((1 - this.tokens) * 1000) / rate);
+  }
+
+  /** Takes up to `n` whole tokens, leaving at least `keep` (after refilling); returns how many it took. */
+  takeUpTo(now: number, rate: number, burst: number, n: number, keep: number): number {
+    this.refill(now, rate, burst);
+    const taken = Math.max(0, Math.min(n, Math.floor(this.tokens - keep)));
+    this.tokens -= taken;
+    return taken;
+  }
+
+  private refill(now: number, rate: number, burst: number) {
+    const elapsed = Math.max(0, now - this.updatedAt);
+    this.tokens = Math.min(burst, this.tokens + (elapsed * rate) / 1000);
+    this.updatedAt = now;
+  }
+
+  /** Gives back `n` tokens taken for requests that were never sent (never above `burst`). */
+  refund(burst: number, n: number): void {
+    this.tokens = Math.min(burst, this.tokens + n);
   }
 
   /** True when the bucket would be full at `now`: it can be forgotten without changing anything. */
@@ -142,9 +159,14 @@ export class RateLimiter {
   take(tenant: string): number {
     const { rate, burst } = this.limitsOf(tenant);
     if (rate <= 0) return 0;
-    const now = this.now();
+    return this.bucket(tenant, burst).take(this.now(), rate, burst);
+  }
+
+  /** The tenant's bucket, made full when it has none. */
+  private bucket(tenant: string, burst: number): TokenBucket {
     let bucket = this.buckets.get(tenant);
     if (!bucket) {
+      const now = this.now();
       if (this.buckets.size >= this.pruneAt) {
         this.prune(now);
         this.pruneAt = Math.max(PRUNE_AT, 2 * this.buckets.size);
@@ -152,7 +174,24 @@ export class RateLimiter {
       bucket = new TokenBucket(now, burst);
       this.buckets.set(tenant, bucket);
     }
-    return bucket.take(now, rate, burst);
+    return bucket;
+  }
+
+  /**
+   * Takes up to `n` tokens of `tenant` now, leaving at least `keep` of its burst in the bucket (all
+   * `n` with no rate limit); returns how many it took.
+   */
+  takeUpTo(tenant: string, n: number, keep = 0): number {
+    const { rate, burst } = this.limitsOf(tenant);
+    if (rate <= 0) return n;
+    return this.bucket(tenant, burst).takeUpTo(this.now(), rate, burst, n, keep);
+  }
+
+  /** Gives back `n` tokens taken for requests `tenant` never sent (a permit's unused budget). */
+  refund(tenant: string, n: number): void {
+    const { rate, burst } = this.limitsOf(tenant);
+    if (rate <= 0 || n <= 0) return;
+    this.buckets.get(tenant)?.refund(burst, n);
   }
 
   /** Tenants with a bucket now (for tests). */

@@ -14,6 +14,8 @@ import { ModelServiceDefinition } from '../../generated/maas/v1/models.js';
 import OpenAI from 'openai';
 import { MaasUp, childPids, cmdlineOf, freePort, freePortRun, meshProcessesOn, spawnMaasUp } from '../processes.js';
 import { CollectedSpan, OtlpReceiver } from '../otlp-receiver';
+import { scrape } from '../prometheus.js';
+import { untilAsync } from '../support.js';
 
 /** The repository root (this file runs from dist/test/e2e). */
 const repoRoot = resolve(__dirname, '../../..');
@@ -36,6 +38,8 @@ describe('maas up: the whole mesh as separate processes', function () {
   let run: MaasUp | undefined;
   let gatewayPort = 0;
   let httpPort = 0;
+  /** The gateway's /metrics port; the scheduler's is the next. */
+  let metricsPort = 0;
   let ports: number[] = [];
   let servicePids: number[] = [];
   let channel: Channel | undefined;
@@ -61,7 +65,8 @@ describe('maas up: the whole mesh as separate processes', function () {
     env.MAAS_WORKER_CACHE_DIR = resolve(repoRoot, '.cache/models');
 
     httpPort = await freePort();
-    run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--http-port', String(httpPort), '--workers', String(WORKERS)], env);
+    metricsPort = await freePortRun(4);
+    run = spawnMaasUp(['--host', '127.0.0.1', '--gateway-port', String(gatewayPort), '--http-port', String(httpPort), '--metrics-port', String(metricsPort), '--workers', String(WORKERS)], env);
     const child = run.child;
     up = child;
     upExit = run.exit;
@@ -162,17 +167,25 @@ describe('maas up: the whole mesh as separate processes', function () {
     await Promise.all(Array.from({ length: 32 }, caller));
   });
 
-  it('one Generate call is one trace across gateway, scheduler, balancer and worker with correct parents (the balancer\'s routing beside the data path)', async function () {
-    this.timeout(30_000);
+  it('one Generate call is one trace across gateway, scheduler, balancer and worker with correct parents, through the scheduler or on its permit (the balancer\'s routing beside the data path)', async function () {
+    this.timeout(60_000);
     const inference = createMeshClient(InferenceServiceDefinition, channel!);
-    const before = new Set(receiver.spans.filter((s) => s.name === 'maas.v1.InferenceService/Generate').map((s) => s.spanId));
-    for await (const _chunk of inference.generate({ model: 'echo', prompt: 'trace me please', maxTokens: 3 }, { deadline: Date.now() + 10_000 })) {
-      // drain the stream
-    }
+    const gatewayMetrics = `127.0.0.1:${metricsPort}`;
+    const schedulerMetrics = `127.0.0.1:${metricsPort + 1}`;
+    const metric = async (address: string, name: string, labels: Record<string, string> = {}) => (await scrape(address)).value(name, labels);
+    const generate = async () => {
+      const before = new Set(receiver.spans.filter((s) => s.name === 'maas.v1.InferenceService/Generate').map((s) => s.spanId));
+      for await (const _chunk of inference.generate({ model: 'echo', prompt: 'trace me please', maxTokens: 3 }, { deadline: Date.now() + 10_000 })) {
+        // drain the stream
+      }
+      return before;
+    };
 
-    const services = ['maas-gateway', 'maas-scheduler', 'maas-balancer', 'maas-worker'];
-    const expected: Array<[string, string]> = [
-      ['maas-gateway', 'maas.v1.InferenceService/Generate'],
+    // The permits the earlier tests' calls left go back after a second without calls: then the
+    // next call of the tenant finds none at the gateway and goes through the scheduler.
+    await untilAsync(async () => (await metric(schedulerMetrics, 'maas_scheduler_in_flight')) === 0, 20_000, 'the scheduler to hold no permit and no call');
+    const granted = await metric(schedulerMetrics, 'maas_scheduler_permits_total', { event: 'granted' });
+    const viaScheduler = await traceOf(await generate(), [
       ['maas-gateway', 'maas.internal.v1.SchedulerService/Schedule'],
       ['maas-scheduler', 'maas.internal.v1.SchedulerService/Schedule'],
       ['maas-scheduler', 'scheduler.queue_wait'],
@@ -180,9 +193,44 @@ describe('maas up: the whole mesh as separate processes', function () {
       ['maas-scheduler', 'maas.internal.v1.WorkerService/Execute'],
       ['maas-worker', 'maas.internal.v1.WorkerService/Execute'],
       ['maas-worker', 'model.execute'],
-    ];
-    const isRoot = (s: CollectedSpan) =>
-      s.service === 'maas-gateway' && s.kind === KIND_SERVER && s.name === 'maas.v1.InferenceService/Generate' && !s.parentSpanId && !before.has(s.spanId);
+    ]);
+    expect(viaScheduler.root.attributes['maas.admission']).to.equal('scheduler');
+    expect([...new Set(viaScheduler.spans.map((s) => s.service))]).to.include.members(['maas-gateway', 'maas-scheduler', 'maas-balancer', 'maas-worker']);
+    const gatewayClient = viaScheduler.child(viaScheduler.root, 'maas-gateway', KIND_CLIENT, 'maas.internal.v1.SchedulerService/Schedule');
+    const schedulerServer = viaScheduler.child(gatewayClient, 'maas-scheduler', KIND_SERVER, 'maas.internal.v1.SchedulerService/Schedule');
+    viaScheduler.child(schedulerServer, 'maas-scheduler', undefined, 'scheduler.queue_wait');
+    // The balancer decides where the call goes (its routing span, under the scheduler's); the
+    // scheduler calls the worker itself.
+    viaScheduler.child(schedulerServer, 'maas-balancer', KIND_SERVER, 'maas.internal.v1.BalancerService/Route');
+    const schedulerClient = viaScheduler.child(schedulerServer, 'maas-scheduler', KIND_CLIENT, 'maas.internal.v1.WorkerService/Execute');
+    const schedulerWorker = viaScheduler.child(schedulerClient, 'maas-worker', KIND_SERVER, 'maas.internal.v1.WorkerService/Execute');
+    viaScheduler.child(schedulerWorker, 'maas-worker', undefined, 'model.execute');
+
+    // That call found no permit, so the gateway asked for one: once it holds it, the next call
+    // runs on it, dispatched by the gateway, with the scheduler not on its path.
+    await untilAsync(async () => (await metric(schedulerMetrics, 'maas_scheduler_permits_total', { event: 'granted' })) > granted, 10_000, 'the scheduler to grant a permit');
+    await untilAsync(async () => (await metric(gatewayMetrics, 'maas_gateway_permits_held')) > 0, 10_000, 'the gateway to hold the permit');
+    const onPermit = await traceOf(await generate(), [
+      ['maas-balancer', 'maas.internal.v1.BalancerService/Route'],
+      ['maas-gateway', 'maas.internal.v1.WorkerService/Execute'],
+      ['maas-worker', 'maas.internal.v1.WorkerService/Execute'],
+      ['maas-worker', 'model.execute'],
+    ]);
+    expect(onPermit.root.attributes['maas.admission']).to.equal('permit');
+    expect(onPermit.spans.filter((s) => s.service === 'maas-scheduler'), 'scheduler spans of a call on a permit').to.deep.equal([]);
+    onPermit.child(onPermit.root, 'maas-balancer', KIND_SERVER, 'maas.internal.v1.BalancerService/Route');
+    const gatewayExecute = onPermit.child(onPermit.root, 'maas-gateway', KIND_CLIENT, 'maas.internal.v1.WorkerService/Execute');
+    const permitWorker = onPermit.child(gatewayExecute, 'maas-worker', KIND_SERVER, 'maas.internal.v1.WorkerService/Execute');
+    onPermit.child(permitWorker, 'maas-worker', undefined, 'model.execute');
+  });
+
+  /**
+   * The trace of the Generate call whose root span is not in `before`, once the spans `expected`
+   * names have all arrived (each process flushes its own batches); every span's parent is a span
+   * of the trace. `child` finds the one child of a span with a service, kind and name.
+   */
+  async function traceOf(before: Set<string>, expected: Array<[string, string]>) {
+    const isRoot = (s: CollectedSpan) => s.service === 'maas-gateway' && s.kind === KIND_SERVER && s.name === 'maas.v1.InferenceService/Generate' && !s.parentSpanId && !before.has(s.spanId);
     const describe = (spans: CollectedSpan[]) => {
       const root = spans.find(isRoot);
       const shown = root ? spans.filter((s) => s.traceId === root.traceId) : spans;
@@ -190,44 +238,31 @@ describe('maas up: the whole mesh as separate processes', function () {
         .map((s) => `  ${s.service.padEnd(15)} kind=${s.kind} ${s.name} span=${s.spanId} parent=${s.parentSpanId ?? '-'} trace=${s.traceId}`)
         .join('\n')}`;
     };
-    const trace = await receiver.waitFor(
+    const found = await receiver.waitFor(
       (spans) => {
         const root = spans.find(isRoot);
         if (!root) return undefined;
         const inTrace = spans.filter((s) => s.traceId === root.traceId);
-        // Each process flushes its own batches, so wait until every hop's spans have arrived.
         const complete = expected.every(([svc, name]) => inTrace.some((s) => s.service === svc && s.name === name));
         return complete ? { root, spans: inTrace } : undefined;
       },
       15_000,
       describe,
     );
-
     const explain = `\n${describe(receiver.spans)}`;
-    const byId = new Map(trace.spans.map((s) => [s.spanId, s]));
-    expect([...new Set(trace.spans.map((s) => s.service))], `services in the trace${explain}`).to.include.members(services);
-    for (const s of trace.spans) {
-      if (s === trace.root) continue;
+    const byId = new Map(found.spans.map((s) => [s.spanId, s]));
+    for (const s of found.spans) {
+      if (s === found.root) continue;
       expect(s.parentSpanId, `parent of ${s.service} ${s.name}${explain}`).to.be.a('string');
       expect(byId.has(s.parentSpanId!), `parent ${s.parentSpanId} of ${s.service} ${s.name} is a span of the trace${explain}`).to.equal(true);
     }
-
-    /** The one span that is a child of `parent` with the given service, kind and name. */
     const child = (parent: CollectedSpan, service: string, kind: number | undefined, name: string): CollectedSpan => {
-      const found = trace.spans.filter((s) => s.parentSpanId === parent.spanId && s.service === service && (kind === undefined || s.kind === kind) && s.name === name);
-      expect(found, `${service} span "${name}"${kind ? ` (kind ${kind})` : ''} under ${parent.service} "${parent.name}"${explain}`).to.have.lengthOf(1);
-      return found[0];
+      const matches = found.spans.filter((s) => s.parentSpanId === parent.spanId && s.service === service && (kind === undefined || s.kind === kind) && s.name === name);
+      expect(matches, `${service} span "${name}"${kind ? ` (kind ${kind})` : ''} under ${parent.service} "${parent.name}"${explain}`).to.have.lengthOf(1);
+      return matches[0];
     };
-    const gatewayClient = child(trace.root, 'maas-gateway', KIND_CLIENT, 'maas.internal.v1.SchedulerService/Schedule');
-    const schedulerServer = child(gatewayClient, 'maas-scheduler', KIND_SERVER, 'maas.internal.v1.SchedulerService/Schedule');
-    child(schedulerServer, 'maas-scheduler', undefined, 'scheduler.queue_wait');
-    // The balancer decides where the call goes (its routing span, under the scheduler's); the
-    // scheduler calls the worker itself.
-    child(schedulerServer, 'maas-balancer', KIND_SERVER, 'maas.internal.v1.BalancerService/Route');
-    const schedulerClient = child(schedulerServer, 'maas-scheduler', KIND_CLIENT, 'maas.internal.v1.WorkerService/Execute');
-    const workerServer = child(schedulerClient, 'maas-worker', KIND_SERVER, 'maas.internal.v1.WorkerService/Execute');
-    child(workerServer, 'maas-worker', undefined, 'model.execute');
-  });
+    return { ...found, child };
+  }
 
   it('an OpenAI API call continues the caller\'s traceparent: its trace id is on every hop down to the model', async function () {
     this.timeout(30_000);
@@ -257,6 +292,11 @@ describe('maas up: the whole mesh as separate processes', function () {
     const edge = inTrace.filter((s) => s.service === 'maas-gateway' && s.kind === KIND_SERVER && s.name === 'POST /v1/chat/completions');
     expect(edge, describe(receiver.spans)).to.have.lengthOf(1);
     expect(edge[0].parentSpanId, 'the HTTP span is a child of the caller\'s span').to.equal(callerSpanId);
-    expect([...new Set(inTrace.map((s) => s.service))]).to.include.members(['maas-gateway', 'maas-scheduler', 'maas-balancer', 'maas-worker']);
+    // Every hop the call took: through the scheduler, or dispatched by the gateway on its permit.
+    const hops = new Set(inTrace.map((s) => s.service));
+    expect([...hops]).to.include.members(['maas-gateway', 'maas-balancer', 'maas-worker']);
+    const admission = inTrace.find((s) => s.service === 'maas-gateway' && s.attributes['maas.admission'])?.attributes['maas.admission'];
+    expect(admission, describe(receiver.spans)).to.be.oneOf(['scheduler', 'permit']);
+    expect(hops.has('maas-scheduler'), `the scheduler in the trace of a call admitted by ${admission}`).to.equal(admission === 'scheduler');
   });
 });

@@ -251,14 +251,15 @@ describe('balancing', function () {
         const slowEnds: TaskEnd[] = [];
         slow.activity.on('task-end', (e: TaskEnd) => slowEnds.push(e));
         const started = Date.now();
-        // Round robin alternates, so two calls put one first on the slow worker.
-        for (let i = 0; i < 2; i++) {
+        // Round robin alternates (over the calls of each dispatcher: the first call is the
+        // scheduler's, the others the gateway's), so four calls put some first on the slow worker.
+        for (let i = 0; i < 4; i++) {
           const r = await mesh.inference.predict({ model: 'echo', input: `h${i}`, priority: 0 });
           expect(r.text).to.equal(`h${i}`);
         }
         expect(Date.now() - started).to.be.lessThan(1500);
-        await until(() => slowEnds.length === 1, 5000, 'the slow call to end');
-        expect(slowEnds[0].outcome).to.equal('cancelled');
+        await until(() => slowEnds.length >= 1, 5000, 'a slow call to end');
+        expect(slowEnds.map((e) => e.outcome)).to.deep.equal(slowEnds.map(() => 'cancelled'));
         // The cancelled loser still left a latency sample (the time it had taken when cut off), so
         // a worker that is always hedged away is known to be slow.
         const view = (await mesh.meshInfo.listWorkers({})).workers.find((w) => w.workerId === slow.id)!;
@@ -273,6 +274,9 @@ describe('balancing', function () {
     it('round_robin spreads sequential calls evenly over the workers', async () => {
       const mesh = await startMesh({ policy: 'round_robin', workers: [{}, {}, {}] });
       try {
+        // The first call goes through the scheduler (the gateway holds no permit yet), whose pick
+        // for its next call takes a turn of the round; every later call is the gateway's, in turn.
+        await mesh.inference.predict({ model: 'echo', input: 'x', priority: 0 });
         const starts = countStarts(mesh.workers);
         for (let i = 0; i < 30; i++) await mesh.inference.predict({ model: 'echo', input: 'x', priority: 0 });
         expect([...starts.values()]).to.deep.equal([10, 10, 10]);

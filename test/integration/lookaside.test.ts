@@ -24,6 +24,13 @@ import { MODEL_CACHE_DIR, TestMesh, collect, echoRuntime, flakyEchoRuntime, free
 import { workerSchema } from '../../services/worker/config.js';
 import { RunningWorker, startWorker } from '../../services/worker/server.js';
 
+/**
+ * These tests are of the scheduler's dispatcher: the gateway sends every call through the
+ * scheduler (no permits). The gateway's own dispatcher, for calls on permits, is the same code;
+ * test/integration/permits.test.ts runs it through the mesh.
+ */
+const SCHEDULER_DISPATCHES = { permits: false };
+
 /** The sum of the series named `name` with those labels on a /metrics endpoint (0 when absent). */
 async function metric(address: string | undefined, name: string, labels: Record<string, string>): Promise<number> {
   return (await scrape(address)).value(name, labels);
@@ -41,7 +48,7 @@ describe('routing off the data path (Dispatch)', function () {
   });
 
   it('the balancer decides each online call but carries none: its Route serves no online call, its picks count every one', async () => {
-    mesh = await startMesh({ workers: [{}, {}], policy: 'round_robin' });
+    mesh = await startMesh({ gateway: SCHEDULER_DISPATCHES, workers: [{}, {}], policy: 'round_robin' });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
     const served = [0, 0];
     mesh.workers.forEach((w, i) => w.activity.on('task-end', () => served[i]++));
@@ -61,7 +68,7 @@ describe('routing off the data path (Dispatch)', function () {
   });
 
   it('a call that follows another to the same model starts on the pick the balancer made ahead of it, without waiting for an order', async () => {
-    mesh = await startMesh({ workers: [{}, {}], policy: 'round_robin' });
+    mesh = await startMesh({ gateway: SCHEDULER_DISPATCHES, workers: [{}, {}], policy: 'round_robin' });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
     const before = mesh.scheduler.dispatcher.callsOnPicks;
     const byHow = async () => ({
@@ -86,7 +93,7 @@ describe('routing off the data path (Dispatch)', function () {
   });
 
   it('a plain Schedule call (as grpcurl makes it) gets the worker\'s output, relayed as the worker encoded it', async () => {
-    mesh = await startMesh({ workers: [{}] });
+    mesh = await startMesh({ gateway: SCHEDULER_DISPATCHES, workers: [{}] });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
     const channel = openChannel(mesh.scheduler.address);
     try {
@@ -102,7 +109,7 @@ describe('routing off the data path (Dispatch)', function () {
 
   it('a worker that fails before its first output is retried on another on the balancer\'s order', async () => {
     const state = { failing: true };
-    mesh = await startMesh({ workers: [{ runtime: flakyEchoRuntime(state) }, {}] });
+    mesh = await startMesh({ gateway: SCHEDULER_DISPATCHES, workers: [{ runtime: flakyEchoRuntime(state) }, {}] });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
     const retriesBefore = await metric(mesh.balancer.metricsAddress, 'maas_balancer_retries_total', {});
     for (let i = 0; i < 10; i++) expect((await mesh.inference.predict({ model: 'echo', input: `r${i}` })).text).to.equal(`r${i}`);
@@ -110,7 +117,7 @@ describe('routing off the data path (Dispatch)', function () {
   });
 
   it('keeps serving while the balancer is gone, and a balancer restarted on its address takes over', async () => {
-    mesh = await startMesh({ workers: [{}, {}] });
+    mesh = await startMesh({ gateway: SCHEDULER_DISPATCHES, workers: [{}, {}] });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
     // The gateway knows the model (its catalog serves the last list while the balancer is away).
     await mesh.inference.predict({ model: 'echo', input: 'before' });
@@ -132,7 +139,7 @@ describe('routing off the data path (Dispatch)', function () {
   });
 
   it('a balancer that keeps its stream open but does not answer costs a call one decision timeout, not its deadline', async () => {
-    mesh = await startMesh({ workers: [{}] });
+    mesh = await startMesh({ gateway: SCHEDULER_DISPATCHES, workers: [{}] });
     const worker = mesh.workers[0];
     // A balancer that gives its routing state (the real worker) and then never answers a route.
     const silent = createServer();
@@ -178,7 +185,7 @@ describe('routing off the data path (Dispatch)', function () {
   });
 
   it('without a balancer and without a worker for the model, a call fails with UNAVAILABLE naming the model', async () => {
-    mesh = await startMesh({ workers: [{}] });
+    mesh = await startMesh({ gateway: SCHEDULER_DISPATCHES, workers: [{}] });
     await until(() => mesh.scheduler.dispatcher.balancerConnected, 5000, 'the dispatch stream');
     await mesh.inference.predict({ model: 'echo', input: 'before' });
     await mesh.balancer.shutdown();

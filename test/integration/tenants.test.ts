@@ -114,7 +114,9 @@ describe('tenants', function () {
     const predict = (key: string, input = 'hello world') => mesh.inference.predict({ model: 'echo', input }, as(key));
 
     it('requests in flight (--tenant-max-in-flight)', async () => {
-      mesh = await startMesh({ workers: [{ echoDelayMs: 200 }], gateway: { apiKeys: keys }, scheduler: { tenantMaxInFlight: 2 } });
+      // Every call through the scheduler's queue: a permit the gateway holds would take one of the
+      // two slots, and a call over the limit then waits for it (test/integration/permits.test.ts).
+      mesh = await startMesh({ workers: [{ echoDelayMs: 200 }], gateway: { apiKeys: keys, permits: false }, scheduler: { tenantMaxInFlight: 2 } });
       const running = [predict(KEYS.acme), predict(KEYS.acme)];
       await until(() => mesh.scheduler.queue.tenantUsage('acme').open === 2, 5000, 'two acme requests open');
       const err = await grpcError(predict(KEYS.acme));

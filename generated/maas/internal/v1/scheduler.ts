@@ -103,6 +103,73 @@ export interface ScheduleResponse {
   output?: TaskOutput | undefined;
 }
 
+/** PermitsRequest is one batch of the gateway's permit messages, applied in field order. */
+export interface PermitsRequest {
+  /**
+   * How many permits the gateway would like to hold per tenant (the latest ask for a tenant
+   * replaces the one before; 0 forgets the tenant). The scheduler grants at most 256 per tenant
+   * and stream, and keeps asks for 10,000 tenants per stream at most (an ask beyond is ignored).
+   */
+  asks: PermitAsk[];
+  /**
+   * Calls run on permits since their last report: the scheduler renews as many calls of budget.
+   * An unknown id is ignored; calls beyond the permit's budget count as its budget.
+   */
+  usage: PermitUsage[];
+  /**
+   * Permits given back (idle too long, or revoked), with the calls run since their last report;
+   * the tokens of the budget left are refunded. An unknown id is ignored.
+   */
+  ends: PermitUsage[];
+}
+
+/** PermitAsk is how many permits the gateway would like for one tenant. */
+export interface PermitAsk {
+  /**
+   * The tenant the gateway authenticated (the pattern of tenant names; any other is refused with
+   * INVALID_ARGUMENT and the stream ends).
+   */
+  tenant: string;
+  /** Permits wanted, 0 to 256 (larger counts as 256). */
+  permits: number;
+}
+
+/** PermitUsage is what one permit ran since its last report. */
+export interface PermitUsage {
+  /** The permit, as granted. */
+  permitId: number;
+  /** Calls that started on it. */
+  calls: number;
+  /**
+   * Time those calls ran, in total, in microseconds (the scheduler's service-time estimate, which
+   * its deadline admission uses, learns from it).
+   */
+  busyUs: number;
+}
+
+/** PermitsResponse is one batch of the scheduler's grants, renewals and revocations. */
+export interface PermitsResponse {
+  /** New permits. */
+  grants: PermitGrant[];
+  /** More budget for permits held (tenant left empty): their calls add to what is left. */
+  renewals: PermitGrant[];
+  /**
+   * Permits the scheduler wants back: each goes back (a PermitsRequest.ends) as soon as it runs no
+   * call; ids the gateway no longer holds are ignored.
+   */
+  revoked: number[];
+}
+
+/** PermitGrant is one permit, or more budget for one. */
+export interface PermitGrant {
+  /** The permit's id, unique on its stream. */
+  permitId: number;
+  /** The tenant it admits (empty in a renewal). */
+  tenant: string;
+  /** Calls it may start, whose rate tokens are charged (for a renewal: calls added). */
+  calls: number;
+}
+
 /** ScheduleCallsRequest is one batch of call frames (a CallFrames on the wire: see calls.proto). */
 export interface ScheduleCallsRequest {
   /** The frames, in order. */
@@ -1093,6 +1160,523 @@ export const ScheduleResponse: MessageFns<ScheduleResponse> = {
   },
 };
 
+function createBasePermitsRequest(): PermitsRequest {
+  return { asks: [], usage: [], ends: [] };
+}
+
+export const PermitsRequest: MessageFns<PermitsRequest> = {
+  encode(message: PermitsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.asks) {
+      PermitAsk.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.usage) {
+      PermitUsage.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.ends) {
+      PermitUsage.encode(v!, writer.uint32(26).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PermitsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePermitsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.asks.push(PermitAsk.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.usage.push(PermitUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.ends.push(PermitUsage.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PermitsRequest {
+    return {
+      asks: globalThis.Array.isArray(object?.asks) ? object.asks.map((e: any) => PermitAsk.fromJSON(e)) : [],
+      usage: globalThis.Array.isArray(object?.usage) ? object.usage.map((e: any) => PermitUsage.fromJSON(e)) : [],
+      ends: globalThis.Array.isArray(object?.ends) ? object.ends.map((e: any) => PermitUsage.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: PermitsRequest): unknown {
+    const obj: any = {};
+    if (message.asks?.length) {
+      obj.asks = message.asks.map((e) => PermitAsk.toJSON(e));
+    }
+    if (message.usage?.length) {
+      obj.usage = message.usage.map((e) => PermitUsage.toJSON(e));
+    }
+    if (message.ends?.length) {
+      obj.ends = message.ends.map((e) => PermitUsage.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PermitsRequest>): PermitsRequest {
+    return PermitsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PermitsRequest>): PermitsRequest {
+    const message = createBasePermitsRequest();
+    message.asks = object.asks?.map((e) => PermitAsk.fromPartial(e)) || [];
+    message.usage = object.usage?.map((e) => PermitUsage.fromPartial(e)) || [];
+    message.ends = object.ends?.map((e) => PermitUsage.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBasePermitAsk(): PermitAsk {
+  return { tenant: "", permits: 0 };
+}
+
+export const PermitAsk: MessageFns<PermitAsk> = {
+  encode(message: PermitAsk, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.tenant !== "") {
+      writer.uint32(10).string(message.tenant);
+    }
+    if (message.permits !== 0) {
+      writer.uint32(16).uint32(message.permits);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PermitAsk {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePermitAsk();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.tenant = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.permits = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PermitAsk {
+    return {
+      tenant: isSet(object.tenant) ? globalThis.String(object.tenant) : "",
+      permits: isSet(object.permits) ? globalThis.Number(object.permits) : 0,
+    };
+  },
+
+  toJSON(message: PermitAsk): unknown {
+    const obj: any = {};
+    if (message.tenant !== "") {
+      obj.tenant = message.tenant;
+    }
+    if (message.permits !== 0) {
+      obj.permits = Math.round(message.permits);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PermitAsk>): PermitAsk {
+    return PermitAsk.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PermitAsk>): PermitAsk {
+    const message = createBasePermitAsk();
+    message.tenant = object.tenant ?? "";
+    message.permits = object.permits ?? 0;
+    return message;
+  },
+};
+
+function createBasePermitUsage(): PermitUsage {
+  return { permitId: 0, calls: 0, busyUs: 0 };
+}
+
+export const PermitUsage: MessageFns<PermitUsage> = {
+  encode(message: PermitUsage, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.permitId !== 0) {
+      writer.uint32(8).uint64(message.permitId);
+    }
+    if (message.calls !== 0) {
+      writer.uint32(16).uint32(message.calls);
+    }
+    if (message.busyUs !== 0) {
+      writer.uint32(24).uint64(message.busyUs);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PermitUsage {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePermitUsage();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.permitId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.calls = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.busyUs = longToNumber(reader.uint64());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PermitUsage {
+    return {
+      permitId: isSet(object.permitId)
+        ? globalThis.Number(object.permitId)
+        : isSet(object.permit_id)
+        ? globalThis.Number(object.permit_id)
+        : 0,
+      calls: isSet(object.calls) ? globalThis.Number(object.calls) : 0,
+      busyUs: isSet(object.busyUs)
+        ? globalThis.Number(object.busyUs)
+        : isSet(object.busy_us)
+        ? globalThis.Number(object.busy_us)
+        : 0,
+    };
+  },
+
+  toJSON(message: PermitUsage): unknown {
+    const obj: any = {};
+    if (message.permitId !== 0) {
+      obj.permitId = Math.round(message.permitId);
+    }
+    if (message.calls !== 0) {
+      obj.calls = Math.round(message.calls);
+    }
+    if (message.busyUs !== 0) {
+      obj.busyUs = Math.round(message.busyUs);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PermitUsage>): PermitUsage {
+    return PermitUsage.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PermitUsage>): PermitUsage {
+    const message = createBasePermitUsage();
+    message.permitId = object.permitId ?? 0;
+    message.calls = object.calls ?? 0;
+    message.busyUs = object.busyUs ?? 0;
+    return message;
+  },
+};
+
+function createBasePermitsResponse(): PermitsResponse {
+  return { grants: [], renewals: [], revoked: [] };
+}
+
+export const PermitsResponse: MessageFns<PermitsResponse> = {
+  encode(message: PermitsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.grants) {
+      PermitGrant.encode(v!, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.renewals) {
+      PermitGrant.encode(v!, writer.uint32(18).fork()).join();
+    }
+    if (message.revoked.length !== 0) {
+      writer.uint32(26).fork();
+      for (const v of message.revoked) {
+        writer.uint64(v);
+      }
+      writer.join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PermitsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePermitsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.grants.push(PermitGrant.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.renewals.push(PermitGrant.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag === 24) {
+              message.revoked.push(longToNumber(reader.uint64()));
+
+              continue;
+            }
+
+            if (tag === 26) {
+              const end2 = reader.uint32() + reader.pos;
+              while (reader.pos < end2) {
+                message.revoked.push(longToNumber(reader.uint64()));
+              }
+
+              continue;
+            }
+
+            break;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PermitsResponse {
+    return {
+      grants: globalThis.Array.isArray(object?.grants) ? object.grants.map((e: any) => PermitGrant.fromJSON(e)) : [],
+      renewals: globalThis.Array.isArray(object?.renewals)
+        ? object.renewals.map((e: any) => PermitGrant.fromJSON(e))
+        : [],
+      revoked: globalThis.Array.isArray(object?.revoked) ? object.revoked.map((e: any) => globalThis.Number(e)) : [],
+    };
+  },
+
+  toJSON(message: PermitsResponse): unknown {
+    const obj: any = {};
+    if (message.grants?.length) {
+      obj.grants = message.grants.map((e) => PermitGrant.toJSON(e));
+    }
+    if (message.renewals?.length) {
+      obj.renewals = message.renewals.map((e) => PermitGrant.toJSON(e));
+    }
+    if (message.revoked?.length) {
+      obj.revoked = message.revoked.map((e) => Math.round(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PermitsResponse>): PermitsResponse {
+    return PermitsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PermitsResponse>): PermitsResponse {
+    const message = createBasePermitsResponse();
+    message.grants = object.grants?.map((e) => PermitGrant.fromPartial(e)) || [];
+    message.renewals = object.renewals?.map((e) => PermitGrant.fromPartial(e)) || [];
+    message.revoked = object.revoked?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBasePermitGrant(): PermitGrant {
+  return { permitId: 0, tenant: "", calls: 0 };
+}
+
+export const PermitGrant: MessageFns<PermitGrant> = {
+  encode(message: PermitGrant, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.permitId !== 0) {
+      writer.uint32(8).uint64(message.permitId);
+    }
+    if (message.tenant !== "") {
+      writer.uint32(18).string(message.tenant);
+    }
+    if (message.calls !== 0) {
+      writer.uint32(24).uint32(message.calls);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PermitGrant {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePermitGrant();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.permitId = longToNumber(reader.uint64());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.tenant = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.calls = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PermitGrant {
+    return {
+      permitId: isSet(object.permitId)
+        ? globalThis.Number(object.permitId)
+        : isSet(object.permit_id)
+        ? globalThis.Number(object.permit_id)
+        : 0,
+      tenant: isSet(object.tenant) ? globalThis.String(object.tenant) : "",
+      calls: isSet(object.calls) ? globalThis.Number(object.calls) : 0,
+    };
+  },
+
+  toJSON(message: PermitGrant): unknown {
+    const obj: any = {};
+    if (message.permitId !== 0) {
+      obj.permitId = Math.round(message.permitId);
+    }
+    if (message.tenant !== "") {
+      obj.tenant = message.tenant;
+    }
+    if (message.calls !== 0) {
+      obj.calls = Math.round(message.calls);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<PermitGrant>): PermitGrant {
+    return PermitGrant.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<PermitGrant>): PermitGrant {
+    const message = createBasePermitGrant();
+    message.permitId = object.permitId ?? 0;
+    message.tenant = object.tenant ?? "";
+    message.calls = object.calls ?? 0;
+    return message;
+  },
+};
+
 function createBaseScheduleCallsRequest(): ScheduleCallsRequest {
   return { frames: [] };
 }
@@ -1282,6 +1866,29 @@ export const SchedulerServiceDefinition = {
       responseStream: true,
       options: {},
     },
+    /**
+     * Permits grants admission ahead of calls, so that an online call needs no round trip to the
+     * scheduler. A permit is one admission slot of one tenant, held by a gateway, on which it runs
+     * that tenant's calls one at a time, with a budget of calls whose rate tokens are charged ahead.
+     * The gateway asks how many permits it would like per tenant; the scheduler grants one only when
+     * it could admit a call of that tenant at once (nothing waits in its queue, at most half its
+     * --max-in-flight slots are taken, the tenant holds under half its in-flight limit and has rate
+     * tokens). The gateway reports the calls it ran on each permit when half its budget is spent, and
+     * the scheduler renews the budget (charging as many tokens). A call of a tenant with a free
+     * permit runs at once, dispatched by the gateway; every other call goes through Schedule as
+     * before. When a call is about to wait in its queue (or a tenant is at its limit), the scheduler
+     * revokes the permits (all, or the tenant's): each goes back as soon as its call ends. A permit
+     * given back refunds the tokens of its unused budget; everything a stream holds is released when
+     * the stream ends. One stream per gateway, for the gateway's life.
+     */
+    permits: {
+      name: "Permits",
+      requestType: PermitsRequest as typeof PermitsRequest,
+      requestStream: true,
+      responseType: PermitsResponse as typeof PermitsResponse,
+      responseStream: true,
+      options: {},
+    },
     /** SubmitJob validates a batch job's input, stores the job durably, and only then acknowledges. */
     submitJob: {
       name: "SubmitJob",
@@ -1349,6 +1956,25 @@ export interface SchedulerServiceImplementation<CallContextExt = {}> {
     request: AsyncIterable<ScheduleCallsRequest>,
     context: CallContext & CallContextExt,
   ): ServerStreamingMethodResult<DeepPartial<ScheduleCallsResponse>>;
+  /**
+   * Permits grants admission ahead of calls, so that an online call needs no round trip to the
+   * scheduler. A permit is one admission slot of one tenant, held by a gateway, on which it runs
+   * that tenant's calls one at a time, with a budget of calls whose rate tokens are charged ahead.
+   * The gateway asks how many permits it would like per tenant; the scheduler grants one only when
+   * it could admit a call of that tenant at once (nothing waits in its queue, at most half its
+   * --max-in-flight slots are taken, the tenant holds under half its in-flight limit and has rate
+   * tokens). The gateway reports the calls it ran on each permit when half its budget is spent, and
+   * the scheduler renews the budget (charging as many tokens). A call of a tenant with a free
+   * permit runs at once, dispatched by the gateway; every other call goes through Schedule as
+   * before. When a call is about to wait in its queue (or a tenant is at its limit), the scheduler
+   * revokes the permits (all, or the tenant's): each goes back as soon as its call ends. A permit
+   * given back refunds the tokens of its unused budget; everything a stream holds is released when
+   * the stream ends. One stream per gateway, for the gateway's life.
+   */
+  permits(
+    request: AsyncIterable<PermitsRequest>,
+    context: CallContext & CallContextExt,
+  ): ServerStreamingMethodResult<DeepPartial<PermitsResponse>>;
   /** SubmitJob validates a batch job's input, stores the job durably, and only then acknowledges. */
   submitJob(request: SubmitJobRequest, context: CallContext & CallContextExt): Promise<DeepPartial<SubmitJobResponse>>;
   /** WatchJob replays a job's events after a sequence, then follows them live until it ends. */
@@ -1383,6 +2009,25 @@ export interface SchedulerServiceClient<CallOptionsExt = {}> {
     request: AsyncIterable<DeepPartial<ScheduleCallsRequest>>,
     options?: CallOptions & CallOptionsExt,
   ): AsyncIterable<ScheduleCallsResponse>;
+  /**
+   * Permits grants admission ahead of calls, so that an online call needs no round trip to the
+   * scheduler. A permit is one admission slot of one tenant, held by a gateway, on which it runs
+   * that tenant's calls one at a time, with a budget of calls whose rate tokens are charged ahead.
+   * The gateway asks how many permits it would like per tenant; the scheduler grants one only when
+   * it could admit a call of that tenant at once (nothing waits in its queue, at most half its
+   * --max-in-flight slots are taken, the tenant holds under half its in-flight limit and has rate
+   * tokens). The gateway reports the calls it ran on each permit when half its budget is spent, and
+   * the scheduler renews the budget (charging as many tokens). A call of a tenant with a free
+   * permit runs at once, dispatched by the gateway; every other call goes through Schedule as
+   * before. When a call is about to wait in its queue (or a tenant is at its limit), the scheduler
+   * revokes the permits (all, or the tenant's): each goes back as soon as its call ends. A permit
+   * given back refunds the tokens of its unused budget; everything a stream holds is released when
+   * the stream ends. One stream per gateway, for the gateway's life.
+   */
+  permits(
+    request: AsyncIterable<DeepPartial<PermitsRequest>>,
+    options?: CallOptions & CallOptionsExt,
+  ): AsyncIterable<PermitsResponse>;
   /** SubmitJob validates a batch job's input, stores the job durably, and only then acknowledges. */
   submitJob(request: DeepPartial<SubmitJobRequest>, options?: CallOptions & CallOptionsExt): Promise<SubmitJobResponse>;
   /** WatchJob replays a job's events after a sequence, then follows them live until it ends. */

@@ -14,24 +14,41 @@
  * calls, and tries one other worker when the first fails before its first output. A balancer that
  * comes back takes over for the next calls.
  */
-import { Channel, ClientError, Status } from 'nice-grpc';
+import { Channel, ClientError, Status, createClient } from 'nice-grpc';
+import { clientOnFreshChannel, openMeshChannel } from './client';
+import { MeshTls } from './tls';
 import { AbortError } from 'abort-controller-x';
-import { CallStreamClient, EncodedMessage, openCallStreamClient } from '../../common/call-stream';
-import { MeshError, quoteInput } from '../../common/errors';
-import { Logger } from '../../common/log';
-import { TurnBatch } from '../../common/turn-batch';
+import { CallStreamClient, EncodedMessage, openCallStreamClient } from './call-stream';
+import { MeshError, quoteInput } from './errors';
+import { Logger } from './log';
+import { ServiceMetrics } from './metrics';
+import { TurnBatch } from './turn-batch';
 import { Context, propagation, context as otelContext } from '@opentelemetry/api';
 import {
   AttemptEvent,
   AttemptOrder,
   BalancerMessage,
+  BalancerServiceDefinition,
   DispatchRequest,
   DispatchResponse,
   DispatcherMessage,
   RoutingState,
-} from '../../generated/maas/internal/v1/balancer';
-import { Task } from '../../generated/maas/internal/v1/task';
-import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../../generated/maas/internal/v1/worker';
+} from '../generated/maas/internal/v1/balancer';
+import { Task } from '../generated/maas/internal/v1/task';
+import { ExecuteRequest, ExecuteResponse, WorkerServiceDefinition } from '../generated/maas/internal/v1/worker';
+
+/** How a call's first worker was chosen: the balancer's pick made ahead, its order for the call, or the last routing state. */
+export type DispatchHow = 'pick' | 'order' | 'local';
+
+/** A counter of online calls by how their first worker was chosen (`name`: the service's metric). */
+export function countDispatches(metrics: ServiceMetrics, name: string): (how: DispatchHow) => void {
+  const counter = metrics.counter(
+    name,
+    "Online calls by how their first worker was chosen: pick (the balancer's pick made ahead of the call), order (the balancer's answer to the call), local (the balancer's last routing state, with the balancer unreachable).",
+    ['how'],
+  );
+  return (how) => counter.inc({ how });
+}
 
 /** The Dispatch method of a balancer client. */
 export type OpenDispatch = (requests: AsyncIterable<DispatchRequest>, options: { signal: AbortSignal }) => AsyncIterable<DispatchResponse>;
@@ -45,9 +62,37 @@ export interface DispatcherOptions {
   maxMessageBytes: number;
   log: Logger;
   /** Called when a call starts its first attempt, with how its worker was chosen (for metrics). */
-  onFirstAttempt?: (how: 'pick' | 'order' | 'local') => void;
+  onFirstAttempt?: (how: DispatchHow) => void;
   /** First wait before reconnecting to a balancer that is gone; doubles up to 2 s. */
   reconnectMs?: number;
+}
+
+/**
+ * A dispatcher of the mesh: its Dispatch stream to the balancer at `balancer`, on a channel of its
+ * own opened anew when an attempt finds it failing, so that the dispatcher's backoff (which a call
+ * with no routing state brings forward) decides when to try again, not grpc-js's. The stream lasts
+ * for hours: no tracing middleware (each call's routing has its own span). Workers are called over
+ * mutual TLS that checks each is the worker the balancer named.
+ */
+export function openMeshDispatcher(o: { balancer: string; maxMessageBytes: number; tls: MeshTls | undefined; log: Logger; onFirstAttempt?: (how: DispatchHow) => void }): { dispatcher: Dispatcher; close(): void } {
+  const link = clientOnFreshChannel(
+    () => openMeshChannel(o.balancer, o.maxMessageBytes, o.tls, 'balancer'),
+    (c) => createClient(BalancerServiceDefinition, c),
+  );
+  const dispatcher = new Dispatcher({
+    openDispatch: (requests, options) => link.client().dispatch(requests, options),
+    openWorkerChannel: (workerId, address) => openMeshChannel(address, o.maxMessageBytes, o.tls, { worker: workerId }),
+    maxMessageBytes: o.maxMessageBytes,
+    onFirstAttempt: o.onFirstAttempt,
+    log: o.log,
+  });
+  return {
+    dispatcher,
+    close() {
+      dispatcher.close();
+      link.close();
+    },
+  };
 }
 
 /** How long a call waits for the balancer's first decision before it routes itself (the balancer answers in about a millisecond). */
@@ -105,7 +150,7 @@ interface WorkerLink {
   running: number;
 }
 
-/** The dispatcher of one scheduler. */
+/** The dispatcher of one scheduler, or of one gateway (for the calls it holds a scheduler's permit for). */
 export class Dispatcher {
   private readonly calls = new Map<number, DispatchCall>();
   private readonly workers = new Map<string, WorkerLink>();
@@ -210,7 +255,7 @@ export class Dispatcher {
 
   /**
    * True when there is no routing state to dispatch on at all: the balancer has not been reached
-   * since the scheduler started (it starts later, or its address answers slowly), so neither it
+   * since this service started (it starts later, or its address answers slowly), so neither it
    * nor a last state can route a call.
    */
   hasNoRoutingState(): boolean {
@@ -452,13 +497,13 @@ class DispatchCall {
   private localAttempts = 0;
   private lastFailure: string | undefined;
   private readonly trace = Dispatcher.traceContext();
-  /** The scheduler's span of the call: the parent of each attempt's span, whichever event starts it. */
+  /** The dispatching service's span of the call: the parent of each attempt's span, whichever event starts it. */
   private readonly spanContext: Context = otelContext.active();
 
   constructor(private readonly d: Dispatcher, readonly id: number, private readonly task: Task, private readonly target: Target, private readonly deadline: number | undefined) {}
 
   begin() {
-    // No routing state yet, from the balancer or from before: the scheduler has just started and
+    // No routing state yet, from the balancer or from before: this service has just started and
     // not reached it. Wait a moment for it rather than refuse a call the mesh can serve.
     if (this.d.hasNoRoutingState()) {
       this.stopWaiting = this.d.awaitRoutingState(FIRST_STATE_WAIT_MS, () => {
