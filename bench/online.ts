@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: requests per second and p50/p99 latency of Predict on the `echo` model (no
- * delay), through the whole mesh (gateway -> scheduler -> worker, the balancer deciding where each call goes off the data path; each its own process)
+ * delay), through the whole mesh (gateway -> worker on the scheduler's admission permits, gateway -> scheduler -> worker
+ * for a call whose tenant holds none free; the balancer deciding where each call goes off the data path; each its own process)
  * and, as the baseline in the same run, straight to the one worker (WorkerService/Execute). When
  * an `nginx` binary is installed, a third row makes the same Execute call through nginx's
  * `grpc_pass` in front of that worker (./nginx-proxy): the proxy a user would put there instead.
@@ -422,7 +423,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
     `echo delay 0; one client process (this one) with one channel per target; the mesh at its default limits except the per-tenant rate limit, off (scheduler --tenant-rate 0: one tenant at c=64 may send more than its default 1000 calls/s)`;
 
   const text = [
-    ...textReportHead(`Predict on ${MODEL}: mesh (gateway -> scheduler -> worker, routed by the balancer)${nginxVersion ? ` and nginx ${nginxVersion} grpc_pass` : ''} vs direct worker (WorkerService/Execute)`, run, settings),
+    ...textReportHead(`Predict on ${MODEL}: mesh (gateway -> worker on the scheduler's permits, else via the scheduler; routed by the balancer)${nginxVersion ? ` and nginx ${nginxVersion} grpc_pass` : ''} vs direct worker (WorkerService/Execute)`, run, settings),
     '',
     textTable(headers, rows, right),
     '',
@@ -435,7 +436,7 @@ function buildReport(o: BenchOptions, cells: Cell[], code: string, loadBefore: n
 
   const markdown = [
     ...markdownReportHead('Online: Predict on echo, mesh vs direct worker', run, 'is a short run that leaves this file alone', 'The machine is shared, so runs vary; the baseline is measured in the same run.'),
-    `- What: requests per second and latency of \`maas.v1.InferenceService/Predict\` on \`${MODEL}\` at the gateway, through gateway -> scheduler -> worker (each its own process; the balancer decides each call's worker over its Dispatch stream, off the data path), against the same call made straight to the worker (\`maas.internal.v1.WorkerService/Execute\`).`,
+    `- What: requests per second and latency of \`maas.v1.InferenceService/Predict\` on \`${MODEL}\` at the gateway, through the mesh (each service its own process): gateway -> worker for a call on an admission permit the scheduler granted ahead, gateway -> scheduler -> worker for a call whose tenant holds no free permit; the balancer decides each call's worker over the dispatcher's Dispatch stream, off the data path, against the same call made straight to the worker (\`maas.internal.v1.WorkerService/Execute\`).`,
     nginxVersion
       ? `- nginx row: the direct call (\`WorkerService/Execute\`) through nginx ${nginxVersion} (\`grpc_pass\` over kept-alive upstream connections, ${NGINX_WORKER_PROCESSES} worker process, started by the bench; see \`bench/nginx-proxy.ts\`): what a user would put in front of the worker instead of the mesh.`
       : `- nginx row: ${nginxNote}.`,
