@@ -309,9 +309,15 @@ export class Dispatcher {
     return pick;
   }
 
-  /** A call's first attempt starts on the balancer's order, or on the last routing state. */
+  /**
+   * A call's first attempt starts on the balancer's order, or on the last routing state. A call
+   * routed on the last state while the balancer is away brings the next connection attempt forward
+   * (to MIN_RECONNECT_GAP_MS after the last): under load a restarted balancer takes the calls back
+   * at once, not after a backoff that grew while it was away.
+   */
   noteFirstAttempt(how: 'order' | 'local') {
     this.o.onFirstAttempt?.(how);
+    if (how === 'local') this.reconnectSoon();
   }
 
   send(message: DispatcherMessage) {

@@ -73,18 +73,42 @@ export class PermitDesk {
   }
 
   /**
-   * Resolves the next time a permit is given back or released (its slot is free again); rejects
-   * with the signal's reason when it aborts first.
+   * Calls waiting for a permit's slot (see {@link waitForRelease}), all tenants and by tenant: no
+   * more wait than there are permits to come back.
    */
-  nextRelease(signal: AbortSignal): Promise<void> {
+  private waiting = 0;
+  private readonly waitingBy = new Map<string, number>();
+  /** The waiting calls, oldest first: each permit given back wakes one. */
+  private readonly releaseWaiters = new Set<() => void>();
+
+  /** Calls waiting for a permit's slot now (all tenants, or `tenant`'s). */
+  waitingFor(tenant?: string): number {
+    return tenant === undefined ? this.waiting : (this.waitingBy.get(tenant) ?? 0);
+  }
+
+  /**
+   * Resolves once a permit is given back or released (its slot is free again), each release waking
+   * the oldest waiting call; rejects with the signal's reason when it aborts first.
+   */
+  waitForRelease(tenant: string, signal: AbortSignal): Promise<void> {
     if (signal.aborted) return Promise.reject(signal.reason);
+    this.waiting++;
+    this.waitingBy.set(tenant, (this.waitingBy.get(tenant) ?? 0) + 1);
     return new Promise<void>((resolve, reject) => {
-      const onAbort = () => {
+      const leave = () => {
         this.releaseWaiters.delete(done);
+        signal.removeEventListener('abort', onAbort);
+        this.waiting--;
+        const n = (this.waitingBy.get(tenant) ?? 1) - 1;
+        if (n > 0) this.waitingBy.set(tenant, n);
+        else this.waitingBy.delete(tenant);
+      };
+      const onAbort = () => {
+        leave();
         reject(signal.reason);
       };
       const done = () => {
-        signal.removeEventListener('abort', onAbort);
+        leave();
         resolve();
       };
       this.releaseWaiters.add(done);
@@ -92,14 +116,13 @@ export class PermitDesk {
     });
   }
 
-  /** A permit's slot was freed: calls waiting for one try again. */
-  released() {
-    const waiters = [...this.releaseWaiters];
-    this.releaseWaiters.clear();
-    for (const w of waiters) w();
+  /** `n` permits' slots were freed: as many waiting calls try again. */
+  released(n: number) {
+    for (const wake of this.releaseWaiters) {
+      if (n-- <= 0) return;
+      wake();
+    }
   }
-
-  private readonly releaseWaiters = new Set<() => void>();
 
   /** Serves one gateway's Permits stream: applies its requests, sends grants, renewals and revocations. */
   async *serve(requests: AsyncIterable<PermitsRequest>, signal: AbortSignal): AsyncGenerator<PermitsResponse> {
@@ -263,7 +286,7 @@ class PermitStream {
       freed++;
     }
     if (freed > 0) {
-      this.desk.released();
+      this.desk.released(freed);
       this.desk.slotsFreed();
     } else this.topUp();
   }
@@ -330,11 +353,11 @@ class PermitStream {
       held.permit.release();
       this.desk.refund(held.tenant, held.budget);
     }
-    const any = this.permits.size > 0;
+    const freed = this.permits.size;
     this.permits.clear();
     this.tenants.clear();
     this.short.clear();
-    if (any) this.desk.released();
+    this.desk.released(freed);
   }
 
   /** Counts a permit's calls against its budget (no more than it had) and their time. */

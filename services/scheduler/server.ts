@@ -231,7 +231,7 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
     if (!task?.request) throw new MeshError('invalid_argument', 'task.request must be set');
     requireTenant(task.tenant);
     takeRateToken(task.tenant);
-    while (refusedForPermits(task.tenant)) await permitDesk.nextRelease(context.signal);
+    while (waitsForPermit(task.tenant)) await permitDesk.waitForRelease(task.tenant, context.signal);
     const permit = await admit(queue, task, context, limits, schedulerCounts);
     log.debug('admitted', { request_id: task.requestId, tenant: task.tenant, task: task.request.$case, waited_ms: permit.waitedMs });
     try {
@@ -245,16 +245,20 @@ export async function startScheduler(config: ConfigOf<typeof schedulerSchema>, l
 
   /**
    * True when a call would be refused for want of a slot that a gateway holds as a permit (its
-   * tenant at its limit, or every slot taken and the queue full): the permits go back first, and
-   * the call waits for them (up to its deadline) rather than be refused while a permit may be
-   * running nothing.
+   * tenant at its limit, or every slot taken and the queue full), and fewer calls already wait for
+   * such slots than there are permits to come back: the permits are revoked, and the call waits
+   * for one (up to its deadline) rather than be refused while a permit may be running nothing.
    */
-  function refusedForPermits(tenant: string): boolean {
-    const tenantFull = queue.tenantUsage(tenant).open >= limits.of(tenant).maxInFlight && permitDesk.heldBy(tenant) > 0;
-    const meshFull = queue.inFlight >= config.maxInFlight && queue.queued >= config.maxQueued && permitDesk.held > 0;
-    if (tenantFull) permitDesk.reclaim(tenant);
-    else if (meshFull) permitDesk.reclaim();
-    return tenantFull || meshFull;
+  function waitsForPermit(tenant: string): boolean {
+    if (queue.tenantUsage(tenant).open >= limits.of(tenant).maxInFlight && permitDesk.heldBy(tenant) > permitDesk.waitingFor(tenant)) {
+      permitDesk.reclaim(tenant);
+      return true;
+    }
+    if (queue.inFlight >= config.maxInFlight && queue.queued >= config.maxQueued && permitDesk.held > permitDesk.waitingFor()) {
+      permitDesk.reclaim();
+      return true;
+    }
+    return false;
   }
 
   function permits(requests: AsyncIterable<PermitsRequest>, context: MeshCallContext): AsyncGenerator<PermitsResponse> {
