@@ -99,6 +99,23 @@ describe('tenant limits', () => {
       expect(limiter.take('acme')).to.equal(0);
     });
 
+    it('takes up to n tokens at once, leaving what it is asked to keep, and refunds no more than the burst', () => {
+      let now = 0;
+      const limiter = new RateLimiter(() => ({ rate: 10, burst: 20 }), () => now);
+      // 20 in the bucket, 8 kept: 12 taken of the 15 asked for, then none.
+      expect(limiter.takeUpTo('acme', 15, 8)).to.equal(12);
+      expect(limiter.takeUpTo('acme', 15, 8)).to.equal(0);
+      // The 8 kept are there for single takes.
+      expect(Array.from({ length: 9 }, () => limiter.take('acme'))).to.deep.equal([0, 0, 0, 0, 0, 0, 0, 0, 100]);
+      // 0.5 s refills 5, of which 1 whole token is above the 4 kept here.
+      now = 500;
+      expect(limiter.takeUpTo('acme', 10, 4)).to.equal(1);
+      limiter.refund('acme', 100);
+      expect(limiter.takeUpTo('acme', 100)).to.equal(20);
+      // No rate limit: everything asked for.
+      expect(new RateLimiter(() => ({ rate: 0, burst: 1 }), () => 0).takeUpTo('acme', 64, 1)).to.equal(64);
+    });
+
     it('does not limit a tenant whose rate is 0', () => {
       const limiter = new RateLimiter(() => ({ rate: 0, burst: 1 }), () => 0);
       expect(Array.from({ length: 1000 }, () => limiter.take('acme')).every((w) => w === 0)).to.equal(true);
