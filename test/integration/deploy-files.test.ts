@@ -141,7 +141,7 @@ describe('deploy files', () => {
 
     it('lets each service reach exactly what it calls, and nothing else of the mesh', () => {
       // What each workload calls, from its own settings: every MAAS_*_ADDRESS and the OTLP
-      // endpoint name a Service and a port; the balancer dials the address each worker advertises.
+      // endpoint name a Service and a port; the balancer and the dispatchers dial the address each worker advertises.
       const services = objects.filter((o) => o.kind === 'Service');
       const expected = new Set<string>();
       for (const w of workloads) {
@@ -162,13 +162,17 @@ describe('deploy files', () => {
         }
       }
       const advertised = envOf(workload('worker')).MAAS_WORKER_ADVERTISE_ADDRESS.split(':').pop();
-      expected.add(`balancer->worker:${advertised}`);
+      // The balancer (batch tasks, the repository) and both dispatchers of online calls, the
+      // scheduler and the gateway (on its permits), dial the address each worker advertises.
+      for (const caller of ['balancer', 'scheduler', 'gateway']) expected.add(`${caller}->worker:${advertised}`);
       expect([...expected].sort()).to.include.members([
         'gateway->scheduler:50052',
         'gateway->balancer:50053',
         'scheduler->balancer:50053',
         'scheduler->aggregator:50054',
         'balancer->worker:50054',
+        'scheduler->worker:50054',
+        'gateway->worker:50054',
         'worker->balancer:50053',
         'worker->aggregator:50054',
         'aggregator->jaeger:4318',
