@@ -122,8 +122,9 @@ export class PermitClient {
     }
     const held = t.free.pop();
     if (!held) {
-      // One more for each call that found none (the asks of a turn go as one).
-      if (t.want < this.maxPerTenant) {
+      // One more for each call that found none (the asks of a turn go as one); none while the
+      // stream is down (the asks go again when it is back).
+      if (this.connected && t.want < this.maxPerTenant) {
         t.want++;
         this.outbox.push({ ask: { tenant, permits: t.want } });
       }
