@@ -22,6 +22,7 @@ import { CallStreamClient, EncodedMessage, openCallStreamClient } from './call-s
 import { MeshError, quoteInput } from './errors';
 import { Logger } from './log';
 import { ServiceMetrics } from './metrics';
+import { StreamWriter } from './stream-writer';
 import { TurnBatch } from './turn-batch';
 import { Context, propagation, context as otelContext } from '@opentelemetry/api';
 import {
@@ -159,16 +160,9 @@ export class Dispatcher {
   /** Calls that started on a pick (for tests and diagnostics). */
   private picksTaken = 0;
   private nextId = 1;
-  /** Messages to the balancer: this turn's, handed at its end to `ready`, which the stream's writer sends as one request. */
-  private readonly outbox = new TurnBatch<DispatcherMessage>((messages) => {
-    if (messages.length === 0) return;
-    this.ready = this.ready.length === 0 ? messages : this.ready.concat(messages);
-    const w = this.wakeWriter;
-    this.wakeWriter = undefined;
-    w?.();
-  });
-  private ready: DispatcherMessage[] = [];
-  private wakeWriter: (() => void) | undefined;
+  /** Messages to the balancer: this turn's, handed at its end to the stream's writer, which sends what is queued as one request. */
+  private readonly outbox = new TurnBatch<DispatcherMessage>((messages) => this.writer.push(messages));
+  private readonly writer = new StreamWriter<DispatcherMessage>();
   /** True while a Dispatch stream is open and has sent its first routing state. */
   private connected = false;
   private state: RoutingState | undefined;
@@ -387,7 +381,7 @@ export class Dispatcher {
       const onClose = () => stream.abort();
       this.closed.signal.addEventListener('abort', onClose, { once: true });
       try {
-        for await (const batch of this.o.openDispatch(this.writer(stream.signal), { signal: stream.signal })) {
+        for await (const batch of this.o.openDispatch(this.writer.requests(stream.signal, (messages) => ({ messages })), { signal: stream.signal })) {
           for (const message of batch.messages) this.onMessage(message);
           wait = this.o.reconnectMs ?? 100;
         }
@@ -400,7 +394,7 @@ export class Dispatcher {
         this.connected = false;
         // What was queued for the lost stream is dropped (its calls learn of the loss below).
         this.outbox.take();
-        this.ready = [];
+        this.writer.clear();
         // Picks were the lost balancer's, for calls it would have heard of.
         this.picks.clear();
         if (was) this.everLost = true;
@@ -433,23 +427,6 @@ export class Dispatcher {
       // Calls already waiting for a first state end it at once (or after the minimum gap).
       if (this.stateWaiters.size > 0) this.reconnectSoon();
     });
-  }
-
-  private async *writer(signal: AbortSignal): AsyncGenerator<DispatchRequest> {
-    // One listener for the stream's life (not one per wait: an AbortSignal checks every listener it has on each add).
-    const onAbort = () => this.wakeWriter?.();
-    signal.addEventListener('abort', onAbort, { once: true });
-    try {
-      while (!signal.aborted) {
-        if (this.ready.length > 0) {
-          yield { messages: this.ready.splice(0) };
-          continue;
-        }
-        await new Promise<void>((resolve) => (this.wakeWriter = resolve));
-      }
-    } finally {
-      signal.removeEventListener('abort', onAbort);
-    }
   }
 
   private onMessage(message: BalancerMessage) {

@@ -13,6 +13,7 @@
  */
 import { ClientError, Status } from 'nice-grpc';
 import { Logger } from '../common/log';
+import { StreamWriter } from '../common/stream-writer';
 import { TurnBatch } from '../common/turn-batch';
 import { PermitUsage, PermitsRequest, PermitsResponse } from '../generated/maas/internal/v1/scheduler';
 
@@ -70,9 +71,11 @@ export class PermitClient {
   /** Every permit of the current stream, by id. */
   private readonly permits = new Map<number, Held>();
   private connected = false;
-  private readonly outbox = new TurnBatch<Outgoing>((items) => this.flush(items));
-  private readonly ready: PermitsRequest[] = [];
-  private wakeWriter: (() => void) | undefined;
+  /** What to tell the scheduler: this turn's, handed at its end to the stream's writer (nothing while no stream is up). */
+  private readonly outbox = new TurnBatch<Outgoing>((items) => {
+    if (this.connected) this.writer.push(items);
+  });
+  private readonly writer = new StreamWriter<Outgoing>();
   private readonly closed = new AbortController();
   private readonly sweep: NodeJS.Timeout;
   private readonly maxPerTenant: number;
@@ -154,7 +157,6 @@ export class PermitClient {
     this.closed.abort();
     clearInterval(this.sweep);
     this.outbox.close();
-    this.wakeWriter?.();
   }
 
   private report(held: Held) {
@@ -224,8 +226,8 @@ export class PermitClient {
     }
   }
 
-  private flush(items: Outgoing[]) {
-    if (!this.connected || items.length === 0) return;
+  /** One request of what was queued: the asks (the latest per tenant), reports and permits given back. */
+  private static request(items: Outgoing[]): PermitsRequest {
     const asks = new Map<string, number>();
     const request: PermitsRequest = { asks: [], usage: [], ends: [] };
     for (const item of items) {
@@ -234,10 +236,7 @@ export class PermitClient {
       else request.ends.push(item.end);
     }
     for (const [tenant, permits] of asks) request.asks.push({ tenant, permits });
-    this.ready.push(request);
-    const w = this.wakeWriter;
-    this.wakeWriter = undefined;
-    w?.();
+    return request;
   }
 
   private async maintain() {
@@ -247,7 +246,7 @@ export class PermitClient {
       const onClose = () => stream.abort();
       this.closed.signal.addEventListener('abort', onClose, { once: true });
       try {
-        for await (const response of this.o.open(this.writer(stream.signal), { signal: stream.signal })) {
+        for await (const response of this.o.open(this.writer.requests(stream.signal, PermitClient.request), { signal: stream.signal })) {
           if (!this.connected) {
             this.connected = true;
             wait = this.o.reconnectMs ?? 100;
@@ -265,7 +264,7 @@ export class PermitClient {
         stream.abort();
         this.connected = false;
         this.outbox.take();
-        this.ready.length = 0;
+        this.writer.clear();
         this.permits.clear();
         for (const t of this.tenants.values()) {
           t.held.clear();
@@ -278,23 +277,6 @@ export class PermitClient {
         this.closed.signal.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
       });
       wait = Math.min(wait * 2, MAX_RECONNECT_MS);
-    }
-  }
-
-  private async *writer(signal: AbortSignal): AsyncGenerator<PermitsRequest> {
-    const onAbort = () => this.wakeWriter?.();
-    signal.addEventListener('abort', onAbort, { once: true });
-    try {
-      while (!signal.aborted) {
-        const next = this.ready.shift();
-        if (next) {
-          yield next;
-          continue;
-        }
-        await new Promise<void>((resolve) => (this.wakeWriter = resolve));
-      }
-    } finally {
-      signal.removeEventListener('abort', onAbort);
     }
   }
 }

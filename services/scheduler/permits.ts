@@ -234,6 +234,8 @@ class PermitStream {
   /** Tenants holding fewer permits than they ask for. */
   private readonly short = new Set<string>();
   private nextId = 1;
+  /** Permits held and not revoked: a call that waits revokes nothing more once it is 0 (it waits on every enqueue). */
+  private revocable = 0;
   private out: PermitsResponse = { grants: [], renewals: [], revoked: [] };
   private flushScheduled = false;
   private readonly ready: PermitsResponse[] = [];
@@ -305,6 +307,7 @@ class PermitStream {
         if (granted === 'tenant') break;
         const id = this.nextId++;
         this.permits.set(id, { tenant, permit: granted.permit, budget: granted.budget, revoked: false });
+        this.revocable++;
         t.held.add(id);
         this.send('grants', { permitId: id, tenant, calls: granted.budget });
         this.desk.count('granted');
@@ -317,6 +320,7 @@ class PermitStream {
   /** Asks for permits back (all tenants', or one's). */
   revoke(tenant?: string) {
     if (tenant === undefined) {
+      if (this.revocable === 0) return;
       for (const [id, held] of this.permits) this.revokeOne(id, held);
       return;
     }
@@ -355,6 +359,7 @@ class PermitStream {
     }
     const freed = this.permits.size;
     this.permits.clear();
+    this.revocable = 0;
     this.tenants.clear();
     this.short.clear();
     this.desk.released(freed);
@@ -369,6 +374,7 @@ class PermitStream {
 
   private drop(id: number, held: Held) {
     this.permits.delete(id);
+    if (!held.revoked) this.revocable--;
     held.permit.release();
     this.desk.refund(held.tenant, held.budget);
     this.desk.count('returned');
@@ -380,6 +386,7 @@ class PermitStream {
   private revokeOne(id: number, held: Held) {
     if (held.revoked) return;
     held.revoked = true;
+    this.revocable--;
     this.send('revoked', id);
     this.desk.count('revoked');
   }
