@@ -66,6 +66,18 @@ describe('the method policy', () => {
     expect(authorizeCall('/grpc.health.v1.Health/Check', meshIdentity('operator')).allowed).to.equal(true);
   });
 
+  it('lets only the gateway take permits, and both dispatchers (gateway, scheduler) Dispatch and call a worker\'s ExecuteCalls', () => {
+    const permits = '/maas.internal.v1.SchedulerService/Permits';
+    expect(authorizeCall(permits, meshIdentity('gateway')).allowed).to.equal(true);
+    for (const other of [meshIdentity('scheduler'), meshIdentity('balancer'), meshIdentity('worker', 'w1'), meshIdentity('operator')]) expect(authorizeCall(permits, other).allowed, other.uri).to.equal(false);
+    for (const dispatcher of ['gateway', 'scheduler'] as const) {
+      expect(authorizeCall('/maas.internal.v1.BalancerService/Dispatch', meshIdentity(dispatcher)).allowed, dispatcher).to.equal(true);
+      expect(authorizeCall('/maas.internal.v1.WorkerService/ExecuteCalls', meshIdentity(dispatcher)).allowed, dispatcher).to.equal(true);
+    }
+    expect(authorizeCall('/maas.internal.v1.WorkerService/Execute', meshIdentity('gateway')).allowed).to.equal(false);
+    expect(authorizeCall('/maas.internal.v1.BalancerService/Dispatch', meshIdentity('worker', 'w1')).allowed).to.equal(false);
+  });
+
   it('refuses a method not in the table to everyone, and a certificate with no identity as unauthenticated', () => {
     const d = authorizeCall('/maas.internal.v1.SchedulerService/DropAll', meshIdentity('gateway'));
     expect(d.allowed).to.equal(false);
