@@ -554,7 +554,7 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
   const schedulerNow = async () => {
     const inFlight = await counterBy(schedulerMetrics, 'maas_scheduler_in_flight', 'x', '');
     const queued = await counterBy(schedulerMetrics, 'maas_scheduler_queued', 'x', '');
-    return `${inFlight?.get('') ?? 'n/a'} running, ${queued?.get('') ?? 'n/a'} waiting`;
+    return `${inFlight?.get('') ?? 'n/a'} slots taken, ${queued?.get('') ?? 'n/a'} waiting`;
   };
   return withMesh(o, { extraArgs }, signal, async (mesh) => {
     const channels = gatewayChannels(mesh.addresses.gateway, o.overload);
@@ -582,11 +582,12 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         await load.stop();
         const countersAfter = await readCounters();
         // Every call has ended: what the balancer still counts as outstanding on each worker, and the
-        // scheduler's calls running, should come back to 0 (cancels may take a moment to unwind).
+        // scheduler's slots taken (calls running, and permits the gateway holds until they idle out
+        // after a second), should come back to 0 (cancels may take a moment to unwind).
         const settleStart = performance.now();
         let listed = await balancer.listWorkers({}, { deadline: Date.now() + 30_000 }).catch(() => undefined);
         let scheduler = await schedulerNow();
-        while (performance.now() - settleStart < SETTLE_MS && !(scheduler.startsWith('0 running') && listed?.workers.every((w) => w.outstanding === 0))) {
+        while (performance.now() - settleStart < SETTLE_MS && !(scheduler.startsWith('0 slots') && listed?.workers.every((w) => w.outstanding === 0))) {
           await sleep(250, undefined, { signal });
           listed = await balancer.listWorkers({}, { deadline: Date.now() + 30_000 }).catch(() => undefined);
           scheduler = await schedulerNow();
@@ -596,7 +597,7 @@ async function overload(o: FaultOptions, signal: AbortSignal): Promise<ScenarioR
         const where =
           `  (c=${concurrency}, warm-up included: the gateway's Predict statuses: ${counterDelta(countersBefore.gateway, countersAfter.gateway)}; ` +
           `the scheduler's Schedule statuses: ${counterDelta(countersBefore.scheduler, countersAfter.scheduler)}; its refusals by reason: ${counterDelta(countersBefore.refused, countersAfter.refused)}; ` +
-          `cores busy while measured: ${busy}; CPU ms per call that ended while measured (${ended} calls): ${perCall}; ${settledMs < SETTLE_MS ? `${ms(settledMs)} ms after every call had ended` : `${SETTLE_MS / 1000} s after every call had ended (NOT back to 0)`}, the balancer's outstanding per worker: ${outstanding}; the scheduler's online calls: ${scheduler})`;
+          `cores busy while measured: ${busy}; CPU ms per call that ended while measured (${ended} calls): ${perCall}; ${settledMs < SETTLE_MS ? `${ms(settledMs)} ms after every call had ended` : `${SETTLE_MS / 1000} s after every call had ended (NOT back to 0)`}, the balancer's outstanding per worker: ${outstanding}; the scheduler's online calls: ${scheduler} (slots: calls running and permits held))`;
         // Every call started in the measured time, however long it took (each has a deadline).
         const measured = load.calls.filter((c) => c.startMs >= o.warmupMs && c.startMs < tEnd);
         const refused = Float64Array.from(measured.filter((c) => c.code === Status.RESOURCE_EXHAUSTED).map((c) => c.endMs - c.startMs)).sort();

@@ -7,9 +7,10 @@
  *
  * How many permits a tenant asks for follows its calls: a call that finds none free asks for one
  * more (up to {@link PermitClientOptions.maxPerTenant}); a permit that ran no call for `idleMs`
- * goes back (the tokens of its budget are refunded) and the ask shrinks by one. A permit the
- * scheduler revokes goes back as soon as it runs no call. When the stream is lost every permit is
- * void (the scheduler released them); calls go through the scheduler until a new stream is up.
+ * goes back (the tokens of its budget are refunded) and the ask falls to the permits kept, so
+ * asks not yet granted are withdrawn. A permit the scheduler revokes goes back as soon as it runs
+ * no call. When the stream is lost every permit is void (the scheduler released them); calls go
+ * through the scheduler until a new stream is up.
  */
 import { ClientError, Status } from 'nice-grpc';
 import { Logger } from '../common/log';
@@ -178,7 +179,12 @@ export class PermitClient {
     this.outbox.push({ end: { permitId: held.id, calls: held.calls, busyUs: held.busyUs } });
   }
 
-  /** Gives back permits that ran no call for idleMs; each shrinks its tenant's ask by one. */
+  /**
+   * Gives back permits that ran no call for idleMs. A tenant with an idle permit had more than its
+   * calls need, so its ask falls to the permits it keeps: asks still unanswered are withdrawn too
+   * (else, after a burst, the scheduler would go on granting permits that nothing runs on, each
+   * holding a slot until it idles out in turn).
+   */
   private returnIdle() {
     const before = Date.now() - this.idleMs;
     for (const [tenant, t] of this.tenants) {
@@ -189,7 +195,7 @@ export class PermitClient {
         n++;
       }
       if (n === 0) continue;
-      t.want = Math.max(0, t.want - n);
+      t.want = Math.min(Math.max(0, t.want - n), t.held.size);
       this.outbox.push({ ask: { tenant, permits: t.want } });
       if (t.want === 0 && t.held.size === 0) this.tenants.delete(tenant);
     }

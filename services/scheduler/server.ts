@@ -75,7 +75,7 @@ export type RefusalReason = 'queue_full' | 'deadline_unmeetable' | 'tenant_in_fl
 /** The scheduler's own metric families (the gRPC ones are common/call-metrics.ts's). */
 function schedulerMetrics(metrics: ServiceMetrics, queue: AdmissionQueue, store: JobStore) {
   metrics.gauge('maas_scheduler_queued', 'Online requests waiting in the admission queue now.', [], (g) => g.set(queue.stats().queued));
-  metrics.gauge('maas_scheduler_in_flight', 'Online requests holding an admission permit (running) now.', [], (g) => g.set(queue.stats().inFlight));
+  metrics.gauge('maas_scheduler_in_flight', 'Admission slots taken now: online requests running, and the slots the gateways hold as permits (see maas_scheduler_permits_total).', [], (g) => g.set(queue.stats().inFlight));
   metrics.gauge('maas_scheduler_jobs', 'Batch jobs in the store, by state (queued, running, succeeded, failed, cancelled).', ['state'], (g) => {
     for (const [state, n] of Object.entries(store.countJobsByState())) g.set({ state }, n);
   });

@@ -151,6 +151,26 @@ describe('the gateway\'s permits (PermitClient)', () => {
     expect(scheduler.asks.at(-1)).to.deep.equal({ tenant: 'acme', permits: 0 });
   });
 
+  it('withdraws the asks not yet granted once a permit idles out: nothing is granted for a burst that has passed', async () => {
+    start({ idleMs: 50 });
+    await until(() => client.streamUp, 2000, 'the stream');
+    // A burst: five calls find no permit, so the tenant asks for five.
+    for (let i = 0; i < 5; i++) expect(client.take('acme')).to.equal(undefined);
+    await until(() => scheduler.asks.length > 0, 2000, 'the asks');
+    expect(scheduler.asks.at(-1)).to.deep.equal({ tenant: 'acme', permits: 5 });
+    // Two are granted; one runs a call and stays busy, the other idles out.
+    scheduler.send({ grants: [{ permitId: 1, tenant: 'acme', calls: 10 }, { permitId: 2, tenant: 'acme', calls: 10 }] });
+    await until(() => client.heldFor('acme') === 2, 2000, 'the grants');
+    const done = client.take('acme');
+    expect(done).to.be.a('function');
+    await until(() => scheduler.ends.length === 1, 2000, 'the idle permit back');
+    // The ask falls to the one permit kept, not to 5 - 1 = 4 (three more that nothing would run on).
+    expect(scheduler.asks.at(-1)).to.deep.equal({ tenant: 'acme', permits: 1 });
+    done!();
+    await until(() => scheduler.ends.length === 2, 2000, 'the second permit back once idle');
+    expect(scheduler.asks.at(-1)).to.deep.equal({ tenant: 'acme', permits: 0 });
+  });
+
   it('when the stream breaks, drops every permit (the scheduler released them), says nothing of them on the next stream, and asks again', async () => {
     start();
     await until(() => client.streamUp, 2000, 'the stream');
