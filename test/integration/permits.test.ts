@@ -9,7 +9,7 @@ import { parseApiKeys } from '../../gateway/auth';
 import { parseTenantOverrides } from '../../services/scheduler/tenant-limits';
 import { TENANT_NAME_PATTERN } from '../../common/tenant';
 import { scrape } from '../prometheus';
-import { Status, TestMesh, collect, startMesh, until } from '../support';
+import { Status, TestMesh, collect, grpcError, startMesh, until } from '../support';
 
 const KEYS = { acme: 'key-of-acme', globex: 'key-of-globex' };
 const keys = parseApiKeys(`acme=${KEYS.acme},globex=${KEYS.globex}`);
@@ -160,15 +160,18 @@ describe('admission permits: calls dispatched by the gateway on the scheduler\'s
     expect(mesh.gateway.permits!.callsOnPermits - before).to.be.greaterThan(0);
   });
 
-  it('a call on a permit that the client cancels stops on the worker, and its permit serves the next call', async () => {
+  it('a call on a permit that the client cancels stops on the worker within 100 ms, and its permit serves the next call', async () => {
     mesh = await startMesh({ workers: [{ echoDelayMs: 100 }] });
     for (let i = 0; i < 2; i++) await mesh.inference.predict({ model: 'echo', input: 'warm' });
     await until(() => mesh.gateway.permits!.heldFor('anonymous') > 0, 5000, 'a permit');
+    const onPermits = mesh.gateway.permits!.callsOnPermits;
     const ended = new Promise<{ outcome: string }>((resolve) => mesh.workers[0].activity.once('task-end', resolve));
     const abort = new AbortController();
     const stream = mesh.inference.generate({ model: 'echo', prompt: 'one two three four five six seven eight', maxTokens: 8 }, { signal: abort.signal });
     const it = stream[Symbol.asyncIterator]();
     await it.next();
+    expect(mesh.gateway.permits!.callsOnPermits, 'the call runs on a permit').to.equal(onPermits + 1);
+    const abortedAt = performance.now();
     abort.abort();
     const err = await it.next().then(
       () => undefined,
@@ -176,6 +179,26 @@ describe('admission permits: calls dispatched by the gateway on the scheduler\'s
     );
     expect(err?.name, 'the client sees its own abort').to.equal('AbortError');
     expect((await ended).outcome).to.equal('cancelled');
+    // The contract of every path: a cancel reaches the model loop within 100 ms.
+    expect(performance.now() - abortedAt).to.be.lessThan(100);
+    const before = mesh.gateway.permits!.callsOnPermits;
+    expect((await mesh.inference.predict({ model: 'echo', input: 'after' })).text).to.equal('after');
+    expect(mesh.gateway.permits!.callsOnPermits).to.equal(before + 1);
+  });
+
+  it('a call on a permit whose deadline passes mid-stream ends DEADLINE_EXCEEDED and stops on the worker, and its permit serves the next call', async () => {
+    mesh = await startMesh({ workers: [{ echoDelayMs: 50 }] });
+    for (let i = 0; i < 2; i++) await mesh.inference.predict({ model: 'echo', input: 'warm' });
+    await until(() => mesh.gateway.permits!.heldFor('anonymous') > 0, 5000, 'a permit');
+    const onPermits = mesh.gateway.permits!.callsOnPermits;
+    const ended = new Promise<{ outcome: string; chunks: number }>((resolve) => mesh.workers[0].activity.once('task-end', resolve));
+    const prompt = Array.from({ length: 100 }, (_, i) => `w${i}`).join(' ');
+    const err = await grpcError(collect(mesh.inference.generate({ model: 'echo', prompt, maxTokens: 100 }, { deadline: Date.now() + 300 })));
+    expect(err.code).to.equal(Status.DEADLINE_EXCEEDED);
+    expect(mesh.gateway.permits!.callsOnPermits, 'the call ran on a permit').to.equal(onPermits + 1);
+    const end = await ended;
+    expect(end.outcome).to.equal('cancelled');
+    expect(end.chunks).to.be.lessThan(20);
     const before = mesh.gateway.permits!.callsOnPermits;
     expect((await mesh.inference.predict({ model: 'echo', input: 'after' })).text).to.equal('after');
     expect(mesh.gateway.permits!.callsOnPermits).to.equal(before + 1);
