@@ -160,8 +160,12 @@ export class Dispatcher {
   /** Calls that started on a pick (for tests and diagnostics). */
   private picksTaken = 0;
   private nextId = 1;
-  /** Messages to the balancer: this turn's, handed at its end to the stream's writer, which sends what is queued as one request. */
-  private readonly outbox = new TurnBatch<DispatcherMessage>((messages) => this.writer.push(messages));
+  /**
+   * Messages to the balancer: this turn's, handed to the stream's writer (which sends what is queued
+   * as one request) once the turn's writes to workers and clients have gone out: the balancer
+   * decides, it is not on the call's path.
+   */
+  private readonly outbox = new TurnBatch<DispatcherMessage>((messages) => this.writer.push(messages), { afterWrites: true });
   private readonly writer = new StreamWriter<DispatcherMessage>();
   /** True while a Dispatch stream is open and has sent its first routing state. */
   private connected = false;

@@ -9,9 +9,22 @@ export class TurnBatch<T> {
   private items: T[] = [];
   private scheduled = false;
   private ended = false;
+  private readonly start: () => void;
 
-  /** `flush` gets the items of one turn, oldest first (none when only {@link schedule} asked for it). */
-  constructor(private readonly flush: (items: T[]) => void) {}
+  /**
+   * `flush` gets the items of one turn, oldest first (none when only {@link schedule} asked for it).
+   * `afterWrites`: flush one turn of the event loop later, once the writes that this turn queued
+   * (a call's request to its worker, a response to its client) have gone out. For the streams of
+   * the control plane (the dispatcher's messages to the balancer): measured at one call at a time,
+   * their flush ahead of those writes delayed each call by a write and woke the balancer while the
+   * worker and the client waited for a core (timeline and numbers in docs/BENCHMARKS.md).
+   */
+  constructor(
+    private readonly flush: (items: T[]) => void,
+    options: { afterWrites?: boolean } = {},
+  ) {
+    this.start = options.afterWrites ? () => setImmediate(this.run) : this.run;
+  }
 
   /** Items queued and not yet flushed. */
   get pending(): number {
@@ -34,7 +47,7 @@ export class TurnBatch<T> {
   schedule(): void {
     if (this.scheduled || this.ended) return;
     this.scheduled = true;
-    setImmediate(this.run);
+    setImmediate(this.start);
   }
 
   /** Removes and returns what is queued now, for a caller that sends it itself or drops it; the flush of this turn gets only what comes after. */

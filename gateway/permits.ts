@@ -72,10 +72,16 @@ export class PermitClient {
   /** Every permit of the current stream, by id. */
   private readonly permits = new Map<number, Held>();
   private connected = false;
-  /** What to tell the scheduler: this turn's, handed at its end to the stream's writer (nothing while no stream is up). */
-  private readonly outbox = new TurnBatch<Outgoing>((items) => {
-    if (this.connected) this.writer.push(items);
-  });
+  /**
+   * What to tell the scheduler: this turn's, handed to the stream's writer once the turn's writes
+   * to workers and clients have gone out (nothing while no stream is up).
+   */
+  private readonly outbox = new TurnBatch<Outgoing>(
+    (items) => {
+      if (this.connected) this.writer.push(items);
+    },
+    { afterWrites: true },
+  );
   private readonly writer = new StreamWriter<Outgoing>();
   private readonly closed = new AbortController();
   private readonly sweep: NodeJS.Timeout;

@@ -68,4 +68,29 @@ describe('TurnBatch', () => {
     await nextTurn();
     expect(flushed).to.deep.equal([]);
   });
+
+  it('afterWrites: the flush goes after the writes the same turn queued after it, and take() and close() still hold until then', async () => {
+    const order: string[] = [];
+    const plain = new TurnBatch<string>((items) => order.push(`plain ${items.join()}`));
+    const late = new TurnBatch<string>((items) => order.push(`late ${items.join()}`), { afterWrites: true });
+    late.push('a');
+    plain.push('b');
+    // A write queued in the same turn after both pushes (as a call stream's frame to a worker is).
+    setImmediate(() => order.push('write'));
+    await nextTurn();
+    expect(order).to.deep.equal(['plain b', 'write']);
+    // Still queued: what a stream that drops now takes is not flushed after it.
+    expect(late.pending).to.equal(1);
+    late.push('c');
+    await nextTurn();
+    expect(order).to.deep.equal(['plain b', 'write', 'late a,c']);
+
+    late.push('d');
+    expect(late.take()).to.deep.equal(['d']);
+    late.push('e');
+    late.close();
+    await nextTurn();
+    await nextTurn();
+    expect(order).to.deep.equal(['plain b', 'write', 'late a,c']);
+  });
 });
