@@ -1,7 +1,8 @@
 /**
- * The request side of a long-lived bidirectional stream (a dispatcher's Dispatch, a gateway's
- * Permits): what the service queues (a turn's worth at a time, from a TurnBatch) waits here until
- * the stream's writer takes it, everything queued at that moment going as one request.
+ * One side of a long-lived bidirectional stream (the requests of a dispatcher's Dispatch and of a
+ * gateway's Permits, the scheduler's responses on Permits): what the service queues (a turn's worth
+ * at a time, from a TurnBatch) waits here until the stream's writer takes it, everything queued at
+ * that moment going as one message.
  */
 export class StreamWriter<T> {
   private pending: T[] = [];
@@ -19,7 +20,7 @@ export class StreamWriter<T> {
     this.pending = [];
   }
 
-  /** One stream's requests, each the items queued since the last packed by `pack`, until `signal` aborts. */
+  /** One stream's messages, each the items queued since the last packed by `pack`, until `signal` aborts. */
   async *requests<R>(signal: AbortSignal, pack: (items: T[]) => R): AsyncGenerator<R> {
     // One listener for the stream's life (not one per wait: an AbortSignal checks every listener it has on each add).
     const onAbort = () => this.wakeWriter();

@@ -15,7 +15,9 @@
  * tokens of its unused budget. A stream that ends releases all it held.
  */
 import { MeshError } from '../../common/errors';
+import { StreamWriter } from '../../common/stream-writer';
 import { tenantNameProblem } from '../../common/tenant';
+import { TurnBatch } from '../../common/turn-batch';
 import { PermitGrant, PermitUsage, PermitsRequest, PermitsResponse } from '../../generated/maas/internal/v1/scheduler';
 import { AdmissionQueue, Permit } from './queue';
 
@@ -139,11 +141,7 @@ export class PermitDesk {
     try {
       // The first message says the stream is up: asks are heard from now on.
       yield { grants: [], renewals: [], revoked: [] };
-      for (;;) {
-        const batch = await stream.next();
-        if (!batch) return;
-        yield batch;
-      }
+      yield* stream.responses();
     } finally {
       signal.removeEventListener('abort', onAbort);
       this.streams.delete(stream);
@@ -218,6 +216,9 @@ export class PermitDesk {
   }
 }
 
+/** One thing to tell the gateway. */
+type Outgoing = { grant: PermitGrant } | { renewal: PermitGrant } | { revoked: number };
+
 interface Held {
   readonly tenant: string;
   readonly permit: Permit;
@@ -236,10 +237,11 @@ class PermitStream {
   private nextId = 1;
   /** Permits held and not revoked: a call that waits revokes nothing more once it is 0 (it waits on every enqueue). */
   private revocable = 0;
-  private out: PermitsResponse = { grants: [], renewals: [], revoked: [] };
-  private flushScheduled = false;
-  private readonly ready: PermitsResponse[] = [];
-  private wake: (() => void) | undefined;
+  /** What to tell the gateway: this turn's, handed at its end to the writer, which sends what is queued as one response. */
+  private readonly outbox = new TurnBatch<Outgoing>((items) => this.writer.push(items));
+  private readonly writer = new StreamWriter<Outgoing>();
+  /** Aborted when the stream ends (its requests ended or failed, or the call was cancelled). */
+  private readonly ending = new AbortController();
   private ended = false;
   private error: unknown;
 
@@ -275,7 +277,7 @@ class PermitStream {
       if (held.revoked) continue;
       const added = this.desk.renew(held.tenant, this.desk.fullBudget(held.tenant) - held.budget);
       held.budget += added;
-      if (added > 0) this.send('renewals', { permitId: Number(usage.permitId), tenant: '', calls: added });
+      if (added > 0) this.outbox.push({ renewal: { permitId: Number(usage.permitId), tenant: '', calls: added } });
       else if (held.budget === 0) this.revokeOne(Number(usage.permitId), held); // the tenant is out of tokens: its calls go to the queue, which refuses them
     }
     let freed = 0;
@@ -309,7 +311,7 @@ class PermitStream {
         this.permits.set(id, { tenant, permit: granted.permit, budget: granted.budget, revoked: false });
         this.revocable++;
         t.held.add(id);
-        this.send('grants', { permitId: id, tenant, calls: granted.budget });
+        this.outbox.push({ grant: { permitId: id, tenant, calls: granted.budget } });
         this.desk.count('granted');
       }
       if (t.held.size >= t.want) this.short.delete(tenant);
@@ -330,24 +332,18 @@ class PermitStream {
     }
   }
 
-  /** The next batch to send; undefined once the stream has ended (throws its error, if any). */
-  async next(): Promise<PermitsResponse | undefined> {
-    for (;;) {
-      const batch = this.ready.shift();
-      if (batch) return batch;
-      if (this.ended) {
-        if (this.error !== undefined) throw this.error;
-        return undefined;
-      }
-      await new Promise<void>((resolve) => (this.wake = resolve));
-    }
+  /** The responses to send, each what was queued since the last, until the stream ends (then throws its error, if any). */
+  async *responses(): AsyncGenerator<PermitsResponse> {
+    yield* this.writer.requests(this.ending.signal, PermitStream.response);
+    if (this.error !== undefined) throw this.error;
   }
 
   finish(error: unknown) {
     if (this.ended) return;
     this.ended = true;
     this.error = error;
-    this.notify();
+    this.outbox.close();
+    this.ending.abort();
   }
 
   /** The stream ended: every permit it held is released, and the tokens of their budgets refunded. */
@@ -387,7 +383,7 @@ class PermitStream {
     if (held.revoked) return;
     held.revoked = true;
     this.revocable--;
-    this.send('revoked', id);
+    this.outbox.push({ revoked: id });
     this.desk.count('revoked');
   }
 
@@ -400,24 +396,14 @@ class PermitStream {
     if (t.want === 0 && t.held.size === 0) this.tenants.delete(tenant);
   }
 
-  private send(kind: 'grants' | 'renewals', grant: PermitGrant): void;
-  private send(kind: 'revoked', id: number): void;
-  private send(kind: 'grants' | 'renewals' | 'revoked', item: PermitGrant | number) {
-    if (kind === 'revoked') this.out.revoked.push(item as number);
-    else this.out[kind].push(item as PermitGrant);
-    if (this.flushScheduled) return;
-    this.flushScheduled = true;
-    setImmediate(() => {
-      this.flushScheduled = false;
-      this.ready.push(this.out);
-      this.out = { grants: [], renewals: [], revoked: [] };
-      this.notify();
-    });
-  }
-
-  private notify() {
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
+  /** One response of what was queued: grants, renewals and revocations, each in the order queued. */
+  private static response(items: Outgoing[]): PermitsResponse {
+    const response: PermitsResponse = { grants: [], renewals: [], revoked: [] };
+    for (const item of items) {
+      if ('grant' in item) response.grants.push(item.grant);
+      else if ('renewal' in item) response.renewals.push(item.renewal);
+      else response.revoked.push(item.revoked);
+    }
+    return response;
   }
 }
