@@ -38,6 +38,13 @@ const MAX_MESSAGES_PER_RESPONSE = 4096;
 const MAX_OUTBOX = 4 * MAX_OPEN_CALLS_PER_STREAM;
 /** Models one stream may hold picks for (a NextPick each); calls to others wait for an AttemptOrder. */
 export const MAX_PICK_MODELS = 4096;
+/**
+ * Picks one model may have on one stream at once (NextPick.slot 0 to this minus 1), and never more
+ * than it has calls open there: as many of its calls as arrive together start at once. Measured at
+ * 16 concurrent Generates with one pick per model, most calls waited 4 to 8 ms for their
+ * AttemptOrder (docs/BENCHMARKS.md).
+ */
+export const MAX_PICK_DEPTH = 16;
 /** Shortest time between two looks at the routing state after a change. */
 const STATE_MIN_INTERVAL_MS = 100;
 
@@ -100,6 +107,11 @@ export interface DispatchRouting<W extends AttemptWorker> {
    * that call; undefined when no worker is ready or the model's policy picks by each call's key.
    */
   pickAhead(model: string): W | undefined;
+  /**
+   * Counts a pick made ahead as load on its worker (`delta` 1) until a call takes it or it is
+   * replaced (-1), so that the next picks of the model spread as its calls would.
+   */
+  reserve(member: W, delta: 1 | -1): void;
   /** The member `workerId` when it takes calls for `model` now (any version), else undefined. */
   routable(model: string, workerId: string): W | undefined;
   /** The routing state now. */
@@ -140,8 +152,23 @@ interface OpenCall<W extends AttemptWorker> {
   readonly picked: W | undefined;
 }
 
-/** What an attempt yields when it reports its first output. */
-const STARTED = Symbol('started');
+/**
+ * What a Dispatch attempt yields when it reports its first output: the time to it as the
+ * dispatcher measured it (its report may have waited for the next call's route), if it sent one.
+ */
+export class AttemptStartedOutput {
+  constructor(readonly firstOutputMs: number | undefined) {}
+}
+
+/**
+ * The latency sample of an attempt's first output: the dispatcher's measure when the output is an
+ * {@link AttemptStartedOutput} that carries one, bounded by `measuredMs`, the time the balancer saw
+ * pass (a report cannot make a worker look slower than that); else `measuredMs`.
+ */
+export function firstOutputLatencyMs(output: unknown, measuredMs: number): number {
+  if (output instanceof AttemptStartedOutput && output.firstOutputMs !== undefined) return Math.min(output.firstOutputMs, measuredMs);
+  return measuredMs;
+}
 
 /** Serves one Dispatch stream until the dispatcher ends it or goes. */
 export async function* serveDispatch<W extends AttemptWorker>(
@@ -162,8 +189,15 @@ export async function* serveDispatch<W extends AttemptWorker>(
 
 class DispatchStream<W extends AttemptWorker> {
   private readonly calls = new Map<number, OpenCall<W>>();
-  /** The NextPick each model has now that no call has taken, by model. */
-  private readonly offered = new Map<string, string>();
+  /** The NextPicks each model has now that no call has taken, by model, then slot. */
+  private readonly offered = new Map<string, Map<number, W>>();
+  /**
+   * How many picks each model keeps (1 to MAX_PICK_DEPTH): one more each time a call of it came
+   * with none, up to its calls open on the stream.
+   */
+  private readonly depth = new Map<string, number>();
+  /** Calls open on the stream, by model. */
+  private readonly openByModel = new Map<string, number>();
   /** Models this stream has sent a NextPick for: a call may name a pick of theirs (a stale one too). */
   private readonly pickModels = new Set<string>();
   /** What one turn of the event loop produced: at its end it joins the backlog, to go out as one DispatchResponse. */
@@ -223,6 +257,9 @@ class DispatchStream<W extends AttemptWorker> {
     clearInterval(this.stateInterval);
     clearTimeout(this.stateTimer);
     this.unsubscribe();
+    // Picks no call will take are no longer load on their workers.
+    for (const slots of this.offered.values()) for (const member of slots.values()) this.routing.reserve(member, -1);
+    this.offered.clear();
     for (const call of this.calls.values()) call.controller.abort();
     this.calls.clear();
     for (const resolve of this.roomWaiters.splice(0)) resolve();
@@ -284,7 +321,14 @@ class DispatchStream<W extends AttemptWorker> {
     if (route.pickedWorkerId !== '') {
       if (!pickable) return this.refuse(id, 'invalid_argument', 'route.picked_worker_id is only for a call with no version and no affinity key');
       if (!this.pickModels.has(route.model)) return this.refuse(id, 'invalid_argument', `route.picked_worker_id: no pick was sent for model ${quoteInput(route.model)} on this stream`);
-      if (this.offered.get(route.model) === route.pickedWorkerId) this.offered.delete(route.model);
+      if (route.pickedSlot >= MAX_PICK_DEPTH) return this.refuse(id, 'invalid_argument', `route.picked_slot must be below ${MAX_PICK_DEPTH}, given ${route.pickedSlot}`);
+      const slots = this.offered.get(route.model);
+      const taken = slots?.get(route.pickedSlot);
+      // A pick replaced meanwhile (its replacement crossed this call) stays offered: only this one is taken.
+      if (slots && taken?.id === route.pickedWorkerId) {
+        slots.delete(route.pickedSlot);
+        this.routing.reserve(taken, -1);
+      }
       picked = this.routing.routable(route.model, route.pickedWorkerId);
       if (!picked) {
         // It left, was ejected or drains since the pick (the pick that replaced it crossed this
@@ -292,9 +336,15 @@ class DispatchStream<W extends AttemptWorker> {
         this.send({ $case: 'cancel', cancel: { callId: id, attempt: 1 } });
         shift = 1;
       }
+    } else if (pickable && this.pickModels.has(route.model)) {
+      // A call of a model with picks found none to take: its calls overlap, so it keeps one more
+      // (no more than it has calls open, this one included).
+      const open = (this.openByModel.get(route.model) ?? 0) + 1;
+      this.depth.set(route.model, Math.min(MAX_PICK_DEPTH, open, (this.depth.get(route.model) ?? 1) + 1));
     }
     const call: OpenCall<W> = { id, controller: new AbortController(), attempts: new Map(), startedAttempt: undefined, span: this.startSpan(route), workers: [], picked };
     this.calls.set(id, call);
+    this.openByModel.set(route.model, (this.openByModel.get(route.model) ?? 0) + 1);
     const target: RouteTarget<W> = {
       model: route.model,
       version: route.version === '' ? undefined : route.version,
@@ -303,23 +353,37 @@ class DispatchStream<W extends AttemptWorker> {
       hedge: this.routing.hedging && route.hedgeable,
       first: picked,
     };
-    const run: AttemptRunner<W, typeof STARTED> = (member, attempt, signal) => this.attempt(call, member, attempt + shift, signal);
+    const run: AttemptRunner<W, AttemptStartedOutput> = (member, attempt, signal) => this.attempt(call, member, attempt + shift, signal);
     // The routing runs in its span's context, so its log lines carry the call's trace.
     if (call.span) void context.with(trace.setSpan(ROOT_CONTEXT, call.span), () => this.run(call, target, run));
     else void this.run(call, target, run);
-    // The next call to the model gets its worker now, decided after this one counts as running there.
-    if (pickable && !this.offered.has(route.model)) this.offer(route.model);
+    // The next calls to the model get their workers now, decided after this one counts as running there.
+    if (pickable) this.fillPicks(route.model);
   }
 
-  /** Sends the policy's pick for the next call to `model`, or withdraws the last one when there is none. */
-  private offer(model: string): void {
+  /** Offers a pick in each of `model`'s slots that has none. */
+  private fillPicks(model: string): void {
+    const depth = this.depth.get(model) ?? 1;
+    const slots = this.offered.get(model);
+    for (let slot = 0; slot < depth; slot++) if (!slots?.has(slot)) this.offer(model, slot);
+  }
+
+  /** Sends the policy's pick for slot `slot` of `model`, or withdraws the slot's pick when there is none. */
+  private offer(model: string, slot: number): void {
     if (!this.pickModels.has(model) && this.pickModels.size >= MAX_PICK_MODELS) return;
+    let slots = this.offered.get(model);
+    const old = slots?.get(slot);
+    // The pick it replaces no longer counts as load before the policy picks again.
+    if (old) this.routing.reserve(old, -1);
     const member = this.routing.pickAhead(model);
-    if (!member && !this.offered.has(model)) return;
+    if (!member && !old) return;
     this.pickModels.add(model);
-    if (member) this.offered.set(model, member.id);
-    else this.offered.delete(model);
-    this.send({ $case: 'pick', pick: { model, workerId: member?.id ?? '', address: member?.address ?? '' } });
+    if (member) {
+      if (!slots) this.offered.set(model, (slots = new Map()));
+      slots.set(slot, member);
+      this.routing.reserve(member, 1);
+    } else slots?.delete(slot);
+    this.send({ $case: 'pick', pick: { model, workerId: member?.id ?? '', address: member?.address ?? '', slot } });
   }
 
   /** The call's routing span, child of the dispatcher's span, when tracing is on and it sent one. */
@@ -344,7 +408,7 @@ class DispatchStream<W extends AttemptWorker> {
   }
 
   /** Runs the routing of one call to its end, and tells the dispatcher when it fails. */
-  private async run(call: OpenCall<W>, target: RouteTarget<W>, attempt: AttemptRunner<W, typeof STARTED>): Promise<void> {
+  private async run(call: OpenCall<W>, target: RouteTarget<W>, attempt: AttemptRunner<W, AttemptStartedOutput>): Promise<void> {
     try {
       // The attempts' outputs are the dispatcher's to relay: nothing to send for them here.
       for await (const started of this.routing.route(target, call.controller.signal, attempt)) void started;
@@ -356,6 +420,9 @@ class DispatchStream<W extends AttemptWorker> {
       this.send({ $case: 'failed', failed: { callId: call.id, code: status.code, details: status.details, noReadyWorker: err instanceof NoReadyWorkerError } });
     } finally {
       if (this.calls.get(call.id) === call) this.calls.delete(call.id);
+      const open = (this.openByModel.get(target.model) ?? 1) - 1;
+      if (open > 0) this.openByModel.set(target.model, open);
+      else this.openByModel.delete(target.model);
     }
   }
 
@@ -364,7 +431,7 @@ class DispatchStream<W extends AttemptWorker> {
    * gives up (a hedge that lost, a worker declared gone) is cancelled at the dispatcher, except when
    * the whole call is cancelled, which the dispatcher did itself.
    */
-  private async *attempt(call: OpenCall<W>, member: W, attempt: number, signal: AbortSignal): AsyncGenerator<typeof STARTED> {
+  private async *attempt(call: OpenCall<W>, member: W, attempt: number, signal: AbortSignal): AsyncGenerator<AttemptStartedOutput> {
     const slot: AttemptSlot = { events: [], wake: undefined, started: false, settled: false };
     call.attempts.set(attempt, slot);
     call.workers.push(member.id);
@@ -377,7 +444,7 @@ class DispatchStream<W extends AttemptWorker> {
         const event = await nextEvent(slot, signal);
         switch (event.$case) {
           case 'started':
-            yield STARTED;
+            yield new AttemptStartedOutput(event.started.firstOutputUs > 0 ? event.started.firstOutputUs / 1000 : undefined);
             break;
           case 'done':
             settled = true;
@@ -433,7 +500,7 @@ class DispatchStream<W extends AttemptWorker> {
     if (this.ended) return;
     this.lastStateAt = Date.now();
     // A pick on a worker that no longer takes the model's calls is replaced (or withdrawn).
-    for (const [model, workerId] of this.offered) if (!this.routing.routable(model, workerId)) this.offer(model);
+    for (const [model, slots] of this.offered) for (const [slot, member] of [...slots]) if (!this.routing.routable(model, member.id)) this.offer(model, slot);
     const state = this.routing.routingState();
     const key = JSON.stringify(state);
     if (key === this.lastState) return;

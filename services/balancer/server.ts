@@ -44,7 +44,7 @@ import { WorkerInfo, WorkerState } from '../../generated/maas/v1/mesh';
 import { Model } from '../../generated/maas/v1/models';
 import { balancerSchema, parseModelPolicies } from './config';
 import { compareVersions, Member as MemberOf, Membership } from './membership';
-import { AttemptRunner, NoReadyWorkerError, RouteTarget, WORKER_EXECUTE_PATH, serveDispatch } from './dispatch';
+import { AttemptRunner, NoReadyWorkerError, RouteTarget, WORKER_EXECUTE_PATH, firstOutputLatencyMs, serveDispatch } from './dispatch';
 import { RetryBudget } from './retry-budget';
 import { createPolicy } from './policy';
 
@@ -427,7 +427,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
       try {
         for await (const output of run(member, attempt + 1, attemptController.signal)) {
           // Time to first output is the latency sample: a stream's length depends on the request.
-          if (!started) member.latency.observe(Date.now() - startedAt);
+          if (!started) member.latency.observe(firstOutputLatencyMs(output, Date.now() - startedAt));
           started = true;
           yield output;
         }
@@ -671,7 +671,7 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         for await (const output of run(member, attempt, controller.signal)) {
           if (first) continue;
           first = { output };
-          member.latency.observe(Date.now() - startedAt);
+          member.latency.observe(firstOutputLatencyMs(output, Date.now() - startedAt));
           onStarted();
         }
       } catch (err) {
@@ -794,6 +794,9 @@ export async function startBalancer(config: ConfigOf<typeof balancerSchema>, log
         // consistent_hash picks by each call's key: a pick made before the call has none.
         if ((modelPolicies.get(model) ?? policy).name === 'consistent_hash') return undefined;
         return pickWorker(model, new Set(), '', undefined, false);
+      },
+      reserve(member, delta) {
+        member.reserved = Math.max(0, member.reserved + delta);
       },
       routable(model, workerId) {
         return membership.routable(model, new Set(), undefined, Date.now()).find((m) => m.id === workerId);

@@ -263,7 +263,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
     expect(order.attempt).to.equal(1);
     expect([w1.address, w2.address]).to.include(order.address);
     expect(order.address).to.equal(order.workerId === 'w1' ? w1.address : w2.address);
-    d.event(1, 1, { $case: 'started', started: {} });
+    d.event(1, 1, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(1, 1, { $case: 'done', done: {} });
     await d.barrier(100);
     expect(d.about(1), 'nothing more for a call that succeeded').to.deep.equal([]);
@@ -348,14 +348,14 @@ describe('balancer Dispatch (routing off the data path)', function () {
     const second = await d.order(1, 2);
     expect(second.workerId).to.not.equal(first.workerId);
     expect(['a', 'b']).to.include(second.workerId);
-    d.event(1, 2, { $case: 'started', started: {} });
+    d.event(1, 2, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(1, 2, { $case: 'done', done: {} });
     await d.barrier(100);
     expect(d.about(1)).to.deep.equal([]);
 
     d.route({ callId: 2, model: 'm' });
     const only = await d.order(2, 1);
-    d.event(2, 1, { $case: 'started', started: {} });
+    d.event(2, 1, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(2, 1, { $case: 'failed', failed: { code: Status.UNAVAILABLE, details: 'connection reset' } });
     const failed = await d.failed(2);
     expect(failed.code).to.equal(Status.UNAVAILABLE);
@@ -388,7 +388,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
           d.event(id, attempt, { $case: 'failed', failed: { code: Status.UNAVAILABLE, details: 'injected' } });
           continue;
         }
-        d.event(id, attempt, { $case: 'started', started: {} });
+        d.event(id, attempt, { $case: 'started', started: { firstOutputUs: 0 } });
         d.event(id, attempt, { $case: 'done', done: {} });
         break;
       }
@@ -420,7 +420,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
     expect(Date.now() - orderedAt).to.be.at.least(hedgeDelayMs - 20);
     expect(hedge.workerId).to.not.equal(first.workerId);
     expect(await outstanding()).to.equal(2);
-    d.event(1, 2, { $case: 'started', started: {} });
+    d.event(1, 2, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(1, 2, { $case: 'done', done: {} });
     const cancel = await d.take('cancel', (m) => m.cancel.callId === 1);
     expect(cancel.cancel).to.deep.equal({ callId: 1, attempt: 1 });
@@ -456,7 +456,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
     // Declared gone after 3 silent report intervals, checked once per interval.
     expect(Date.now() - stoppedAt).to.be.below(4 * 100 + 1000);
     expect(balancer.membership.get(first.workerId)).to.equal(undefined);
-    d.event(1, 2, { $case: 'started', started: {} });
+    d.event(1, 2, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(1, 2, { $case: 'done', done: {} });
     await untilOutstanding(0);
   });
@@ -473,7 +473,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
     const pick = (await d.take('pick', (m) => m.pick.model === 'm')).pick;
     expect(pick.workerId, 'round robin: the next call goes to the other worker').to.not.equal(first.workerId);
     expect(pick.address).to.equal('127.0.0.1:9');
-    d.event(1, 1, { $case: 'started', started: {} });
+    d.event(1, 1, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(1, 1, { $case: 'done', done: {} });
 
     // The call that takes the pick runs attempt 1 there already: the balancer orders nothing for
@@ -482,7 +482,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
     const next = (await d.take('pick', (m) => m.pick.model === 'm')).pick;
     expect(next.workerId, 'round robin goes on from the pick').to.equal(first.workerId);
     expect((await listWorkers()).find((w) => w.workerId === pick.workerId)?.outstanding).to.equal(1);
-    d.event(2, 1, { $case: 'started', started: {} });
+    d.event(2, 1, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(2, 1, { $case: 'done', done: {} });
     await d.barrier(100);
     expect(d.about(2), 'no order for a call on its pick').to.deep.equal([]);
@@ -503,9 +503,50 @@ describe('balancer Dispatch (routing off the data path)', function () {
     expect((await d.take('cancel', (m) => m.cancel.callId === 5)).cancel).to.deep.equal({ callId: 5, attempt: 1 });
     const order = await d.order(5, 2);
     expect(order.workerId).to.equal(replaced.workerId);
-    d.event(5, 2, { $case: 'started', started: {} });
+    d.event(5, 2, { $case: 'started', started: { firstOutputUs: 0 } });
     d.event(5, 2, { $case: 'done', done: {} });
     await untilOutstanding(0);
+  });
+
+  it('keeps one more pick of a model (one per slot, up to 16 and its calls open) each time its calls come with none to take, spreads the picks as load, and refuses a slot out of range', async () => {
+    await start({ policy: 'least_outstanding' });
+    await addMember('a', [{ name: 'm', version: '1' }]);
+    await addMember('b', [{ name: 'm', version: '1' }]);
+    const d = dispatcher();
+    d.route({ callId: 1, model: 'm' });
+    await d.order(1, 1);
+    const slot0 = (await d.take('pick', (m) => m.pick.slot === 0)).pick;
+    // Call 2 comes before it could take a pick (calls overlap): the model keeps a second one.
+    d.route({ callId: 2, model: 'm' });
+    await d.order(2, 1);
+    const slot1 = (await d.take('pick', (m) => m.pick.slot === 1)).pick;
+    // Call 2 came with call 1 open: two slots, no more. Each pick counts as load on its worker
+    // (half a call): two calls and two picks, one of each on each worker.
+    const workers = await listWorkers();
+    for (const id of ['a', 'b']) {
+      const load = workers.find((w) => w.workerId === id)!.outstanding + [slot0, slot1].filter((p) => p.workerId === id).length;
+      expect(load, `calls and picks on ${id}`).to.equal(2);
+    }
+
+    // A call on slot 1's pick gets no order; slot 1 gets a new pick.
+    d.route({ callId: 3, model: 'm', pickedWorkerId: slot1.workerId, pickedSlot: 1 });
+    expect((await d.take('pick', (m) => m.pick.slot === 1)).pick.workerId).to.not.equal('');
+    await d.barrier(99);
+    expect(d.received.filter((m) => m.$case === 'pick' && m.pick.slot > 1), 'slots beyond the calls open').to.deep.equal([]);
+    d.route({ callId: 4, model: 'm', pickedWorkerId: slot0.workerId, pickedSlot: 16 });
+    expect(await d.failed(4)).to.deep.include({ code: Status.INVALID_ARGUMENT, details: 'route.picked_slot must be below 16, given 16' });
+
+    // Many calls with no pick: never more than 16 slots.
+    for (let id = 10; id < 30; id++) d.route({ callId: id, model: 'm' });
+    for (let id = 10; id < 30; id++) await d.order(id, 1);
+    await d.barrier(100);
+    const slots = new Set(d.received.filter((m) => m.$case === 'pick').map((m) => (m.$case === 'pick' ? m.pick.slot : -1)));
+    expect([...slots].sort((x, y) => x - y)).to.deep.equal([2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+
+    // The stream's end: its picks are no longer load on their workers.
+    d.abort();
+    await d.closed;
+    await until(() => ['a', 'b'].every((id) => balancer.membership.get(id)!.reserved === 0), 5000, 'picks released');
   });
 
   it('sends no pick ahead for a model routed by consistent_hash, whose pick depends on each call\'s key', async () => {
@@ -579,7 +620,7 @@ describe('balancer Dispatch (routing off the data path)', function () {
     // Events and cancels for calls and attempts that are not open, and empty messages: ignored.
     d.event(999, 1, { $case: 'done', done: {} });
     d.event(6, 1, { $case: 'failed', failed: { code: Status.UNAVAILABLE, details: 'late' } });
-    d.event(6, 7, { $case: 'started', started: {} });
+    d.event(6, 7, { $case: 'started', started: { firstOutputUs: 0 } });
     d.send({ $case: 'cancelCallId', cancelCallId: 12345 }, undefined);
     d.event(8, 1, { $case: 'failed', failed: { code: 999, details: 'x'.repeat(100_000) } });
     d.route({ callId: 8, model: 'm' });

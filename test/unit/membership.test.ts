@@ -100,6 +100,18 @@ describe('Membership', () => {
     });
   });
 
+  describe('picks made ahead (reserved)', () => {
+    it('count as a quarter of a call each in what the policies see, not in the outstanding calls', () => {
+      const m = members.join(worker('w1', ['echo']), 0);
+      m.outstanding = 1;
+      m.reserved = 4;
+      expect(m.candidate(1).outstanding).to.equal(2);
+      expect(loadOf(m)).to.equal(1);
+      m.reserved = 0;
+      expect(m.candidate(1).outstanding).to.equal(1);
+    });
+  });
+
   describe('candidateOf', () => {
     it('shows a policy the load, capacity and weight, and the balancer\'s own latency estimate when it has one', () => {
       const m = members.join(worker('w1', ['echo'], 8), 0);

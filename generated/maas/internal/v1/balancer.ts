@@ -210,6 +210,11 @@ export interface RouteCall {
    * pick), the balancer cancels attempt 1 and routes the call from attempt 2.
    */
   pickedWorkerId: string;
+  /**
+   * The slot of the pick taken (NextPick.slot); 0 to 15, else INVALID_ARGUMENT. Ignored with no
+   * picked_worker_id.
+   */
+  pickedSlot: number;
 }
 
 /**
@@ -237,8 +242,15 @@ export interface AttemptEvent {
     | undefined;
 }
 
-/** AttemptStarted has no fields. */
+/** AttemptStarted is an attempt's first output. */
 export interface AttemptStarted {
+  /**
+   * Microseconds from the attempt's start at the dispatcher to its first output: the policy's
+   * latency sample, since the report may wait a few milliseconds to ride with the next call's
+   * route. 0: not measured (the balancer times it itself). A value above the time the balancer saw
+   * pass from the attempt's start to this report counts as that time.
+   */
+  firstOutputUs: number;
 }
 
 /** AttemptDone has no fields. */
@@ -282,21 +294,29 @@ export interface BalancerMessage {
 }
 
 /**
- * NextPick is the worker the policy chose for the next call to a model (any version, no affinity
- * key), decided before that call exists so that it runs at once: the dispatcher starts it there
- * and names the worker in RouteCall.picked_worker_id, instead of waiting for an AttemptOrder. The
- * balancer sends one after the first RouteCall for a model and after each call that took the
- * model's pick, and sends a new one when the picked worker stops taking calls. A NextPick replaces
- * the last one for its model and is taken by one call at most; one with an empty worker_id
- * withdraws it. Not sent for models routed by consistent_hash (the pick depends on each call's key).
+ * NextPick is the worker the policy chose for one of the next calls to a model (any version, no
+ * affinity key), decided before that call exists so that it runs at once: the dispatcher starts it
+ * there and names the worker and the slot in RouteCall.picked_worker_id and picked_slot, instead of
+ * waiting for an AttemptOrder. A model has up to 16 picks on a stream, each in a slot of its own:
+ * one at first, one more each time a call of the model came with none to take (its calls
+ * overlap), never more than it has calls open there, so that concurrent calls start without a
+ * round trip too. The balancer sends a slot's pick after the first RouteCall for a model and after
+ * each call that took that slot's pick, and sends a new one when the picked worker stops taking
+ * calls. Until a call takes it, a pick counts as a quarter of a call of load on its worker, so
+ * that the policy spreads the picks of one model as it would its calls, and a running call still
+ * weighs more than a few picks. A NextPick replaces the last one of its model and slot and is
+ * taken by one call at most; one with an empty worker_id withdraws it. Not sent for models routed
+ * by consistent_hash (the pick depends on each call's key).
  */
 export interface NextPick {
   /** The routing key: the model, or "mapper:<name>". */
   model: string;
-  /** The worker; empty: no pick for the model now. */
+  /** The worker; empty: no pick for the model in this slot now. */
   workerId: string;
   /** Its address, host:port, for WorkerService. */
   address: string;
+  /** The pick's slot among the model's picks on this stream, 0 to 15. */
+  slot: number;
 }
 
 /** AttemptOrder tells the dispatcher to run a call on one worker. */
@@ -1943,6 +1963,7 @@ function createBaseRouteCall(): RouteCall {
     traceparent: "",
     tracestate: "",
     pickedWorkerId: "",
+    pickedSlot: 0,
   };
 }
 
@@ -1974,6 +1995,9 @@ export const RouteCall: MessageFns<RouteCall> = {
     }
     if (message.pickedWorkerId !== "") {
       writer.uint32(74).string(message.pickedWorkerId);
+    }
+    if (message.pickedSlot !== 0) {
+      writer.uint32(80).uint32(message.pickedSlot);
     }
     return writer;
   },
@@ -2063,6 +2087,14 @@ export const RouteCall: MessageFns<RouteCall> = {
             message.pickedWorkerId = reader.string();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.pickedSlot = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2102,6 +2134,11 @@ export const RouteCall: MessageFns<RouteCall> = {
         : isSet(object.picked_worker_id)
         ? globalThis.String(object.picked_worker_id)
         : "",
+      pickedSlot: isSet(object.pickedSlot)
+        ? globalThis.Number(object.pickedSlot)
+        : isSet(object.picked_slot)
+        ? globalThis.Number(object.picked_slot)
+        : 0,
     };
   },
 
@@ -2134,6 +2171,9 @@ export const RouteCall: MessageFns<RouteCall> = {
     if (message.pickedWorkerId !== "") {
       obj.pickedWorkerId = message.pickedWorkerId;
     }
+    if (message.pickedSlot !== 0) {
+      obj.pickedSlot = Math.round(message.pickedSlot);
+    }
     return obj;
   },
 
@@ -2151,6 +2191,7 @@ export const RouteCall: MessageFns<RouteCall> = {
     message.traceparent = object.traceparent ?? "";
     message.tracestate = object.tracestate ?? "";
     message.pickedWorkerId = object.pickedWorkerId ?? "";
+    message.pickedSlot = object.pickedSlot ?? 0;
     return message;
   },
 };
@@ -2314,11 +2355,14 @@ export const AttemptEvent: MessageFns<AttemptEvent> = {
 };
 
 function createBaseAttemptStarted(): AttemptStarted {
-  return {};
+  return { firstOutputUs: 0 };
 }
 
 export const AttemptStarted: MessageFns<AttemptStarted> = {
-  encode(_: AttemptStarted, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+  encode(message: AttemptStarted, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.firstOutputUs !== 0) {
+      writer.uint32(8).uint32(message.firstOutputUs);
+    }
     return writer;
   },
 
@@ -2335,6 +2379,14 @@ export const AttemptStarted: MessageFns<AttemptStarted> = {
       while (reader.pos < end) {
         const tag = reader.uint32();
         switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.firstOutputUs = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2347,20 +2399,30 @@ export const AttemptStarted: MessageFns<AttemptStarted> = {
     }
   },
 
-  fromJSON(_: any): AttemptStarted {
-    return {};
+  fromJSON(object: any): AttemptStarted {
+    return {
+      firstOutputUs: isSet(object.firstOutputUs)
+        ? globalThis.Number(object.firstOutputUs)
+        : isSet(object.first_output_us)
+        ? globalThis.Number(object.first_output_us)
+        : 0,
+    };
   },
 
-  toJSON(_: AttemptStarted): unknown {
+  toJSON(message: AttemptStarted): unknown {
     const obj: any = {};
+    if (message.firstOutputUs !== 0) {
+      obj.firstOutputUs = Math.round(message.firstOutputUs);
+    }
     return obj;
   },
 
   create(base?: DeepPartial<AttemptStarted>): AttemptStarted {
     return AttemptStarted.fromPartial(base ?? {});
   },
-  fromPartial(_: DeepPartial<AttemptStarted>): AttemptStarted {
+  fromPartial(object: DeepPartial<AttemptStarted>): AttemptStarted {
     const message = createBaseAttemptStarted();
+    message.firstOutputUs = object.firstOutputUs ?? 0;
     return message;
   },
 };
@@ -2738,7 +2800,7 @@ export const BalancerMessage: MessageFns<BalancerMessage> = {
 };
 
 function createBaseNextPick(): NextPick {
-  return { model: "", workerId: "", address: "" };
+  return { model: "", workerId: "", address: "", slot: 0 };
 }
 
 export const NextPick: MessageFns<NextPick> = {
@@ -2751,6 +2813,9 @@ export const NextPick: MessageFns<NextPick> = {
     }
     if (message.address !== "") {
       writer.uint32(26).string(message.address);
+    }
+    if (message.slot !== 0) {
+      writer.uint32(32).uint32(message.slot);
     }
     return writer;
   },
@@ -2792,6 +2857,14 @@ export const NextPick: MessageFns<NextPick> = {
             message.address = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.slot = reader.uint32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2813,6 +2886,7 @@ export const NextPick: MessageFns<NextPick> = {
         ? globalThis.String(object.worker_id)
         : "",
       address: isSet(object.address) ? globalThis.String(object.address) : "",
+      slot: isSet(object.slot) ? globalThis.Number(object.slot) : 0,
     };
   },
 
@@ -2827,6 +2901,9 @@ export const NextPick: MessageFns<NextPick> = {
     if (message.address !== "") {
       obj.address = message.address;
     }
+    if (message.slot !== 0) {
+      obj.slot = Math.round(message.slot);
+    }
     return obj;
   },
 
@@ -2838,6 +2915,7 @@ export const NextPick: MessageFns<NextPick> = {
     message.model = object.model ?? "";
     message.workerId = object.workerId ?? "";
     message.address = object.address ?? "";
+    message.slot = object.slot ?? 0;
     return message;
   },
 };
