@@ -13,6 +13,11 @@ import { ServiceMetrics, UNKNOWN_MODEL } from './metrics';
 
 /** Most model names remembered as seen with output; beyond it, only the service's check counts. */
 const MAX_SEEN_MODELS = 512;
+/**
+ * A stream's outputs are added to their counter this many at a time, and the rest at its end: one
+ * labelled increment per output cost the gateway about 2% of its CPU at 16 streamed Generates.
+ */
+const OUTPUTS_PER_COUNT = 32;
 
 /** The metric families of gRPC calls; one set per service. */
 export interface CallMetrics {
@@ -29,7 +34,7 @@ export function callMetrics(metrics: ServiceMetrics, options: { knownModel?: (na
   const handled = metrics.counter('maas_grpc_server_handled_total', 'gRPC calls completed by the server, by service, method, model and status code.', ['service', 'method', 'model', 'code']);
   const handling = metrics.histogram('maas_grpc_server_handling_seconds', 'Time from a call arriving to its status being sent, in seconds (a whole stream for a streaming call).', ['service', 'method', 'model']);
   const firstOutput = metrics.histogram('maas_grpc_server_first_output_seconds', 'Time from a server-streaming call arriving to its first output message, in seconds.', ['service', 'method', 'model']);
-  const outputs = metrics.counter('maas_grpc_server_stream_outputs_total', 'Output messages sent on server-streaming calls (rate() gives outputs per second).', ['service', 'method', 'model']);
+  const outputs = metrics.counter('maas_grpc_server_stream_outputs_total', `Output messages sent on server-streaming calls (rate() gives outputs per second), counted ${OUTPUTS_PER_COUNT} at a time while a stream runs and the rest at its end.`, ['service', 'method', 'model']);
   const service = metrics.service;
   const seen = new Set<string>();
   const label = (name: string): string => {
@@ -48,15 +53,20 @@ export function callMetrics(metrics: ServiceMetrics, options: { knownModel?: (na
     const name = call.requestStream || !labelModels ? '' : modelOfRequest(call.request);
     let code = Status.OK;
     let sent = 0;
+    let counted = 0;
+    let outputLabels: { service: string; method: string; model: string } | undefined;
     try {
       if (!call.responseStream) return yield* call.next(call.request, context);
       for await (const response of call.next(call.request, context) as AsyncIterable<unknown>) {
-        if (sent === 0) {
+        if (outputLabels === undefined) {
           remember(name);
-          firstOutput.observe({ service, method, model: label(name) }, (performance.now() - started) / 1000);
+          outputLabels = { service, method, model: label(name) };
+          firstOutput.observe(outputLabels, (performance.now() - started) / 1000);
         }
-        sent++;
-        outputs.inc({ service, method, model: label(name) });
+        if (++sent - counted >= OUTPUTS_PER_COUNT) {
+          outputs.inc(outputLabels, sent - counted);
+          counted = sent;
+        }
         yield response as never;
       }
       return undefined as never;
@@ -66,6 +76,7 @@ export function callMetrics(metrics: ServiceMetrics, options: { knownModel?: (na
     } finally {
       // A stream whose consumer stopped reading before the end was cut off: the caller went away.
       if (code === Status.OK && context.signal.aborted) code = Status.CANCELLED;
+      if (outputLabels !== undefined && sent > counted) outputs.inc(outputLabels, sent - counted);
       const model = label(name);
       handled.inc({ service, method, model, code: Status[code] });
       handling.observe({ service, method, model }, (performance.now() - started) / 1000);
