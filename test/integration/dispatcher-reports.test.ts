@@ -111,9 +111,10 @@ describe('the dispatcher\'s reports to the balancer', function () {
     return outputs;
   }
 
-  it('takes the picks of a model slot by slot, naming the slot, and waits for an order once they are gone', async () => {
+  it('takes the picks of a model slot by slot, naming the slot, keeps none beyond its slots, and waits for an order once they are gone', async () => {
     const scripted = new ScriptedBalancer();
-    const d = start(scripted, [0, 3]);
+    // Slot 999 is beyond what any balancer sends: not kept, so only two calls find a pick.
+    const d = start(scripted, [0, 3, 999]);
     await until(() => d.balancerConnected, 5000, 'the routing state and the picks');
     // Two calls at once: each takes a pick of its own and runs with no order.
     const outputs = await Promise.all([run(d, generate('one')), run(d, generate('two'))]);
