@@ -187,19 +187,20 @@ export async function* serveDispatch<W extends AttemptWorker>(
   }
 }
 
+/** The picks of one model on one stream. */
+interface ModelPicks<W> {
+  /** The NextPick of each slot that no call has taken yet. */
+  readonly slots: Map<number, W>;
+  /** Slots it keeps (1 to MAX_PICK_DEPTH): one more each time a call of it came with none, up to its calls open on the stream. */
+  depth: number;
+}
+
 class DispatchStream<W extends AttemptWorker> {
   private readonly calls = new Map<number, OpenCall<W>>();
-  /** The NextPicks each model has now that no call has taken, by model, then slot. */
-  private readonly offered = new Map<string, Map<number, W>>();
-  /**
-   * How many picks each model keeps (1 to MAX_PICK_DEPTH): one more each time a call of it came
-   * with none, up to its calls open on the stream.
-   */
-  private readonly depth = new Map<string, number>();
+  /** The picks of each model this stream has sent a NextPick for: a call may name a pick of theirs (a stale one too). */
+  private readonly picks = new Map<string, ModelPicks<W>>();
   /** Calls open on the stream, by model. */
   private readonly openByModel = new Map<string, number>();
-  /** Models this stream has sent a NextPick for: a call may name a pick of theirs (a stale one too). */
-  private readonly pickModels = new Set<string>();
   /** What one turn of the event loop produced: at its end it joins the backlog, to go out as one DispatchResponse. */
   private readonly outbox = new TurnBatch<BalancerMessage>((messages) => {
     this.backlog = this.backlog.concat(messages);
@@ -258,8 +259,8 @@ class DispatchStream<W extends AttemptWorker> {
     clearTimeout(this.stateTimer);
     this.unsubscribe();
     // Picks no call will take are no longer load on their workers.
-    for (const slots of this.offered.values()) for (const member of slots.values()) this.routing.reserve(member, -1);
-    this.offered.clear();
+    for (const { slots } of this.picks.values()) for (const member of slots.values()) this.routing.reserve(member, -1);
+    this.picks.clear();
     for (const call of this.calls.values()) call.controller.abort();
     this.calls.clear();
     for (const resolve of this.roomWaiters.splice(0)) resolve();
@@ -320,13 +321,13 @@ class DispatchStream<W extends AttemptWorker> {
     let shift = 0;
     if (route.pickedWorkerId !== '') {
       if (!pickable) return this.refuse(id, 'invalid_argument', 'route.picked_worker_id is only for a call with no version and no affinity key');
-      if (!this.pickModels.has(route.model)) return this.refuse(id, 'invalid_argument', `route.picked_worker_id: no pick was sent for model ${quoteInput(route.model)} on this stream`);
+      const model = this.picks.get(route.model);
+      if (!model) return this.refuse(id, 'invalid_argument', `route.picked_worker_id: no pick was sent for model ${quoteInput(route.model)} on this stream`);
       if (route.pickedSlot >= MAX_PICK_DEPTH) return this.refuse(id, 'invalid_argument', `route.picked_slot must be below ${MAX_PICK_DEPTH}, given ${route.pickedSlot}`);
-      const slots = this.offered.get(route.model);
-      const taken = slots?.get(route.pickedSlot);
+      const taken = model.slots.get(route.pickedSlot);
       // A pick replaced meanwhile (its replacement crossed this call) stays offered: only this one is taken.
-      if (slots && taken?.id === route.pickedWorkerId) {
-        slots.delete(route.pickedSlot);
+      if (taken?.id === route.pickedWorkerId) {
+        model.slots.delete(route.pickedSlot);
         this.routing.reserve(taken, -1);
       }
       picked = this.routing.routable(route.model, route.pickedWorkerId);
@@ -336,11 +337,11 @@ class DispatchStream<W extends AttemptWorker> {
         this.send({ $case: 'cancel', cancel: { callId: id, attempt: 1 } });
         shift = 1;
       }
-    } else if (pickable && this.pickModels.has(route.model)) {
+    } else if (pickable) {
+      const model = this.picks.get(route.model);
       // A call of a model with picks found none to take: its calls overlap, so it keeps one more
       // (no more than it has calls open, this one included).
-      const open = (this.openByModel.get(route.model) ?? 0) + 1;
-      this.depth.set(route.model, Math.min(MAX_PICK_DEPTH, open, (this.depth.get(route.model) ?? 1) + 1));
+      if (model) model.depth = Math.min(MAX_PICK_DEPTH, (this.openByModel.get(route.model) ?? 0) + 1, model.depth + 1);
     }
     const call: OpenCall<W> = { id, controller: new AbortController(), attempts: new Map(), startedAttempt: undefined, span: this.startSpan(route), workers: [], picked };
     this.calls.set(id, call);
@@ -363,26 +364,25 @@ class DispatchStream<W extends AttemptWorker> {
 
   /** Offers a pick in each of `model`'s slots that has none. */
   private fillPicks(model: string): void {
-    const depth = this.depth.get(model) ?? 1;
-    const slots = this.offered.get(model);
-    for (let slot = 0; slot < depth; slot++) if (!slots?.has(slot)) this.offer(model, slot);
+    const picks = this.picks.get(model);
+    const depth = picks?.depth ?? 1;
+    for (let slot = 0; slot < depth; slot++) if (!picks?.slots.has(slot)) this.offer(model, slot);
   }
 
   /** Sends the policy's pick for slot `slot` of `model`, or withdraws the slot's pick when there is none. */
   private offer(model: string, slot: number): void {
-    if (!this.pickModels.has(model) && this.pickModels.size >= MAX_PICK_MODELS) return;
-    let slots = this.offered.get(model);
-    const old = slots?.get(slot);
+    let picks = this.picks.get(model);
+    if (!picks && this.picks.size >= MAX_PICK_MODELS) return;
+    const old = picks?.slots.get(slot);
     // The pick it replaces no longer counts as load before the policy picks again.
     if (old) this.routing.reserve(old, -1);
     const member = this.routing.pickAhead(model);
     if (!member && !old) return;
-    this.pickModels.add(model);
+    if (!picks) this.picks.set(model, (picks = { slots: new Map(), depth: 1 }));
     if (member) {
-      if (!slots) this.offered.set(model, (slots = new Map()));
-      slots.set(slot, member);
+      picks.slots.set(slot, member);
       this.routing.reserve(member, 1);
-    } else slots?.delete(slot);
+    } else picks.slots.delete(slot);
     this.send({ $case: 'pick', pick: { model, workerId: member?.id ?? '', address: member?.address ?? '', slot } });
   }
 
@@ -500,7 +500,7 @@ class DispatchStream<W extends AttemptWorker> {
     if (this.ended) return;
     this.lastStateAt = Date.now();
     // A pick on a worker that no longer takes the model's calls is replaced (or withdrawn).
-    for (const [model, slots] of this.offered) for (const [slot, member] of [...slots]) if (!this.routing.routable(model, member.id)) this.offer(model, slot);
+    for (const [model, { slots }] of this.picks) for (const [slot, member] of [...slots]) if (!this.routing.routable(model, member.id)) this.offer(model, slot);
     const state = this.routing.routingState();
     const key = JSON.stringify(state);
     if (key === this.lastState) return;
