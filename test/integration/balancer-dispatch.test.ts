@@ -632,5 +632,13 @@ describe('balancer Dispatch (routing off the data path)', function () {
     expect(failed.details).to.match(new RegExp(`^worker ${order.workerId} failed before its first output \\(UNKNOWN: x+`));
     expect(failed.details.length).to.be.below(1024);
     expect(balancer.membership.get('a')).to.not.equal(undefined);
+
+    // A time to first output of 71 minutes counts as no more than the balancer saw pass itself.
+    d.route({ callId: 9, model: 'm' });
+    await d.order(9, 1);
+    d.event(9, 1, { $case: 'started', started: { firstOutputUs: 0xffff_ffff } });
+    d.event(9, 1, { $case: 'done', done: {} });
+    await untilOutstanding(0);
+    expect(balancer.membership.get('a')!.latency.value, 'latency estimate, ms').to.be.below(5000);
   });
 });
