@@ -136,7 +136,9 @@ export class Member<M, L = unknown> implements Candidate {
  * its load for as long as it runs; a fast worker's picks turn into calls that end soon). Measured
  * with three callers and a worker 200 times slower than the other two (the scenario of
  * test/integration/balancing.test.ts): at half a call, p2c sent it 27% and 35% of the calls in two
- * runs of five, as many as round robin; at a quarter, 3% in each of 15 runs.
+ * runs of five, as many as round robin; at a quarter, 3% in 76 runs of 85, 8 to 13% in 6, and 18
+ * to 30% in 3 (one pick per model, before slots: at most 8% in 25 runs). Picks made ahead still
+ * see a fast worker's call that is about to end as load: see docs/BENCHMARKS.md.
  */
 export const PICK_LOAD = 0.25;
 
